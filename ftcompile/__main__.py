@@ -1,0 +1,3 @@
+from ftcompile.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""One error type for everything a user can get wrong.
+
+The CLI catches `RecipeError` (and only it) and prints `str(err)` with exit code 2, so every
+message must stand alone: which file, which key, what is wrong, what to do instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class RecipeError(Exception):
+    """A user error: bad recipe, bad data, bad plan or run directory."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        suggestion: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.line = line
+        self.suggestion = suggestion
+
+    def located(self, file: str | Path | None = None, line: int | None = None) -> "RecipeError":
+        """Fill in the file/line when the raiser did not know them."""
+        if self.file is None and file is not None:
+            self.file = str(file)
+        if self.line is None and line is not None:
+            self.line = line
+        return self
+
+    def __str__(self) -> str:
+        where = self.file or "<recipe>"
+        if self.line is not None:
+            where += f":{self.line}"
+        head = f"{where}: "
+        if self.key:
+            head += f"{self.key}: "
+        text = head + self.message
+        if self.suggestion:
+            text += f"\n  hint: {self.suggestion}"
+        return text
+
+
+class RecipeErrors(RecipeError):
+    """Several errors of one recipe, reported together."""
+
+    def __init__(self, errors: list[RecipeError]) -> None:
+        super().__init__(errors[0].message, file=errors[0].file, key=errors[0].key)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str | None:
+    """A 'did you mean' hint, or None when nothing is close."""
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return None

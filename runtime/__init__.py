@@ -1,0 +1,1 @@
+"""Carries out an ftcompile plan. Decides nothing the plan does not state."""
