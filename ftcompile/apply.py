@@ -1,0 +1,119 @@
+"""Applies a plan's optimizer changes: the one code path shared by `plan --trace` and the runtime.
+
+The trace in `ftcompile plan` and the LR a real run reads from its optimizer come from the
+same code acting on the same change records, which is what makes them equal step for step.
+Torch schedulers are used as they are; each one is built fresh over a view of the param
+groups of its phase, after `initial_lr` has been set explicitly, so nothing left behind by
+an earlier scheduler leaks into a later phase.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+# Keys a scheduler stores in param groups; cleared before the next scheduler starts.
+_SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
+class GroupView(Optimizer):
+    """The param groups of one phase, seen as an optimizer by a torch scheduler.
+
+    The dicts are the real optimizer's, so what the scheduler writes lands there. Only the
+    real optimizer is ever stepped.
+    """
+
+    def __init__(self, optimizer: Optimizer, indices: Sequence[int]) -> None:  # noqa: D107
+        # Optimizer.__init__ would copy the groups; a view must share them.
+        self.defaults = optimizer.defaults
+        self.state = optimizer.state
+        self.param_groups = [optimizer.param_groups[i] for i in indices]
+        self._opt_called = True  # steps happen on the real optimizer
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self._optimizer_state_dict_pre_hooks = {}
+        self._optimizer_state_dict_post_hooks = {}
+        self._optimizer_load_state_dict_pre_hooks = {}
+        self._optimizer_load_state_dict_post_hooks = {}
+
+    def step(self, closure: Any = None) -> None:  # pragma: no cover - never called
+        raise RuntimeError("a GroupView is never stepped")
+
+
+def scheduler_class(name: str) -> type[LRScheduler]:
+    module = importlib.import_module("torch.optim.lr_scheduler")
+    return getattr(module, name)
+
+
+def optimizer_class(name: str) -> type[Optimizer]:
+    return getattr(importlib.import_module("torch.optim"), name)
+
+
+class Executor:
+    """Applies `set`, `scheduler` and `reset_state` changes and steps the live scheduler."""
+
+    def __init__(self, optimizer: Optimizer, param_group_names: Sequence[str]) -> None:
+        self.optimizer = optimizer
+        self.index = {name: i for i, name in enumerate(param_group_names)}
+        self.scheduler: LRScheduler | None = None
+        self.scheduler_end = 0
+
+    def apply(self, change: dict[str, Any]) -> None:
+        op = change["op"]
+        if op == "set":
+            self._set(change["target"], change["field"], change["value"])
+        elif op == "scheduler" and change["value"] is None:
+            self.scheduler = None
+        elif op == "scheduler":
+            self.start_scheduler(change["value"], change["step"])
+        elif op == "reset_state":
+            self._reset_state(change["target"])
+
+    def _set(self, target: str, field: str, value: float) -> None:
+        group = self.optimizer.param_groups[self.index[target]]
+        if field == "momentum" and "momentum" not in group and "betas" in group:
+            group["betas"] = (value, group["betas"][1])
+        else:
+            group[field] = value
+
+    def _reset_state(self, target: str) -> None:
+        for param in self.optimizer.param_groups[self.index[target]]["params"]:
+            self.optimizer.state.pop(param, None)
+
+    def start_scheduler(self, spec: dict[str, Any], step: int) -> None:
+        """Build a fresh scheduler over the phase's groups, at their current lr."""
+        indices = [self.index[name] for name in spec["param_groups"]]
+        for i in indices:
+            group = self.optimizer.param_groups[i]
+            for key in _SCHEDULER_KEYS:
+                group.pop(key, None)
+            group["initial_lr"] = group["lr"]
+        self._indices = indices
+        view = GroupView(self.optimizer, indices)
+        self.scheduler = scheduler_class(spec["type"])(view, **spec["args"])
+        self.scheduler_end = spec["end"]
+
+    def rebind(self) -> None:
+        """After optimizer.load_state_dict (which makes new group dicts), point the view at them."""
+        if self.scheduler is not None:
+            view = self.scheduler.optimizer
+            view.param_groups = [self.optimizer.param_groups[i] for i in self._indices]
+
+    def after_step(self, steps_done: int) -> None:
+        """Step the live scheduler after optimizer step `steps_done - 1`, within its phase."""
+        if self.scheduler is not None and steps_done < self.scheduler_end:
+            self.scheduler.step()
+
+    def lrs(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+
+def dummy_optimizer(opt_type: str, kwargs: dict[str, Any], n_groups: int) -> Optimizer:
+    """An optimizer of the recipe's class over one scalar per param group, for tracing."""
+    groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in range(n_groups)]
+    return optimizer_class(opt_type)(groups, **kwargs)

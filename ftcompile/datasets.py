@@ -1,0 +1,360 @@
+"""Find and count the recipe's data without loading it.
+
+The resolver turns epochs into steps, so it must know the dataset sizes at compile time,
+cheaply (no image decoding) and exactly as the runtime will see them. Both sides therefore
+go through `resolve_splits`: the compiler counts its lists, `runtime/data.py` loads them.
+
+This module is a compile stage: it must not import torch, torchvision or scikit-learn at
+import time (`ftcompile plan` stays fast); those imports live inside the functions that
+need them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ftcompile.errors import RecipeError, did_you_mean
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+BUILTINS = ("digits",)
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+# Every 5th sample of each class (position % 5 == 4) is a validation sample: 20 % val.
+DIGITS_VAL_EVERY = 5
+
+Sample = tuple[Any, int]  # (relative file path or builtin index, class index)
+
+
+@dataclass(frozen=True)
+class DataCounts:
+    """What the plan needs to know about the data: sizes and the class balance."""
+
+    train_size: int
+    val_size: int
+    class_names: tuple[str, ...]
+    class_counts: tuple[int, ...]  # train samples per class, in class-index order
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The exact sample lists of both splits; `train_dir`/`val_dir` are None for builtins."""
+
+    builtin: str | None
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    class_names: tuple[str, ...]
+    train_dir: Path | None = None
+    val_dir: Path | None = None
+
+
+def count_data(data: dict, root: Path) -> DataCounts:
+    """Sizes and per-class train counts of the recipe's data (no image is decoded)."""
+    splits = resolve_splits(data, root)
+    counts = [0] * len(splits.class_names)
+    for _, label in splits.train:
+        counts[label] += 1
+    return DataCounts(
+        train_size=len(splits.train),
+        val_size=len(splits.val),
+        class_names=splits.class_names,
+        class_counts=tuple(counts),
+    )
+
+
+def resolve_splits(data: dict, root: Path) -> Splits:
+    """The single source of truth for which samples each split holds, shared with the runtime."""
+    builtin = data.get("builtin")
+    classes = list(data.get("classes") or [])
+    _check_unique(classes)
+    if builtin is not None:
+        return _builtin_splits(builtin, classes)
+    if not data.get("train"):
+        raise RecipeError(
+            "no training data given",
+            key="data.train",
+            suggestion='set data.train = "path/to/train" (class folders) or data.builtin = "digits"',
+        )
+    if not data.get("val"):
+        raise RecipeError(
+            "a folder train set needs a validation folder",
+            key="data.val",
+            suggestion='set data.val = "path/to/val" with the same class folders as data.train',
+        )
+    return _folder_splits(data["train"], data["val"], classes, Path(root))
+
+
+def _check_unique(classes: Sequence[str]) -> None:
+    """A class listed twice would silently count once; say so instead."""
+    seen: set[str] = set()
+    for name in classes:
+        if name in seen:
+            raise RecipeError(f"class {name!r} is listed twice", key="data.classes")
+        seen.add(name)
+
+
+def _builtin_splits(builtin: str, classes: Sequence[str]) -> Splits:
+    if builtin not in BUILTINS:
+        raise RecipeError(
+            f"unknown builtin dataset {builtin!r}",
+            key="data.builtin",
+            suggestion=did_you_mean(builtin, BUILTINS) or f"builtins: {', '.join(BUILTINS)}",
+        )
+    train_idx, val_idx, names = digits_split(classes)
+    labels = _digits_labels(names)
+    targets = _digits_targets()
+    return Splits(
+        builtin=builtin,
+        train=tuple((i, labels[targets[i]]) for i in train_idx),
+        val=tuple((i, labels[targets[i]]) for i in val_idx),
+        class_names=tuple(names),
+    )
+
+
+@lru_cache(maxsize=1)
+def _digits_targets() -> tuple[int, ...]:
+    """Labels of sklearn's digits, in dataset order (loaded once; it ships with sklearn)."""
+    from sklearn.datasets import load_digits
+
+    return tuple(int(t) for t in load_digits().target)
+
+
+def _digits_labels(names: Sequence[str]) -> dict[int, int]:
+    """Digit value -> class index within the chosen subset."""
+    return {int(name): index for index, name in enumerate(names)}
+
+
+def digits_split(classes: Sequence[str]) -> tuple[list[int], list[int], list[str]]:
+    """Train and val indices into `load_digits()`, and the class names.
+
+    The split is fixed and stratified without randomness, so the plan and every run agree
+    on it: within each class, in dataset order, every 5th sample (position % 5 == 4) is
+    validation. Class names are sorted, so a subset ["9", "5"] maps "5" -> 0, "9" -> 1.
+    """
+    for name in classes:
+        if name not in DIGIT_CLASSES:
+            raise RecipeError(
+                f"unknown class {name!r} for builtin 'digits'",
+                key="data.classes",
+                suggestion=did_you_mean(str(name), DIGIT_CLASSES)
+                or 'digits classes are "0" .. "9" (strings)',
+            )
+    names = sorted(classes) if classes else list(DIGIT_CLASSES)
+    wanted = {int(n) for n in names}
+    seen = [0] * len(DIGIT_CLASSES)
+    train: list[int] = []
+    val: list[int] = []
+    for index, digit in enumerate(_digits_targets()):
+        if digit not in wanted:
+            continue
+        position = seen[digit]
+        seen[digit] += 1
+        (val if position % DIGITS_VAL_EVERY == DIGITS_VAL_EVERY - 1 else train).append(index)
+    return train, val, names
+
+
+def _folder_splits(train: str, val: str, classes: list[str], root: Path) -> Splits:
+    """List both ImageFolder splits and check that they agree on the classes."""
+    train_dir = _existing_folder(train, root, "data.train")
+    val_dir = _existing_folder(val, root, "data.val")
+    train_names = class_folders(train_dir, "data.train")
+    val_names = class_folders(val_dir, "data.val")
+    if classes:
+        _check_known(classes, train_names)
+        _check_same_classes(set(classes), set(classes) & set(val_names), val_dir)
+    else:
+        _check_same_classes(set(train_names), set(val_names), val_dir)
+    train_samples, names = list_image_folder(train_dir, classes, key="data.train")
+    val_samples, _ = list_image_folder(val_dir, names, key="data.val")
+    return Splits(
+        builtin=None,
+        train=tuple(train_samples),
+        val=tuple(val_samples),
+        class_names=tuple(names),
+        train_dir=train_dir,
+        val_dir=val_dir,
+    )
+
+
+def _existing_folder(raw: str, root: Path, key: str) -> Path:
+    folder = (root / raw).resolve()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "not found"
+        raise RecipeError(
+            f"data folder {raw!r} {what} (resolved to {folder})",
+            key=key,
+            suggestion=f"paths in a recipe are relative to the recipe's folder ({root.resolve()})",
+        )
+    return folder
+
+
+def class_folders(folder: Path, key: str = "data.train") -> list[str]:
+    """Sorted class folder names, like torchvision's ImageFolder.
+
+    Hidden folders (".ipynb_checkpoints", ".git") are skipped: they are never classes, and
+    torchvision counting them is a classic source of a wrong num_classes.
+    """
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        loose = any(_is_image(p.name) for p in folder.iterdir())
+        raise RecipeError(
+            f"no class folders in {folder}" + (" (it holds images directly)" if loose else ""),
+            key=key,
+            suggestion=f"use the ImageFolder layout: {folder}/<class name>/<image>.jpg",
+        )
+    return names
+
+
+def _check_known(classes: Sequence[str], available: Sequence[str]) -> None:
+    for name in classes:
+        if name not in available:
+            raise RecipeError(
+                f"unknown class {name!r}: no such class folder in data.train",
+                key="data.classes",
+                suggestion=did_you_mean(name, available)
+                or f"classes are: {', '.join(available[:20])}" + (" ..." if len(available) > 20 else ""),
+            )
+
+
+def _check_same_classes(train: set[str], val: set[str], val_dir: Path) -> None:
+    if train == val:
+        return
+    parts = []
+    if train - val:
+        parts.append(f"only in train: {sorted(train - val)}")
+    if val - train:
+        parts.append(f"only in val: {sorted(val - train)}")
+    raise RecipeError(
+        "train and val have different class folders (" + "; ".join(parts) + ")",
+        key="data.val",
+        suggestion=f"add the missing class folders to {val_dir} or the train folder, "
+        "or restrict both with data.classes",
+    )
+
+
+def list_image_folder(
+    folder: Path, classes: Sequence[str], key: str = "data.train"
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path relative to `folder`, class index) for every image, and the class names.
+
+    Files are found recursively below each class folder and kept by extension only (case
+    insensitive), so counting never decodes an image. The order is fixed — by class, then
+    by path — because the train order is a permutation of positions in this list.
+    """
+    folder = Path(folder)
+    available = class_folders(folder, key)
+    if classes:
+        _check_known(classes, available)
+    names = sorted(classes) if classes else available
+    samples: list[tuple[str, int]] = []
+    for index, name in enumerate(names):
+        files = _images_below(folder / name)
+        if not files:
+            raise RecipeError(
+                f"class folder {name!r} in {folder} holds no images "
+                f"(looked for {', '.join(IMG_EXTENSIONS)})",
+                key=key,
+                suggestion="add images, remove the folder, or leave the class out with data.classes",
+            )
+        samples.extend((f"{name}/{rel}", index) for rel in files)
+    return samples, list(names)
+
+
+def _images_below(class_dir: Path) -> list[str]:
+    """Sorted posix paths, relative to `class_dir`, of the image files below it."""
+    found = []
+    for dirpath, _, filenames in os.walk(class_dir, followlinks=True):
+        for filename in filenames:
+            if _is_image(filename):
+                found.append((Path(dirpath) / filename).relative_to(class_dir).as_posix())
+    return sorted(found)
+
+
+def _is_image(filename: str) -> bool:
+    return filename.lower().endswith(IMG_EXTENSIONS)
+
+
+def augment_ops() -> dict[str, type]:
+    """The torchvision.transforms.v2 classes a recipe may name in data.augment."""
+    from torchvision.transforms import v2
+
+    return {
+        name: obj
+        for name, obj in vars(v2).items()
+        if not name.startswith("_")
+        and inspect.isclass(obj)
+        and issubclass(obj, v2.Transform)
+        and obj is not v2.Transform
+    }
+
+
+def validate_augment(augment: list[dict]) -> None:
+    """Check every augment op exists and its kwargs bind, before any GPU time is spent.
+
+    Each op is also built once, so a value the transform itself rejects (a negative size, a
+    probability of 2) is reported with its key path too.
+    """
+    ops = augment_ops()
+    for i, entry in enumerate(augment):
+        key = f"data.augment[{i}]"
+        kwargs = {k: v for k, v in entry.items() if k != "op"}
+        cls = _augment_class(entry.get("op"), ops, key)
+        _bind_kwargs(cls, kwargs, key)
+        try:
+            cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(
+                f"{cls.__name__}({_format_kwargs(kwargs)}) is invalid: {err}",
+                key=key,
+                suggestion=f"see the torchvision.transforms.v2.{cls.__name__} documentation",
+            ) from None
+
+
+def _augment_class(op: Any, ops: dict[str, type], key: str) -> type:
+    if not isinstance(op, str):
+        raise RecipeError(
+            "each augment entry needs op = \"<torchvision.transforms.v2 class>\"",
+            key=f"{key}.op",
+            suggestion='for example { op = "RandomHorizontalFlip" }',
+        )
+    if op not in ops:
+        raise RecipeError(
+            f"unknown augment op {op!r}: not a torchvision.transforms.v2 transform",
+            key=f"{key}.op",
+            suggestion=did_you_mean(op, ops) or "use a class name from torchvision.transforms.v2",
+        )
+    return ops[op]
+
+
+def _bind_kwargs(cls: type, kwargs: dict, key: str) -> None:
+    params = inspect.signature(cls).parameters
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for name in kwargs:
+        if name not in valid and not takes_any:
+            hint = did_you_mean(name, valid)
+            listing = f"{cls.__name__} takes: {', '.join(valid) or '(no arguments)'}"
+            raise RecipeError(
+                f"{cls.__name__} has no argument {name!r}",
+                key=f"{key}.{name}",
+                suggestion=f"{hint} {listing}" if hint else listing,
+            )
+    missing = [
+        n for n, p in params.items()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in kwargs
+    ]
+    if missing:
+        raise RecipeError(
+            f"{cls.__name__} needs {', '.join(missing)}",
+            key=key,
+            suggestion=f"for example {{ op = \"{cls.__name__}\", {missing[0]} = ... }}",
+        )
+
+
+def _format_kwargs(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

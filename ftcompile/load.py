@@ -1,0 +1,164 @@
+"""Stage 1: TOML text -> merged dict, with a map from key paths to line numbers.
+
+`extends` is resolved here, before validation, so the schema only ever sees one recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ftcompile.errors import RecipeError
+
+# Keys whose values are paths relative to the recipe that holds them.
+PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "weights"))
+
+
+@dataclass
+class LoadedRecipe:
+    """A recipe file after `extends` merging: raw data plus where each key came from."""
+
+    path: Path
+    data: dict[str, Any]
+    lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def line_of(self, key: str) -> int | None:
+        """Line of a key path, or of its nearest enclosing key that has one."""
+        parts = key.replace("[", ".[").split(".")
+        while parts:
+            found = self.lines.get(".".join(parts).replace(".[", "["))
+            if found is not None:
+                return found
+            parts.pop()
+        return None
+
+    def source_hash(self) -> str:
+        """Hash of the merged content: comments and key order do not change it."""
+        return hashlib.sha256(canonical_json(self.data).encode()).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\.\"' ]+?)\s*=")
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("file not found", file=path, suggestion="check the path to the recipe") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read the file: {exc}", file=path) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        pos = _TOML_POS.search(msg)
+        line = int(pos.group(1)) if pos else None
+        col = pos.group(2) if pos else None
+        clean = _TOML_POS.sub("", msg).strip()
+        where = f" (line {line}, column {col})" if pos else ""
+        raise RecipeError(
+            f"TOML syntax error{where}: {clean}",
+            file=path,
+            line=line,
+            suggestion="fix the TOML syntax; strings need quotes, tables need [brackets]",
+        ) from None
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Key path -> line number, from a line scan (tomllib keeps no positions)."""
+    lines: dict[str, int] = {}
+    table = ""
+    for no, raw in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(raw)
+        if header:
+            table = _strip_quotes(header.group(1))
+            lines.setdefault(table, no)
+            continue
+        key = _KEY.match(raw)
+        if key and not raw.lstrip().startswith("#"):
+            name = _strip_quotes(key.group(1))
+            full = f"{table}.{name}" if table else name
+            lines.setdefault(full, no)
+    return lines
+
+
+def _strip_quotes(key: str) -> str:
+    return ".".join(p.strip().strip("\"'") for p in key.split("."))
+
+
+def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Child over base: tables merge key by key, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _rebase_paths(data: dict[str, Any], src: Path, dst: Path) -> None:
+    """Make a base recipe's relative paths relative to the child's folder."""
+    for section, key in PATH_KEYS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if not isinstance(value, str) or os.path.isabs(value):
+            continue
+        if key == "weights" and not _looks_like_path(value):
+            continue
+        data[section][key] = os.path.relpath(src / value, dst)
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> LoadedRecipe:
+    """Read a recipe and everything it extends, merged into one dict."""
+    path = Path(path)
+    real = path.resolve()
+    if real in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, real))
+        raise RecipeError(f"extends cycle: {cycle}", file=path, key="extends", suggestion="remove one of the extends")
+    data, text = read_toml(path)
+    lines = key_lines(text)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return LoadedRecipe(path, data, lines)
+    if not isinstance(parent, str):
+        raise RecipeError("must be a path string", file=path, key="extends", line=lines.get("extends"))
+    base_path = path.parent / parent
+    if not base_path.is_file():
+        raise RecipeError(
+            f"base recipe not found: {base_path}",
+            file=path,
+            key="extends",
+            line=lines.get("extends"),
+            suggestion="extends is relative to this recipe's folder",
+        )
+    base = load_recipe(base_path, (*_chain, real))
+    base_data = copy.deepcopy(base.data)
+    _rebase_paths(base_data, base_path.parent, path.parent)
+    return LoadedRecipe(path, deep_merge(base_data, data), lines)

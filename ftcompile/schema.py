@@ -1,0 +1,275 @@
+"""Stage 2: the recipe language as pydantic models (version 1 of the user contract).
+
+Every model forbids unknown keys; validation errors are collected and turned into
+`RecipeError`s with key paths (`phases.warmup.epochs`) and the line they sit on.
+Optimizer and scheduler tables carry free keyword arguments; those are checked against
+the torch class signature in `resolve`, not here, so `check` stays import-light.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
+from ftcompile.load import LoadedRecipe
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(epoch|epochs|step|steps)\s*$")
+SLUG = r"^[a-z0-9][a-z0-9._-]*$"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
+LR = Union[Annotated[float, Field(gt=0.0)], str]
+Duration = Union[PositiveInt, str]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Head(Strict):
+    """A new classifier head, fastai style (BatchNorm1d, Dropout, Linear, activation)."""
+
+    pool: Literal["avg", "max", "concat"] | None = None
+    hidden: list[PositiveInt] = []
+    dropout: Union[Prob, list[Prob]] = 0.0
+    batchnorm: bool = False
+    activation: str = "relu"
+
+    @model_validator(mode="after")
+    def _dropout_count(self) -> "Head":
+        if isinstance(self.dropout, list) and len(self.dropout) != len(self.hidden) + 1:
+            raise ValueError(
+                f"dropout has {len(self.dropout)} values but the head has {len(self.hidden) + 1} "
+                "Linear layers; give one per Linear (hidden + output) or a single float"
+            )
+        return self
+
+
+class Model(Strict):
+    arch: str
+    weights: str = "none"
+    num_classes: Union[Annotated[int, Field(ge=2)], Literal["auto"]] = "auto"
+    head: Head | None = None
+
+
+class Data(Strict):
+    train: str | None = None
+    val: str | None = None
+    builtin: Literal["digits"] | None = None
+    classes: list[str] = []
+    image_size: Annotated[int, Field(ge=8, le=2048)] = 224
+    batch_size: PositiveInt = 32
+    workers: Annotated[int, Field(ge=0)] = 2
+    augment: list[dict[str, Any]] = []
+    balance: Literal["none", "sampler", "loss"] = "none"
+    label_smoothing: Prob = 0.0
+    drop_last: bool = False
+
+    @field_validator("augment")
+    @classmethod
+    def _ops_named(cls, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, op in enumerate(ops):
+            if not isinstance(op.get("op"), str):
+                raise ValueError(f"augment[{i}] needs op = \"<torchvision.transforms.v2 class>\"")
+        return ops
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Data":
+        if self.builtin and (self.train or self.val):
+            raise ValueError("give either builtin or train/val folders, not both")
+        if not self.builtin and not self.train:
+            raise ValueError("give data.train (an ImageFolder) or builtin = \"digits\"")
+        return self
+
+
+class Optimizer(BaseModel):
+    """`type` names a torch.optim class; every other key is one of its arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str = "AdamW"
+    no_decay: Union[Literal["auto", "none"], list[str]] = "auto"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Scheduler(BaseModel):
+    """`type` names a torch.optim.lr_scheduler class; other keys are its arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Phase(Strict):
+    after: list[str] = []
+    train: Annotated[list[str], Field(min_length=1)]
+    epochs: Annotated[float, Field(gt=0)] | None = None
+    steps: PositiveInt | None = None
+    lr: Union[LR, dict[str, LR]] = {}
+    lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    scheduler: Scheduler | None = None
+    bn: Literal["train", "frozen"] = "train"
+    optimizer_state: Literal["keep", "reset"] = "keep"
+    weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = {}
+    momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
+
+    @model_validator(mode="after")
+    def _one_duration(self) -> "Phase":
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of epochs = N or steps = N")
+        return self
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_values(cls, value: Any) -> Any:
+        values = value.values() if isinstance(value, dict) else [value]
+        for v in values:
+            if isinstance(v, (int, float)) and v <= 0:
+                raise ValueError("learning rates must be > 0")
+        return value
+
+
+class Run(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    deterministic: bool = True
+    checkpoint_every: Duration = "1 epoch"
+    eval_every: Duration = "1 epoch"
+
+    @field_validator("checkpoint_every", "eval_every")
+    @classmethod
+    def _duration(cls, value: Duration) -> Duration:
+        if isinstance(value, str) and not DURATION.match(value):
+            raise ValueError('use "N epoch(s)", "N step(s)" or a number of steps')
+        return value
+
+
+class Recipe(Strict):
+    name: Annotated[str, Field(pattern=SLUG)]
+    seed: Annotated[int, Field(ge=0)] = 0
+    model: Model
+    data: Data
+    optimizer: Optimizer = Optimizer()
+    groups: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
+    phases: Annotated[dict[str, Phase], Field(min_length=1)]
+    run: Run = Run()
+
+    @field_validator("groups")
+    @classmethod
+    def _no_rest(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        if "rest" in groups:
+            raise ValueError('"rest" is the group of unmatched parameters; choose another name')
+        return groups
+
+
+def parse_duration(value: Duration | float, steps_per_epoch: int) -> int:
+    """`"2 epochs"`, `"0.5 epoch"`, `"300 steps"` or a plain number of steps -> steps (>= 1)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return max(1, int(value))
+    match = DURATION.match(str(value))
+    if not match:
+        raise ValueError(f'{value!r} is not a duration; use "N epoch(s)" or "N step(s)"')
+    amount, unit = float(match.group(1)), match.group(2)
+    if unit.startswith("epoch"):
+        return max(1, round(amount * steps_per_epoch))
+    return max(1, int(amount))
+
+
+_TYPE_TAG = re.compile(r"[\[\](),]|^(int|float|str|bool|list|dict)$|^(function|constrained|lax|literal|union)")
+
+
+def loc_to_key(loc: tuple[Any, ...]) -> str:
+    """pydantic's loc ('phases', 'warmup', 'lr', 'head') -> 'phases.warmup.lr.head'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _TYPE_TAG.search(str(part)):
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of loc, to suggest valid keys."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            if model is Recipe and str(part) not in Recipe.model_fields:
+                return None
+            # inside a dict of models, e.g. phases.<name>
+            continue
+        model = _unwrap(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    import typing
+
+    for arg in (annotation, *typing.get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        for sub in typing.get_args(arg):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                return sub
+    return None
+
+
+def _to_error(err: dict[str, Any], loaded: LoadedRecipe) -> RecipeError:
+    loc = tuple(err["loc"])
+    key = loc_to_key(loc)
+    kind = err["type"]
+    suggestion = None
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        valid = sorted(model.model_fields) if model else []
+        message = "unknown key"
+        suggestion = did_you_mean(str(loc[-1]), valid) or (f"valid keys: {', '.join(valid)}" if valid else None)
+    elif kind == "missing":
+        message = "missing required key"
+        suggestion = f"add {loc[-1]} = ..."
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+        if "input" in err and not isinstance(err["input"], (dict, list)):
+            message += f" (got {err['input']!r})"
+    return RecipeError(message, file=loaded.path, key=key, line=loaded.line_of(key), suggestion=suggestion)
+
+
+def validate(loaded: LoadedRecipe) -> Recipe:
+    """Validate a loaded recipe; all errors are reported together."""
+    try:
+        return Recipe.model_validate(loaded.data)
+    except ValidationError as exc:
+        errors = _one_per_key([_to_error(e, loaded) for e in exc.errors(include_url=False)])
+        raise (errors[0] if len(errors) == 1 else RecipeErrors(errors)) from None
+
+
+def _one_per_key(errors: list[RecipeError]) -> list[RecipeError]:
+    """A union type fails once per alternative; keep the first, most specific error per key."""
+    keys = [e.key or "" for e in errors]
+    kept: dict[str, RecipeError] = {}
+    for err, key in zip(errors, keys):
+        deeper = any(k != key and k.startswith(key + ".") for k in keys)
+        if not deeper and key not in kept:
+            kept[key] = err
+    return list(kept.values())
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["title"] = "ftcompile recipe (version 1)"
+    props = schema.setdefault("properties", {})
+    props["extends"] = {"type": "string", "description": "path of a base recipe, relative to this file"}
+    return schema

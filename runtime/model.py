@@ -1,0 +1,94 @@
+"""Build the model the plan describes, with its weights, on the run's device."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftcompile import arch as archs
+from ftcompile.errors import RecipeError
+
+
+def torchvision_weights(arch: str, name: str) -> Any:
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)
+    return enum.DEFAULT if name == "DEFAULT" else enum[name]
+
+
+def cache_file(weights: Any) -> Path:
+    """Where torchvision's loader looks for a weights file: $TORCH_HOME/hub/checkpoints/<name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def build(plan_model: dict[str, Any], root: Path) -> nn.Module:
+    """The torchvision model with the recipe's head and weights, on the CPU."""
+    arch, kind = plan_model["arch"], plan_model["weights"]["kind"]
+    num_classes, head = plan_model["num_classes"], plan_model["head"]
+    if kind == "torchvision":
+        weights = torchvision_weights(arch, plan_model["weights"]["value"])
+        try:
+            return archs.build_model(arch, num_classes, head, device="cpu", weights=weights)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            if cache_file(weights).is_file():
+                raise
+            raise RecipeError(
+                f"weights {weights} are not cached and cannot be downloaded ({type(exc).__name__})",
+                key="model.weights",
+                suggestion=f"put the file {Path(weights.url).name} (from {weights.url}) at {cache_file(weights)}",
+            ) from None
+    model = archs.build_model(arch, num_classes, head, device="cpu")
+    if kind == "file":
+        load_backbone(model, arch, root / plan_model["weights"]["value"])
+    return model
+
+
+def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor]:
+    """torch.load with weights_only=True: a file that carries code is refused."""
+    if not path.is_file():
+        raise RecipeError(f"file not found: {path}", key=key, suggestion="the path is relative to the recipe's folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends: a payload or a damaged file
+        raise RecipeError(
+            f"{path} is not a plain state_dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+            key=key,
+            suggestion="files that carry code are refused; save with torch.save(model.state_dict(), path)",
+        ) from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # an ftcompile checkpoint
+    if not isinstance(state, dict):
+        raise RecipeError(f"{path} holds a {type(state).__name__}, not a state_dict", key=key)
+    return state
+
+
+def load_backbone(model: nn.Module, arch: str, path: Path) -> None:
+    """Load every non-head tensor; the head is new (it has the recipe's classes)."""
+    state = load_state(path)
+    head = archs.aliases(arch, model)["head"]
+    in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head)  # noqa: E731
+    state = {k: v for k, v in state.items() if not in_head(k)}
+    own = {k: v for k, v in model.state_dict().items() if not in_head(k)}
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or extra or shapes:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {len(missing)} (e.g. {', '.join(missing[:3])})" if missing else "",
+                f"unexpected {len(extra)} (e.g. {', '.join(extra[:3])})" if extra else "",
+                f"shape mismatch: {', '.join(shapes[:3])}" if shapes else "",
+            )
+            if part
+        )
+        raise RecipeError(
+            f"{path} does not fit {arch}: {detail}",
+            key="model.weights",
+            suggestion=f"use a state_dict saved from torchvision.models.{arch}() (an ftcompile model.pt works)",
+        )
+    model.load_state_dict(state, strict=False)

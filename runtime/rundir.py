@@ -1,0 +1,162 @@
+"""Run directories: runs/<name>/<n>-<plan hash[:8]>/ with everything needed to rerun.
+
+recipe.toml, plan.json, env.json, metrics.jsonl, lr.csv, checkpoints/, model.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ftcompile.errors import RecipeError
+from ftcompile.plan import Plan
+
+RUNS = Path("runs")
+
+
+def new_run_dir(plan: Plan, out: Path | None) -> Path:
+    if out is not None:
+        if out.exists() and any(out.iterdir()):
+            raise RecipeError(f"{out} exists and is not empty", key="--out", suggestion="give a new folder, or resume it")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    parent = RUNS / plan.recipe["name"]
+    parent.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name.split("-")[0]) for p in parent.iterdir() if p.name.split("-")[0].isdigit()]
+    path = parent / f"{max(numbers, default=0) + 1}-{plan.hash[:8]}"
+    path.mkdir()
+    return path
+
+
+def git_info(path: Path | None) -> dict[str, Any]:
+    """The commit of the recipe file and whether it has uncommitted changes."""
+    if path is None:
+        return {"commit": None, "dirty": None}
+    try:
+        folder = path.resolve().parent
+        run = lambda *a: subprocess.run(["git", "-C", str(folder), *a], capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = run("status", "--porcelain", "--", str(path.resolve()))
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def env_record(plan: Plan, recipe: Path | None, root: Path) -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    import ftcompile
+    from runtime.loop import pick_device
+
+    return {
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__,
+                     "python": platform.python_version()},
+        "device": str(pick_device(plan.run["device"])),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "seed": plan.seed,
+        "plan_hash": plan.hash,
+        "recipe": str(recipe) if recipe else None,
+        "git": git_info(recipe),
+        "data_root": str(root.resolve()),
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> int:
+    run_dir = new_run_dir(plan, out)
+    if recipe is not None:
+        shutil.copyfile(recipe, run_dir / "recipe.toml")
+    (run_dir / "plan.json").write_text(plan.to_json() + "\n")
+    write_json(run_dir / "env.json", env_record(plan, recipe, root))
+    return _train(plan, run_dir, root, None)
+
+
+def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
+    if not (run_dir / "plan.json").is_file() or not (run_dir / "env.json").is_file():
+        raise RecipeError(
+            f"{run_dir} is not a run directory (no plan.json / env.json)",
+            file=run_dir,
+            suggestion="pass a folder made by ftcompile run, e.g. runs/<name>/1-ab12cd34",
+        )
+    plan = Plan.load(run_dir / "plan.json")
+    try:
+        env = json.loads((run_dir / "env.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"env.json is damaged: {exc}", file=run_dir / "env.json") from None
+    return plan, env
+
+
+def resume_run(run_dir: Path) -> int:
+    plan, env = open_run(run_dir)
+    from runtime import checkpoint
+
+    state = checkpoint.load_newest(run_dir / "checkpoints")
+    if state is not None and state.get("plan_hash") != plan.hash:
+        raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
+    if state is None:
+        print("no complete checkpoint: starting from step 0", file=sys.stderr)
+        from runtime.loop import truncate_logs
+
+        truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0})
+    else:
+        print(f"resuming at step {state['step']} of {plan.total_steps}", file=sys.stderr)
+    return _train(plan, run_dir, Path(env["data_root"]), state)
+
+
+def rerun_run(run_dir: Path, out: Path | None) -> int:
+    plan, env = open_run(run_dir)
+    import torch
+    import torchvision
+
+    import ftcompile
+
+    now = {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__}
+    for lib, version in now.items():
+        if plan.versions.get(lib) != version:
+            print(f"warning: the plan was made with {lib} {plan.versions.get(lib)}, this is {version}", file=sys.stderr)
+    new_dir = new_run_dir(plan, out)
+    if (run_dir / "recipe.toml").is_file():
+        shutil.copyfile(run_dir / "recipe.toml", new_dir / "recipe.toml")
+    (new_dir / "plan.json").write_text(plan.to_json() + "\n")
+    record = {**env, "rerun_of": str(run_dir)}
+    write_json(new_dir / "env.json", record)
+    return _train(plan, new_dir, Path(env["data_root"]), None)
+
+
+def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None) -> int:
+    from runtime.loop import train
+
+    result = train(plan, run_dir, root, state)
+    print_summary(plan, result)
+    print(run_dir)
+    return 0
+
+
+def print_summary(plan: Plan, result: dict[str, Any]) -> None:
+    last = {}
+    for rec in result["evals"]:
+        last[rec["phase"]] = rec
+    rows = [("phase", "steps", "val_loss", "top1", "top5")]
+    for ph in plan.phases:
+        rec = last.get(ph.name)
+        fmt = lambda k: f"{100 * rec[k]:.2f}%" if rec and k in rec else "-"  # noqa: E731
+        rows.append((ph.name, f"[{ph.begin}, {ph.end})", f"{rec['val_loss']:.4f}" if rec else "-", fmt("top1"), fmt("top5")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    print()
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"time {result['seconds']:.1f} s")
