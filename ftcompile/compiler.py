@@ -24,11 +24,13 @@ def check_recipe(path: str | Path) -> tuple[LoadedRecipe, Recipe]:
     return loaded, validate(loaded)
 
 
-def compile_recipe(path: str | Path, dataset_size: int | None = None, val_size: int | None = None) -> Plan:
+def compile_recipe(
+    path: str | Path, dataset_size: int | None = None, val_size: int | None = None, _chain: tuple[Path, ...] = ()
+) -> Plan:
     loaded = load_recipe(path)
     try:
         recipe = validate(loaded)
-        resolved = resolve(recipe, loaded.folder, dataset_size, val_size)
+        resolved = resolve(recipe, loaded.folder, dataset_size, val_size, (*_chain, loaded.path.resolve()))
         return build_plan(resolved, recipe, loaded.path.name, loaded.source_hash())
     except RecipeError as err:
         raise locate(err, loaded) from None

@@ -33,7 +33,9 @@ def weights_text(weights: dict[str, Any]) -> str:
     if weights["kind"] == "none":
         return "none (random init)"
     if weights["kind"] == "file":
-        return weights["value"] + ("" if weights.get("found", True) else " (not found yet)")
+        return weights["value"]
+    if weights["kind"] == "recipe":
+        return f"model.pt of {weights['value']} (plan {weights['plan']['hash'][:8]})"
     return weights["value"]
 
 

@@ -8,6 +8,7 @@ optimizer arguments are checked against the torch signatures.
 from __future__ import annotations
 
 import ast
+import json
 import fnmatch
 import inspect
 import math
@@ -85,7 +86,13 @@ class Resolved:
 # ---------------------------------------------------------------- model
 
 
-def resolve_weights(arch: str, weights: str, folder: Path) -> dict[str, Any]:
+def resolve_weights(arch: str, weights: str, folder: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A torchvision weights name, a state_dict file, an upstream recipe, or none.
+
+    An upstream recipe (`weights = "pretrain.toml"`) means: the final model.pt of that
+    recipe's run; its whole plan is embedded, so the runtime can train it first when no
+    finished run of exactly that plan exists, and the hash covers it.
+    """
     from ftcompile import arch as archs
 
     if weights.lower() == "none":
@@ -93,21 +100,41 @@ def resolve_weights(arch: str, weights: str, folder: Path) -> dict[str, Any]:
     valid = archs.valid_weights(arch)
     if weights in valid:
         return {"kind": "torchvision", "value": weights}
+    if weights.endswith(".toml"):
+        return _upstream(weights, folder, chain)
     if _looks_like_file(weights):
-        return {"kind": "file", "value": weights, "found": (folder / weights).is_file()}
+        return {"kind": "file", "value": weights}
     raise RecipeError(
         f"{weights!r} is not a weights name for {arch} nor a state_dict file",
         key="model.weights",
-        suggestion=(did_you_mean(weights, valid) or "") + f" valid: {', '.join(valid)}, a .pt/.pth path, or \"none\"",
+        suggestion=(did_you_mean(weights, valid) or "") + f" valid: {', '.join(valid)}, a .pt/.pth path, an upstream recipe .toml, or \"none\"",
     )
 
 
-def _looks_like_file(value: str) -> bool:
-    return "/" in value or value.endswith((".pt", ".pth", ".bin"))
+def _upstream(weights: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    from ftcompile.compiler import compile_recipe
+
+    path = (folder / weights).resolve()
+    if not path.is_file():
+        raise RecipeError(f"upstream recipe not found: {folder / weights}", key="model.weights",
+                          suggestion="the path is relative to this recipe's folder")
+    if path in chain:
+        raise RecipeError("upstream recipes form a cycle", key="model.weights", suggestion="remove one weights reference")
+    try:
+        plan = compile_recipe(path, _chain=chain)
+    except RecipeError as err:
+        raise RecipeError(f"upstream recipe {weights} fails to compile: {err}", key="model.weights") from None
+    import os
+
+    return {"kind": "recipe", "value": weights, "root": os.path.relpath(path.parent, folder.resolve()),
+            "plan": json.loads(plan.to_json())}
 
 
 def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std from the torchvision weights' metadata, ImageNet statistics otherwise."""
+    if weights["kind"] == "recipe":
+        data = weights["plan"]["data"]
+        return tuple(data["mean"]), tuple(data["std"])
     if weights["kind"] == "torchvision":
         import torchvision
 
@@ -432,14 +459,16 @@ def _scheduler_value(raw: Any, spe: int, lrs: dict[str, float]) -> Any:
 # ---------------------------------------------------------------- the whole recipe
 
 
-def resolve(recipe: Recipe, folder: Path, dataset_size: int | None = None, val_size: int | None = None) -> Resolved:
+def resolve(
+    recipe: Recipe, folder: Path, dataset_size: int | None = None, val_size: int | None = None, chain: tuple[Path, ...] = ()
+) -> Resolved:
     from ftcompile import arch as archs
     from ftcompile import datasets
     from ftcompile.graph import phase_order
 
     m = recipe.model
     archs.check_arch(m.arch)
-    weights = resolve_weights(m.arch, m.weights, folder)
+    weights = resolve_weights(m.arch, m.weights, folder, chain)
     data = recipe.data.model_dump()
     datasets.validate_augment(data["augment"])
     counts = _counts(data, folder, dataset_size, val_size, m.num_classes)

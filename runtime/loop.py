@@ -24,7 +24,7 @@ from ftcompile.errors import RecipeError
 from ftcompile.plan import OPTIMIZER_OPS, Change, Plan
 from runtime import checkpoint
 from runtime.data import TrainBatches, build_datasets, class_weights, val_loader
-from runtime.model import build
+from runtime.model import build, ensure_upstream
 from runtime.optim import build_optimizer
 
 REPLAYED = ("phase", "freeze", "unfreeze", "bn", *OPTIMIZER_OPS)
@@ -167,6 +167,7 @@ class Progress:
 def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint."""
     run = plan.run
+    ensure_upstream(plan.model, root)
     seed_everything(plan.seed, run["deterministic"])
     device = pick_device(run["device"])
     data = plan.data

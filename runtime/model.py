@@ -44,7 +44,31 @@ def build(plan_model: dict[str, Any], root: Path) -> nn.Module:
     model = archs.build_model(arch, num_classes, head, device="cpu")
     if kind == "file":
         load_backbone(model, arch, root / plan_model["weights"]["value"])
+    elif kind == "recipe":
+        load_backbone(model, arch, upstream_model(plan_model["weights"], root))
     return model
+
+
+def ensure_upstream(plan_model: dict[str, Any], root: Path) -> None:
+    """Train an upstream recipe before this run seeds its RNGs, so both orders give one result."""
+    if plan_model["weights"]["kind"] == "recipe":
+        upstream_model(plan_model["weights"], root)
+
+
+def upstream_model(weights: dict[str, Any], root: Path) -> Path:
+    """model.pt of a finished run of the upstream plan; trains it first when there is none."""
+    from ftcompile.plan import Plan
+    from runtime import rundir
+
+    plan = Plan.from_dict(weights["plan"], source=weights["value"])
+    for run in sorted(rundir.RUNS.glob(f"{plan.recipe['name']}/*-{plan.hash[:8]}")):
+        if (run / "model.pt").is_file():
+            return run / "model.pt"
+    upstream_root = root / weights["root"]
+    print(f"weights: no finished run of {weights['value']} (plan {plan.hash[:8]}); training it first", flush=True)
+    run_dir = rundir.new_run_dir(plan, None)
+    rundir.start_in(plan, upstream_root / Path(weights["value"]).name, upstream_root, run_dir)
+    return run_dir / "model.pt"
 
 
 def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor]:

@@ -77,7 +77,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> int:
-    run_dir = new_run_dir(plan, out)
+    return start_in(plan, recipe, root, new_run_dir(plan, out))
+
+
+def start_in(plan: Plan, recipe: Path | None, root: Path, run_dir: Path) -> int:
     if recipe is not None:
         shutil.copyfile(recipe, run_dir / "recipe.toml")
     (run_dir / "plan.json").write_text(plan.to_json() + "\n")

@@ -193,3 +193,20 @@ def test_regnet_builds_on_meta_and_restores_torchvision() -> None:
     model = A.build_model("regnet_x_400mf", 7, None)
     assert next(model.parameters()).is_meta
     assert regnet.BlockParams.__dict__["from_init_params"] is before
+
+
+def test_concat_pool_is_max_then_avg() -> None:
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])  # one channel: max 6, mean (1+2+3+6)/4 = 3
+    assert A.AdaptiveConcatPool2d(1)(x).flatten().tolist() == [6.0, 3.0]
+
+
+def test_pool_appended_where_torchvision_pools_in_forward() -> None:
+    # ShuffleNet takes x.mean([2, 3]) in forward(); the appended max pool leaves a 1x1 map,
+    # so the mean becomes a no-op and fc sees the spatial max of conv5's output.
+    torch.manual_seed(0)
+    model = A.build_model("shufflenet_v2_x0_5", 7, None, device="cpu").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.conv5(model.stage4(model.stage3(model.stage2(model.maxpool(model.conv1(x))))))
+        A._place_pool(model, A.family("shufflenet_v2_x0_5"), "max")
+        torch.testing.assert_close(model(x), model.fc(features.amax(dim=(2, 3))))
