@@ -227,21 +227,17 @@ def _phase_changes(
 
 
 def _scheduler_spec(ph: ResolvedPhase, pgs: list[ParamGroup]) -> dict[str, Any] | None:
+    """Per-group arguments (from `lr` expressions) become one value per param group; when
+    all are equal, a scalar, which every torch scheduler accepts."""
     if ph.scheduler is None:
         return None
-    args = {
-        k: ([v[pg.group] for pg in pgs] if isinstance(v, dict) else v) for k, v in ph.scheduler["args"].items()
-    }
-    # One value for every group: pass a scalar, which every torch scheduler accepts.
-    args = {k: (v[0] if isinstance(v, list) and k not in _LIST_ARGS and len(set(v)) == 1 and _per_group(ph, k) else v) for k, v in args.items()}
+    args = {}
+    for key, value in ph.scheduler["args"].items():
+        if isinstance(value, dict):
+            values = [value[pg.group] for pg in pgs]
+            value = values[0] if len(set(values)) == 1 else values
+        args[key] = value
     return {"type": ph.scheduler["type"], "param_groups": [pg.name for pg in pgs], "args": args, "end": ph.end}
-
-
-_LIST_ARGS = ("milestones",)
-
-
-def _per_group(ph: ResolvedPhase, key: str) -> bool:
-    return isinstance(ph.scheduler["args"][key], dict) if ph.scheduler else False
 
 
 def _boundaries(ph: ResolvedPhase, every: int) -> list[int]:
