@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="recipe .toml or plan .json")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>/<n>-<hash8>)")
     p.add_argument("--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder; for a plan.json, the current folder)")
+    p.add_argument("--nproc", type=int, metavar="N", help="train on N processes (GPUs) through torchrun + DDP")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue a run from its newest checkpoint", epilog="example: ftcompile resume runs/quickstart/1-ab12cd34")
@@ -127,6 +128,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ftcompile.plan import Plan
+
+    if args.nproc and args.nproc > 1:
+        from runtime.distributed import launch
+
+        argv = ["run", args.source] + [f"--{k.replace('_', '-')}={v}" for k, v in (("out", args.out), ("data_root", args.data_root)) if v]
+        return launch(args.nproc, argv)
 
     source = Path(args.source)
     if source.suffix == ".json":

@@ -22,7 +22,8 @@ from torch import nn
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
 from ftcompile.plan import OPTIMIZER_OPS, Change, Plan
-from runtime import checkpoint
+from runtime import checkpoint, distributed
+from runtime.distributed import Dist
 from runtime.data import TrainBatches, build_datasets, class_weights, val_loader
 from runtime.model import build, ensure_upstream
 from runtime.optim import build_optimizer
@@ -31,9 +32,7 @@ REPLAYED = ("phase", "freeze", "unfreeze", "bn", *OPTIMIZER_OPS)
 
 
 def pick_device(wanted: str) -> torch.device:
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("CUDA is not available on this machine", key="run.device", suggestion='use device = "auto" or "cpu"')
-    return torch.device("cuda" if wanted != "cpu" and torch.cuda.is_available() else "cpu")
+    return distributed.device_for(Dist(), wanted)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -83,8 +82,11 @@ class Logs:
 
     folder: Path
     names: list[str]
+    enabled: bool = True  # only rank 0 writes
 
     def __post_init__(self) -> None:
+        if not self.enabled:
+            return
         self.metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")
         new = not (self.folder / "lr.csv").exists() or (self.folder / "lr.csv").stat().st_size == 0
         self.lr = open(self.folder / "lr.csv", "a", encoding="utf-8")
@@ -92,17 +94,23 @@ class Logs:
             self.lr.write(",".join(["step", "phase", *self.names]) + "\n")
 
     def record(self, rec: dict[str, Any]) -> None:
-        self.metrics.write(json.dumps(rec, allow_nan=True) + "\n")
+        if self.enabled:
+            self.metrics.write(json.dumps(rec, allow_nan=True) + "\n")
 
     def lrs(self, step: int, phase: str, lrs: list[float]) -> None:
-        self.lr.write(",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) + "\n")
+        if self.enabled:
+            self.lr.write(",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) + "\n")
 
     def sizes(self) -> dict[str, int]:
+        if not self.enabled:
+            return {}
         self.metrics.flush()
         self.lr.flush()
         return {"metrics.jsonl": self.metrics.tell(), "lr.csv": self.lr.tell()}
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.metrics.close()
         self.lr.close()
 
@@ -116,7 +124,10 @@ def truncate_logs(folder: Path, sizes: dict[str, int]) -> None:
                 fh.truncate(size)
 
 
-def evaluate(model: nn.Module, loader: Any, device: torch.device, autocast: Any, num_classes: int) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Any, device: torch.device, autocast: Any, num_classes: int, d: Dist = Dist()
+) -> dict[str, float]:
+    """Val loss, top-1 and top-5 over the whole val set (each rank sums its shard)."""
     model.eval()
     total, loss_sum, top1, top5 = 0, 0.0, 0, 0
     with torch.no_grad():
@@ -130,6 +141,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, autocast: Any,
             top1 += (best[:, 0] == y).sum().item()
             top5 += (best == y[:, None]).any(dim=1).sum().item()
             total += y.numel()
+    total, loss_sum, top1, top5 = distributed.sums([total, loss_sum, top1, top5], d)
     out = {"val_loss": loss_sum / max(total, 1), "top1": top1 / max(total, 1)}
     if num_classes >= 5:
         out["top5"] = top5 / max(total, 1)
@@ -149,11 +161,12 @@ class Progress:
 
     total: int
     enabled: bool = field(default_factory=lambda: sys.stderr.isatty())
+    world: int = 1
     started: float = field(default_factory=time.perf_counter)
     images: int = 0
 
     def update(self, step: int, loss: float, lr: float, batch: int) -> None:
-        self.images += batch
+        self.images += batch * self.world
         if self.enabled and (step % 5 == 0 or step == self.total):
             rate = self.images / max(time.perf_counter() - self.started, 1e-9)
             bar = "#" * int(30 * step / self.total)
@@ -164,12 +177,19 @@ class Progress:
             print(file=sys.stderr)
 
 
-def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint."""
+def train(
+    plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None = None, d: Dist = Dist()
+) -> dict[str, Any]:
+    """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint.
+
+    With several processes (`d.world > 1`) every rank runs this function; rank 0 alone
+    writes logs, checkpoints and model.pt. All ranks draw the same random numbers (same
+    seed, same ops), so rank 0's RNG state in a checkpoint is every rank's.
+    """
     run = plan.run
     ensure_upstream(plan.model, root)
     seed_everything(plan.seed, run["deterministic"])
-    device = pick_device(run["device"])
+    device = distributed.device_for(d, run["device"])
     data = plan.data
     train_ds, val_ds, _ = build_datasets(data, root, data["mean"], data["std"])
     if len(train_ds) != data["train_size"] or len(val_ds) != data["val_size"]:
@@ -179,9 +199,10 @@ def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None =
             key="data.train",
             suggestion="compile the recipe again (ftcompile run RECIPE) or restore the data",
         )
-    batches = TrainBatches(train_ds, data, plan.seed, data["class_counts"] if data["balance"] == "sampler" else None)
+    counts = data["class_counts"] if data["balance"] == "sampler" else None
+    batches = TrainBatches(train_ds, data, plan.seed, counts, rank=d.rank, world=d.world)
     spe = data["steps_per_epoch"]
-    vloader = val_loader(val_ds, data)
+    vloader = val_loader(val_ds, data, rank=d.rank, world=d.world)
 
     model = build(plan.model, root).to(device)
     if run["channels_last"]:
@@ -194,7 +215,8 @@ def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None =
     autocast = _autocast(run["precision"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=run["precision"] == "fp16")
 
-    def apply(change: Change) -> None:
+    def apply(change: Change) -> bool:
+        """Apply one change; True when it changed the trainable set (DDP must be rebuilt)."""
         if change.op == "freeze":
             groups.set_trainable(change.target, False)
         elif change.op == "unfreeze":
@@ -203,6 +225,7 @@ def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None =
             (groups.frozen_bn.add if change.value == "frozen" else groups.frozen_bn.discard)(change.target)
         elif change.op in OPTIMIZER_OPS:
             executor.apply(asdict(change))
+        return change.op in ("freeze", "unfreeze")
 
     changes = plan.changes
     step, nxt = 0, 0
@@ -220,37 +243,47 @@ def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None =
         truncate_logs(run_dir, resume["logs"])
         step, nxt = resume["step"], resume["change_index"] + 1
 
-    logs = Logs(run_dir, plan.param_group_names)
-    progress = Progress(plan.total_steps)
+    net = distributed.wrap(model, d, device)
+    logs = Logs(run_dir, plan.param_group_names, enabled=d.main)
+    progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
+    ends = {ph.end for ph in plan.phases}
     evals: list[dict[str, Any]] = []
     batch_iter = None
     phase = plan.phase_at(step).name
     try:
         while True:
+            rewrap = False
             while nxt < len(changes) and changes[nxt].step == step:
                 change = changes[nxt]
                 if change.op == "phase":
                     phase = change.target
                 elif change.op == "evaluate":
                     rec = {"type": "eval", "step": step, "epoch": step / spe, "phase": change.target}
-                    rec.update(evaluate(model, vloader, device, autocast, plan.model["num_classes"]))
+                    rec.update(evaluate(model, vloader, device, autocast, plan.model["num_classes"], d))
                     logs.record(rec)
                     evals.append(rec)
-                    _print_eval(rec, progress)
+                    if d.main:
+                        _print_eval(rec, progress)
+                    if d.enabled and step in ends:
+                        digests = distributed.check_in_sync(model, d, step)
+                        logs.record({"type": "sync", "step": step, "ranks": d.world, "digests": digests})
                 elif change.op == "checkpoint":
-                    state = {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": executor.scheduler.state_dict() if executor.scheduler else None,
-                        "scaler": scaler.state_dict(),
-                        "change_index": nxt,
-                        "plan_hash": plan.hash,
-                        "logs": logs.sizes(),
-                    }
-                    checkpoint.save(run_dir / "checkpoints", step, state)
+                    if d.main:
+                        state = {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": executor.scheduler.state_dict() if executor.scheduler else None,
+                            "scaler": scaler.state_dict(),
+                            "change_index": nxt,
+                            "plan_hash": plan.hash,
+                            "logs": logs.sizes(),
+                        }
+                        checkpoint.save(run_dir / "checkpoints", step, state)
                 else:
-                    apply(change)
+                    rewrap |= apply(change)
                 nxt += 1
+            if rewrap and d.enabled:
+                net = distributed.wrap(model, d, device)
             if step >= plan.total_steps:
                 break
             epoch, b = divmod(step, spe)
@@ -263,12 +296,12 @@ def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None =
             lrs = executor.lrs()
             groups.train_mode(model)
             with autocast():
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(net(x), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            value = loss.item()
+            value = distributed.mean(loss.item(), d)
             logs.record({"type": "step", "step": step, "phase": phase, "loss": value,
                          "lr": dict(zip(plan.param_group_names, lrs))})
             logs.lrs(step, phase, lrs)
@@ -280,7 +313,8 @@ def train(plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None =
     finally:
         progress.done()
         logs.close()
-    checkpoint.atomic_save(model.state_dict(), run_dir / "model.pt")
+    if d.main:
+        checkpoint.atomic_save(model.state_dict(), run_dir / "model.pt")
     return {"evals": evals, "seconds": time.perf_counter() - progress.started}
 
 

@@ -66,9 +66,7 @@ def upstream_model(weights: dict[str, Any], root: Path) -> Path:
             return run / "model.pt"
     upstream_root = root / weights["root"]
     print(f"weights: no finished run of {weights['value']} (plan {plan.hash[:8]}); training it first", flush=True)
-    run_dir = rundir.new_run_dir(plan, None)
-    rundir.start_in(plan, upstream_root / Path(weights["value"]).name, upstream_root, run_dir)
-    return run_dir / "model.pt"
+    return rundir.run_new(plan, upstream_root / Path(weights["value"]).name, upstream_root, None) / "model.pt"
 
 
 def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor]:

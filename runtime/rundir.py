@@ -50,7 +50,7 @@ def git_info(path: Path | None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def env_record(plan: Plan, recipe: Path | None, root: Path) -> dict[str, Any]:
+def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> dict[str, Any]:
     import torch
     import torchvision
 
@@ -63,6 +63,7 @@ def env_record(plan: Plan, recipe: Path | None, root: Path) -> dict[str, Any]:
         "device": str(pick_device(plan.run["device"])),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "seed": plan.seed,
+        "processes": world,
         "plan_hash": plan.hash,
         "recipe": str(recipe) if recipe else None,
         "git": git_info(recipe),
@@ -77,15 +78,24 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> int:
-    return start_in(plan, recipe, root, new_run_dir(plan, out))
+    run_new(plan, recipe, root, out)
+    return 0
 
 
-def start_in(plan: Plan, recipe: Path | None, root: Path, run_dir: Path) -> int:
-    if recipe is not None:
-        shutil.copyfile(recipe, run_dir / "recipe.toml")
-    (run_dir / "plan.json").write_text(plan.to_json() + "\n")
-    write_json(run_dir / "env.json", env_record(plan, recipe, root))
-    return _train(plan, run_dir, root, None)
+def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Path:
+    """Create the run directory (rank 0; the others learn its name), record, train."""
+    from runtime import distributed
+
+    d = distributed.init(plan.run["device"])
+    run_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
+    if d.main:
+        if recipe is not None:
+            shutil.copyfile(recipe, run_dir / "recipe.toml")
+        (run_dir / "plan.json").write_text(plan.to_json() + "\n")
+        write_json(run_dir / "env.json", env_record(plan, recipe, root, d.world))
+    distributed.barrier(d)
+    _train(plan, run_dir, root, None, d)
+    return run_dir
 
 
 def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
@@ -105,8 +115,9 @@ def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
 
 def resume_run(run_dir: Path) -> int:
     plan, env = open_run(run_dir)
-    from runtime import checkpoint
+    from runtime import checkpoint, distributed
 
+    d = distributed.init(plan.run["device"])
     state = checkpoint.load_newest(run_dir / "checkpoints")
     if state is not None and state.get("plan_hash") != plan.hash:
         raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
@@ -114,10 +125,13 @@ def resume_run(run_dir: Path) -> int:
         print("no complete checkpoint: starting from step 0", file=sys.stderr)
         from runtime.loop import truncate_logs
 
-        truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0})
-    else:
+        if d.main:
+            truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0})
+    elif d.main:
         print(f"resuming at step {state['step']} of {plan.total_steps}", file=sys.stderr)
-    return _train(plan, run_dir, Path(env["data_root"]), state)
+    distributed.barrier(d)
+    _train(plan, run_dir, Path(env["data_root"]), state, d)
+    return 0
 
 
 def rerun_run(run_dir: Path, out: Path | None) -> int:
@@ -131,22 +145,27 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
     for lib, version in now.items():
         if plan.versions.get(lib) != version:
             print(f"warning: the plan was made with {lib} {plan.versions.get(lib)}, this is {version}", file=sys.stderr)
-    new_dir = new_run_dir(plan, out)
-    if (run_dir / "recipe.toml").is_file():
-        shutil.copyfile(run_dir / "recipe.toml", new_dir / "recipe.toml")
-    (new_dir / "plan.json").write_text(plan.to_json() + "\n")
-    record = {**env, "rerun_of": str(run_dir)}
-    write_json(new_dir / "env.json", record)
-    return _train(plan, new_dir, Path(env["data_root"]), None)
+    from runtime import distributed
+
+    d = distributed.init(plan.run["device"])
+    new_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
+    if d.main:
+        if (run_dir / "recipe.toml").is_file():
+            shutil.copyfile(run_dir / "recipe.toml", new_dir / "recipe.toml")
+        (new_dir / "plan.json").write_text(plan.to_json() + "\n")
+        write_json(new_dir / "env.json", {**env, "processes": d.world, "rerun_of": str(run_dir)})
+    distributed.barrier(d)
+    _train(plan, new_dir, Path(env["data_root"]), None, d)
+    return 0
 
 
-def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None) -> int:
+def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
     from runtime.loop import train
 
-    result = train(plan, run_dir, root, state)
-    print_summary(plan, result)
-    print(run_dir)
-    return 0
+    result = train(plan, run_dir, root, state, d)
+    if d.main:
+        print_summary(plan, result)
+        print(run_dir)
 
 
 def print_summary(plan: Plan, result: dict[str, Any]) -> None:
