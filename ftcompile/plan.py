@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,14 @@ class Plan:
     hash: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        body = asdict(self)
-        body.pop("hash")
-        return json.loads(canonical(body))  # tuples -> lists, exactly as in the file
+        return json.loads(self.canonical_body())  # tuples -> lists, exactly as in the file
+
+    def canonical_body(self) -> str:
+        """canonical(asdict(self) without "hash"), without asdict's deep copy of every value:
+        a plan of 1000 phases holds ~10^5 changes. `plan_hash(self.to_dict())` hashes this string."""
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hash"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                          default=_dataclass_fields)
 
     def to_json(self) -> str:
         return json.dumps({**self.to_dict(), "hash": self.hash}, indent=1, sort_keys=True, allow_nan=False)
@@ -136,6 +142,15 @@ class Plan:
         if not isinstance(data, dict):
             raise RecipeError("not a plan", file=path)
         return Plan.from_dict(data, str(path))
+
+
+def _dataclass_fields(obj: Any) -> dict[str, Any]:
+    """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change) as its fields, as asdict gives."""
+    if type(obj) in (Change, ParamGroup, PhasePlan):  # plain frozen dataclasses: __dict__ is their fields
+        return vars(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def canonical(obj: Any) -> str:
@@ -200,10 +215,11 @@ def _phase_changes(
     tracker: _Tracker,
 ) -> None:
     s = ph.begin
+    train = set(ph.train)
     tracker.changes.append(Change(s, "phase", ph.name))
     bn_groups = set(resolved.bn_groups.values())
     for g in resolved.groups:
-        trained = g.name in ph.train
+        trained = g.name in train
         if state["trained"].get(g.name) != trained:
             tracker.changes.append(Change(s, "unfreeze" if trained else "freeze", g.name))
             state["trained"][g.name] = trained
@@ -213,14 +229,14 @@ def _phase_changes(
             state["bn"][g.name] = mode
     base_wd, base_mom = state["base_wd"], state["base_mom"]
     for pg in pgs:
-        trained = pg.group in ph.train
+        trained = pg.group in train
         # A scheduler may have moved lr (and momentum) during the last phase: set them again.
         tracker.set(s, pg.name, "lr", ph.lr[pg.group] if trained else 0.0, force=trained)
         if pg.decay and base_wd is not None:
             tracker.set(s, pg.name, "weight_decay", ph.weight_decay.get(pg.group, base_wd))
         if base_mom is not None and trained:
             tracker.set(s, pg.name, "momentum", ph.momentum.get(pg.group, base_mom), force=True)
-    trained_pgs = [pg for pg in pgs if pg.group in ph.train]
+    trained_pgs = [pg for pg in pgs if pg.group in train]
     if ph.optimizer_state == "reset":
         tracker.changes += [Change(s, "reset_state", pg.name) for pg in trained_pgs]
     tracker.changes.append(Change(s, "scheduler", ph.name, value=_scheduler_spec(ph, trained_pgs)))
@@ -277,20 +293,52 @@ def lr_trace(plan: Plan) -> list[tuple[int, str, list[float]]]:
             group["weight_decay"] = 0.0
     ex = Executor(opt, plan.param_group_names)
     changes = [c for c in plan.changes if c.op in OPTIMIZER_OPS]
+    phase_names = _phase_per_step(plan)
     rows = []
     i = 0
     for step in range(plan.total_steps):
         while i < len(changes) and changes[i].step == step:
             _apply_checked(ex, changes[i])
             i += 1
-        rows.append((step, plan.phase_at(step).name, ex.lrs()))
-        ex.after_step(step + 1)
+        rows.append((step, phase_names[step], ex.lrs()))
+        _step_checked(ex, step + 1, phase_names[step])
     return rows
+
+
+def _phase_per_step(plan: Plan) -> list[str]:
+    """`plan.phase_at(step).name` for every step, in one pass instead of a scan per step."""
+    names = [plan.phases[-1].name] * plan.total_steps
+    for phase in reversed(plan.phases):  # the first phase that holds a step wins, as in phase_at
+        lo, hi = max(phase.begin, 0), min(phase.end, plan.total_steps)
+        names[lo:hi] = [phase.name] * max(0, hi - lo)
+    return names
+
+
+def change_dict(change: Change) -> dict[str, Any]:
+    """`asdict(change)` for the Executor; only a container value (a scheduler spec) is copied,
+    not every float of ~10^5 `set` changes."""
+    value = change.value
+    return {
+        "step": change.step,
+        "op": change.op,
+        "target": change.target,
+        "field": change.field,
+        "value": _copied(value),
+    }
+
+
+def _copied(value: Any) -> Any:
+    """What asdict does to a JSON-like value: containers copied, scalars shared."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(v) for v in value)
+    return value
 
 
 def _apply_checked(ex: Any, change: Change) -> None:
     try:
-        ex.apply(asdict(change))
+        ex.apply(change_dict(change))
     except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise RecipeError(
             f"{change.value['type'] if isinstance(change.value, dict) else change.op} rejects its arguments: {exc}",
@@ -299,16 +347,38 @@ def _apply_checked(ex: Any, change: Change) -> None:
         ) from None
 
 
+def _step_checked(ex: Any, steps_done: int, phase: str) -> None:
+    """A scheduler whose arguments only fail (or overflow) when it steps is a recipe error too."""
+    key = f"phases.{phase}.scheduler"
+    try:
+        ex.after_step(steps_done)
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OverflowError) as exc:
+        raise RecipeError(
+            f"the scheduler fails at step {steps_done}: {exc}",
+            key=key,
+            suggestion="check the scheduler arguments against the torch.optim.lr_scheduler documentation",
+        ) from None
+    if not all(math.isfinite(lr) for lr in ex.lrs()):
+        raise RecipeError(
+            f"the scheduler drives an LR to {ex.lrs()} at step {steps_done}",
+            key=key,
+            suggestion="check the scheduler arguments (gamma, factors); every LR must stay finite",
+        )
+
+
 def _lr_summary(rows: list[tuple[int, str, list[float]]], plan: Plan) -> list[PhasePlan]:
+    first_pg: dict[str, int] = {}  # group -> index of its first param group
+    for i, pg in enumerate(plan.param_groups):
+        first_pg.setdefault(pg.group, i)
     out = []
     for ph in plan.phases:
         window = rows[ph.begin : ph.end]
         lr = {}
         for g in ph.train:
-            idx = next(i for i, pg in enumerate(plan.param_groups) if pg.group == g)
+            idx = first_pg[g]
             values = [r[2][idx] for r in window]
             lr[g] = {"first": values[0], "peak": max(values), "last": values[-1]}
-        out.append(PhasePlan(**{**asdict(ph), "lr": lr}))
+        out.append(replace(ph, lr=lr))
     return out
 
 
@@ -360,7 +430,8 @@ def build_plan(resolved: Resolved, recipe: Any, source_name: str, source_hash: s
         total_steps=resolved.total_steps,
     )
     final = Plan(**{**_shallow(draft), "phases": tuple(_lr_summary(lr_trace(draft), draft))})
-    return Plan(**{**_shallow(final), "hash": plan_hash(final.to_dict())})
+    # == plan_hash(final.to_dict()): canonical JSON is unchanged by a JSON round trip.
+    return Plan(**{**_shallow(final), "hash": hashlib.sha256(final.canonical_body().encode()).hexdigest()})
 
 
 def _shallow(plan: Plan) -> dict[str, Any]:

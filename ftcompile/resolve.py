@@ -15,6 +15,7 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ LENGTH_ARGS = {
 MAX_LR_DEFAULT = ("OneCycleLR", "CyclicLR")
 # Need a callable or a metric, which a TOML recipe cannot give.
 UNSUPPORTED_SCHEDULERS = {"LambdaLR", "MultiplicativeLR", "ReduceLROnPlateau", "SequentialLR", "ChainedScheduler"}
+# A phase longer than this is a typo (and its LR trace would take hours to compute).
+MAX_STEPS = 10**7
 NORM_TYPES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm", "RMSNorm")
 
 
@@ -109,6 +112,13 @@ def resolve_weights(arch: str, weights: str, folder: Path, chain: tuple[Path, ..
         key="model.weights",
         suggestion=(did_you_mean(weights, valid) or "") + f" valid: {', '.join(valid)}, a .pt/.pth path, an upstream recipe .toml, or \"none\"",
     )
+
+
+def _looks_like_file(value: str) -> bool:
+    """The same test `load` uses to decide that a weights value is a path to rebase."""
+    from ftcompile.load import _looks_like_path
+
+    return _looks_like_path(value)
 
 
 def _upstream(weights: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
@@ -201,6 +211,7 @@ def resolve_groups(
     out = []
     for gname, selectors in groups.items():
         chosen: list[str] = []
+        picked: set[str] = set()  # == set(chosen), for O(1) membership
         for i, sel in enumerate(selectors):
             hits = select(sel, names, aliases, modules)
             if not hits:
@@ -211,7 +222,9 @@ def resolve_groups(
                     key=f"groups.{gname}[{i}]",
                     suggestion=near or f"aliases and top-level modules: {', '.join(top)}",
                 )
-            chosen += [h for h in hits if h not in chosen]
+            new = [h for h in hits if h not in picked]
+            chosen += new
+            picked.update(new)
         for pname in chosen:
             if pname in owner and owner[pname] != gname:
                 raise RecipeError(
@@ -220,7 +233,7 @@ def resolve_groups(
                     suggestion="narrow one of the selectors (module names like 'layer4.1' or globs work)",
                 )
             owner[pname] = gname
-        ordered = tuple(n for n in names if n in set(chosen))
+        ordered = tuple(n for n in names if n in picked)
         out.append(GroupInfo(gname, tuple(selectors), ordered, sum(numel[n] for n in ordered)))
     rest = tuple(n for n in names if n not in owner)
     if rest:
@@ -297,7 +310,9 @@ def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
             try:
                 trees[g] = parse_expr(v)
             except ValueError as exc:
-                raise RecipeError(str(exc), key=f"{key}.{g}") from None
+                raise RecipeError(
+                    str(exc), key=f"{key}.{g}", suggestion=f"refer to groups trained in this phase: {', '.join(train)}"
+                ) from None
             for ref in names_in(trees[g]):
                 if ref not in train:
                     raise RecipeError(
@@ -343,8 +358,14 @@ def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
 # ---------------------------------------------------------------- optimizer and scheduler
 
 
+@lru_cache(maxsize=None)
+def _init_params(cls: type) -> Any:
+    """inspect.signature is slow and asked once per phase; a torch class's signature is fixed."""
+    return inspect.signature(cls.__init__).parameters
+
+
 def _signature_args(cls: type, skip: Sequence[str]) -> dict[str, inspect.Parameter]:
-    params = inspect.signature(cls.__init__).parameters
+    params = _init_params(cls)
     return {n: p for n, p in params.items() if n not in ("self", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
@@ -368,6 +389,27 @@ def check_optimizer(opt_type: str, kwargs: dict[str, Any]) -> None:
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise RecipeError(f"must be >= 0 (got {value!r})", key=f"optimizer.{name}")
+        if not _finite(value):
+            raise RecipeError(f"must be finite (got {value!r})", key=f"optimizer.{name}", suggestion="write a number")
+    try:  # the optimizer's own checks (types, ranges), on one dummy parameter
+        getattr(torch.optim, opt_type)([torch.zeros(1, requires_grad=True)], **kwargs)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise RecipeError(
+            f"{opt_type} rejects its arguments: {exc}",
+            key="optimizer",
+            suggestion=f"see the torch.optim.{opt_type} documentation for each argument's type and range",
+        ) from None
+
+
+def _finite(value: Any) -> bool:
+    """No inf or nan anywhere in a value: a plan is JSON."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 def scheduler_names() -> list[str]:
@@ -437,6 +479,8 @@ def _scheduler_value(raw: Any, spe: int, lrs: dict[str, float]) -> Any:
     """Durations -> steps; expressions over `lr` -> {group: value} (one per group)."""
     if isinstance(raw, dict):
         raise ValueError("a table is not a scheduler argument; per-group values come from expressions over `lr`")
+    if not _finite(raw):
+        raise ValueError(f"must be finite (got {raw!r})")
     if not isinstance(raw, str):
         return raw
     text = raw.strip()
@@ -522,6 +566,12 @@ def resolve(
                     )
         length = round(phase.epochs * spe) if phase.epochs is not None else phase.steps
         length = max(1, int(length))
+        if step + length > MAX_STEPS:
+            raise RecipeError(
+                f"the run would be {step + length} optimizer steps long, more than {MAX_STEPS}",
+                key=f"phases.{name}.{'epochs' if phase.epochs is not None else 'steps'}",
+                suggestion=f"one epoch is {spe} steps; check the phase's length",
+            )
         lrs = resolve_lrs(name, phase)
         sched = resolve_scheduler(name, phase, length, spe, lrs)
         phases.append(
