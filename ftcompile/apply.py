@@ -3,8 +3,9 @@
 The trace in `ftcompile plan` and the LR a real run reads from its optimizer come from the
 same code acting on the same change records, which is what makes them equal step for step.
 Torch schedulers are used as they are; each one is built fresh over a view of the param
-groups of its phase, after `initial_lr` has been set explicitly, so nothing left behind by
-an earlier scheduler leaks into a later phase.
+groups of its phase, after the keys an earlier scheduler left in them (`initial_lr`, ...)
+have been removed, so nothing leaks into a later phase and each scheduler starts exactly
+as it does on a fresh optimizer (CyclicLR, for one, sets lr = base_lr before `initial_lr`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ class Executor:
             group = self.optimizer.param_groups[i]
             for key in _SCHEDULER_KEYS:
                 group.pop(key, None)
-            group["initial_lr"] = group["lr"]
         self._indices = indices
         view = GroupView(self.optimizer, indices)
         self.scheduler = scheduler_class(spec["type"])(view, **spec["args"])

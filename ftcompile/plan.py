@@ -46,6 +46,7 @@ class PhasePlan:
     optimizer_state: str
     scheduler: dict[str, Any] | None
     lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
+    cache: dict[str, Any]  # feature cache: {"on", "why", "module"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Change:
     """One generic record: at `step`, do `op` to `target` (a group, param group or phase)."""
 
     step: int
-    op: str  # phase | freeze | unfreeze | bn | set | reset_state | scheduler | evaluate | checkpoint
+    op: str  # phase | freeze | unfreeze | bn | features | set | reset_state | scheduler | evaluate | checkpoint
     target: str | None = None
     field: str | None = None
     value: Any = None
@@ -227,6 +228,11 @@ def _phase_changes(
         if g.name in bn_groups and state["bn"].get(g.name) != mode:
             tracker.changes.append(Change(s, "bn", g.name, value=mode))
             state["bn"][g.name] = mode
+    cache = ph.cache["module"] if ph.cache["on"] else None
+    if cache != state.get("cache"):
+        # Train the head on features of the frozen part computed once (None: stop doing so).
+        tracker.changes.append(Change(s, "features", ph.name, value=cache))
+        state["cache"] = cache
     base_wd, base_mom = state["base_wd"], state["base_mom"]
     for pg in pgs:
         trained = pg.group in train
@@ -406,6 +412,7 @@ def build_plan(resolved: Resolved, recipe: Any, source_name: str, source_hash: s
             optimizer_state=ph.optimizer_state,
             scheduler=ph.scheduler and {"type": ph.scheduler["type"], "args": ph.scheduler["args"]},
             lr={},
+            cache=ph.cache,
         )
         for ph in resolved.phases
     )

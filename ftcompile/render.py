@@ -55,6 +55,8 @@ def describe_change(c: Change) -> str:
         return f"BatchNorm of {c.target}: {'eval mode (frozen stats)' if c.value == 'frozen' else 'train mode'}"
     if c.op == "set":
         return f"set {c.target}.{c.field} = {c.value:.6g}"
+    if c.op == "features":
+        return f"feature cache on: train {c.value} on cached inputs" if c.value else "feature cache off"
     if c.op == "reset_state":
         return f"reset optimizer state of {c.target}"
     if c.op == "scheduler":
@@ -96,6 +98,9 @@ def render(plan: Plan, max_changes: int = 200) -> str:
             [ph.name, ",".join(ph.after) or "-", f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}", trained, lrs, sched]
         )
     out.append(table(rows))
+    width = max(len(ph.name) for ph in plan.phases)
+    out += ["", "feature cache (frozen part computed once, head trained on its output):"]
+    out += [f"  {ph.name:<{width}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}" for ph in plan.phases]
     out += ["", f"changes ({len(plan.changes)}; at step S = after S optimizer steps):"]
     for c in plan.changes[:max_changes]:
         out.append(f"  {c.step:>7}  {describe_change(c)}")

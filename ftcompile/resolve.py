@@ -69,6 +69,7 @@ class ResolvedPhase:
     bn: str
     optimizer_state: str
     scheduler: dict[str, Any] | None  # {"type", "args"}; a dict-valued arg holds one value per group
+    cache: dict[str, Any]  # {"on": bool, "why": str, "module": head module}
 
 
 @dataclass(frozen=True)
@@ -527,7 +528,14 @@ def resolve(
     if num_classes < 2:
         raise RecipeError("a classifier needs at least 2 classes", key="model.num_classes", suggestion="add class folders")
     head = m.head.model_dump() if m.head else None
-    model = archs.build_model(m.arch, num_classes, head, device="meta")
+    try:
+        model = archs.build_model(m.arch, num_classes, head, device="meta")
+    except (RuntimeError, ValueError, OverflowError) as exc:  # e.g. a Linear too large to exist
+        raise RecipeError(
+            f"torchvision cannot build {m.arch} with {num_classes} classes and this head: {exc}",
+            key="model.head" if head else "model.num_classes",
+            suggestion="check model.num_classes and the widths in model.head",
+        ) from None
     opt = recipe.optimizer
     check_optimizer(opt.type, opt.kwargs)
     params = param_infos(model, opt.no_decay)
@@ -536,6 +544,7 @@ def resolve(
     groups = resolve_groups(groups_spec, params, archs.aliases(m.arch, model), modules)
     group_names = [g.name for g in groups]
     owner = {p: g.name for g in groups for p in g.params}
+    below_head = _below_head(model, archs.aliases(m.arch, model)["head"], groups)
 
     bs = data["batch_size"]
     spe = (counts.train_size // bs) if data["drop_last"] else math.ceil(counts.train_size / bs)
@@ -588,6 +597,7 @@ def resolve(
                 bn=phase.bn,
                 optimizer_state=phase.optimizer_state,
                 scheduler=sched,
+                cache=cacheability(phase, below_head, data["augment"]),
             )
         )
         step += length
@@ -622,6 +632,55 @@ def resolve(
         checkpoint_every=parse_duration(run.checkpoint_every, spe),
         bn_groups={mod: owner[first] for mod, first in bn_modules(model) if first in owner},
     )
+
+
+@dataclass(frozen=True)
+class BelowHead:
+    """What the feature cache needs to know about everything that feeds the head."""
+
+    head_module: str | None  # the one module holding the head, or None
+    head_only_groups: frozenset[str]  # groups whose parameters all sit in the head
+    bn: bool  # BatchNorm layers below the head
+    random: bool  # dropout / stochastic depth below the head
+
+
+def _below_head(model: Any, head: list[str], groups: tuple[GroupInfo, ...]) -> BelowHead:
+    inside = lambda name: any(_prefix_match(h, name) for h in head)  # noqa: E731
+    below = [(n, m) for n, m in model.named_modules() if n and not inside(n)]
+    random = any(type(m).__name__ in ("Dropout", "Dropout2d", "StochasticDepth") and getattr(m, "p", 0) > 0 for _, m in below)
+    return BelowHead(
+        head_module=head[0] if len(head) == 1 else None,
+        head_only_groups=frozenset(g.name for g in groups if g.params and all(inside(p) for p in g.params)),
+        bn=any("BatchNorm" in type(m).__name__ for _, m in below),
+        random=random,
+    )
+
+
+def cacheability(phase: Phase, below: BelowHead, augment: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the frozen part's output can be computed once and reused for every epoch.
+
+    Safe when only the head trains, BatchNorm below it keeps its statistics (bn = "frozen")
+    and nothing below it or in the train transforms is random; `cache_features = true`
+    accepts random augmentation / dropout applied once, `false` turns the cache off.
+    """
+    def no(why: str) -> dict[str, Any]:
+        return {"on": False, "why": why, "module": below.head_module}
+
+    if phase.cache_features is False:
+        return no("cache_features = false")
+    below_groups = [g for g in phase.train if g not in below.head_only_groups]
+    if below_groups:
+        return no(f"trains {', '.join(below_groups)} below the head")
+    if below.head_module is None:
+        return no("the head is not one module")
+    if below.bn and phase.bn != "frozen":
+        return no('BatchNorm below the head keeps learning statistics (set bn = "frozen")')
+    if phase.cache_features is None:
+        if augment:
+            return no("train augmentation is random (cache_features = true applies it once)")
+        if below.random:
+            return no("dropout / stochastic depth below the head (cache_features = true accepts it)")
+    return {"on": True, "why": "opted in" if phase.cache_features else "only the head trains", "module": below.head_module}
 
 
 def _counts(

@@ -26,7 +26,8 @@ Duration = Union[PositiveInt, str]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML has inf and nan; no recipe number means either, and a plan cannot hold them (JSON).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class Head(Strict):
@@ -120,6 +121,7 @@ class Phase(Strict):
     optimizer_state: Literal["keep", "reset"] = "keep"
     weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = {}
     momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
+    cache_features: bool | None = None  # None: cache when provably safe; true: also with augmentation
 
     @model_validator(mode="after")
     def _one_duration(self) -> "Phase":
@@ -243,7 +245,39 @@ def _to_error(err: dict[str, Any], loaded: LoadedRecipe) -> RecipeError:
         message = err["msg"].removeprefix("Value error, ")
         if "input" in err and not isinstance(err["input"], (dict, list)):
             message += f" (got {err['input']!r})"
+        suggestion = _hint(kind, err.get("ctx") or {})
     return RecipeError(message, file=loaded.path, key=key, line=loaded.line_of(key), suggestion=suggestion)
+
+
+_HINTS = {
+    "greater_than": "use a number > {gt}",
+    "greater_than_equal": "use a number >= {ge}",
+    "less_than": "use a number < {lt}",
+    "less_than_equal": "use a number <= {le}",
+    "too_short": "give at least {min_length} item(s)",
+    "literal_error": "use one of: {expected}",
+    "string_pattern_mismatch": "use lower-case letters, digits, '.', '_' and '-' (a slug)",
+    "int_parsing": "write a whole number, without quotes",
+    "int_type": "write a whole number, without quotes",
+    "int_from_float": "write a whole number",
+    "float_parsing": "write a number, without quotes",
+    "float_type": "write a number, without quotes",
+    "finite_number": "write a finite number (not inf or nan)",
+    "bool_parsing": "write true or false, without quotes",
+    "bool_type": "write true or false, without quotes",
+    "string_type": "write a string, in quotes",
+    "list_type": "write a list: [ ... ]",
+    "dict_type": "write a table: { key = value }",
+    "model_type": "write a table: { key = value }",
+}
+
+
+def _hint(kind: str, ctx: dict[str, Any]) -> str:
+    """What to write instead; `ftcompile schema` is the reference where no short hint fits."""
+    try:
+        return _HINTS[kind].format(**ctx)
+    except (KeyError, IndexError):
+        return "`ftcompile schema` lists every key with its type and allowed values"
 
 
 def validate(loaded: LoadedRecipe) -> Recipe:

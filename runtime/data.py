@@ -330,6 +330,17 @@ def _check_divisible(batch_size: int, world: int) -> None:
         )
 
 
+CACHE_STREAM = 2**31 - 1  # the seed stream of the one augmentation a feature cache applies
+
+
+def cache_loader(dataset: Dataset, data: dict, seed: int) -> DataLoader:
+    """Every train sample once, in index order, each drawn under its own seed (feature cache)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    size = int(data["batch_size"])
+    batches = [[(i, stream_seed(seed, CACHE_STREAM, i)) for i in range(b, min(b + size, n))] for b in range(0, n, size)]
+    return _loader(dataset, int(data.get("workers", 0)), batch_sampler=batches)
+
+
 def val_loader(dataset: Dataset, data: dict, rank: int = 0, world: int = 1) -> DataLoader:
     """In-order validation batches of this rank's contiguous shard, without padding.
 

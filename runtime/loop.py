@@ -24,11 +24,12 @@ from ftcompile.errors import RecipeError
 from ftcompile.plan import OPTIMIZER_OPS, Change, Plan
 from runtime import checkpoint, distributed
 from runtime.distributed import Dist
-from runtime.data import TrainBatches, build_datasets, class_weights, val_loader
+from runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
+from runtime.features import FeatureCache
 from runtime.model import build, ensure_upstream
 from runtime.optim import build_optimizer
 
-REPLAYED = ("phase", "freeze", "unfreeze", "bn", *OPTIMIZER_OPS)
+REPLAYED = ("phase", "freeze", "unfreeze", "bn", "features", *OPTIMIZER_OPS)
 
 
 def pick_device(wanted: str) -> torch.device:
@@ -215,9 +216,14 @@ def train(
     autocast = _autocast(run["precision"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=run["precision"] == "fp16")
 
+    wanted_cache: dict[str, str | None] = {"module": None}
+    cache: FeatureCache | None = None
+
     def apply(change: Change) -> bool:
-        """Apply one change; True when it changed the trainable set (DDP must be rebuilt)."""
-        if change.op == "freeze":
+        """Apply one change; True when it changed what is trained (DDP must be rebuilt)."""
+        if change.op == "features":
+            wanted_cache["module"] = change.value
+        elif change.op == "freeze":
             groups.set_trainable(change.target, False)
         elif change.op == "unfreeze":
             groups.set_trainable(change.target, True)
@@ -225,7 +231,7 @@ def train(
             (groups.frozen_bn.add if change.value == "frozen" else groups.frozen_bn.discard)(change.target)
         elif change.op in OPTIMIZER_OPS:
             executor.apply(asdict(change))
-        return change.op in ("freeze", "unfreeze")
+        return change.op in ("freeze", "unfreeze", "features")
 
     changes = plan.changes
     step, nxt = 0, 0
@@ -243,7 +249,7 @@ def train(
         truncate_logs(run_dir, resume["logs"])
         step, nxt = resume["step"], resume["change_index"] + 1
 
-    net = distributed.wrap(model, d, device)
+    net: nn.Module | None = None  # built below, once the changes of the first step are applied
     logs = Logs(run_dir, plan.param_group_names, enabled=d.main)
     progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
     ends = {ph.end for ph in plan.phases}
@@ -259,7 +265,11 @@ def train(
                     phase = change.target
                 elif change.op == "evaluate":
                     rec = {"type": "eval", "step": step, "epoch": step / spe, "phase": change.target}
-                    rec.update(evaluate(model, vloader, device, autocast, plan.model["num_classes"], d))
+                    if cache is not None:
+                        head, val_batches = model.get_submodule(cache.module), cache.val_batches(data["batch_size"], device)
+                    else:
+                        head, val_batches = model, vloader
+                    rec.update(evaluate(head, val_batches, device, autocast, plan.model["num_classes"], d))
                     logs.record(rec)
                     evals.append(rec)
                     if d.main:
@@ -282,21 +292,29 @@ def train(
                 else:
                     rewrap |= apply(change)
                 nxt += 1
-            if rewrap and d.enabled:
-                net = distributed.wrap(model, d, device)
+            if (cache.module if cache else None) != wanted_cache["module"]:
+                cache = None if wanted_cache["module"] is None else FeatureCache.build(
+                    model, wanted_cache["module"], cache_loader(train_ds, data, plan.seed), vloader, device,
+                    autocast, lambda: groups.train_mode(model))
+                rewrap, batch_iter = True, None
+            if rewrap or net is None:
+                net = distributed.wrap(model.get_submodule(cache.module) if cache else model, d, device)
             if step >= plan.total_steps:
                 break
             epoch, b = divmod(step, spe)
-            if batch_iter is None or b == 0:
-                batch_iter = iter(batches.loader(epoch, b))
-            x, y = next(batch_iter)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if run["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if cache is not None:
+                x, y = cache.batch([i for i, _ in batches.batch_items(epoch, b)], device)
+            else:
+                if batch_iter is None or b == 0:
+                    batch_iter = iter(batches.loader(epoch, b))
+                x, y = next(batch_iter)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if run["channels_last"]:
+                    x = x.contiguous(memory_format=torch.channels_last)
             lrs = executor.lrs()
             groups.train_mode(model)
             with autocast():
-                loss = loss_fn(net(x), y)
+                loss = loss_fn(_forward(net, x, step), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -316,6 +334,20 @@ def train(
     if d.main:
         checkpoint.atomic_save(model.state_dict(), run_dir / "model.pt")
     return {"evals": evals, "seconds": time.perf_counter() - progress.started}
+
+
+def _forward(net: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
+    """The model's output; a batch too small for BatchNorm in train mode is a user error."""
+    try:
+        return net(x)
+    except ValueError as exc:
+        if "more than 1 value per channel" not in str(exc):
+            raise
+        raise RecipeError(
+            f"the batch of step {step} has {len(x)} image(s), too few for BatchNorm in train mode ({exc})",
+            key="data.batch_size",
+            suggestion="set data.drop_last = true, or a batch_size that does not leave 1 image in an epoch's last batch",
+        ) from None
 
 
 def _print_eval(rec: dict[str, Any], progress: Progress) -> None:
