@@ -144,6 +144,7 @@ class Run(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     deterministic: bool = True
+    compile: bool = False  # torch.compile the model (recompiles when the trainable set changes)
     checkpoint_every: Duration = "1 epoch"
     eval_every: Duration = "1 epoch"
 

@@ -299,6 +299,8 @@ def train(
                 rewrap, batch_iter = True, None
             if rewrap or net is None:
                 net = distributed.wrap(model.get_submodule(cache.module) if cache else model, d, device)
+                if run["compile"]:
+                    net = torch.compile(net)
             if step >= plan.total_steps:
                 break
             epoch, b = divmod(step, spe)
