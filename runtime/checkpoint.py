@@ -23,11 +23,15 @@ _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -66,6 +70,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(folder: Path, step: int, payload: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (one writer per run)
+        stale.unlink(missing_ok=True)
     path = folder / f"step-{step:08d}.pt"
     atomic_save({**payload, "step": step, "rng": rng_state()}, path)
     for old in list_checkpoints(folder)[:-KEEP]:

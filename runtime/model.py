@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -31,22 +33,41 @@ def build(plan_model: dict[str, Any], root: Path) -> nn.Module:
     num_classes, head = plan_model["num_classes"], plan_model["head"]
     if kind == "torchvision":
         weights = torchvision_weights(arch, plan_model["weights"]["value"])
-        try:
-            return archs.build_model(arch, num_classes, head, device="cpu", weights=weights)
-        except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            if cache_file(weights).is_file():
-                raise
-            raise RecipeError(
-                f"weights {weights} are not cached and cannot be downloaded ({type(exc).__name__})",
-                key="model.weights",
-                suggestion=f"put the file {Path(weights.url).name} (from {weights.url}) at {cache_file(weights)}",
-            ) from None
+        fetch(weights)
+        # torch.hub loads its cache with weights_only=False: check the file the safe way first.
+        load_state(cache_file(weights))
+        return archs.build_model(arch, num_classes, head, device="cpu", weights=weights)
     model = archs.build_model(arch, num_classes, head, device="cpu")
     if kind == "file":
         load_backbone(model, arch, root / plan_model["weights"]["value"])
     elif kind == "recipe":
         load_backbone(model, arch, upstream_model(plan_model["weights"], root))
     return model
+
+
+DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: a network that drops packets fails, not hangs
+
+
+def fetch(weights: Any) -> None:
+    """Download torchvision weights into the torch.hub cache unless they are there already."""
+    path = cache_file(weights)
+    if path.is_file():
+        return
+    match = torch.hub.HASH_REGEX.search(path.name)  # torchvision's check_hash=True
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {weights.url} to {path}", file=sys.stderr, flush=True)
+        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None, progress=False)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:  # no network, timeout, hash mismatch
+        raise RecipeError(
+            f"weights {weights} are not cached and cannot be downloaded ({type(exc).__name__}: {exc})",
+            key="model.weights",
+            suggestion=f"put the file {path.name} (from {weights.url}) in the folder {path.parent}",
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def ensure_upstream(plan_model: dict[str, Any], root: Path) -> None:

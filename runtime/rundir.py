@@ -134,17 +134,25 @@ def resume_run(run_dir: Path) -> int:
     return 0
 
 
-def rerun_run(run_dir: Path, out: Path | None) -> int:
-    plan, env = open_run(run_dir)
+def version_warnings(plan: Plan) -> list[str]:
+    """One line per library whose version differs from the one the plan was made with."""
     import torch
     import torchvision
 
     import ftcompile
 
     now = {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__}
-    for lib, version in now.items():
-        if plan.versions.get(lib) != version:
-            print(f"warning: the plan was made with {lib} {plan.versions.get(lib)}, this is {version}", file=sys.stderr)
+    return [
+        f"warning: the plan was made with {lib} {plan.versions.get(lib)}, this is {version}"
+        for lib, version in now.items()
+        if plan.versions.get(lib) != version
+    ]
+
+
+def rerun_run(run_dir: Path, out: Path | None) -> int:
+    plan, env = open_run(run_dir)
+    for line in version_warnings(plan):
+        print(line, file=sys.stderr)
     from runtime import distributed
 
     d = distributed.init(plan.run["device"])
