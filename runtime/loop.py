@@ -246,7 +246,8 @@ def train(
             executor.scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
         checkpoint.set_rng_state(resume["rng"])
-        truncate_logs(run_dir, resume["logs"])
+        if d.main:
+            truncate_logs(run_dir, resume["logs"])
         step, nxt = resume["step"], resume["change_index"] + 1
 
     net: nn.Module | None = None  # built below, once the changes of the first step are applied
