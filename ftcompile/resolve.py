@@ -13,6 +13,7 @@ import fnmatch
 import inspect
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -111,8 +112,13 @@ def resolve_weights(arch: str, weights: str, folder: Path, chain: tuple[Path, ..
     raise RecipeError(
         f"{weights!r} is not a weights name for {arch} nor a state_dict file",
         key="model.weights",
-        suggestion=(did_you_mean(weights, valid) or "") + f" valid: {', '.join(valid)}, a .pt/.pth path, an upstream recipe .toml, or \"none\"",
+        suggestion=_with_valid(did_you_mean(weights, valid), f"{', '.join(valid)}, a .pt/.pth path, an upstream recipe .toml, or \"none\""),
     )
+
+
+def _with_valid(hint: str | None, valid: str) -> str:
+    """'did you mean X? valid: ...', or just 'valid: ...' when nothing is close."""
+    return f"{hint} valid: {valid}" if hint else f"valid: {valid}"
 
 
 def _looks_like_file(value: str) -> bool:
@@ -386,7 +392,7 @@ def check_optimizer(opt_type: str, kwargs: dict[str, Any]) -> None:
             raise RecipeError(
                 f"{opt_type} has no argument {name!r}",
                 key=f"optimizer.{name}",
-                suggestion=(did_you_mean(name, valid) or "") + f" valid: {', '.join(valid)}",
+                suggestion=_with_valid(did_you_mean(name, valid), ", ".join(valid)),
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise RecipeError(f"must be >= 0 (got {value!r})", key=f"optimizer.{name}")
@@ -449,7 +455,7 @@ def resolve_scheduler(
             raise RecipeError(
                 f"{stype} has no argument {name!r}",
                 key=f"{key}.{name}",
-                suggestion=(did_you_mean(name, valid) or "") + f" valid: {', '.join(valid)}",
+                suggestion=_with_valid(did_you_mean(name, valid), ", ".join(valid)),
             )
         if stype == "OneCycleLR" and name in ("epochs", "steps_per_epoch"):
             raise RecipeError(
@@ -489,6 +495,8 @@ def _scheduler_value(raw: Any, spe: int, lrs: dict[str, float]) -> Any:
 
     if DURATION.match(text):
         return parse_duration(text, spe)
+    if re.match(r"^\d+(\.\d+)?\s+[A-Za-z]+$", text):
+        raise ValueError(f'{raw!r} is not a duration; write "N epoch(s)" or "N step(s)"')
     tree = parse_expr(text)
     unknown = [n for n in names_in(tree) if n != "lr"]
     if unknown:
