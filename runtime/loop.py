@@ -11,7 +11,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Plan
+from ftcompile.plan import OPTIMIZER_OPS, Change, Plan, change_dict
 from runtime import checkpoint, distributed
 from runtime.distributed import Dist
 from runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
@@ -230,7 +230,7 @@ def train(
         elif change.op == "bn":
             (groups.frozen_bn.add if change.value == "frozen" else groups.frozen_bn.discard)(change.target)
         elif change.op in OPTIMIZER_OPS:
-            executor.apply(asdict(change))
+            executor.apply(change_dict(change))
         return change.op in ("freeze", "unfreeze", "features")
 
     changes = plan.changes
