@@ -8,7 +8,7 @@ from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_recipe
 from ftcompile.plan import Plan, build_plan
 from ftcompile.resolve import resolve
-from ftcompile.schema import Recipe, validate
+from ftcompile.schema import validate
 
 
 def locate(err: RecipeError, loaded: LoadedRecipe) -> RecipeError:
@@ -16,12 +16,6 @@ def locate(err: RecipeError, loaded: LoadedRecipe) -> RecipeError:
     for e in err.errors if isinstance(err, RecipeErrors) else [err]:
         e.located(loaded.path, loaded.line_of(e.key) if e.key else None)
     return err
-
-
-def check_recipe(path: str | Path) -> tuple[LoadedRecipe, Recipe]:
-    """Load and validate only (no torch): what `ftcompile check --fast` does."""
-    loaded = load_recipe(path)
-    return loaded, validate(loaded)
 
 
 def compile_recipe(

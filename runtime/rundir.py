@@ -78,7 +78,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> int:
+    from runtime import distributed
+
     run_new(plan, recipe, root, out)
+    distributed.shutdown(distributed.init(plan.run["device"]))
     return 0
 
 
@@ -131,6 +134,7 @@ def resume_run(run_dir: Path) -> int:
         print(f"resuming at step {state['step']} of {plan.total_steps}", file=sys.stderr)
     distributed.barrier(d)
     _train(plan, run_dir, Path(env["data_root"]), state, d)
+    distributed.shutdown(d)
     return 0
 
 
@@ -164,6 +168,7 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
         write_json(new_dir / "env.json", {**env, "processes": d.world, "rerun_of": str(run_dir)})
     distributed.barrier(d)
     _train(plan, new_dir, Path(env["data_root"]), None, d)
+    distributed.shutdown(d)
     return 0
 
 
