@@ -189,3 +189,12 @@ def test_killed_two_process_run_resumes_bitwise(runs: dict[str, Path]) -> None:
     a = torch.load(root / "killed" / "model.pt", weights_only=True)
     b = torch.load(runs["two"] / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nproc_option_starts_torchrun(runs: dict[str, Path]) -> None:
+    """`ftcompile run --nproc 2` is the same run as `torchrun --nproc_per_node=2 -m ftcompile run`."""
+    root = runs["root"]
+    out = subprocess.run([sys.executable, "-m", "ftcompile", "run", "r.toml", "--nproc", "2", "--out", "nproc"],
+                         cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (root / "nproc" / "metrics.jsonl").read_bytes() == (runs["two"] / "metrics.jsonl").read_bytes()
