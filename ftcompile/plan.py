@@ -192,14 +192,14 @@ class _Tracker:
 
 def _base(opt: dict[str, Any], name: str) -> float | None:
     from ftcompile.apply import optimizer_class
-    import inspect
+    from ftcompile.resolve import _init_params
 
     kwargs = opt["kwargs"]
     if name in kwargs:
         return kwargs[name]
     if name == "momentum" and "betas" in kwargs:
         return kwargs["betas"][0]
-    params = inspect.signature(optimizer_class(opt["type"]).__init__).parameters
+    params = _init_params(optimizer_class(opt["type"]))
     if name in params:
         default = params[name].default
         return default if isinstance(default, (int, float)) else None

@@ -398,8 +398,10 @@ def check_optimizer(opt_type: str, kwargs: dict[str, Any]) -> None:
             raise RecipeError(f"must be >= 0 (got {value!r})", key=f"optimizer.{name}")
         if not _finite(value):
             raise RecipeError(f"must be finite (got {value!r})", key=f"optimizer.{name}", suggestion="write a number")
+    from ftcompile.apply import dummy_optimizer
+
     try:  # the optimizer's own checks (types, ranges), on one dummy parameter
-        getattr(torch.optim, opt_type)([torch.zeros(1, requires_grad=True)], **kwargs)
+        dummy_optimizer(opt_type, kwargs, n_groups=1)
     except (TypeError, ValueError, KeyError, IndexError) as exc:
         raise RecipeError(
             f"{opt_type} rejects its arguments: {exc}",
