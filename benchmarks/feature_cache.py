@@ -56,8 +56,8 @@ checkpoint_every = "1000 epochs"
 def timed_run(root: Path, arch: str, size: int, epochs: int, cache: bool) -> float:
     """Wall time of a run, less the time spent computing features (timed separately)."""
     from ftcompile.compiler import compile_recipe
-    from runtime import features
-    from runtime.loop import train
+    from ftcompile.runtime import features
+    from ftcompile.runtime.loop import train
 
     spent = [0.0]
     build = features.FeatureCache.build

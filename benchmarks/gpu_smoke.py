@@ -85,7 +85,7 @@ def make_images(root: Path, n: int, size: int) -> None:
 
 def run_one(root: Path, args: argparse.Namespace, precision: str, channels_last: bool) -> float:
     from ftcompile.compiler import compile_recipe
-    from runtime.loop import train
+    from ftcompile.runtime.loop import train
 
     text = RECIPE.format(size=args.image_size, batch=args.batch, workers=args.workers, third=max(1, args.steps // 3),
                          device=args.device, precision=precision, channels_last=str(channels_last).lower())

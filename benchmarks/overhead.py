@@ -90,21 +90,21 @@ def stamps_hook(stamps: list[tuple[float, tuple[float, ...]]]):
 
 
 def run_runtime(plan: Any, folder: Path, stamps: list) -> None:
-    import runtime.loop
+    import ftcompile.runtime.loop
 
-    build_optimizer = runtime.loop.build_optimizer
+    build_optimizer = ftcompile.runtime.loop.build_optimizer
 
     def timed(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         opt = build_optimizer(*args, **kwargs)
         opt.register_step_pre_hook(stamps_hook(stamps))
         return opt
 
-    runtime.loop.build_optimizer = timed
+    ftcompile.runtime.loop.build_optimizer = timed
     try:
         run_dir = Path(tempfile.mkdtemp(dir=folder))
-        runtime.loop.train(plan, run_dir, folder)
+        ftcompile.runtime.loop.train(plan, run_dir, folder)
     finally:
-        runtime.loop.build_optimizer = build_optimizer
+        ftcompile.runtime.loop.build_optimizer = build_optimizer
 
 
 def run_hand(plan: Any, folder: Path, stamps: list) -> None:
@@ -114,8 +114,8 @@ def run_hand(plan: Any, folder: Path, stamps: list) -> None:
     import numpy as np
     from torch import nn
 
-    from runtime.data import TrainBatches, build_datasets
-    from runtime.model import build
+    from ftcompile.runtime.data import TrainBatches, build_datasets
+    from ftcompile.runtime.model import build
 
     random.seed(plan.seed), np.random.seed(plan.seed), torch.manual_seed(plan.seed)
     torch.use_deterministic_algorithms(plan.run["deterministic"], warn_only=True)
@@ -164,7 +164,7 @@ def memory_child(which: str, steps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         plan = compile_plan(folder, steps)
-        import runtime.loop  # noqa: F401  (imports are not the loop's memory)
+        import ftcompile.runtime.loop  # noqa: F401  (imports are not the loop's memory)
 
         before = rss_kib()
         (run_runtime if which == "runtime" else run_hand)(plan, folder, [])

@@ -96,29 +96,29 @@ def stamp(stamps: list[float]) -> Any:
 
 
 def run_runtime(plan: Any, root: Path) -> list[float]:
-    import runtime.loop
+    import ftcompile.runtime.loop
 
     stamps: list[float] = []
-    original = runtime.loop.build_optimizer
+    original = ftcompile.runtime.loop.build_optimizer
 
     def with_hook(*a: Any, **k: Any) -> torch.optim.Optimizer:
         opt = original(*a, **k)
         opt.register_step_pre_hook(stamp(stamps))
         return opt
 
-    runtime.loop.build_optimizer = with_hook
+    ftcompile.runtime.loop.build_optimizer = with_hook
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            runtime.loop.train(plan, Path(tempfile.mkdtemp(dir=root)), root)
+            ftcompile.runtime.loop.train(plan, Path(tempfile.mkdtemp(dir=root)), root)
     finally:
-        runtime.loop.build_optimizer = original
+        ftcompile.runtime.loop.build_optimizer = original
     return stamps
 
 
 def run_hand(plan: Any, root: Path) -> list[float]:
     """A plain PyTorch loop over the same batches, groups, optimizer and scheduler."""
-    from runtime.data import TrainBatches, build_datasets
-    from runtime.model import build
+    from ftcompile.runtime.data import TrainBatches, build_datasets
+    from ftcompile.runtime.model import build
 
     torch.manual_seed(plan.seed)
     run, data = plan.run, plan.data
@@ -176,7 +176,7 @@ def forward_flops(arch: str) -> float:
 
 
 def data_rate(plan: Any, root: Path, batches_n: int) -> float:
-    from runtime.data import TrainBatches, build_datasets
+    from ftcompile.runtime.data import TrainBatches, build_datasets
 
     data = plan.data
     train_ds, _, _ = build_datasets(data, root, data["mean"], data["std"])

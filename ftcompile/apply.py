@@ -10,13 +10,13 @@ as it does on a fresh optimizer (CyclicLR, for one, sets lr = base_lr before `in
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from ftcompile.torch_args import momentum_field, scheduler_class
 
 # Keys a scheduler stores in param groups; cleared before the next scheduler starts.
 _SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
@@ -46,21 +46,13 @@ class GroupView(Optimizer):
         raise RuntimeError("a GroupView is never stepped")
 
 
-def scheduler_class(name: str) -> type[LRScheduler]:
-    module = importlib.import_module("torch.optim.lr_scheduler")
-    return getattr(module, name)
-
-
-def optimizer_class(name: str) -> type[Optimizer]:
-    return getattr(importlib.import_module("torch.optim"), name)
-
-
 class Executor:
     """Applies `set`, `scheduler` and `reset_state` changes and steps the live scheduler."""
 
     def __init__(self, optimizer: Optimizer, param_group_names: Sequence[str]) -> None:
         self.optimizer = optimizer
         self.index = {name: i for i, name in enumerate(param_group_names)}
+        self.momentum = momentum_field(type(optimizer).__name__)
         self.scheduler: LRScheduler | None = None
         self.scheduler_end = 0
 
@@ -77,7 +69,7 @@ class Executor:
 
     def _set(self, target: str, field: str, value: float) -> None:
         group = self.optimizer.param_groups[self.index[target]]
-        if field == "momentum" and "momentum" not in group and "betas" in group:
+        if field == "momentum" and self.momentum == "betas":
             group["betas"] = (value, group["betas"][1])
         else:
             group[field] = value
@@ -111,9 +103,3 @@ class Executor:
 
     def lrs(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]
-
-
-def dummy_optimizer(opt_type: str, kwargs: dict[str, Any], n_groups: int) -> Optimizer:
-    """An optimizer of the recipe's class over one scalar per param group, for tracing."""
-    groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in range(n_groups)]
-    return optimizer_class(opt_type)(groups, **kwargs)

@@ -88,7 +88,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(plan.to_json() + "\n")
     if args.trace or args.plot:
-        from ftcompile.plan import lr_trace
+        from ftcompile.trace import lr_trace
 
         rows = lr_trace(plan)
         if args.trace:
@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ftcompile.plan import Plan
 
     if args.nproc and args.nproc > 1:
-        from runtime.distributed import launch
+        from ftcompile.runtime.distributed import launch
 
         argv = ["run", args.source] + [f"--{k.replace('_', '-')}={v}" for k, v in (("out", args.out), ("data_root", args.data_root)) if v]
         return launch(args.nproc, argv)
@@ -142,19 +142,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         plan, recipe_path = _compile(str(source), args), source
         root = Path(args.data_root) if args.data_root else source.parent
-    from runtime.rundir import start_run
+    from ftcompile.runtime.rundir import start_run
 
     return start_run(plan, recipe_path, root, Path(args.out) if args.out else None)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from runtime.rundir import resume_run
+    from ftcompile.runtime.rundir import resume_run
 
     return resume_run(Path(args.run_dir))
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from runtime.rundir import rerun_run
+    from ftcompile.runtime.rundir import rerun_run
 
     return rerun_run(Path(args.run_dir), Path(args.out) if args.out else None)
 

@@ -22,12 +22,12 @@ from torch import nn
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
 from ftcompile.plan import OPTIMIZER_OPS, Change, Plan, change_dict
-from runtime import checkpoint, distributed
-from runtime.distributed import Dist
-from runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
-from runtime.features import FeatureCache
-from runtime.model import build, ensure_upstream
-from runtime.optim import build_optimizer
+from ftcompile.runtime import checkpoint, distributed
+from ftcompile.runtime.distributed import Dist
+from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
+from ftcompile.runtime.features import FeatureCache
+from ftcompile.runtime.model import build
+from ftcompile.runtime.optim import build_optimizer
 
 REPLAYED = ("phase", "freeze", "unfreeze", "bn", "features", *OPTIMIZER_OPS)
 
@@ -179,7 +179,8 @@ class Progress:
 
 
 def train(
-    plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None = None, d: Dist = Dist()
+    plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None = None, d: Dist = Dist(),
+    upstream: Path | None = None,
 ) -> dict[str, Any]:
     """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint.
 
@@ -188,7 +189,6 @@ def train(
     seed, same ops), so rank 0's RNG state in a checkpoint is every rank's.
     """
     run = plan.run
-    ensure_upstream(plan.model, root)
     seed_everything(plan.seed, run["deterministic"])
     device = distributed.device_for(d, run["device"])
     data = plan.data
@@ -205,7 +205,7 @@ def train(
     spe = data["steps_per_epoch"]
     vloader = val_loader(val_ds, data, rank=d.rank, world=d.world)
 
-    model = build(plan.model, root).to(device)
+    model = build(plan.model, root, upstream).to(device)
     if run["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, plan)

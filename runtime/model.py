@@ -27,8 +27,12 @@ def cache_file(weights: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def build(plan_model: dict[str, Any], root: Path) -> nn.Module:
-    """The torchvision model with the recipe's head and weights, on the CPU."""
+def build(plan_model: dict[str, Any], root: Path, upstream: Path | None = None) -> nn.Module:
+    """The torchvision model with the recipe's head and weights, on the CPU.
+
+    `upstream` is the model.pt of the upstream recipe's run when the weights name one; the
+    run command (`rundir`) finds or trains it before this run starts.
+    """
     arch, kind = plan_model["arch"], plan_model["weights"]["kind"]
     num_classes, head = plan_model["num_classes"], plan_model["head"]
     if kind == "torchvision":
@@ -41,7 +45,13 @@ def build(plan_model: dict[str, Any], root: Path) -> nn.Module:
     if kind == "file":
         load_backbone(model, arch, root / plan_model["weights"]["value"])
     elif kind == "recipe":
-        load_backbone(model, arch, upstream_model(plan_model["weights"], root))
+        if upstream is None:
+            raise RecipeError(
+                f"the weights come from the upstream recipe {plan_model['weights']['value']}, whose model.pt was not given",
+                key="model.weights",
+                suggestion="start the run with ftcompile run, which trains or finds the upstream run first",
+            )
+        load_backbone(model, arch, upstream)
     return model
 
 
@@ -68,26 +78,6 @@ def fetch(weights: Any) -> None:
         ) from None
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def ensure_upstream(plan_model: dict[str, Any], root: Path) -> None:
-    """Train an upstream recipe before this run seeds its RNGs, so both orders give one result."""
-    if plan_model["weights"]["kind"] == "recipe":
-        upstream_model(plan_model["weights"], root)
-
-
-def upstream_model(weights: dict[str, Any], root: Path) -> Path:
-    """model.pt of a finished run of the upstream plan; trains it first when there is none."""
-    from ftcompile.plan import Plan
-    from runtime import rundir
-
-    plan = Plan.from_dict(weights["plan"], source=weights["value"])
-    for run in sorted(rundir.RUNS.glob(f"{plan.recipe['name']}/*-{plan.hash[:8]}")):
-        if (run / "model.pt").is_file():
-            return run / "model.pt"
-    upstream_root = root / weights["root"]
-    print(f"weights: no finished run of {weights['value']} (plan {plan.hash[:8]}); training it first", flush=True)
-    return rundir.run_new(plan, upstream_root / Path(weights["value"]).name, upstream_root, None) / "model.pt"
 
 
 def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-from ftcompile.apply import optimizer_class
+from ftcompile.torch_args import optimizer_class
 
 
 def build_optimizer(model: nn.Module, plan: Any) -> Optimizer:

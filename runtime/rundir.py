@@ -55,7 +55,7 @@ def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> d
     import torchvision
 
     import ftcompile
-    from runtime.loop import pick_device
+    from ftcompile.runtime.loop import pick_device
 
     return {
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__,
@@ -78,7 +78,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> int:
-    from runtime import distributed
+    from ftcompile.runtime import distributed
 
     run_new(plan, recipe, root, out)
     distributed.shutdown(distributed.init(plan.run["device"]))
@@ -87,7 +87,7 @@ def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> 
 
 def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Path:
     """Create the run directory (rank 0; the others learn its name), record, train."""
-    from runtime import distributed
+    from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run["device"])
     run_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
@@ -118,7 +118,7 @@ def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
 
 def resume_run(run_dir: Path) -> int:
     plan, env = open_run(run_dir)
-    from runtime import checkpoint, distributed
+    from ftcompile.runtime import checkpoint, distributed
 
     d = distributed.init(plan.run["device"])
     state = checkpoint.load_newest(run_dir / "checkpoints")
@@ -126,7 +126,7 @@ def resume_run(run_dir: Path) -> int:
         raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
     if state is None:
         print("no complete checkpoint: starting from step 0", file=sys.stderr)
-        from runtime.loop import truncate_logs
+        from ftcompile.runtime.loop import truncate_logs
 
         if d.main:
             truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0})
@@ -157,7 +157,7 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
     plan, env = open_run(run_dir)
     for line in version_warnings(plan):
         print(line, file=sys.stderr)
-    from runtime import distributed
+    from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run["device"])
     new_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
@@ -172,10 +172,26 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
     return 0
 
 
-def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
-    from runtime.loop import train
+def upstream_model(plan: Plan, root: Path) -> Path | None:
+    """model.pt of a finished run of the upstream plan (weights = "other.toml"), trained
+    first when there is none; None when the weights name no upstream recipe. Done before
+    this run seeds its RNGs, so training the upstream first or finding it gives one result."""
+    weights = plan.model["weights"]
+    if weights["kind"] != "recipe":
+        return None
+    upstream = Plan.from_dict(weights["plan"], source=weights["value"])
+    for run in sorted(RUNS.glob(f"{upstream.recipe['name']}/*-{upstream.hash[:8]}")):
+        if (run / "model.pt").is_file():
+            return run / "model.pt"
+    upstream_root = root / weights["root"]
+    print(f"weights: no finished run of {weights['value']} (plan {upstream.hash[:8]}); training it first", flush=True)
+    return run_new(upstream, upstream_root / Path(weights["value"]).name, upstream_root, None) / "model.pt"
 
-    result = train(plan, run_dir, root, state, d)
+
+def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
+    from ftcompile.runtime.loop import train
+
+    result = train(plan, run_dir, root, state, d, upstream=upstream_model(plan, root))
     if d.main:
         print_summary(plan, result)
         print(run_dir)

@@ -17,7 +17,8 @@ import pytest
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
-from ftcompile.plan import FORMAT, Change, Plan, lr_trace
+from ftcompile.plan import FORMAT, Change, Plan
+from ftcompile.trace import lr_trace
 
 Writer = Callable[..., Path]
 Folders = Callable[[Path, dict[str, int]], None]

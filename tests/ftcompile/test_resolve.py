@@ -16,7 +16,8 @@ from ftcompile import arch
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.resolve import param_infos, resolve_groups, resolve_lrs
+from ftcompile.groups import param_infos, resolve_groups
+from ftcompile.lr_expr import resolve_lrs
 from ftcompile.schema import Phase
 
 Writer = Callable[..., Path]

@@ -127,11 +127,11 @@ def run_recorded(recipe: Path, out: Path) -> Recorded:
     The runtime's own functions are wrapped (never replaced): `build` and `build_optimizer`
     as the loop imported them, and `checkpoint.save`, so the run itself is unchanged.
     """
-    import runtime.checkpoint
-    import runtime.loop
+    import ftcompile.runtime.checkpoint
+    import ftcompile.runtime.loop
 
     rec: dict[str, Any] = {"states": {}, "groups": {}, "state_keys": {}, "per_step": [], "built": 0}
-    build, build_optimizer, save = runtime.loop.build, runtime.loop.build_optimizer, runtime.checkpoint.save
+    build, build_optimizer, save = ftcompile.runtime.loop.build, ftcompile.runtime.loop.build_optimizer, ftcompile.runtime.checkpoint.save
 
     def build_spy(*args: Any, **kwargs: Any) -> torch.nn.Module:
         model = build(*args, **kwargs)
@@ -161,9 +161,9 @@ def run_recorded(recipe: Path, out: Path) -> Recorded:
         return save(folder, step, payload)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runtime.loop, "build", build_spy)
-        mp.setattr(runtime.loop, "build_optimizer", build_optimizer_spy)
-        mp.setattr(runtime.checkpoint, "save", save_spy)
+        mp.setattr(ftcompile.runtime.loop, "build", build_spy)
+        mp.setattr(ftcompile.runtime.loop, "build_optimizer", build_optimizer_spy)
+        mp.setattr(ftcompile.runtime.checkpoint, "save", save_spy)
         assert cli(None, "run", recipe, "--out", out).rc == 0
     return Recorded(out, Plan.load(out / "plan.json"), rec["states"], rec["groups"], rec["per_step"], rec["built"], rec["state_keys"])
 

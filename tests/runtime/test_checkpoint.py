@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import runtime.checkpoint as checkpoint
-from runtime.optim import build_optimizer
+import ftcompile.runtime.checkpoint as checkpoint
+from ftcompile.runtime.optim import build_optimizer
 from runtime_helpers import Recorded
 from ftcompile.arch import build_model
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ftcompile.datasets import count_data
 from ftcompile.errors import RecipeError
-from runtime.data import TrainBatches, build_datasets, class_weights, val_loader
+from ftcompile.runtime.data import TrainBatches, build_datasets, class_weights, val_loader
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 SIZE = 16

@@ -73,7 +73,7 @@ checkpoint_every = "4 steps"
 # The classic bug, on purpose: keep the DDP wrapper built when only the head trained.
 STALE_WRAPPER = """
 import sys
-import runtime.distributed as rd
+import ftcompile.runtime.distributed as rd
 original, calls = rd.wrap, []
 def stale(model, d, device):
     calls.append(1)

@@ -11,7 +11,7 @@ import torch
 
 from ftcompile.arch import build_model
 from ftcompile.compiler import compile_recipe
-from runtime import features, loop, rundir
+from ftcompile.runtime import features, loop, rundir
 
 RECIPE = """
 name = "{name}"

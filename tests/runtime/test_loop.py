@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftcompile.apply import Executor, dummy_optimizer
+from ftcompile.apply import Executor
+from ftcompile.torch_args import dummy_optimizer
 from ftcompile.plan import OPTIMIZER_OPS, Plan
 from runtime_helpers import Recorded, cli, metrics
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torchvision
 
-import runtime.model
+import ftcompile.runtime.model
 from ftcompile.arch import build_model
 from ftcompile.errors import RecipeError
-from runtime.model import build, cache_file, torchvision_weights
+from ftcompile.runtime.model import build, cache_file, torchvision_weights
 from runtime_helpers import Recorded, cli, load_tensors, recipe_text, write_recipe
 
 HEAD_ONLY = """
@@ -97,7 +97,7 @@ def test_weights_not_cached_and_offline(torch_home: Path, tmp_path: Path, capsys
     folder = torch_home / "hub" / "checkpoints"
     assert "resnet18-f37072fd.pth" in result.err and str(folder) in result.err
     assert "not cached and cannot be downloaded" in result.err
-    assert DOWNLOADS == [runtime.model.DOWNLOAD_TIMEOUT_S]  # tried once, with a timeout
+    assert DOWNLOADS == [ftcompile.runtime.model.DOWNLOAD_TIMEOUT_S]  # tried once, with a timeout
     assert socket.getdefaulttimeout() is None  # restored
     assert not list(folder.iterdir())  # nothing half-written
 

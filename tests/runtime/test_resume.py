@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import runtime.checkpoint as checkpoint
+import ftcompile.runtime.checkpoint as checkpoint
 from runtime_helpers import (
     PHASES_A,
     assert_same_tensors,

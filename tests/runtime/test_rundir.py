@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-import runtime.checkpoint as checkpoint
+import ftcompile.runtime.checkpoint as checkpoint
 from ftcompile.plan import Plan, plan_hash
-from runtime.rundir import open_run, version_warnings
+from ftcompile.runtime.rundir import open_run, version_warnings
 from runtime_helpers import Recorded, assert_same_tensors, cli, load_tensors, recipe_text, write_recipe
 
 

@@ -1,0 +1,123 @@
+"""Stage 5a: the change list — what the runtime does at which step, as generic records.
+
+Each phase becomes its `phase`, freeze/unfreeze, BatchNorm-mode and feature-cache changes,
+then one `set` per param group field (lr, weight_decay, momentum) that differs from what the
+optimizer holds, then its scheduler; evaluations and checkpoints follow the phase's cadence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftcompile.plan import Change, Op, ParamGroup
+from ftcompile.resolve import Resolved, ResolvedPhase
+from ftcompile.torch_args import base_value
+
+
+def param_groups(resolved: Resolved) -> tuple[ParamGroup, ...]:
+    """Each recipe group splits into its decay part and its no-decay part (when non-empty)."""
+    out = []
+    for g in resolved.groups:
+        decay = tuple(p for p in g.params if p not in resolved.no_decay)
+        plain = tuple(p for p in g.params if p in resolved.no_decay)
+        for part, is_decay, name in ((decay, True, g.name), (plain, False, f"{g.name}.no_decay")):
+            if part:
+                out.append(ParamGroup(name, g.name, is_decay, part, sum(resolved.numels[p] for p in part)))
+    return tuple(out)
+
+
+
+class _Tracker:
+    """Emits a `set` only when the value differs from what the optimizer holds."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], Any] = {}
+        self.changes: list[Change] = []
+
+    def set(self, step: int, target: str, field: str, value: Any, force: bool = False) -> None:
+        if force or self.values.get((target, field)) != value:
+            self.changes.append(Change(step, Op.SET, target, field, value))
+        self.values[(target, field)] = value
+
+
+
+def _phase_changes(
+    ph: ResolvedPhase,
+    resolved: Resolved,
+    pgs: tuple[ParamGroup, ...],
+    state: dict[str, Any],
+    tracker: _Tracker,
+) -> None:
+    s = ph.begin
+    train = set(ph.train)
+    tracker.changes.append(Change(s, Op.PHASE, ph.name))
+    bn_groups = set(resolved.bn_groups.values())
+    for g in resolved.groups:
+        trained = g.name in train
+        if state["trained"].get(g.name) != trained:
+            tracker.changes.append(Change(s, Op.UNFREEZE if trained else Op.FREEZE, g.name))
+            state["trained"][g.name] = trained
+        mode = "frozen" if (ph.bn == "frozen" and not trained) else "train"
+        if g.name in bn_groups and state["bn"].get(g.name) != mode:
+            tracker.changes.append(Change(s, Op.BN, g.name, value=mode))
+            state["bn"][g.name] = mode
+    cache = ph.cache["module"] if ph.cache["on"] else None
+    if cache != state.get("cache"):
+        # Train the head on features of the frozen part computed once (None: stop doing so).
+        tracker.changes.append(Change(s, Op.FEATURES, ph.name, value=cache))
+        state["cache"] = cache
+    base_wd, base_mom = state["base_wd"], state["base_mom"]
+    for pg in pgs:
+        trained = pg.group in train
+        # A scheduler may have moved lr (and momentum) during the last phase: set them again.
+        tracker.set(s, pg.name, "lr", ph.lr[pg.group] if trained else 0.0, force=trained)
+        if pg.decay and base_wd is not None:
+            tracker.set(s, pg.name, "weight_decay", ph.weight_decay.get(pg.group, base_wd))
+        if base_mom is not None and trained:
+            tracker.set(s, pg.name, "momentum", ph.momentum.get(pg.group, base_mom), force=True)
+    trained_pgs = [pg for pg in pgs if pg.group in train]
+    if ph.optimizer_state == "reset":
+        tracker.changes += [Change(s, Op.RESET_STATE, pg.name) for pg in trained_pgs]
+    tracker.changes.append(Change(s, Op.SCHEDULER, ph.name, value=_scheduler_spec(ph, trained_pgs)))
+
+
+def _scheduler_spec(ph: ResolvedPhase, pgs: list[ParamGroup]) -> dict[str, Any] | None:
+    """Per-group arguments (from `lr` expressions) become one value per param group; when
+    all are equal, a scalar, which every torch scheduler accepts."""
+    if ph.scheduler is None:
+        return None
+    args = {}
+    for key, value in ph.scheduler["args"].items():
+        if isinstance(value, dict):
+            values = [value[pg.group] for pg in pgs]
+            value = values[0] if len(set(values)) == 1 else values
+        args[key] = value
+    return {"type": ph.scheduler["type"], "param_groups": [pg.name for pg in pgs], "args": args, "end": ph.end}
+
+
+def _boundaries(ph: ResolvedPhase, every: int) -> list[int]:
+    return [*range(ph.begin + every, ph.end, every), ph.end]
+
+
+def build_changes(resolved: Resolved, pgs: tuple[ParamGroup, ...]) -> tuple[Change, ...]:
+    state: dict[str, Any] = {
+        "trained": {},
+        "bn": {},
+        "base_wd": base_value(resolved.optimizer["type"], resolved.optimizer["kwargs"], "weight_decay"),
+        "base_mom": base_value(resolved.optimizer["type"], resolved.optimizer["kwargs"], "momentum"),
+    }
+    tracker = _Tracker()
+    for pg in pgs:
+        if not pg.decay:
+            tracker.values[(pg.name, "weight_decay")] = 0.0
+    for ph in resolved.phases:
+        _phase_changes(ph, resolved, pgs, state, tracker)
+        evals = set(_boundaries(ph, resolved.eval_every))
+        ckpts = set(_boundaries(ph, resolved.checkpoint_every))
+        for step in sorted(evals | ckpts):
+            if step in evals:
+                tracker.changes.append(Change(step, Op.EVALUATE, ph.name))
+            if step in ckpts:
+                tracker.changes.append(Change(step, Op.CHECKPOINT, ph.name))
+    return tuple(tracker.changes)
+

@@ -1,0 +1,80 @@
+"""The project's modules import one way: no cycles, module-level or inside functions.
+
+A cycle makes a newcomer read two modules to understand either; the pipeline is assembled
+in `ftcompile/compiler.py` (compile) and `runtime/rundir.py` (run) so that no stage imports
+the stage that calls it (STYLE.md habit 14).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_name(path: Path) -> str:
+    """runtime/ installs as ftcompile.runtime; name every file by its installed name."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] == "runtime":
+        parts.insert(0, "ftcompile")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    files = [*ROOT.joinpath("ftcompile").rglob("*.py"), *ROOT.joinpath("runtime").rglob("*.py")]
+    return {module_name(f): f for f in files}
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules that `path` imports anywhere in its body (functions included)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            # `from ftcompile import arch` names the module ftcompile.arch; a parent package
+            # that the importer lives in is not an edge.
+            if target in known and target != name and not name.startswith(target + "."):
+                found.add(target)
+    return found
+
+
+def import_graph() -> nx.DiGraph:
+    modules = project_modules()
+    graph = nx.DiGraph()
+    graph.add_nodes_from(modules)
+    for name, path in modules.items():
+        graph.add_edges_from((name, target) for target in imports_of(name, path, set(modules)))
+    return graph
+
+
+def test_the_graph_sees_imports_inside_functions() -> None:
+    graph = import_graph()
+    assert graph.has_edge("ftcompile.cli", "ftcompile.runtime.rundir")  # a lazy import in cmd_run
+    assert graph.has_edge("ftcompile.runtime.rundir", "ftcompile.runtime.loop")
+
+
+def test_no_import_cycles() -> None:
+    cycles = [" -> ".join([*c, c[0]]) for c in nx.simple_cycles(import_graph())]
+    assert not cycles, "import cycles: " + "; ".join(sorted(cycles)[:5])
+
+
+def test_compile_stages_never_import_the_runtime() -> None:
+    graph = import_graph()
+    for name in graph:
+        if name.startswith("ftcompile.") and not name.startswith("ftcompile.runtime") and name != "ftcompile.cli":
+            runtime = [t for t in graph.successors(name) if t.startswith("ftcompile.runtime")]
+            assert not runtime, f"{name} imports {runtime}: only the CLI's run commands call the runtime"
