@@ -118,7 +118,7 @@ def run_hand(plan: Any, folder: Path, stamps: list) -> None:
     from ftcompile.runtime.model import build
 
     random.seed(plan.seed), np.random.seed(plan.seed), torch.manual_seed(plan.seed)
-    torch.use_deterministic_algorithms(plan.run["deterministic"], warn_only=True)
+    torch.use_deterministic_algorithms(plan.run.deterministic, warn_only=True)
     data = plan.data
     train_ds, _, _ = build_datasets(data, folder, data["mean"], data["std"])
     batches = TrainBatches(train_ds, data, plan.seed, None)

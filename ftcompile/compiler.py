@@ -16,7 +16,7 @@ from typing import Any
 from ftcompile.changes import build_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_recipe
-from ftcompile.plan import FORMAT, PhasePlan, Plan
+from ftcompile.plan import FORMAT, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, WeightsSpec
 from ftcompile.resolve import Resolved, resolve
 from ftcompile.schema import Recipe, validate
 from ftcompile.trace import lr_summary, lr_trace
@@ -93,19 +93,21 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
         recipe={"name": recipe.name, "file": source_name, "source_hash": source_hash},
         versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__},
         seed=recipe.seed,
-        model=resolved.model,
-        data=resolved.data,
-        optimizer=resolved.optimizer,
+        model=ModelSpec(**{**resolved.model, "weights": WeightsSpec(**resolved.model["weights"])}),
+        data=DataSpec(**resolved.data),
+        optimizer=OptimizerSpec(**resolved.optimizer),
         groups=tuple({"name": g.name, "selectors": list(g.selectors), "numel": g.numel} for g in resolved.groups),
         param_groups=pgs,
         phases=phases,
         changes=changes,
-        run={
-            **recipe.run.model_dump(),
-            "eval_every": resolved.eval_every,
-            "checkpoint_every": resolved.checkpoint_every,
-            "bn_modules": resolved.bn_groups,
-        },
+        run=RunSpec(
+            **{
+                **recipe.run.model_dump(),
+                "eval_every": resolved.eval_every,
+                "checkpoint_every": resolved.checkpoint_every,
+                "bn_modules": resolved.bn_groups,
+            }
+        ),
         total_steps=resolved.total_steps,
     )
     final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(lr_trace(draft), draft))})

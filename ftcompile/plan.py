@@ -43,6 +43,77 @@ OPTIMIZER_OPS = (Op.SET, Op.SCHEDULER, Op.RESET_STATE)
 
 
 @dataclass(frozen=True)
+class WeightsSpec:
+    """Where the starting weights come from: `kind` torchvision | file | recipe | none.
+
+    For kind "recipe", `plan` is the upstream recipe's whole plan (its hash covers it) and
+    `root` that recipe's folder relative to this one's.
+    """
+
+    kind: str
+    value: str | None
+    root: str | None = None
+    plan: dict[str, Any] | None = None
+
+    def json_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None or k == "value"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str
+    weights: WeightsSpec
+    num_classes: int
+    head: dict[str, Any] | None  # the [model.head] table as validated, or None (a single Linear)
+    total_params: int
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The [data] table as validated, plus what the compiler counted and derived."""
+
+    train: str | None
+    val: str | None
+    builtin: str | None
+    classes: list[str]
+    image_size: int
+    batch_size: int
+    workers: int
+    augment: list[dict[str, Any]]
+    balance: str
+    label_smoothing: float
+    drop_last: bool
+    train_size: int
+    val_size: int
+    class_names: list[str]
+    class_counts: list[int]  # train images per class; all 0 when planned with --dataset-size
+    steps_per_epoch: int
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    type: str  # a torch.optim class
+    kwargs: dict[str, Any]  # its arguments, checked against its signature
+    no_decay: str | list[str]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The [run] table with durations in steps, and which group owns each BatchNorm layer."""
+
+    device: str
+    precision: str
+    channels_last: bool
+    deterministic: bool
+    compile: bool
+    checkpoint_every: int
+    eval_every: int
+    bn_modules: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ParamGroup:
     name: str
     group: str
@@ -85,14 +156,14 @@ class Plan:
     recipe: dict[str, Any]
     versions: dict[str, str]
     seed: int
-    model: dict[str, Any]
-    data: dict[str, Any]
-    optimizer: dict[str, Any]
+    model: ModelSpec
+    data: DataSpec
+    optimizer: OptimizerSpec
     groups: tuple[dict[str, Any], ...]
     param_groups: tuple[ParamGroup, ...]
     phases: tuple[PhasePlan, ...]
     changes: tuple[Change, ...]
-    run: dict[str, Any]
+    run: RunSpec
     total_steps: int
     hash: str = field(default="", compare=False)
 
@@ -141,6 +212,10 @@ class Plan:
             return Plan(
                 **{
                     **body,
+                    "model": ModelSpec(**{**body["model"], "weights": WeightsSpec(**body["model"]["weights"])}),
+                    "data": DataSpec(**body["data"]),
+                    "optimizer": OptimizerSpec(**body["optimizer"]),
+                    "run": RunSpec(**body["run"]),
                     "groups": tuple(body["groups"]),
                     "param_groups": tuple(ParamGroup(**{**p, "params": tuple(p["params"])}) for p in body["param_groups"]),
                     "phases": tuple(
@@ -150,7 +225,7 @@ class Plan:
                     "hash": stored,
                 }
             )
-        except (TypeError, KeyError, ValueError) as exc:
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise RecipeError(f"not a plan: {exc}", file=source, suggestion="pass a file written by ftcompile plan -o") from None
 
     @staticmethod
@@ -165,9 +240,12 @@ class Plan:
 
 
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
-    """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change) as its fields, as asdict gives."""
-    if type(obj) in (Change, ParamGroup, PhasePlan):  # plain frozen dataclasses: __dict__ is their fields
+    """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
+    fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
+    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
         return vars(obj)
+    if hasattr(obj, "json_fields"):
+        return obj.json_fields()
     if is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: getattr(obj, f.name) for f in fields(obj)}
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")

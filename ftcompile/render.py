@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ftcompile.plan import Change, Plan
+from ftcompile.plan import Change, Plan, WeightsSpec
 
 
 def _num(n: int) -> str:
@@ -29,14 +29,14 @@ def head_layers(head: dict[str, Any] | None) -> str:
     return f"{pool}pool -> " + " -> ".join(f"{bn}Linear({w})" for w in widths)
 
 
-def weights_text(weights: dict[str, Any]) -> str:
-    if weights["kind"] == "none":
+def weights_text(weights: WeightsSpec) -> str:
+    if weights.kind == "none":
         return "none (random init)"
-    if weights["kind"] == "file":
-        return weights["value"]
-    if weights["kind"] == "recipe":
-        return f"model.pt of {weights['value']} (plan {weights['plan']['hash'][:8]})"
-    return weights["value"]
+    if weights.kind == "file":
+        return weights.value
+    if weights.kind == "recipe":
+        return f"model.pt of {weights.value} (plan {weights.plan['hash'][:8]})"
+    return weights.value
 
 
 def table(rows: list[list[str]]) -> str:
@@ -77,15 +77,15 @@ def _short(v: Any) -> str:
 
 def render(plan: Plan, max_changes: int = 200) -> str:
     m, d = plan.model, plan.data
-    source = f"builtin {d['builtin']}" if d["builtin"] else f"{d['train']} | {d['val']}"
+    source = f"builtin {d.builtin}" if d.builtin else f"{d.train} | {d.val}"
     out = [
         f"plan {plan.hash[:12]}  recipe {plan.recipe['name']} ({plan.recipe['file']})  seed {plan.seed}",
-        f"model  {m['arch']}  weights {weights_text(m['weights'])}  head {head_layers(m['head'])}  "
-        f"classes {m['num_classes']}  params {_num(m['total_params'])}",
-        f"data   {source}  train {d['train_size']}  val {d['val_size']}  batch {d['batch_size']}  "
-        f"steps/epoch {d['steps_per_epoch']}  drop_last {str(d['drop_last']).lower()}",
-        f"optim  {plan.optimizer['type']}({', '.join(f'{k}={_short(v)}' for k, v in plan.optimizer['kwargs'].items())})"
-        f"  no_decay {plan.optimizer['no_decay']}  param groups {len(plan.param_groups)}",
+        f"model  {m.arch}  weights {weights_text(m.weights)}  head {head_layers(m.head)}  "
+        f"classes {m.num_classes}  params {_num(m.total_params)}",
+        f"data   {source}  train {d.train_size}  val {d.val_size}  batch {d.batch_size}  "
+        f"steps/epoch {d.steps_per_epoch}  drop_last {str(d.drop_last).lower()}",
+        f"optim  {plan.optimizer.type}({', '.join(f'{k}={_short(v)}' for k, v in plan.optimizer.kwargs.items())})"
+        f"  no_decay {plan.optimizer.no_decay}  param groups {len(plan.param_groups)}",
         "",
     ]
     rows = [["phase", "after", "steps", "epochs", "train (params, % of model)", "lr first / peak / last", "scheduler"]]

@@ -19,7 +19,7 @@ from ftcompile.torch_args import dummy_optimizer
 
 def lr_trace(plan: Plan) -> list[tuple[int, str, list[float]]]:
     """(step, phase, lr of every param group) for every optimizer step, from real schedulers."""
-    opt = dummy_optimizer(plan.optimizer["type"], plan.optimizer["kwargs"], len(plan.param_groups))
+    opt = dummy_optimizer(plan.optimizer.type, plan.optimizer.kwargs, len(plan.param_groups))
     for pg, group in zip(plan.param_groups, opt.param_groups):
         if not pg.decay:
             group["weight_decay"] = 0.0

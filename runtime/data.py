@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 
 from ftcompile.datasets import Splits, resolve_splits, validate_augment
 from ftcompile.errors import RecipeError
+from ftcompile.plan import DataSpec
 
 # Val images are resized to image_size / 0.875 then centre-cropped: the standard ImageNet
 # evaluation recipe that torchvision's and timm's pretrained weights were measured with.
@@ -37,7 +38,7 @@ VAL_CROP_FRACTION = 0.875
 # ---------------------------------------------------------------- transforms
 
 
-def build_transforms(data: dict, mean: Sequence[float], std: Sequence[float], train: bool) -> Callable:
+def build_transforms(data: DataSpec, mean: Sequence[float], std: Sequence[float], train: bool) -> Callable:
     """The train or val pipeline; both end with an image_size square, normalised float image.
 
     Train: the recipe's augment ops, then Resize + CenterCrop as a safety net so that a
@@ -46,12 +47,12 @@ def build_transforms(data: dict, mean: Sequence[float], std: Sequence[float], tr
     8x8 images are drawn to the border, plain Resize(image_size) so no stroke is cut off and
     val sees the same framing as an un-augmented train image.
     """
-    size = int(data["image_size"])
+    size = data.image_size
     steps: list[Callable] = [v2.ToImage()]
     if train:
-        steps += _augment_ops(data.get("augment") or [])
+        steps += _augment_ops(data.augment)
         steps += [v2.Resize(size), v2.CenterCrop(size)]
-    elif data.get("builtin") is not None:
+    elif data.builtin is not None:
         steps += [v2.Resize(size), v2.CenterCrop(size)]
     else:
         steps += [v2.Resize(round(size / VAL_CROP_FRACTION)), v2.CenterCrop(size)]
@@ -123,9 +124,9 @@ def _digits_images() -> torch.Tensor:
     return torch.from_numpy(images).unsqueeze(1)
 
 
-def build_datasets(data: dict, root: Path, mean: Sequence[float], std: Sequence[float]) -> tuple[Dataset, Dataset, list[str]]:
+def build_datasets(data: DataSpec, root: Path, mean: Sequence[float], std: Sequence[float]) -> tuple[Dataset, Dataset, list[str]]:
     """Train and val datasets (transforms attached) and the class names."""
-    splits = resolve_splits(data, Path(root))
+    splits = resolve_splits({"builtin": data.builtin, "train": data.train, "val": data.val, "classes": data.classes}, Path(root))
     train_tf = build_transforms(data, mean, std, train=True)
     val_tf = build_transforms(data, mean, std, train=False)
     if splits.builtin == "digits":
@@ -257,7 +258,7 @@ class TrainBatches:
     def __init__(
         self,
         dataset: Dataset,
-        data: dict,
+        data: DataSpec,
         seed: int,
         class_counts: Sequence[int] | None,
         rank: int = 0,
@@ -265,10 +266,10 @@ class TrainBatches:
     ) -> None:
         self.dataset = dataset
         self.n = len(dataset)  # type: ignore[arg-type]
-        self.batch_size = int(data["batch_size"])
-        self.workers = int(data.get("workers", 0))
-        self.balance = data.get("balance", "none")
-        self.drop_last = bool(data.get("drop_last", False))
+        self.batch_size = data.batch_size
+        self.workers = data.workers
+        self.balance = data.balance
+        self.drop_last = data.drop_last
         self.seed = int(seed)
         self.rank, self.world = rank, world
         _check_divisible(self.batch_size, world)
@@ -333,24 +334,24 @@ def _check_divisible(batch_size: int, world: int) -> None:
 CACHE_STREAM = 2**31 - 1  # the seed stream of the one augmentation a feature cache applies
 
 
-def cache_loader(dataset: Dataset, data: dict, seed: int) -> DataLoader:
+def cache_loader(dataset: Dataset, data: DataSpec, seed: int) -> DataLoader:
     """Every train sample once, in index order, each drawn under its own seed (feature cache)."""
     n = len(dataset)  # type: ignore[arg-type]
-    size = int(data["batch_size"])
+    size = data.batch_size
     batches = [[(i, stream_seed(seed, CACHE_STREAM, i)) for i in range(b, min(b + size, n))] for b in range(0, n, size)]
-    return _loader(dataset, int(data.get("workers", 0)), batch_sampler=batches)
+    return _loader(dataset, data.workers, batch_sampler=batches)
 
 
-def val_loader(dataset: Dataset, data: dict, rank: int = 0, world: int = 1) -> DataLoader:
+def val_loader(dataset: Dataset, data: DataSpec, rank: int = 0, world: int = 1) -> DataLoader:
     """In-order validation batches of this rank's contiguous shard, without padding.
 
     Shards are as even as possible (sizes differ by at most one) and never repeat a sample,
     so summing correct counts over ranks gives the exact accuracy; ranks may run a different
     number of batches, so reduce metrics after the loop, not inside it.
     """
-    _check_divisible(int(data["batch_size"]), world)
+    _check_divisible(data.batch_size, world)
     n = len(dataset)  # type: ignore[arg-type]
     shard = list(range(rank * n // world, (rank + 1) * n // world))
-    per_rank = int(data["batch_size"]) // world
+    per_rank = data.batch_size // world
     batches = [shard[i : i + per_rank] for i in range(0, len(shard), per_rank)]
-    return _loader(dataset, int(data.get("workers", 0)), batch_sampler=batches)
+    return _loader(dataset, data.workers, batch_sampler=batches)

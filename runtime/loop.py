@@ -1,16 +1,23 @@
-"""The training loop: apply the plan's changes when their step comes, train, log.
+"""The training loop: a `Session` that carries out any window of a plan's steps.
 
-Read `train()` top to bottom: set up, replay (on resume), then one loop over steps in which
-every decision comes from the plan's change list.
+A session is set up once from a plan (data, model, the one optimizer, the executor of
+optimizer changes). `run(begin, end)` applies the plan's changes when their step comes and
+trains the steps in between; `state()` / `load_state()` capture and restore everything the
+next step depends on, so a window can be run again from a saved state (resume, and trials
+that fork from a phase's start). `train()` at the bottom is a whole run in a few lines.
+
+Read `Session.run` top to bottom: every decision in it comes from the plan's change list.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import copy
 import math
 import random
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +28,19 @@ from torch import nn
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Plan, change_dict
+from ftcompile.plan import OPTIMIZER_OPS, Change, Op, Plan, change_dict
 from ftcompile.runtime import checkpoint, distributed
-from ftcompile.runtime.distributed import Dist
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
+from ftcompile.runtime.distributed import Dist
 from ftcompile.runtime.features import FeatureCache
+from ftcompile.runtime.logs import Logs, Progress, print_eval, truncate_logs
 from ftcompile.runtime.model import build
 from ftcompile.runtime.optim import build_optimizer
 
-REPLAYED = ("phase", "freeze", "unfreeze", "bn", "features", *OPTIMIZER_OPS)
+# Changes that set up state (replayed on load_state); evaluate / checkpoint only happen.
+REPLAYED = (Op.PHASE, Op.FREEZE, Op.UNFREEZE, Op.BN, Op.FEATURES, *OPTIMIZER_OPS)
+# Changes at a window's end step that still belong to the window (the phase's last evaluation).
+END_OF_WINDOW = (Op.EVALUATE, Op.CHECKPOINT)
 
 
 def pick_device(wanted: str) -> torch.device:
@@ -60,7 +71,7 @@ class Trainables:
         for pg in plan.param_groups:
             params.setdefault(pg.group, []).extend(named[n] for n in pg.params)
         bn: dict[str, list[nn.Module]] = {}
-        for mod, group in plan.run["bn_modules"].items():
+        for mod, group in plan.run.bn_modules.items():
             bn.setdefault(group, []).append(modules[mod])
         return Trainables(params, bn)
 
@@ -77,52 +88,47 @@ class Trainables:
                 m.eval()
 
 
-@dataclass
-class Logs:
-    """metrics.jsonl and lr.csv, flushed at each checkpoint so their length can be stored."""
+@dataclass(frozen=True)
+class StepInfo:
+    """What a step hook is told after each optimizer step."""
 
-    folder: Path
-    names: list[str]
-    enabled: bool = True  # only rank 0 writes
-
-    def __post_init__(self) -> None:
-        if not self.enabled:
-            return
-        self.metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")
-        new = not (self.folder / "lr.csv").exists() or (self.folder / "lr.csv").stat().st_size == 0
-        self.lr = open(self.folder / "lr.csv", "a", encoding="utf-8")
-        if new:
-            self.lr.write(",".join(["step", "phase", *self.names]) + "\n")
-
-    def record(self, rec: dict[str, Any]) -> None:
-        if self.enabled:
-            self.metrics.write(json.dumps(rec, allow_nan=True) + "\n")
-
-    def lrs(self, step: int, phase: str, lrs: list[float]) -> None:
-        if self.enabled:
-            self.lr.write(",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) + "\n")
-
-    def sizes(self) -> dict[str, int]:
-        if not self.enabled:
-            return {}
-        self.metrics.flush()
-        self.lr.flush()
-        return {"metrics.jsonl": self.metrics.tell(), "lr.csv": self.lr.tell()}
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        self.metrics.close()
-        self.lr.close()
+    step: int  # the step just taken (0-based): the run is now at step + 1
+    phase: str
+    loss: float
+    lrs: dict[str, float]  # param group -> the lr this step used
+    images: int  # images in the global batch
+    seconds: float  # wall time of the whole step: changes, data, compute, logging
+    compute: float  # of which inside forward, backward and optimizer.step()
 
 
-def truncate_logs(folder: Path, sizes: dict[str, int]) -> None:
-    """Drop what an interrupted run logged after its last checkpoint."""
-    for name, size in sizes.items():
-        path = folder / name
-        if path.exists():
-            with open(path, "r+b") as fh:
-                fh.truncate(size)
+class Hooks:
+    """Observe a session without changing it (tests, benchmarks); override what you need."""
+
+    def on_start(self, session: "Session") -> None:
+        """The session is set up: model built, optimizer made, nothing trained yet."""
+
+    def on_step(self, session: "Session", info: StepInfo) -> None:
+        """An optimizer step was taken."""
+
+    def on_evaluate(self, session: "Session", record: dict[str, Any]) -> None:
+        """An evaluation finished (the record metrics.jsonl gets)."""
+
+    def on_checkpoint(self, session: "Session", step: int, state: dict[str, Any]) -> None:
+        """A checkpoint of `state` is about to be written (rank 0)."""
+
+
+_OBSERVERS: list[Hooks] = []
+
+
+@contextlib.contextmanager
+def observe(*hooks: Hooks) -> Iterator[None]:
+    """Attach hooks to every session started inside the block (e.g. by the CLI)."""
+    _OBSERVERS.extend(hooks)
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            _OBSERVERS.remove(hook)
 
 
 def evaluate(
@@ -156,187 +162,289 @@ def _autocast(precision: str, device: torch.device) -> Any:
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-@dataclass
-class Progress:
-    """A progress line on a terminal, nothing otherwise; timing never enters the logs."""
+class Session:
+    """One run's model, optimizer, data and position in the plan.
 
-    total: int
-    enabled: bool = field(default_factory=lambda: sys.stderr.isatty())
-    world: int = 1
-    started: float = field(default_factory=time.perf_counter)
-    images: int = 0
+    With several processes (`d.world > 1`) every rank holds a session; rank 0 alone writes
+    logs and checkpoints. All ranks draw the same random numbers (same seed, same ops), so
+    rank 0's RNG state in a checkpoint is every rank's.
+    """
 
-    def update(self, step: int, loss: float, lr: float, batch: int) -> None:
-        self.images += batch * self.world
-        if self.enabled and (step % 5 == 0 or step == self.total):
-            rate = self.images / max(time.perf_counter() - self.started, 1e-9)
-            bar = "#" * int(30 * step / self.total)
-            print(f"\r[{bar:<30}] {step}/{self.total} loss {loss:.4f} lr {lr:.3g} {rate:.0f} img/s", end="", file=sys.stderr)
+    def __init__(
+        self,
+        plan: Plan,
+        root: Path,
+        run_dir: Path | None = None,
+        d: Dist = Dist(),
+        upstream: Path | None = None,
+        hooks: Sequence[Hooks] = (),
+    ) -> None:
+        self.plan, self.run_dir, self.d = plan, run_dir, d
+        self.hooks = [*hooks, *_OBSERVERS]
+        run, data = plan.run, plan.data
+        seed_everything(plan.seed, run.deterministic)
+        self.device = distributed.device_for(d, run.device)
 
-    def done(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
+        # Data: the same sample lists the compiler counted, checked against the plan.
+        self.train_ds, val_ds, _ = build_datasets(data, root, data.mean, data.std)
+        if len(self.train_ds) != data.train_size or len(val_ds) != data.val_size:
+            raise RecipeError(
+                f"the data changed since the plan was made: train {len(self.train_ds)} / val {len(val_ds)} images, "
+                f"plan counted {data.train_size} / {data.val_size}",
+                key="data.train",
+                suggestion="compile the recipe again (ftcompile run RECIPE) or restore the data",
+            )
+        counts = data.class_counts if data.balance == "sampler" else None
+        self.batches = TrainBatches(self.train_ds, data, plan.seed, counts, rank=d.rank, world=d.world)
+        self.val_loader = val_loader(val_ds, data, rank=d.rank, world=d.world)
+
+        # Model, the one optimizer, and what applies the plan's changes to them.
+        self.model = build(plan.model, root, upstream).to(self.device)
+        if run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, plan)
+        self.executor = Executor(self.optimizer, plan.param_group_names)
+        self.groups = Trainables.of(self.model, plan)
+        weight = class_weights(data.class_counts).to(self.device) if data.balance == "loss" else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=data.label_smoothing)
+        self.autocast = _autocast(run.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
+
+        # Position in the plan, and what follows from it.
+        self.changes: Sequence[Change] = plan.changes
+        self.step, self.next_change = 0, 0
+        self.phase = plan.phases[0].name
+        self.wanted_features: str | None = None  # head module the plan wants cached features for
+        self.features: FeatureCache | None = None
+        self.net: nn.Module | None = None  # the model (or head) as trained: DDP / compile wrapped
+        self._batch_iter: Iterator[Any] | None = None
+        self._rewrap = True
+        self.ends = {ph.end for ph in plan.phases}
+        self.evals: list[dict[str, Any]] = []
+        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main) if run_dir else None
+        self.progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
+        for hook in self.hooks:
+            hook.on_start(self)
+
+    # ------------------------------------------------------------ state
+
+    def state(self, snapshot: bool = True) -> dict[str, Any]:
+        """Everything the next step depends on; loads into a fresh session of the same plan.
+
+        A snapshot holds copies; `snapshot=False` holds the live tensors (which training goes
+        on changing): enough for writing a checkpoint at once, without the extra memory.
+        """
+        copied = copy.deepcopy if snapshot else (lambda x: x)
+        return {
+            "model": copied(self.model.state_dict()),
+            "optimizer": copied(self.optimizer.state_dict()),
+            "scheduler": copied(self.executor.scheduler.state_dict()) if self.executor.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "step": self.step,
+            "next_change": self.next_change,  # changes before it are applied; data position = step
+            "plan_hash": self.plan.hash,
+            "logs": self.logs.sizes() if self.logs else {},
+        }
+
+    def load_state(self, state: dict[str, Any], keep_features: bool = False) -> None:
+        """Go back (or forward) to `state`: replay the plan's set-up changes before it, then
+        load model, optimizer, scheduler, grad scaler and RNG.
+
+        `keep_features=True` keeps computed cached features when the state wants the same
+        head module: right only when the frozen part is the one they were computed from (a
+        fork from the same state, as trials do).
+        """
+        if state.get("plan_hash") != self.plan.hash:
+            raise RecipeError("the saved state belongs to another plan", suggestion="start a new run")
+        # Checkpoints of ftcompile 0.1 stored the index of their own checkpoint change.
+        next_change = state["next_change"] if "next_change" in state else state["change_index"] + 1
+        self.groups.frozen_bn.clear()
+        self.executor.scheduler = None
+        self.wanted_features = None
+        for change in self.changes[:next_change]:
+            if change.op in REPLAYED:
+                self._apply(change)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.executor.rebind()
+        if self.executor.scheduler is not None:
+            self.executor.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step, self.next_change = state["step"], next_change
+        if not (keep_features and self.features and self.features.module == self.wanted_features):
+            self.features = None
+        self._batch_iter, self._rewrap = None, True
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, begin: int, end: int) -> None:
+        """Carry out the plan's steps `[begin, end)` from where the session is (`begin`).
+
+        Changes at step `end` that end the window (its evaluation and checkpoint) are done
+        too; the next window's set-up changes at `end` are left for it.
+        """
+        if begin != self.step:
+            raise ValueError(f"the session is at step {self.step}, not {begin}")
+        if not begin <= end <= self.plan.total_steps:
+            raise ValueError(f"window [{begin}, {end}) outside the plan's [0, {self.plan.total_steps})")
+        while True:
+            started = time.perf_counter()
+            # Apply the changes due at this step (only the window's own ones at its end);
+            # time spent evaluating and checkpointing is not the next step's.
+            started += self._apply_due(final=self.step == end)
+            if self.step >= end:
+                return
+            # Cached features and the DDP / compile wrapper follow what the changes set.
+            self._prepare()
+            self._train_step(started)
+
+    def _apply_due(self, final: bool) -> float:
+        """Apply the changes due now; returns the seconds spent evaluating and checkpointing."""
+        outside = 0.0
+        while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
+            change = self.changes[self.next_change]
+            if final and change.op not in END_OF_WINDOW:
+                break
+            self.next_change += 1
+            if change.op in END_OF_WINDOW:
+                began = time.perf_counter()
+                self._evaluate_and_log(change) if change.op == Op.EVALUATE else self.checkpoint()
+                outside += time.perf_counter() - began
+            else:
+                self._apply(change)
+        return outside
+
+    def _apply(self, change: Change) -> None:
+        """One set-up change; freezing and the feature cache mean the wrapper must be rebuilt."""
+        if change.op == Op.PHASE:
+            self.phase = change.target or self.phase
+        elif change.op == Op.FEATURES:
+            self.wanted_features = change.value
+        elif change.op in (Op.FREEZE, Op.UNFREEZE):
+            self.groups.set_trainable(change.target or "", change.op == Op.UNFREEZE)
+        elif change.op == Op.BN:
+            (self.groups.frozen_bn.add if change.value == "frozen" else self.groups.frozen_bn.discard)(change.target)
+        elif change.op in OPTIMIZER_OPS:
+            self.executor.apply(change_dict(change))
+        self._rewrap |= change.op in (Op.FREEZE, Op.UNFREEZE, Op.FEATURES)
+
+    def _prepare(self) -> None:
+        if (self.features.module if self.features else None) != self.wanted_features:
+            self.features = None if self.wanted_features is None else FeatureCache.build(
+                self.model, self.wanted_features, cache_loader(self.train_ds, self.plan.data, self.plan.seed),
+                self.val_loader, self.device, self.autocast, lambda: self.groups.train_mode(self.model))
+            self._rewrap, self._batch_iter = True, None
+        if self._rewrap or self.net is None:
+            # DDP registers gradient hooks for what requires grad now: rebuild when that changes.
+            trained = self.model.get_submodule(self.features.module) if self.features else self.model
+            self.net = distributed.wrap(trained, self.d, self.device)
+            if self.plan.run.compile:
+                self.net = torch.compile(self.net)
+            self._rewrap = False
+
+    def _train_step(self, started: float) -> None:
+        plan, step = self.plan, self.step
+        # The batch of this step: a pure function of (seed, epoch, position in the epoch).
+        x, y = self._batch(*divmod(step, plan.data.steps_per_epoch))
+        lrs = self.executor.lrs()
+        self.groups.train_mode(self.model)
+        # Forward, backward, optimizer step (through the grad scaler under fp16).
+        compute = time.perf_counter()
+        assert self.net is not None
+        with self.autocast():
+            loss = self.loss_fn(_forward(self.net, x, step), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = distributed.mean(loss.item(), self.d)
+        compute = time.perf_counter() - compute
+        # Log the step, then move on: the scheduler steps after the optimizer.
+        named_lrs = dict(zip(plan.param_group_names, lrs))
+        if self.logs:
+            self.logs.record({"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs})
+            self.logs.lrs(step, self.phase, lrs)
+        self.step += 1
+        self.executor.after_step(self.step)
+        self.progress.update(self.step, value, max(lrs), y.numel())
+        if not math.isfinite(value):
+            raise RecipeError(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
+        info = StepInfo(step, self.phase, value, named_lrs, y.numel() * self.d.world, time.perf_counter() - started, compute)
+        for hook in self.hooks:
+            hook.on_step(self, info)
+
+    def _batch(self, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.features is not None:
+            return self.features.batch([i for i, _ in self.batches.batch_items(epoch, b)], self.device)
+        if self._batch_iter is None or b == 0:
+            self._batch_iter = iter(self.batches.loader(epoch, b))
+        x, y = next(self._batch_iter)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.plan.run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    # ------------------------------------------------------------ evaluation and checkpoints
+
+    def evaluate(self) -> dict[str, float]:
+        """Val metrics of the model as it is now (on cached features in a cached phase)."""
+        if self.features is not None:
+            head = self.model.get_submodule(self.features.module)
+            batches: Any = self.features.val_batches(self.plan.data.batch_size, self.device)
+            return evaluate(head, batches, self.device, self.autocast, self.plan.model.num_classes, self.d)
+        return evaluate(self.model, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d)
+
+    def _evaluate_and_log(self, change: Change) -> None:
+        rec: dict[str, Any] = {"type": "eval", "step": self.step, "epoch": self.step / self.plan.data.steps_per_epoch,
+                               "phase": change.target}
+        rec.update(self.evaluate())
+        if self.logs:
+            self.logs.record(rec)
+        self.evals.append(rec)
+        if self.d.main:
+            print_eval(rec, self.progress)
+        for hook in self.hooks:
+            hook.on_evaluate(self, rec)
+        if self.d.enabled and self.step in self.ends:
+            # All ranks must hold bitwise the same parameters at every phase end.
+            digests = distributed.check_in_sync(self.model, self.d, self.step)
+            if self.logs:
+                self.logs.record({"type": "sync", "step": self.step, "ranks": self.d.world, "digests": digests})
+
+    def checkpoint(self) -> None:
+        """Write the state to the run directory's checkpoints/ (rank 0; atomic)."""
+        if not self.d.main or self.run_dir is None:
+            return
+        state = self.state(snapshot=False)
+        for hook in self.hooks:
+            hook.on_checkpoint(self, self.step, state)
+        checkpoint.save(self.run_dir / "checkpoints", self.step, state)
+
+    def close(self) -> None:
+        self.progress.done()
+        if self.logs:
+            self.logs.close()
 
 
 def train(
     plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None = None, d: Dist = Dist(),
-    upstream: Path | None = None,
+    upstream: Path | None = None, hooks: Sequence[Hooks] = (),
 ) -> dict[str, Any]:
-    """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint.
-
-    With several processes (`d.world > 1`) every rank runs this function; rank 0 alone
-    writes logs, checkpoints and model.pt. All ranks draw the same random numbers (same
-    seed, same ops), so rank 0's RNG state in a checkpoint is every rank's.
-    """
-    run = plan.run
-    seed_everything(plan.seed, run["deterministic"])
-    device = distributed.device_for(d, run["device"])
-    data = plan.data
-    train_ds, val_ds, _ = build_datasets(data, root, data["mean"], data["std"])
-    if len(train_ds) != data["train_size"] or len(val_ds) != data["val_size"]:
-        raise RecipeError(
-            f"the data changed since the plan was made: train {len(train_ds)} / val {len(val_ds)} images, "
-            f"plan counted {data['train_size']} / {data['val_size']}",
-            key="data.train",
-            suggestion="compile the recipe again (ftcompile run RECIPE) or restore the data",
-        )
-    counts = data["class_counts"] if data["balance"] == "sampler" else None
-    batches = TrainBatches(train_ds, data, plan.seed, counts, rank=d.rank, world=d.world)
-    spe = data["steps_per_epoch"]
-    vloader = val_loader(val_ds, data, rank=d.rank, world=d.world)
-
-    model = build(plan.model, root, upstream).to(device)
-    if run["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, plan)
-    executor = Executor(optimizer, plan.param_group_names)
-    groups = Trainables.of(model, plan)
-    weight = class_weights(data["class_counts"]).to(device) if data["balance"] == "loss" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=data["label_smoothing"])
-    autocast = _autocast(run["precision"], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=run["precision"] == "fp16")
-
-    wanted_cache: dict[str, str | None] = {"module": None}
-    cache: FeatureCache | None = None
-
-    def apply(change: Change) -> bool:
-        """Apply one change; True when it changed what is trained (DDP must be rebuilt)."""
-        if change.op == "features":
-            wanted_cache["module"] = change.value
-        elif change.op == "freeze":
-            groups.set_trainable(change.target, False)
-        elif change.op == "unfreeze":
-            groups.set_trainable(change.target, True)
-        elif change.op == "bn":
-            (groups.frozen_bn.add if change.value == "frozen" else groups.frozen_bn.discard)(change.target)
-        elif change.op in OPTIMIZER_OPS:
-            executor.apply(change_dict(change))
-        return change.op in ("freeze", "unfreeze", "features")
-
-    changes = plan.changes
-    step, nxt = 0, 0
-    if resume is not None:
-        for change in changes[: resume["change_index"] + 1]:
-            if change.op in REPLAYED:
-                apply(change)
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        executor.rebind()
-        if executor.scheduler is not None:
-            executor.scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        checkpoint.set_rng_state(resume["rng"])
-        if d.main:
-            truncate_logs(run_dir, resume["logs"])
-        step, nxt = resume["step"], resume["change_index"] + 1
-
-    net: nn.Module | None = None  # built below, once the changes of the first step are applied
-    logs = Logs(run_dir, plan.param_group_names, enabled=d.main)
-    progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
-    ends = {ph.end for ph in plan.phases}
-    evals: list[dict[str, Any]] = []
-    batch_iter = None
-    phase = plan.phase_at(step).name
+    """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint."""
+    if resume is not None and d.main:
+        truncate_logs(run_dir, resume["logs"])  # what was logged after the checkpoint
+    session = Session(plan, root, run_dir, d, upstream, hooks)
     try:
-        while True:
-            rewrap = False
-            while nxt < len(changes) and changes[nxt].step == step:
-                change = changes[nxt]
-                if change.op == "phase":
-                    phase = change.target
-                elif change.op == "evaluate":
-                    rec = {"type": "eval", "step": step, "epoch": step / spe, "phase": change.target}
-                    if cache is not None:
-                        head, val_batches = model.get_submodule(cache.module), cache.val_batches(data["batch_size"], device)
-                    else:
-                        head, val_batches = model, vloader
-                    rec.update(evaluate(head, val_batches, device, autocast, plan.model["num_classes"], d))
-                    logs.record(rec)
-                    evals.append(rec)
-                    if d.main:
-                        _print_eval(rec, progress)
-                    if d.enabled and step in ends:
-                        digests = distributed.check_in_sync(model, d, step)
-                        logs.record({"type": "sync", "step": step, "ranks": d.world, "digests": digests})
-                elif change.op == "checkpoint":
-                    if d.main:
-                        state = {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": executor.scheduler.state_dict() if executor.scheduler else None,
-                            "scaler": scaler.state_dict(),
-                            "change_index": nxt,
-                            "plan_hash": plan.hash,
-                            "logs": logs.sizes(),
-                        }
-                        checkpoint.save(run_dir / "checkpoints", step, state)
-                else:
-                    rewrap |= apply(change)
-                nxt += 1
-            if (cache.module if cache else None) != wanted_cache["module"]:
-                cache = None if wanted_cache["module"] is None else FeatureCache.build(
-                    model, wanted_cache["module"], cache_loader(train_ds, data, plan.seed), vloader, device,
-                    autocast, lambda: groups.train_mode(model))
-                rewrap, batch_iter = True, None
-            if rewrap or net is None:
-                net = distributed.wrap(model.get_submodule(cache.module) if cache else model, d, device)
-                if run["compile"]:
-                    net = torch.compile(net)
-            if step >= plan.total_steps:
-                break
-            epoch, b = divmod(step, spe)
-            if cache is not None:
-                x, y = cache.batch([i for i, _ in batches.batch_items(epoch, b)], device)
-            else:
-                if batch_iter is None or b == 0:
-                    batch_iter = iter(batches.loader(epoch, b))
-                x, y = next(batch_iter)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if run["channels_last"]:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            lrs = executor.lrs()
-            groups.train_mode(model)
-            with autocast():
-                loss = loss_fn(_forward(net, x, step), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            value = distributed.mean(loss.item(), d)
-            logs.record({"type": "step", "step": step, "phase": phase, "loss": value,
-                         "lr": dict(zip(plan.param_group_names, lrs))})
-            logs.lrs(step, phase, lrs)
-            step += 1
-            executor.after_step(step)
-            progress.update(step, value, max(lrs), y.numel())
-            if not math.isfinite(value):
-                raise RecipeError(f"loss became {value} at step {step}", key="phases", suggestion="lower the learning rate")
+        if resume is not None:
+            session.load_state(resume)
+        session.run(session.step, plan.total_steps)
     finally:
-        progress.done()
-        logs.close()
+        session.close()
     if d.main:
-        checkpoint.atomic_save(model.state_dict(), run_dir / "model.pt")
-    return {"evals": evals, "seconds": time.perf_counter() - progress.started}
+        checkpoint.atomic_save(session.model.state_dict(), run_dir / "model.pt")
+    return {"evals": session.evals, "seconds": time.perf_counter() - session.progress.started}
 
 
 def _forward(net: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
@@ -351,11 +459,3 @@ def _forward(net: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
             key="data.batch_size",
             suggestion="set data.drop_last = true, or a batch_size that does not leave 1 image in an epoch's last batch",
         ) from None
-
-
-def _print_eval(rec: dict[str, Any], progress: Progress) -> None:
-    if progress.enabled:
-        print(file=sys.stderr)
-    top5 = f"  top5 {100 * rec['top5']:.2f}%" if "top5" in rec else ""
-    print(f"eval  step {rec['step']:>6}  epoch {rec['epoch']:.2f}  {rec['phase']:<12} val_loss {rec['val_loss']:.4f}  "
-          f"top1 {100 * rec['top1']:.2f}%{top5}", flush=True)

@@ -13,6 +13,7 @@ from torch import nn
 
 from ftcompile import arch as archs
 from ftcompile.errors import RecipeError
+from ftcompile.plan import ModelSpec
 
 
 def torchvision_weights(arch: str, name: str) -> Any:
@@ -27,27 +28,27 @@ def cache_file(weights: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def build(plan_model: dict[str, Any], root: Path, upstream: Path | None = None) -> nn.Module:
+def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Module:
     """The torchvision model with the recipe's head and weights, on the CPU.
 
     `upstream` is the model.pt of the upstream recipe's run when the weights name one; the
     run command (`rundir`) finds or trains it before this run starts.
     """
-    arch, kind = plan_model["arch"], plan_model["weights"]["kind"]
-    num_classes, head = plan_model["num_classes"], plan_model["head"]
+    arch, kind, value = spec.arch, spec.weights.kind, spec.weights.value
+    num_classes, head = spec.num_classes, spec.head
     if kind == "torchvision":
-        weights = torchvision_weights(arch, plan_model["weights"]["value"])
+        weights = torchvision_weights(arch, value)
         fetch(weights)
         # torch.hub loads its cache with weights_only=False: check the file the safe way first.
         load_state(cache_file(weights))
         return archs.build_model(arch, num_classes, head, device="cpu", weights=weights)
     model = archs.build_model(arch, num_classes, head, device="cpu")
     if kind == "file":
-        load_backbone(model, arch, root / plan_model["weights"]["value"])
+        load_backbone(model, arch, root / value)
     elif kind == "recipe":
         if upstream is None:
             raise RecipeError(
-                f"the weights come from the upstream recipe {plan_model['weights']['value']}, whose model.pt was not given",
+                f"the weights come from the upstream recipe {value}, whose model.pt was not given",
                 key="model.weights",
                 suggestion="start the run with ftcompile run, which trains or finds the upstream run first",
             )

@@ -22,4 +22,4 @@ def build_optimizer(model: nn.Module, plan: Any) -> Optimizer:
         if not pg.decay:
             group["weight_decay"] = 0.0
         groups.append(group)
-    return optimizer_class(plan.optimizer["type"])(groups, **plan.optimizer["kwargs"])
+    return optimizer_class(plan.optimizer.type)(groups, **plan.optimizer.kwargs)

@@ -60,7 +60,7 @@ def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> d
     return {
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__,
                      "python": platform.python_version()},
-        "device": str(pick_device(plan.run["device"])),
+        "device": str(pick_device(plan.run.device)),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "seed": plan.seed,
         "processes": world,
@@ -81,7 +81,7 @@ def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> 
     from ftcompile.runtime import distributed
 
     run_new(plan, recipe, root, out)
-    distributed.shutdown(distributed.init(plan.run["device"]))
+    distributed.shutdown(distributed.init(plan.run.device))
     return 0
 
 
@@ -89,7 +89,7 @@ def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Pa
     """Create the run directory (rank 0; the others learn its name), record, train."""
     from ftcompile.runtime import distributed
 
-    d = distributed.init(plan.run["device"])
+    d = distributed.init(plan.run.device)
     run_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
     if d.main:
         if recipe is not None:
@@ -120,13 +120,13 @@ def resume_run(run_dir: Path) -> int:
     plan, env = open_run(run_dir)
     from ftcompile.runtime import checkpoint, distributed
 
-    d = distributed.init(plan.run["device"])
+    d = distributed.init(plan.run.device)
     state = checkpoint.load_newest(run_dir / "checkpoints")
     if state is not None and state.get("plan_hash") != plan.hash:
         raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
     if state is None:
         print("no complete checkpoint: starting from step 0", file=sys.stderr)
-        from ftcompile.runtime.loop import truncate_logs
+        from ftcompile.runtime.logs import truncate_logs
 
         if d.main:
             truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0})
@@ -159,7 +159,7 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
         print(line, file=sys.stderr)
     from ftcompile.runtime import distributed
 
-    d = distributed.init(plan.run["device"])
+    d = distributed.init(plan.run.device)
     new_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
     if d.main:
         if (run_dir / "recipe.toml").is_file():
@@ -176,16 +176,16 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
     """model.pt of a finished run of the upstream plan (weights = "other.toml"), trained
     first when there is none; None when the weights name no upstream recipe. Done before
     this run seeds its RNGs, so training the upstream first or finding it gives one result."""
-    weights = plan.model["weights"]
-    if weights["kind"] != "recipe":
+    weights = plan.model.weights
+    if weights.kind != "recipe" or weights.plan is None or weights.value is None or weights.root is None:
         return None
-    upstream = Plan.from_dict(weights["plan"], source=weights["value"])
+    upstream = Plan.from_dict(weights.plan, source=weights.value)
     for run in sorted(RUNS.glob(f"{upstream.recipe['name']}/*-{upstream.hash[:8]}")):
         if (run / "model.pt").is_file():
             return run / "model.pt"
-    upstream_root = root / weights["root"]
-    print(f"weights: no finished run of {weights['value']} (plan {upstream.hash[:8]}); training it first", flush=True)
-    return run_new(upstream, upstream_root / Path(weights["value"]).name, upstream_root, None) / "model.pt"
+    upstream_root = root / weights.root
+    print(f"weights: no finished run of {weights.value} (plan {upstream.hash[:8]}); training it first", flush=True)
+    return run_new(upstream, upstream_root / Path(weights.value).name, upstream_root, None) / "model.pt"
 
 
 def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:

@@ -34,5 +34,5 @@ def test_quickstart_fine_tunes(tmp_path: Path) -> None:
     assert last["top1"] > first["top1"]
     # model.pt loads into the torchvision model with the recipe's head, keys as torchvision names them
     plan = Plan.load(run_dir / "plan.json")
-    model = build_model("resnet18", 5, plan.model["head"], device="cpu")
+    model = build_model("resnet18", 5, plan.model.head, device="cpu")
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True), strict=True)

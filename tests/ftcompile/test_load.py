@@ -98,7 +98,7 @@ def test_base_data_paths_are_rebased_onto_the_child(tmp_path: Path, image_folder
     image_folders(tmp_path / "base" / "data" / "val", {"a": 1, "b": 1})
     monkeypatch.chdir(tmp_path / "exp")
     plan = compile_recipe(child)
-    assert (plan.data["train_size"], plan.data["val_size"]) == (3 + 2, 1 + 1)
+    assert (plan.data.train_size, plan.data.val_size) == (3 + 2, 1 + 1)
 
 
 def test_weights_names_are_not_rebased(tmp_path: Path, write: Writer) -> None:

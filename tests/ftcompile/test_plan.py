@@ -17,7 +17,7 @@ import pytest
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
-from ftcompile.plan import FORMAT, Change, Plan
+from ftcompile.plan import FORMAT, Change, Plan, WeightsSpec
 from ftcompile.trace import lr_trace
 
 Writer = Callable[..., Path]
@@ -151,7 +151,7 @@ def test_changes_at_step_zero(write: Writer, tiny: str) -> None:
 
 def test_each_phase_start_sets_the_lr_of_trained_groups(write: Writer, tiny: str) -> None:
     plan = compile_recipe(write(tiny))
-    spe = plan.data["steps_per_epoch"]
+    spe = plan.data.steps_per_epoch
     assert spe == 23  # ceil(1442 / 64)
     full = plan.phases[1]
     assert (full.begin, full.end) == (spe, 2 * spe)
@@ -189,8 +189,8 @@ def test_bn_frozen_emits_bn_changes_for_frozen_groups(write: Writer, tiny: str) 
     bn = [c for c in plan.changes if c.op == "bn"]
     # head (fc) has no BatchNorm; body's BatchNorm is frozen while body is, then trains again
     assert bn == [Change(0, "bn", "body", value="frozen"), Change(23, "bn", "body", value="train")]
-    assert set(plan.run["bn_modules"].values()) == {"body"}
-    assert "layer4.1.bn2" in plan.run["bn_modules"] and "layer4.0.downsample.1" in plan.run["bn_modules"]
+    assert set(plan.run.bn_modules.values()) == {"body"}
+    assert "layer4.1.bn2" in plan.run.bn_modules and "layer4.0.downsample.1" in plan.run.bn_modules
 
 
 def test_reset_state_and_per_group_overrides(write: Writer, tiny: str) -> None:
@@ -213,8 +213,8 @@ def test_trainable_counts(write: Writer, tiny: str) -> None:
     numel = {g["name"]: g["numel"] for g in plan.groups}
     assert numel["head"] == 512 * 10 + 10  # fc: 512 -> 10, weight and bias
     assert plan.phases[0].trainable_params == numel["head"]
-    assert plan.phases[1].trainable_params == plan.model["total_params"] == numel["head"] + numel["body"]
-    assert plan.phases[0].trainable_pct == round(100 * numel["head"] / plan.model["total_params"], 2)
+    assert plan.phases[1].trainable_params == plan.model.total_params == numel["head"] + numel["body"]
+    assert plan.phases[0].trainable_pct == round(100 * numel["head"] / plan.model.total_params, 2)
 
 
 # ---------------------------------------------------------------- the plan as data
@@ -315,7 +315,7 @@ def test_hash_does_not_depend_on_where_the_recipe_lives(tmp_path: Path, image_fo
     shutil.copytree(here, there)
     monkeypatch.chdir(here)
     original = compile_recipe("recipe.toml")
-    assert (original.data["train_size"], original.data["val_size"], original.model["num_classes"]) == (8, 4, 2)
+    assert (original.data.train_size, original.data.val_size, original.model.num_classes) == (8, 4, 2)
     monkeypatch.chdir(tmp_path / "b")
     copy = compile_recipe(Path("deeper") / "recipe.toml")
     assert copy.hash == original.hash
@@ -345,8 +345,8 @@ def test_no_absolute_path_in_the_plan(tmp_path: Path, image_folders: Folders, mo
     assert str(tmp_path) not in text and os.sep + "tmp" not in text
     strings = all_strings(json.loads(text))
     assert not [s for s in strings if os.path.isabs(s)]
-    assert plan.data["train"] == os.path.join("..", "shared", "data", "train")
-    assert plan.model["weights"] == {"kind": "file", "value": "../w/init.pt"}
+    assert plan.data.train == os.path.join("..", "shared", "data", "train")
+    assert plan.model.weights == WeightsSpec(kind="file", value="../w/init.pt")
 
 
 def test_hash_follows_meaning_not_formatting(write: Writer, tiny: str) -> None:

@@ -387,8 +387,8 @@ def sched_plan(tmp_path_factory: pytest.TempPathFactory) -> Plan:
 def test_durations_become_steps(sched_plan: Plan) -> None:
     spe = STEPS_PER_EPOCH
     assert spe == 46  # ceil(1442 / 32)
-    assert sched_plan.data["steps_per_epoch"] == spe
-    assert (sched_plan.data["train_size"], sched_plan.data["val_size"]) == (TRAIN_SIZE, VAL_SIZE)
+    assert sched_plan.data.steps_per_epoch == spe
+    assert (sched_plan.data.train_size, sched_plan.data.val_size) == (TRAIN_SIZE, VAL_SIZE)
     half = round(0.5 * spe)
     lengths = {p.name: p.end - p.begin for p in sched_plan.phases}
     assert lengths == {"onecycle": half, "cosine": spe, "restarts": 2 * spe, "cyclic": 30, "step": 40, "linear": 7}
@@ -398,7 +398,7 @@ def test_durations_become_steps(sched_plan: Plan) -> None:
     assert args["restarts"]["T_0"] == spe  # "1 epoch"
     assert args["cyclic"]["step_size_up"] == half  # "0.5 epoch"
     assert args["step"]["step_size"] == 30  # "30 steps"
-    assert sched_plan.run["eval_every"] == half and sched_plan.run["checkpoint_every"] == 100
+    assert sched_plan.run.eval_every == half and sched_plan.run.checkpoint_every == 100
 
 
 def test_length_arguments_default_to_the_phase_length(sched_plan: Plan) -> None:

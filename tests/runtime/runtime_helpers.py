@@ -22,6 +22,7 @@ import torch
 
 from ftcompile.cli import main
 from ftcompile.plan import Plan
+from ftcompile.runtime.loop import Hooks, Session, observe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,29 +122,22 @@ class Recorded:
     state_keys: dict[int, set[int]] = field(default_factory=dict)  # step -> optimizer state indices
 
 
-def run_recorded(recipe: Path, out: Path) -> Recorded:
-    """`ftcompile run RECIPE --out OUT`, recording model and optimizer state as it goes.
+class _Recorder(Hooks):
+    """Records what a session does through its hooks; the run itself is unchanged."""
 
-    The runtime's own functions are wrapped (never replaced): `build` and `build_optimizer`
-    as the loop imported them, and `checkpoint.save`, so the run itself is unchanged.
-    """
-    import ftcompile.runtime.checkpoint
-    import ftcompile.runtime.loop
+    def __init__(self) -> None:
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+        self.groups: dict[int, list[dict[str, Any]]] = {}
+        self.state_keys: dict[int, set[int]] = {}
+        self.per_step: list[dict[str, Any]] = []
+        self.built = 0
 
-    rec: dict[str, Any] = {"states": {}, "groups": {}, "state_keys": {}, "per_step": [], "built": 0}
-    build, build_optimizer, save = ftcompile.runtime.loop.build, ftcompile.runtime.loop.build_optimizer, ftcompile.runtime.checkpoint.save
-
-    def build_spy(*args: Any, **kwargs: Any) -> torch.nn.Module:
-        model = build(*args, **kwargs)
-        rec["states"][0] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return model
-
-    def build_optimizer_spy(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
-        optimizer = build_optimizer(*args, **kwargs)
-        rec["built"] += 1
+    def on_start(self, session: Session) -> None:
+        self.states[0] = {k: v.detach().clone() for k, v in session.model.state_dict().items()}
+        self.built += 1
 
         def before_step(opt: torch.optim.Optimizer, *_: Any) -> None:
-            rec["per_step"].append({
+            self.per_step.append({
                 "optimizer": id(opt),
                 "names": [g["name"] for g in opt.param_groups],
                 "sizes": [len(g["params"]) for g in opt.param_groups],
@@ -151,21 +145,21 @@ def run_recorded(recipe: Path, out: Path) -> Recorded:
                 "momentum": [float(g["momentum"]) if "momentum" in g else float(g["betas"][0]) for g in opt.param_groups],
             })
 
-        optimizer.register_step_pre_hook(before_step)
-        return optimizer
+        session.optimizer.register_step_pre_hook(before_step)
 
-    def save_spy(folder: Path, step: int, payload: dict[str, Any]) -> Path:
-        rec["states"][step] = {k: v.detach().clone() for k, v in payload["model"].items()}
-        rec["groups"][step] = copy.deepcopy(payload["optimizer"]["param_groups"])
-        rec["state_keys"][step] = set(payload["optimizer"]["state"])
-        return save(folder, step, payload)
+    def on_checkpoint(self, session: Session, step: int, state: dict[str, Any]) -> None:
+        self.states[step] = {k: v.detach().clone() for k, v in state["model"].items()}
+        self.groups[step] = copy.deepcopy(state["optimizer"]["param_groups"])
+        self.state_keys[step] = set(state["optimizer"]["state"])
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ftcompile.runtime.loop, "build", build_spy)
-        mp.setattr(ftcompile.runtime.loop, "build_optimizer", build_optimizer_spy)
-        mp.setattr(ftcompile.runtime.checkpoint, "save", save_spy)
+
+def run_recorded(recipe: Path, out: Path) -> Recorded:
+    """`ftcompile run RECIPE --out OUT`, recording model and optimizer state as it goes:
+    the state at step 0 and at every checkpoint, and the optimizer's groups at every step."""
+    rec = _Recorder()
+    with observe(rec):
         assert cli(None, "run", recipe, "--out", out).rc == 0
-    return Recorded(out, Plan.load(out / "plan.json"), rec["states"], rec["groups"], rec["per_step"], rec["built"], rec["state_keys"])
+    return Recorded(out, Plan.load(out / "plan.json"), rec.states, rec.groups, rec.per_step, rec.built, rec.state_keys)
 
 
 # Recipe A: SGD with momentum, 3 classes. One-cycle warm-up of the head; CyclicLR (which also

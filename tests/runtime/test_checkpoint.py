@@ -18,7 +18,7 @@ from ftcompile.arch import build_model
 
 
 def payload(value: float) -> dict:
-    return {"model": {"w": torch.full((64, 64), value)}, "change_index": 0, "plan_hash": "h", "logs": {}}
+    return {"model": {"w": torch.full((64, 64), value)}, "next_change": 1, "plan_hash": "h", "logs": {}}
 
 
 def test_save_then_load_newest(tmp_path: Path) -> None:
@@ -98,13 +98,13 @@ def test_run_checkpoint_holds_everything_and_loads_weights_only(run_a: Recorded)
     files = checkpoint.list_checkpoints(run_a.run_dir / "checkpoints")
     assert [int(p.stem.split("-")[1]) for p in files] == [13, 17]  # phase ends; the older ones deleted
     state = torch.load(files[0], map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "change_index", "plan_hash", "logs"}
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs"}
     assert state["step"] == 13 and state["plan_hash"] == plan.hash
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["scheduler"] is None  # phase `constant` has no scheduler
     assert set(state["logs"]) == {"metrics.jsonl", "lr.csv"}
     # the next change to apply is the first one after the checkpoint
-    assert plan.changes[state["change_index"]].op == "checkpoint" and plan.changes[state["change_index"]].step == 13
+    assert plan.changes[state["next_change"] - 1].op == "checkpoint" and plan.changes[state["next_change"] - 1].step == 13
 
     model = build_model("resnet18", 3, None, device="cpu")
     model.load_state_dict(state["model"], strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from ftcompile.datasets import count_data
 from ftcompile.errors import RecipeError
+from ftcompile.plan import DataSpec
 from ftcompile.runtime.data import TrainBatches, build_datasets, class_weights, val_loader
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -31,14 +33,17 @@ def make_folder(root: Path, counts: dict[str, int]) -> None:
             Image.fromarray(pixels.numpy()).save(root / name / f"{i:03d}.png")
 
 
-def recipe_data(**over) -> dict:
+def recipe_data(**over) -> DataSpec:
+    """The plan's data section for these folders (counted fields are not read here)."""
     data = {
         "train": "train", "val": "val", "builtin": None, "classes": [], "image_size": SIZE,
         "batch_size": 4, "workers": 0, "augment": AUGMENT, "balance": "none",
         "label_smoothing": 0.0, "drop_last": False,
+        "train_size": 0, "val_size": 0, "class_names": [], "class_counts": [], "steps_per_epoch": 0,
+        "mean": list(MEAN), "std": list(STD),
     }
     data.update(over)
-    return data
+    return DataSpec(**data)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,7 @@ def assert_same(a: list, b: list) -> None:
 def test_shapes_and_sizes_match_count(root: Path) -> None:
     data = recipe_data()
     train, val, names = build_datasets(data, root, MEAN, STD)
-    counts = count_data(data, root)
+    counts = count_data(asdict(data), root)
     assert (len(train), len(val)) == (counts.train_size, counts.val_size) == (14, 5)
     assert names == list(counts.class_names) == ["ant", "bee", "cow"]
     for ds in (train, val):
@@ -74,7 +79,7 @@ def test_shapes_and_sizes_match_count(root: Path) -> None:
 def test_digits_datasets() -> None:
     data = recipe_data(train=None, val=None, builtin="digits", classes=["5", "6", "7", "8", "9"], image_size=12)
     train, val, names = build_datasets(data, Path("."), MEAN, STD)
-    counts = count_data(data, Path("."))
+    counts = count_data(asdict(data), Path("."))
     assert (len(train), len(val)) == (counts.train_size, counts.val_size)
     assert names == ["5", "6", "7", "8", "9"]
     x, y = val[0]

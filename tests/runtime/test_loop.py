@@ -34,14 +34,14 @@ def params_of(plan: Plan, group: str) -> list[str]:
 
 
 def bn_buffers(plan: Plan, group: str) -> list[str]:
-    mods = [m for m, g in plan.run["bn_modules"].items() if g == group]
+    mods = [m for m, g in plan.run.bn_modules.items() if g == group]
     return [f"{m}.{b}" for m in mods for b in ("running_mean", "running_var", "num_batches_tracked")]
 
 
 def planned(plan: Plan, field: str) -> list[list[float]]:
     """`field` of every param group before every step, replaying the plan on a dummy optimizer
     (the way `ftcompile plan --trace` computes the LR)."""
-    opt = dummy_optimizer(plan.optimizer["type"], plan.optimizer["kwargs"], len(plan.param_groups))
+    opt = dummy_optimizer(plan.optimizer.type, plan.optimizer.kwargs, len(plan.param_groups))
     ex = Executor(opt, plan.param_group_names)
     changes = [c for c in plan.changes if c.op in OPTIMIZER_OPS]
     rows, i = [], 0
@@ -210,7 +210,7 @@ def test_no_decay_groups_have_weight_decay_zero(run: Recorded) -> None:
     for pg in plan.param_groups:
         assert pg.name == (pg.group if pg.decay else f"{pg.group}.no_decay")
         assert all((shapes[p] > 1) == pg.decay for p in pg.params), pg.name
-    base = plan.optimizer["kwargs"]["weight_decay"]
+    base = plan.optimizer.kwargs["weight_decay"]
     for step, groups in run.optimizer_groups.items():
         phase = plan.phase_at(step - 1).name
         for pg, group in zip(plan.param_groups, groups):
@@ -224,7 +224,7 @@ def test_adamw_weight_decay_never_touches_a_frozen_group(run_b: Recorded) -> Non
     """late is trained in `linear` (so AdamW holds moments for it), then frozen in `sgdr`."""
     plan = run_b.plan
     ph = next(p for p in plan.phases if p.name == "sgdr")
-    assert "late" not in ph.train and plan.optimizer["kwargs"]["weight_decay"] > 0
+    assert "late" not in ph.train and plan.optimizer.kwargs["weight_decay"] > 0
     flat = [p for pg in plan.param_groups for p in pg.params]
     late = set(params_of(plan, "late"))
     assert {flat[i] for i in run_b.state_keys[ph.begin]} >= late  # Adam moments exist
@@ -249,10 +249,10 @@ def test_metrics_one_record_per_step_and_per_evaluation(run: Recorded) -> None:
         assert list(r["lr"]) == plan.param_group_names
     # eval_every is longer than every phase: one evaluation at the end of each phase
     assert [(r["step"], r["phase"]) for r in evals] == [(ph.end, ph.name) for ph in plan.phases]
-    five = plan.model["num_classes"] >= 5
+    five = plan.model.num_classes >= 5
     for r in evals:
         assert set(r) == {"type", "step", "epoch", "phase", "val_loss", "top1", *(["top5"] if five else [])}
-        assert r["epoch"] == r["step"] / plan.data["steps_per_epoch"]
+        assert r["epoch"] == r["step"] / plan.data.steps_per_epoch
         assert 0.0 <= r["top1"] <= r.get("top5", 1.0) <= 1.0 and r["val_loss"] > 0
     # records are in the order things happened: an evaluation after the last step of its phase
     order = [(r["step"], r["type"] == "step") for r in recs]

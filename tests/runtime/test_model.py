@@ -16,6 +16,7 @@ import torchvision
 import ftcompile.runtime.model
 from ftcompile.arch import build_model
 from ftcompile.errors import RecipeError
+from ftcompile.plan import ModelSpec, WeightsSpec
 from ftcompile.runtime.model import build, cache_file, torchvision_weights
 from runtime_helpers import Recorded, cli, load_tensors, recipe_text, write_recipe
 
@@ -34,8 +35,8 @@ def fake_pretrained(seed: int = 0, arch: str = "resnet18") -> dict[str, torch.Te
     return torchvision.models.get_model(arch).state_dict()
 
 
-def plan_model(weights: dict, num_classes: int = 3) -> dict:
-    return {"arch": "resnet18", "weights": weights, "num_classes": num_classes, "head": None}
+def plan_model(weights: dict, num_classes: int = 3) -> ModelSpec:
+    return ModelSpec(arch="resnet18", weights=WeightsSpec(**weights), num_classes=num_classes, head=None, total_params=0)
 
 
 def assert_backbone_equal(model_state: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> None:
@@ -193,10 +194,10 @@ def test_model_pt_loads_into_torchvision_strictly(name: str, request: pytest.Fix
     state = load_tensors(run.run_dir / "model.pt")
     assert not any(k.startswith(("module.", "_orig_mod.", "model.")) for k in state)
     m = run.plan.model
-    model = build_model(m["arch"], m["num_classes"], m["head"], device="cpu")
+    model = build_model(m.arch, m.num_classes, m.head, device="cpu")
     model.load_state_dict(state, strict=True)
-    if m["head"] is None:  # the plain head: exactly torchvision's own names
-        assert list(state) == list(torchvision.models.resnet18(num_classes=m["num_classes"]).state_dict())
+    if m.head is None:  # the plain head: exactly torchvision's own names
+        assert list(state) == list(torchvision.models.resnet18(num_classes=m.num_classes).state_dict())
     else:
         plain = torchvision.models.resnet18().state_dict()
         assert [k for k in state if not k.startswith("fc.")] == [k for k in plain if not k.startswith("fc.")]
