@@ -1,11 +1,10 @@
 """Head-only epochs with and without the feature cache, side by side in one process.
 
-A head-only phase (bn = "frozen", no augmentation) of E epochs is run with the cache on
-(the compiler's default for such a phase) and off (`cache_features = false`), for E = 1
-and E = 1 + K (K larger with the cache, whose epochs are short). The difference of the two runs' wall times is the cost of K epochs after
-the first, which is what the cache is for; the time spent computing the features (once,
-at the phase start) is taken out of both cached runs so that its noise does not swamp
-the short cached epochs. Prints seconds per later epoch and the speed-up factor.
+A head-only phase (bn = "frozen", no augmentation) of 1 + K epochs is run with the cache on
+(the compiler's default for such a phase) and off (`cache_features = false`), K larger with
+the cache, whose epochs are short. The runtime's step hooks give every step's wall time:
+the epochs after the first are what the cache is for (the first computes the features).
+Prints seconds per later epoch and the speed-up factor.
 
     python benchmarks/feature_cache.py                  # resnet18, digits at 64 px, CPU
     python benchmarks/feature_cache.py --arch resnet50 --size 96 --extra 3
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 RECIPE = """
@@ -53,36 +51,20 @@ checkpoint_every = "1000 epochs"
 """
 
 
-def timed_run(root: Path, arch: str, size: int, epochs: int, cache: bool) -> float:
-    """Wall time of a run, less the time spent computing features (timed separately)."""
+def epoch_seconds(root: Path, arch: str, size: int, epochs: int, cache: bool) -> tuple[float, float]:
+    """(first epoch, mean of the later epochs) in seconds: sums of the steps' wall times,
+    reported by the runtime's step hooks (the features are computed in the first step)."""
+    from _common import run_runtime
+
     from ftcompile.compiler import compile_recipe
-    from ftcompile.runtime import features
-    from ftcompile.runtime.loop import train
 
-    spent = [0.0]
-    build = features.FeatureCache.build
-
-    def timed_build(*a, **k):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        try:
-            return build(*a, **k)
-        finally:
-            spent[0] += time.perf_counter() - t
-
-    features.FeatureCache.build = staticmethod(timed_build)  # type: ignore[method-assign]
-
-    name = f"{arch}-{epochs}-{cache}"
-    recipe = root / f"{name}.toml"
+    recipe = root / f"{arch}-{epochs}-{cache}.toml"
     recipe.write_text(RECIPE.format(arch=arch, size=size, epochs=epochs, cache=str(cache).lower()))
     plan = compile_recipe(recipe)
     assert plan.phases[0].cache["on"] == cache, plan.phases[0].cache
-    (root / name).mkdir()
-    start = time.perf_counter()
-    try:
-        train(plan, root / name, root)
-    finally:
-        features.FeatureCache.build = build  # type: ignore[method-assign]
-    return time.perf_counter() - start - spent[0]
+    spe = plan.data.steps_per_epoch
+    seconds = [s.seconds for s in run_runtime(plan, root).steps]
+    return sum(seconds[:spe]), sum(seconds[spe:]) / (epochs - 1)
 
 
 def main() -> None:
@@ -94,17 +76,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        times = {}
         extra = {False: args.extra, True: args.extra_cached}
-        for cache in (False, True):  # each pair of runs back to back
-            for epochs in (1, 1 + extra[cache]):
-                times[cache, epochs] = timed_run(root, args.arch, args.size, epochs, cache)
-    per = {c: (times[c, 1 + extra[c]] - times[c, 1]) / extra[c] for c in (False, True)}
+        times = {cache: epoch_seconds(root, args.arch, args.size, 1 + extra[cache], cache) for cache in (False, True)}
+    (first_u, later_u), (first_c, later_c) = times[False], times[True]
     print(f"{args.arch}, digits (1437 train images) at {args.size}px, batch 64, head-only phase, CPU")
-    print(f"  run of 1 epoch:          uncached {times[False, 1]:.2f} s   cached {times[True, 1]:.2f} s (+ features, not counted)")
-    print(f"  run of 1 + extra epochs: uncached ({1 + extra[False]}) {times[False, 1 + extra[False]]:.2f} s   "
-          f"cached ({1 + extra[True]}) {times[True, 1 + extra[True]]:.2f} s")
-    print(f"  per epoch after the 1st: uncached {per[False]:.3f} s   cached {per[True]:.3f} s   speed-up x{per[False] / per[True]:.1f}")
+    print(f"  first epoch:            uncached {first_u:.2f} s   cached {first_c:.2f} s (computes the features)")
+    print(f"  per epoch after the 1st: uncached {later_u:.3f} s ({extra[False]} epochs)   "
+          f"cached {later_c:.3f} s ({extra[True]} epochs)   speed-up x{later_u / later_c:.1f}")
 
 
 if __name__ == "__main__":

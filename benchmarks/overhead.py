@@ -8,10 +8,13 @@ loss.backward(), optimizer.step(), zero_grad. The hand loop is plain torch; the 
 `runtime.loop.train` on the compiled plan, with everything it does per step (plan changes,
 metrics.jsonl and lr.csv lines, loss.item(), train-mode bookkeeping).
 
-Time: an optimizer step-pre-hook (registered identically on both) stamps every
-optimizer.step(); the time per step is the median interval between consecutive stamps, so
-set-up, the evaluation and checkpoint at the phase end, and the first (warm-up) step do not
-count for either loop. Rounds alternate runtime / hand in one process.
+Time: both loops report every step's wall time and the part of it inside forward, backward
+and optimizer.step() (benchmarks/_common.py: the runtime through its step hooks, the hand
+loop with the same clock readings). The time per step is the median over a round (the first,
+warm-up step left out; evaluation and checkpoints are not inside any step). Rounds alternate
+runtime / hand in one process. The wall-time ratio carries this machine's noise (about
++-10% between rounds); the runtime's own cost per step — its time outside forward, backward
+and the optimizer step, minus the hand loop's — is the figure that resolves 1%.
 
 Memory: each loop once more in a fresh subprocess; peak RSS (resource.getrusage
 ru_maxrss, i.e. resident memory including torch's CPU allocations, which tracemalloc does
@@ -27,15 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import median, own_seconds, run_hand, run_runtime, step_seconds
 
 RECIPE = """
 name = "overhead"
@@ -82,79 +84,6 @@ def compile_plan(folder: Path, steps: int) -> Any:
     return compile_recipe(str(path), None, None)
 
 
-def stamps_hook(stamps: list[tuple[float, tuple[float, ...]]]):
-    def hook(opt: torch.optim.Optimizer, *_: Any) -> None:
-        stamps.append((time.perf_counter(), tuple(g["lr"] for g in opt.param_groups)))
-
-    return hook
-
-
-def run_runtime(plan: Any, folder: Path, stamps: list) -> None:
-    import ftcompile.runtime.loop
-
-    build_optimizer = ftcompile.runtime.loop.build_optimizer
-
-    def timed(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
-        opt = build_optimizer(*args, **kwargs)
-        opt.register_step_pre_hook(stamps_hook(stamps))
-        return opt
-
-    ftcompile.runtime.loop.build_optimizer = timed
-    try:
-        run_dir = Path(tempfile.mkdtemp(dir=folder))
-        ftcompile.runtime.loop.train(plan, run_dir, folder)
-    finally:
-        ftcompile.runtime.loop.build_optimizer = build_optimizer
-
-
-def run_hand(plan: Any, folder: Path, stamps: list) -> None:
-    """The loop a person would write by hand, fed exactly what the runtime is fed."""
-    import random
-
-    import numpy as np
-    from torch import nn
-
-    from ftcompile.runtime.data import TrainBatches, build_datasets
-    from ftcompile.runtime.model import build
-
-    random.seed(plan.seed), np.random.seed(plan.seed), torch.manual_seed(plan.seed)
-    torch.use_deterministic_algorithms(plan.run.deterministic, warn_only=True)
-    data = plan.data
-    train_ds, _, _ = build_datasets(data, folder, data["mean"], data["std"])
-    batches = TrainBatches(train_ds, data, plan.seed, None)
-    model = build(plan.model, folder)
-    params = dict(model.named_parameters())
-    phase = plan.phases[0]
-    lr = {g: phase.lr[g]["peak"] for g in phase.train}  # OneCycleLR's max_lr = the group's lr
-    groups = []
-    for pg in plan.param_groups:
-        groups.append({"params": [params[n] for n in pg.params], "lr": lr[pg.group],
-                       **({} if pg.decay else {"weight_decay": 0.0})})
-    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
-    opt.register_step_pre_hook(stamps_hook(stamps))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=plan.total_steps,
-                                                pct_start=0.3)
-    loss_fn = nn.CrossEntropyLoss()
-    spe = data["steps_per_epoch"]
-    step = 0
-    while step < plan.total_steps:
-        for x, y in batches.loader(step // spe):
-            model.train()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            if step == plan.total_steps:
-                break
-
-
-def per_step(stamps: list[float]) -> float:
-    intervals = [b[0] - a[0] for a, b in zip(stamps[1:], stamps[2:])]  # the first step is warm-up
-    return statistics.median(intervals)
-
-
 def rss_kib() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * (resource.getpagesize() // 1024)
@@ -167,7 +96,7 @@ def memory_child(which: str, steps: int) -> None:
         import ftcompile.runtime.loop  # noqa: F401  (imports are not the loop's memory)
 
         before = rss_kib()
-        (run_runtime if which == "runtime" else run_hand)(plan, folder, [])
+        (run_runtime if which == "runtime" else run_hand)(plan, folder)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({"before_kib": before, "peak_kib": peak, "delta_kib": peak - before}))
 
@@ -182,32 +111,31 @@ def main() -> None:
         memory_child(args.memory_child, args.steps)
         return
 
-    import contextlib
-    import io
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet18 32px batch 32, "
           f"{args.steps} steps x {args.rounds} rounds each, CPU")
-    times: dict[str, list[float]] = {"runtime": [], "hand": []}
+    wall: dict[str, list[float]] = {"runtime": [], "hand": []}
+    own: dict[str, list[float]] = {"runtime": [], "hand": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         plan = compile_plan(folder, args.steps)
-        warm: dict[str, list] = {"runtime": [], "hand": []}
-        with contextlib.redirect_stdout(io.StringIO()):  # warm-up round, not timed
-            run_runtime(plan, folder, warm["runtime"])
-            run_hand(plan, folder, warm["hand"])
-        # the same steps: the LR of every param group at every step agrees exactly
-        assert [lr for _, lr in warm["runtime"]] == [lr for _, lr in warm["hand"]], "the loops differ"
+        # warm-up round, not timed; the same steps: every param group's LR agrees exactly
+        assert run_runtime(plan, folder).lrs == run_hand(plan, folder).lrs, "the loops differ"
         for r in range(args.rounds):
-            for which, fn in (("runtime", run_runtime), ("hand", run_hand)) if r % 2 == 0 else (
-                    ("hand", run_hand), ("runtime", run_runtime)):
-                stamps: list = []
-                with contextlib.redirect_stdout(io.StringIO()):  # the runtime's eval line and summary
-                    fn(plan, folder, stamps)
-                assert len(stamps) == args.steps, (which, len(stamps))
-                times[which].append(per_step(stamps))
-            print(f"round {r + 1}: runtime {1000 * times['runtime'][-1]:.2f} ms/step, hand {1000 * times['hand'][-1]:.2f} ms/step")
-    rt, hd = statistics.median(times["runtime"]), statistics.median(times["hand"])
+            order = (("runtime", run_runtime), ("hand", run_hand))
+            for which, fn in order if r % 2 == 0 else order[::-1]:
+                times = fn(plan, folder)
+                assert len(times.steps) == args.steps, (which, len(times.steps))
+                wall[which].append(step_seconds(times))
+                own[which].append(own_seconds(times))
+            print(f"round {r + 1}: runtime {1000 * wall['runtime'][-1]:.2f} ms/step (own {1000 * own['runtime'][-1]:.2f}), "
+                  f"hand {1000 * wall['hand'][-1]:.2f} ms/step (own {1000 * own['hand'][-1]:.2f})")
+    rt, hd = median(wall["runtime"]), median(wall["hand"])
     print(f"median time per step: runtime {1000 * rt:.2f} ms, hand {1000 * hd:.2f} ms, ratio runtime/hand {rt / hd:.3f}")
+    # Outside forward, backward and optimizer.step(): batch fetch, changes, scheduler, logging.
+    own_rt, own_hd = median(own["runtime"]), median(own["hand"])
+    extra = own_rt - own_hd
+    print(f"per step outside forward/backward/optimizer.step: runtime {1000 * own_rt:.2f} ms, hand {1000 * own_hd:.2f} ms; "
+          f"the runtime's own cost {1000 * extra:.2f} ms = {100 * extra / rt:.2f}% of its step")
 
     mem = {}
     for which in ("runtime", "hand"):

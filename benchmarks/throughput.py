@@ -5,9 +5,10 @@ For each arch (resnet50, efficientnet_b0, vit_b_16) and mode (fp32, bf16 autocas
 bf16 + channels_last, and torch.compile with --compile), both loops train the same model
 (runtime.model.build of the plan), fed the same batches (runtime.data.TrainBatches over a
 generated ImageFolder of random JPEGs), with the same param groups, optimizer, OneCycleLR
-scheduler and autocast dtype. Rounds alternate runtime / hand in one process; the time per
-step is the median interval between optimizer steps, stamped by the same optimizer
-step-pre-hook in both loops (set-up, warm-up and the phase-end evaluation do not count).
+scheduler and autocast dtype (the hand loop is benchmarks/_common.py's, shared with
+overhead.py). Rounds alternate runtime / hand in one process; the time per step is the
+median step wall time, timed the same way in both loops (set-up, the warm-up step and the
+phase-end evaluation do not count).
 
 FLOP/s: forward FLOPs per image from torch.utils.flop_counter on one image, times 3 for
 a full fine-tuning step (forward + backward), times images/s; next to the device's peak
@@ -23,17 +24,13 @@ workers), to see whether the input pipeline or the training step limits.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
+from _common import make_images, median, run_hand, run_runtime, step_seconds
 
 # Dense peak TFLOP/s by (device name fragment, precision), from the vendors' data sheets.
 PEAK_TFLOPS = {
@@ -81,88 +78,6 @@ checkpoint_every = "100000 steps"
 """
 
 
-def make_images(root: Path, n: int) -> None:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n), ("val", 20)):
-        for c in range(10):
-            folder = root / "data" / split / f"c{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(max(2, count // 10)):
-                Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
-
-
-def stamp(stamps: list[float]) -> Any:
-    return lambda *_: stamps.append(time.perf_counter())
-
-
-def run_runtime(plan: Any, root: Path) -> list[float]:
-    import ftcompile.runtime.loop
-
-    stamps: list[float] = []
-    original = ftcompile.runtime.loop.build_optimizer
-
-    def with_hook(*a: Any, **k: Any) -> torch.optim.Optimizer:
-        opt = original(*a, **k)
-        opt.register_step_pre_hook(stamp(stamps))
-        return opt
-
-    ftcompile.runtime.loop.build_optimizer = with_hook
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            ftcompile.runtime.loop.train(plan, Path(tempfile.mkdtemp(dir=root)), root)
-    finally:
-        ftcompile.runtime.loop.build_optimizer = original
-    return stamps
-
-
-def run_hand(plan: Any, root: Path) -> list[float]:
-    """A plain PyTorch loop over the same batches, groups, optimizer and scheduler."""
-    from ftcompile.runtime.data import TrainBatches, build_datasets
-    from ftcompile.runtime.model import build
-
-    torch.manual_seed(plan.seed)
-    run, data = plan.run, plan.data
-    device = torch.device("cuda" if run["device"] == "cuda" else "cpu")
-    train_ds, _, _ = build_datasets(data, root, data["mean"], data["std"])
-    batches = TrainBatches(train_ds, data, plan.seed, None)
-    model = build(plan.model, root).to(device)
-    if run["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    params = dict(model.named_parameters())
-    lrs = plan.phases[0].lr
-    groups = [{"params": [params[n] for n in pg.params], "lr": lrs[pg.group]["peak"],
-               **({} if pg.decay else {"weight_decay": 0.0})} for pg in plan.param_groups]
-    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
-    stamps: list[float] = []
-    opt.register_step_pre_hook(stamp(stamps))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=plan.total_steps)
-    net = torch.compile(model) if run["compile"] else model
-    dtype = {"bf16": torch.bfloat16}.get(run["precision"])
-    loss_fn = torch.nn.CrossEntropyLoss()
-    step, spe = 0, data["steps_per_epoch"]
-    model.train()
-    while step < plan.total_steps:
-        for x, y in batches.loader(step // spe):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if run["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            loss.item()  # the runtime logs every step's loss; so does a typical hand loop
-            step += 1
-            if step == plan.total_steps:
-                break
-    return stamps
-
-
-def per_step(stamps: list[float]) -> float:
-    return statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))  # the first step warms up
-
-
 def forward_flops(arch: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -179,7 +94,7 @@ def data_rate(plan: Any, root: Path, batches_n: int) -> float:
     from ftcompile.runtime.data import TrainBatches, build_datasets
 
     data = plan.data
-    train_ds, _, _ = build_datasets(data, root, data["mean"], data["std"])
+    train_ds, _, _ = build_datasets(data, root, data.mean, data.std)
     loader = TrainBatches(train_ds, data, plan.seed, None).loader(0)
     start, seen = time.perf_counter(), 0
     for i, (x, _) in enumerate(loader):
@@ -219,7 +134,7 @@ def main() -> None:
     print(f"{'arch':<16} {'mode':<8} {'runtime img/s':>13} {'hand img/s':>10} {'ratio':>6} {'TFLOP/s':>8} {'peak':>5} {'data img/s':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_images(root, n=max(4 * args.batch, 80))
+        make_images(root, 10, {"train": max(4 * args.batch, 80) // 10, "val": 2}, 256)
         for arch in args.arch:
             flops = forward_flops(arch)
             for mode in modes:
@@ -231,9 +146,9 @@ def main() -> None:
                 plan = compile_recipe(path)
                 times: dict[str, list[float]] = {"runtime": [], "hand": []}
                 for _ in range(args.rounds):
-                    times["runtime"].append(per_step(run_runtime(plan, root)))
-                    times["hand"].append(per_step(run_hand(plan, root)))
-                rt, hd = (statistics.median(times[k]) for k in ("runtime", "hand"))
+                    times["runtime"].append(step_seconds(run_runtime(plan, root)))
+                    times["hand"].append(step_seconds(run_hand(plan, root)))
+                rt, hd = (median(times[k]) for k in ("runtime", "hand"))
                 rate = args.batch / rt
                 tflops = 3 * flops * rate / 1e12
                 print(f"{arch:<16} {mode:<8} {rate:>13.1f} {args.batch / hd:>10.1f} {rt / hd:>6.3f} {tflops:>8.3f} "

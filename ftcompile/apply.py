@@ -30,7 +30,9 @@ class GroupView(Optimizer):
     """
 
     def __init__(self, optimizer: Optimizer, indices: Sequence[int]) -> None:  # noqa: D107
-        # Optimizer.__init__ would copy the groups; a view must share them.
+        # Optimizer.__init__ would copy the groups; a view must share them. So the attributes
+        # it sets are set here by hand (private to torch: tests/ftcompile/test_apply.py
+        # names any that a torch version adds).
         self.defaults = optimizer.defaults
         self.state = optimizer.state
         self.param_groups = [optimizer.param_groups[i] for i in indices]
@@ -41,6 +43,8 @@ class GroupView(Optimizer):
         self._optimizer_state_dict_post_hooks = {}
         self._optimizer_load_state_dict_pre_hooks = {}
         self._optimizer_load_state_dict_post_hooks = {}
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+        self._warned_capturable_if_run_uncaptured = True
 
     def step(self, closure: Any = None) -> None:  # pragma: no cover - never called
         raise RuntimeError("a GroupView is never stepped")
