@@ -183,7 +183,11 @@ def test_help_does_not_import_torch(argv: list[str], tmp_path: Path) -> None:
 
 
 def test_plan_in_a_subprocess(write: Writer, tiny: str, tmp_path: Path) -> None:
+    """Also beside a `runtime/` package of the user's own, which `python -m` puts first on
+    sys.path: ftcompile's runtime is ftcompile.runtime, so it is never shadowed."""
     path = write(tiny)
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "__init__.py").write_text("raise ImportError('the user\\'s own runtime')\n")
     proc = python("-m", "ftcompile", "plan", path.name, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["recipe"]["name"] == "tiny"

@@ -192,8 +192,16 @@ def test_killed_two_process_run_resumes_bitwise(runs: dict[str, Path]) -> None:
 
 
 def test_nproc_option_starts_torchrun(runs: dict[str, Path]) -> None:
-    """`ftcompile run --nproc 2` is the same run as `torchrun --nproc_per_node=2 -m ftcompile run`."""
+    """`ftcompile run --nproc 2` is the same run as `torchrun --nproc_per_node=2 -m ftcompile run`,
+    also from a folder holding a `runtime/` package of the user's own (`python -m` and
+    `torchrun -m` put the working folder first on sys.path; ftcompile's runtime installs as
+    ftcompile.runtime, so the user's never shadows it)."""
     root = runs["root"]
+    (root / "runtime").mkdir()
+    (root / "runtime" / "__init__.py").write_text('raise ImportError("the user\'s own runtime package")\n')
+    planned = subprocess.run([sys.executable, "-m", "ftcompile", "plan", "r.toml"], cwd=root, capture_output=True,
+                             text=True, timeout=300)
+    assert planned.returncode == 0 and "plan " in planned.stdout, planned.stderr[-3000:]
     out = subprocess.run([sys.executable, "-m", "ftcompile", "run", "r.toml", "--nproc", "2", "--out", "nproc"],
                          cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
