@@ -1,8 +1,8 @@
 """Stage 5: the execution plan — plain data with a format version and a stable hash.
 
 The runtime applies `changes` in order, each when `step` optimizer steps have been taken,
-so "at step S" means "after S steps, before step S+1". Evaluations and checkpoints at a
-phase boundary come before the next phase's changes. Every optimizer param group is named
+so "at step S" means "after S steps, before step S+1". Checkpoints and evaluations at a
+phase boundary come before the next phase's changes; where both fall, the checkpoint first. Every optimizer param group is named
 (`head`, `head.no_decay`, ...); a group's no-decay part has weight_decay 0 for the whole run.
 """
 
