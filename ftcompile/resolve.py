@@ -10,10 +10,12 @@ weights arrives already compiled: the pipeline (`compiler`) compiles it first.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftcompile.batchnorm import check_one_image_batches
 from ftcompile.cache import BelowHead, below_head, cacheability
 from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
@@ -98,6 +100,22 @@ def _looks_like_file(value: str) -> bool:
     return _looks_like_path(value)
 
 
+def check_weights_file(weights: dict[str, Any], folder: Path, model: Any, arch: str) -> None:
+    """A weights file on this machine is read (names and shapes only) and must fit the
+    model, as `run` will require; one that is not here is left to `run` (a plan can be
+    compiled where the files are not)."""
+    from ftcompile import arch as archs
+    from ftcompile.weights import check_fits, read_state
+
+    if weights["kind"] != "file":
+        return
+    path = folder / weights["value"]
+    if not os.path.lexists(path):
+        return
+    state = read_state(path, map_location="meta", mmap=True)
+    check_fits(state, model.state_dict(), archs.aliases(arch, model)["head"], arch, path)
+
+
 def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std from the torchvision weights' metadata, ImageNet statistics otherwise."""
     if weights["kind"] == "recipe":
@@ -153,6 +171,7 @@ def resolve(
             key="model.head" if head else "model.num_classes",
             suggestion="check model.num_classes and the widths in model.head",
         ) from None
+    check_weights_file(weights, folder, model, m.arch)
     opt = recipe.optimizer
     check_optimizer(opt.type, opt.kwargs)
     params = param_infos(model, opt.no_decay)
@@ -177,6 +196,8 @@ def resolve(
     for name in order:
         phases.append(resolve_phase(name, recipe.phases[name], step, spe, group_names, below, data["augment"]))
         step = phases[-1].end
+    bn_groups = {mod: owner[first] for mod, first in bn_modules(model) if first in owner}
+    check_one_image_batches(model, phases, bn_groups, data["image_size"], spe, counts.train_size, bs, data["drop_last"])
     run = recipe.run
     mean, std = normalisation(m.arch, weights)
     model_info = {
@@ -206,7 +227,7 @@ def resolve(
         total_steps=step,
         eval_every=parse_duration(run.eval_every, spe),
         checkpoint_every=parse_duration(run.checkpoint_every, spe),
-        bn_groups={mod: owner[first] for mod, first in bn_modules(model) if first in owner},
+        bn_groups=bn_groups,
     )
 
 
