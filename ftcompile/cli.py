@@ -91,11 +91,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(plan.to_json() + "\n")
     if args.trace or args.plot:
-        from ftcompile.trace import lr_trace
+        from ftcompile.trace import iter_lr_trace, lr_trace
 
-        rows = lr_trace(plan)
+        rows = lr_trace(plan) if args.plot else iter_lr_trace(plan)  # only a plot needs every row at once
         if args.trace:
-            Path(args.trace).write_text(render.trace_csv(plan, rows))
+            with open(args.trace, "w") as fh:
+                fh.writelines(render.trace_lines(plan, rows))
         if args.plot:
             render.plot(plan, rows, Path(args.plot))
     if args.json:
@@ -121,7 +122,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             verified = f", {images} images verified" if images is not None else ""
             print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}{verified}")
+            _warn_memory(plan, path)
     return 2 if failed else 0
+
+
+def _warn_memory(plan, where: str | Path) -> None:
+    """Parameters, gradients and optimizer state that exceed this machine: said before a run."""
+    from ftcompile import memory
+
+    text = memory.warning(plan)
+    if text:
+        print(f"{where}: {text}", file=sys.stderr)
 
 
 def _verify_images(plan, recipe: Path) -> int:
@@ -157,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         plan, recipe_path = _compile(str(source), args), source
         root = Path(args.data_root) if args.data_root else source.parent
+    _warn_memory(plan, source)
     from ftcompile.runtime.rundir import start_run
 
     return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source)
