@@ -2,7 +2,8 @@
 
 Each phase becomes its `phase`, freeze/unfreeze, BatchNorm-mode and feature-cache changes,
 then one `set` per param group field (lr, weight_decay, momentum) that differs from what the
-optimizer holds, then its scheduler; evaluations and checkpoints follow the phase's cadence.
+optimizer holds, then its scheduler; checkpoints and evaluations follow the phase's cadence (at a step where
+both fall, the checkpoint comes first).
 """
 
 from __future__ import annotations
@@ -115,9 +116,11 @@ def build_changes(resolved: Resolved, pgs: tuple[ParamGroup, ...]) -> tuple[Chan
         evals = set(_boundaries(ph, resolved.eval_every))
         ckpts = set(_boundaries(ph, resolved.checkpoint_every))
         for step in sorted(evals | ckpts):
-            if step in evals:
-                tracker.changes.append(Change(step, Op.EVALUATE, ph.name))
+            # Checkpoint first where both fall: an evaluation that fails (an unreadable val
+            # image, say) must not cost the steps since the last checkpoint.
             if step in ckpts:
                 tracker.changes.append(Change(step, Op.CHECKPOINT, ph.name))
+            if step in evals:
+                tracker.changes.append(Change(step, Op.EVALUATE, ph.name))
     return tuple(tracker.changes)
 

@@ -49,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     _sizes(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("check", help="validate recipes; one line each", epilog="example: ftcompile check recipes/*.toml")
+    p = sub.add_parser("check", help="validate recipes; one line each",
+                       epilog="examples:\n  ftcompile check recipes/*.toml\n  ftcompile check --verify-images recipes/flowers.toml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+", help="recipe .toml files")
+    p.add_argument("--verify-images", action="store_true", help="decode every image of the data and list all that cannot be read")
     _sizes(p)
     p.set_defaults(func=cmd_check)
 
@@ -88,11 +91,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(plan.to_json() + "\n")
     if args.trace or args.plot:
-        from ftcompile.trace import lr_trace
+        from ftcompile.trace import iter_lr_trace, lr_trace
 
-        rows = lr_trace(plan)
+        rows = lr_trace(plan) if args.plot else iter_lr_trace(plan)  # only a plot needs every row at once
         if args.trace:
-            Path(args.trace).write_text(render.trace_csv(plan, rows))
+            with open(args.trace, "w") as fh:
+                fh.writelines(render.trace_lines(plan, rows))
         if args.plot:
             render.plot(plan, rows, Path(args.plot))
     if args.json:
@@ -110,13 +114,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in args.recipes:
         try:
             plan = _compile(path, args)
+            images = _verify_images(plan, Path(path)) if args.verify_images else None
         except RecipeError as err:
             failed += 1
             first, *rest = str(err).splitlines()
             print(f"FAIL {first}" + "".join(f"\n     {line}" for line in rest))
         else:
-            print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}")
+            verified = f", {images} images verified" if images is not None else ""
+            print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}{verified}")
+            _warn_memory(plan, path)
     return 2 if failed else 0
+
+
+def _warn_memory(plan, where: str | Path) -> None:
+    """Parameters, gradients and optimizer state that exceed this machine: said before a run."""
+    from ftcompile import memory
+
+    text = memory.warning(plan)
+    if text:
+        print(f"{where}: {text}", file=sys.stderr)
+
+
+def _verify_images(plan, recipe: Path) -> int:
+    """Decode every image of the plan's data (relative to the recipe's folder)."""
+    from ftcompile.images import verify_data
+
+    try:
+        return verify_data(plan.data, recipe.parent)
+    except RecipeError as err:
+        raise err.located(recipe) from None
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -142,9 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         plan, recipe_path = _compile(str(source), args), source
         root = Path(args.data_root) if args.data_root else source.parent
+    _warn_memory(plan, source)
     from ftcompile.runtime.rundir import start_run
 
-    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None)
+    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -178,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ftcompile plan r.toml | head`
         sys.stderr.close()
         return 0
+    except OSError as err:  # disk full, permission, read-only file system, a file where a folder should be
+        from ftcompile.errors import os_error
+
+        print(f"error: {os_error(err, doing='read or write')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -19,7 +19,7 @@ from ftcompile.load import LoadedRecipe, load_recipe
 from ftcompile.plan import FORMAT, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, WeightsSpec
 from ftcompile.resolve import Resolved, resolve
 from ftcompile.schema import Recipe, validate
-from ftcompile.trace import lr_summary, lr_trace
+from ftcompile.trace import iter_lr_trace, lr_summary
 
 
 def locate(err: RecipeError, loaded: LoadedRecipe) -> RecipeError:
@@ -110,7 +110,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
         ),
         total_steps=resolved.total_steps,
     )
-    final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(lr_trace(draft), draft))})
+    final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(iter_lr_trace(draft), draft))})
     # == plan_hash(final.to_dict()): canonical JSON is unchanged by a JSON round trip.
     return Plan(**{**_shallow(final), "hash": hashlib.sha256(final.canonical_body().encode()).hexdigest()})
 

@@ -1,8 +1,8 @@
 """Stage 5: the execution plan — plain data with a format version and a stable hash.
 
 The runtime applies `changes` in order, each when `step` optimizer steps have been taken,
-so "at step S" means "after S steps, before step S+1". Evaluations and checkpoints at a
-phase boundary come before the next phase's changes. Every optimizer param group is named
+so "at step S" means "after S steps, before step S+1". Checkpoints and evaluations at a
+phase boundary come before the next phase's changes; where both fall, the checkpoint first. Every optimizer param group is named
 (`head`, `head.no_decay`, ...); a group's no-decay part has weight_decay 0 for the whole run.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -208,6 +209,7 @@ class Plan:
                 key="hash",
                 suggestion="do not edit plan.json; change the recipe and compile it again",
             )
+        check_fields(body, source)
         try:
             return Plan(
                 **{
@@ -237,6 +239,29 @@ class Plan:
         if not isinstance(data, dict):
             raise RecipeError("not a plan", file=path)
         return Plan.from_dict(data, str(path))
+
+
+def check_fields(body: dict[str, Any], source: str) -> None:
+    """What the runtime turns into paths or seeds, checked as the compiler checks a recipe.
+
+    The hash only proves that a plan is intact, not that ftcompile wrote it: anyone can
+    recompute a sha256. So a plan.json naming its recipe `../../x` (the run directory is
+    runs/<name>/) or carrying a seed numpy refuses is refused here, before anything is made.
+    """
+    from ftcompile.schema import MAX_NAME, MAX_SEED, SLUG
+
+    recipe = body.get("recipe")
+    name = recipe.get("name") if isinstance(recipe, dict) else None
+    if not isinstance(name, str) or not re.fullmatch(SLUG, name) or len(name) > MAX_NAME:
+        raise RecipeError(
+            f"recipe name {name!r} is not a slug (it names the run directory runs/<name>/)",
+            file=source,
+            key="recipe.name",
+            suggestion="use lower-case letters, digits, '.', '_' and '-'; compile the recipe with ftcompile plan -o",
+        )
+    seed = body.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise RecipeError(f"seed {seed!r} is not an integer in 0 .. 2**32 - 1", file=source, key="seed")
 
 
 def _dataclass_fields(obj: Any) -> dict[str, Any]:

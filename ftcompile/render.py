@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ftcompile import memory
 from ftcompile.plan import Change, Plan, WeightsSpec
 
 
@@ -86,6 +87,8 @@ def render(plan: Plan, max_changes: int = 200) -> str:
         f"steps/epoch {d.steps_per_epoch}  drop_last {str(d.drop_last).lower()}",
         f"optim  {plan.optimizer.type}({', '.join(f'{k}={_short(v)}' for k, v in plan.optimizer.kwargs.items())})"
         f"  no_decay {plan.optimizer.no_decay}  param groups {len(plan.param_groups)}",
+        memory.describe(plan),
+        *filter(None, [memory.warning(plan)]),
         "",
     ]
     rows = [["phase", "after", "steps", "epochs", "train (params, % of model)", "lr first / peak / last", "scheduler"]]
@@ -111,9 +114,14 @@ def render(plan: Plan, max_changes: int = 200) -> str:
 
 def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float]]]) -> str:
     """One row per optimizer step; repr() keeps full float precision so traces compare exactly."""
-    lines = [",".join(["step", "phase", *plan.param_group_names])]
-    lines += [",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) for step, phase, lrs in rows]
-    return "\n".join(lines) + "\n"
+    return "".join(trace_lines(plan, rows))
+
+
+def trace_lines(plan: Plan, rows: Iterable[tuple[int, str, list[float]]]) -> Iterator[str]:
+    """`trace_csv` line by line, so a long trace is written without being held in memory."""
+    yield ",".join(["step", "phase", *plan.param_group_names]) + "\n"
+    for step, phase, lrs in rows:
+        yield ",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) + "\n"
 
 
 def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> None:

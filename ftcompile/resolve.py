@@ -10,10 +10,12 @@ weights arrives already compiled: the pipeline (`compiler`) compiles it first.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftcompile.batchnorm import check_one_image_batches
 from ftcompile.cache import BelowHead, below_head, cacheability
 from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
@@ -25,6 +27,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # A phase longer than this is a typo (and its LR trace would take hours to compute).
 MAX_STEPS = 10**7
+# A plan holding more changes than this (each a record in plan.json, kept in memory by the
+# compiler and the runtime) is a cadence typo: evaluating or checkpointing every step of a
+# long run. 10^6 changes is a plan.json of about 100 MB.
+MAX_CHANGES = 10**6
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,22 @@ def _looks_like_file(value: str) -> bool:
     return _looks_like_path(value)
 
 
+def check_weights_file(weights: dict[str, Any], folder: Path, model: Any, arch: str) -> None:
+    """A weights file on this machine is read (names and shapes only) and must fit the
+    model, as `run` will require; one that is not here is left to `run` (a plan can be
+    compiled where the files are not)."""
+    from ftcompile import arch as archs
+    from ftcompile.weights import check_fits, read_state
+
+    if weights["kind"] != "file":
+        return
+    path = folder / weights["value"]
+    if not os.path.lexists(path):
+        return
+    state = read_state(path, map_location="meta", mmap=True)
+    check_fits(state, model.state_dict(), archs.aliases(arch, model)["head"], arch, path)
+
+
 def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std from the torchvision weights' metadata, ImageNet statistics otherwise."""
     if weights["kind"] == "recipe":
@@ -153,6 +175,7 @@ def resolve(
             key="model.head" if head else "model.num_classes",
             suggestion="check model.num_classes and the widths in model.head",
         ) from None
+    check_weights_file(weights, folder, model, m.arch)
     opt = recipe.optimizer
     check_optimizer(opt.type, opt.kwargs)
     params = param_infos(model, opt.no_decay)
@@ -177,7 +200,11 @@ def resolve(
     for name in order:
         phases.append(resolve_phase(name, recipe.phases[name], step, spe, group_names, below, data["augment"]))
         step = phases[-1].end
-    run = recipe.run
+    eval_every = parse_duration(recipe.run.eval_every, spe)
+    checkpoint_every = parse_duration(recipe.run.checkpoint_every, spe)
+    check_plan_size(phases, eval_every, checkpoint_every, len(groups), len(params))
+    bn_groups = {mod: owner[first] for mod, first in bn_modules(model) if first in owner}
+    check_one_image_batches(model, phases, bn_groups, data["image_size"], spe, counts.train_size, bs, data["drop_last"])
     mean, std = normalisation(m.arch, weights)
     model_info = {
         "arch": m.arch,
@@ -204,11 +231,28 @@ def resolve(
         numels={p.name: p.numel for p in params},
         phases=tuple(phases),
         total_steps=step,
-        eval_every=parse_duration(run.eval_every, spe),
-        checkpoint_every=parse_duration(run.checkpoint_every, spe),
-        bn_groups={mod: owner[first] for mod, first in bn_modules(model) if first in owner},
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        bn_groups=bn_groups,
     )
 
+
+
+def check_plan_size(phases: list[ResolvedPhase], eval_every: int, checkpoint_every: int, n_groups: int, n_params: int) -> None:
+    """Count the changes before making them: a bound on the plan's size, not a MemoryError."""
+    evals = sum(-(-(ph.end - ph.begin) // eval_every) for ph in phases)
+    ckpts = sum(-(-(ph.end - ph.begin) // checkpoint_every) for ph in phases)
+    param_groups = min(2 * n_groups, n_params)  # each group: a decayed and a no-decay part
+    # per phase at most: phase, features, scheduler; (un)freeze and bn per group; 3 sets and a reset per param group
+    total = evals + ckpts + len(phases) * (3 + 2 * n_groups + 4 * param_groups)
+    if total > MAX_CHANGES:
+        key = "run.eval_every" if evals >= ckpts else "run.checkpoint_every"
+        raise RecipeError(
+            f"the plan would hold about {total:,} changes ({evals:,} evaluations, {ckpts:,} checkpoints over "
+            f"{phases[-1].end:,} steps), more than {MAX_CHANGES:,}",
+            key=key,
+            suggestion='evaluate and checkpoint less often, e.g. "1 epoch" or "1000 steps"',
+        )
 
 
 def resolve_phase(

@@ -18,6 +18,8 @@ from ftcompile.load import LoadedRecipe
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(epoch|epochs|step|steps)\s*$")
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
+MAX_NAME = 128  # the name is a folder name: runs/<name>/
+MAX_SEED = 2**32 - 1  # numpy's seed range; the runtime seeds numpy with it
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -157,8 +159,8 @@ class Run(Strict):
 
 
 class Recipe(Strict):
-    name: Annotated[str, Field(pattern=SLUG)]
-    seed: Annotated[int, Field(ge=0)] = 0
+    name: Annotated[str, Field(pattern=SLUG, max_length=MAX_NAME)]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     model: Model
     data: Data
     optimizer: Optimizer = Optimizer()
