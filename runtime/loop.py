@@ -305,6 +305,22 @@ class Session:
             self._prepare()
             self._train_step(started)
 
+    def apply_setup(self) -> None:
+        """Apply the set-up changes due at the current step (a phase's start: freezing, LRs,
+        its scheduler) without training or evaluating; for callers that drive steps
+        themselves (lr-find)."""
+        while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
+            change = self.changes[self.next_change]
+            if change.op in END_OF_WINDOW:
+                break
+            self.next_change += 1
+            self._apply(change)
+
+    def train_step(self) -> None:
+        """One optimizer step at the optimizer's current LRs, applying no plan change."""
+        self._prepare()
+        self._train_step(time.perf_counter())
+
     def _apply_due(self, end: int) -> float:
         """Apply the changes due now; returns the seconds spent evaluating and checkpointing.
         (An evaluation can move the session to its phase's end: stop_early.)"""
