@@ -209,6 +209,8 @@ def plot(found: Found, path: Path) -> bool:
     ax.plot([ref * r["multiplier"] for r in found.rows], [r["loss"] for r in found.rows], alpha=0.3, label="loss")
     for key, style in (("steepest", "--"), ("minimum_10", ":")):
         ax.axvline(ref * found.suggestion[key], ls=style, color="grey", label=f"{key.replace('_10', ' / 10')} {ref * found.suggestion[key]:.2g}")
+    smoothed = [r["smoothed"] for r in found.rows if math.isfinite(r["smoothed"])]
+    ax.set_ylim(0.95 * min(smoothed), 1.05 * max(smoothed))  # raw spikes would flatten the curve
     ax.set_xscale("log")
     ax.set_xlabel(f"lr of {found.reference}")
     ax.set_ylabel("training loss")
