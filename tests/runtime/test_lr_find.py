@@ -59,7 +59,7 @@ bn = "frozen"
 
 [phases.tune]
 after = ["warm"]
-train = ["head", "late"]
+train = ["late", "head"]
 steps = 20
 lr = { head = 0.01, late = "head / 10" }
 bn = "frozen"
@@ -83,12 +83,13 @@ def test_lr_find_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     res = cli(capsys, *args, "-o", tmp_path / "fresh")
     assert res.rc == 0, res.err
     found = rows(tmp_path / "fresh" / "lr_find.csv")
-    assert list(found[0]) == ["step", "multiplier", "lr_head", "lr_late", "loss", "smoothed_loss"]
+    assert list(found[0]) == ["step", "multiplier", "lr_late", "lr_head", "loss", "smoothed_loss"]
     # Groups keep their planned ratio (late = head / 10) at every step.
     assert all(float(r["lr_late"]) == pytest.approx(float(r["lr_head"]) / 10) for r in found)
     smoothed = [float(r["smoothed_loss"]) for r in found]
     low = smoothed.index(min(smoothed))
     assert 0 < low < len(smoothed) - 1 and smoothed[0] > smoothed[low] < smoothed[-1]  # falls, then rises
+    # The reference group is the last of `train`: head.
     line = next(x for x in res.out.splitlines() if x.strip().startswith("lr = { head = "))
     lr = float(line.split("=")[2].strip(" }"))
     assert math.isfinite(lr) and 0.01 * 1e-4 <= lr <= 0.01 * 1e3
