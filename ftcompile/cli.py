@@ -21,6 +21,7 @@ EPILOG = """examples:
   ftcompile run recipes/quickstart.toml                   compile and train
   ftcompile resume runs/quickstart/1-ab12cd34             continue after an interruption
   ftcompile rerun runs/quickstart/1-ab12cd34              repeat a run from its stored plan
+  ftcompile lr-find recipes/quickstart.toml --phase head  LR range test at the start of a phase
 """
 
 
@@ -70,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a run from its newest checkpoint", epilog="example: ftcompile resume runs/quickstart/1-ab12cd34")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("lr-find", help="LR range test at the start of a phase (writes lr_find.csv)",
+                       epilog=LR_FIND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="recipe .toml")
+    p.add_argument("--phase", required=True, metavar="NAME", help="the phase whose LRs to test")
+    p.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="start from this run's checkpoint at the phase's first step (read only)")
+    p.add_argument("--steps", type=int, default=100, help="steps of the test (default 100)")
+    p.add_argument("--start", type=float, default=1e-4, help="first multiplier of the phase's LRs (default 1e-4)")
+    p.add_argument("--end", type=float, default=1e3, help="last multiplier (default 1e3)")
+    p.add_argument("-o", "--output", metavar="DIR", default=".", help="folder for lr_find.csv / lr_find.png (default: here)")
+    p.add_argument("--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder)")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("rerun", help="repeat a run from its stored plan", epilog="example: ftcompile rerun runs/quickstart/1-ab12cd34 --out /tmp/again")
     p.add_argument("run_dir")
@@ -172,6 +185,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ftcompile.runtime.rundir import start_run
 
     return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source)
+
+
+LR_FIND_EPILOG = """examples:
+  ftcompile lr-find r.toml --phase warmup                    train the phases before it, then test
+  ftcompile lr-find r.toml --phase layer3 --from runs/r/1-ab12cd34   start from that run's checkpoint
+  ftcompile lr-find r.toml --phase head --steps 200 --start 1e-3 --end 1e2 -o /tmp/lrf
+
+Every group the phase trains gets its planned lr times one multiplier, raised from --start to
+--end (log scale); the suggestion is for the phase's last group in `train` (usually head).
+"""
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    if args.steps < 2:
+        raise RecipeError(f"--steps {args.steps}: the test needs at least 2 steps", key="--steps", suggestion="e.g. --steps 100")
+    if not 0 < args.start < args.end:
+        raise RecipeError(f"--start {args.start:g} / --end {args.end:g}: need 0 < start < end", key="--start",
+                          suggestion="e.g. --start 1e-4 --end 1e3 (multipliers of the phase's LRs)")
+    out = Path(args.output)
+    if (out / "plan.json").is_file() and (out / "env.json").is_file():
+        raise RecipeError(f"{out} is a run directory; lr-find never writes into one", key="--output",
+                          suggestion="give another folder with -o")
+    plan = _compile(args.recipe, args)
+    from ftcompile.runtime import lr_find as lrf
+    from ftcompile.runtime.rundir import open_run, upstream_model
+
+    phase = lrf.find_phase(plan, args.phase)
+    root = Path(args.data_root) if args.data_root else Path(args.recipe).parent
+    state = None
+    if args.from_run and phase.begin > 0:
+        run_plan, _ = open_run(Path(args.from_run))
+        state = lrf.start_state(Path(args.from_run), run_plan, plan, phase)
+    found = lrf.lr_find(plan, root, phase.name, steps=args.steps, start=args.start, end=args.end, state=state,
+                        upstream=upstream_model(plan, root))
+    out.mkdir(parents=True, exist_ok=True)
+    lrf.write_csv(found, out / "lr_find.csv")
+    print(lrf.report(found))
+    wrote = [out / "lr_find.csv"]
+    if lrf.plot(found, out / "lr_find.png"):
+        wrote.append(out / "lr_find.png")
+    else:
+        print("no lr_find.png: the plot needs matplotlib (pip install 'ftcompile[plot]')")
+    print("wrote " + ", ".join(map(str, wrote)))
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

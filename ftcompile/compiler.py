@@ -16,6 +16,7 @@ from typing import Any
 from ftcompile.changes import build_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_recipe
+from ftcompile.metrics import check_available
 from ftcompile.plan import FORMAT, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, WeightsSpec
 from ftcompile.resolve import Resolved, resolve
 from ftcompile.schema import Recipe, validate
@@ -85,9 +86,12 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
             scheduler=ph.scheduler and {"type": ph.scheduler["type"], "args": ph.scheduler["args"]},
             lr={},
             cache=ph.cache,
+            **metric_driven(recipe, ph.name, resolved.model["num_classes"]),
         )
         for ph in resolved.phases
     )
+    if recipe.run.keep_best:
+        check_available(recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best")
     draft = Plan(
         format=FORMAT,
         recipe={"name": recipe.name, "file": source_name, "source_hash": source_hash},
@@ -113,6 +117,19 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
     final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(iter_lr_trace(draft), draft))})
     # == plan_hash(final.to_dict()): canonical JSON is unchanged by a JSON round trip.
     return Plan(**{**_shallow(final), "hash": hashlib.sha256(final.canonical_body().encode()).hexdigest()})
+
+
+def metric_driven(recipe: Recipe, name: str, num_classes: int) -> dict[str, Any]:
+    """A phase's `stop_early` and `restore_best`, with the metric restore_best compares made
+    explicit: stop_early's metric, else run.keep_best's, else val_loss."""
+    phase = recipe.phases[name]
+    out: dict[str, Any] = {}
+    if phase.stop_early is not None:
+        check_available(phase.stop_early.metric, num_classes, f"phases.{name}.stop_early.metric")
+        out["stop_early"] = phase.stop_early.model_dump()
+    if phase.restore_best:
+        out["restore_best"] = phase.stop_early.metric if phase.stop_early else recipe.run.keep_best or "val_loss"
+    return out
 
 
 def _shallow(plan: Plan) -> dict[str, Any]:

@@ -112,6 +112,7 @@ class RunSpec:
     checkpoint_every: int
     eval_every: int
     bn_modules: dict[str, str]
+    keep_best: str | None = None  # metric of best.pt (None: no best.pt)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ class PhasePlan:
     scheduler: dict[str, Any] | None
     lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
     cache: dict[str, Any]  # feature cache: {"on", "why", "module"}
+    stop_early: dict[str, Any] | None = None  # {"metric", "patience", "min_delta"}: end = an upper bound
+    restore_best: str | None = None  # metric whose best evaluation the phase ends with
 
 
 @dataclass(frozen=True)
@@ -264,10 +267,16 @@ def check_fields(body: dict[str, Any], source: str) -> None:
         raise RecipeError(f"seed {seed!r} is not an integer in 0 .. 2**32 - 1", file=source, key="seed")
 
 
+# Metric-driven fields, left out of the JSON while unused so plans without them keep their hash.
+_UNUSED_WHEN_NONE = ("stop_early", "restore_best", "keep_best")
+
+
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
-    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
+    if type(obj) in (PhasePlan, RunSpec):
+        return {k: v for k, v in vars(obj).items() if not (v is None and k in _UNUSED_WHEN_NONE)}
+    if type(obj) in (Change, ParamGroup, ModelSpec, DataSpec, OptimizerSpec):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
         return obj.json_fields()

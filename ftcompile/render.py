@@ -104,12 +104,32 @@ def render(plan: Plan, max_changes: int = 200) -> str:
     width = max(len(ph.name) for ph in plan.phases)
     out += ["", "feature cache (frozen part computed once, head trained on its output):"]
     out += [f"  {ph.name:<{width}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}" for ph in plan.phases]
+    out += metric_driven_lines(plan, width)
     out += ["", f"changes ({len(plan.changes)}; at step S = after S optimizer steps):"]
     for c in plan.changes[:max_changes]:
         out.append(f"  {c.step:>7}  {describe_change(c)}")
     if len(plan.changes) > max_changes:
         out.append(f"  ... {len(plan.changes) - max_changes} more (see --json)")
     return "\n".join(out)
+
+
+def metric_driven_lines(plan: Plan, width: int) -> list[str]:
+    """stop_early / restore_best per phase and keep_best; nothing for a plan without them."""
+    phases = [ph for ph in plan.phases if ph.stop_early or ph.restore_best]
+    out = ["", "metric-driven (a phase that can stop early ends at most at its planned end):"] if phases else []
+    for ph in phases:
+        parts = []
+        if ph.stop_early:
+            s = ph.stop_early
+            evals = len([c for c in plan.changes if c.op == "evaluate" and c.target == ph.name])
+            parts.append(f"stop_early {s['metric']} patience {s['patience']} min_delta {s['min_delta']:g} "
+                         f"({evals} evaluations planned)")
+        if ph.restore_best:
+            parts.append(f"restore_best {ph.restore_best}")
+        out.append(f"  {ph.name:<{width}}  " + "; ".join(parts))
+    if plan.run.keep_best:
+        out += ["", f"keep_best {plan.run.keep_best}: best.pt holds the run's best evaluation"]
+    return out
 
 
 def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float]]]) -> str:

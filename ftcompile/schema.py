@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
 from ftcompile.load import LoadedRecipe
+from ftcompile.metrics import metric
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(epoch|epochs|step|steps)\s*$")
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
@@ -111,6 +112,20 @@ class Scheduler(BaseModel):
         return dict(self.model_extra or {})
 
 
+class StopEarly(Strict):
+    """End the phase after `patience` evaluations without an improvement > `min_delta`."""
+
+    metric: str = "val_loss"
+    patience: PositiveInt = 2
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        metric(name)
+        return name
+
+
 class Phase(Strict):
     after: list[str] = []
     train: Annotated[list[str], Field(min_length=1)]
@@ -124,6 +139,8 @@ class Phase(Strict):
     weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = {}
     momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
     cache_features: bool | None = None  # None: cache when provably safe; true: also with augmentation
+    stop_early: StopEarly | None = None  # metric-driven: the window becomes an upper bound
+    restore_best: bool = False  # at the phase end, go back to the phase's best evaluation
 
     @model_validator(mode="after")
     def _one_duration(self) -> "Phase":
@@ -149,6 +166,14 @@ class Run(Strict):
     compile: bool = False  # torch.compile the model (recompiles when the trainable set changes)
     checkpoint_every: Duration = "1 epoch"
     eval_every: Duration = "1 epoch"
+    keep_best: str | None = None  # a metric: also write best.pt at the run's best evaluation
+
+    @field_validator("keep_best")
+    @classmethod
+    def _metric(cls, name: str | None) -> str | None:
+        if name is not None:
+            metric(name)
+        return name
 
     @field_validator("checkpoint_every", "eval_every")
     @classmethod

@@ -28,8 +28,9 @@ from torch import nn
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Op, Plan, change_dict
+from ftcompile.plan import OPTIMIZER_OPS, Change, Op, PhasePlan, Plan, change_dict
 from ftcompile.runtime import checkpoint, distributed
+from ftcompile.runtime.best import Watch
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
 from ftcompile.runtime.distributed import Dist
 from ftcompile.runtime.features import FeatureCache
@@ -221,6 +222,8 @@ class Session:
         self._rewrap = True
         self.ends = {ph.end for ph in plan.phases}
         self.evals: list[dict[str, Any]] = []
+        self.watch = Watch(plan, run_dir, d.main)  # stop_early, restore_best, keep_best
+        self.phases = {ph.name: ph for ph in plan.phases}
         self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main) if run_dir else None
         self.progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
         for hook in self.hooks:
@@ -245,6 +248,7 @@ class Session:
             "next_change": self.next_change,  # changes before it are applied; data position = step
             "plan_hash": self.plan.hash,
             "logs": self.logs.sizes() if self.logs else {},
+            "watch": copied(self.watch.state()),
         }
 
     def load_state(self, state: dict[str, Any], keep_features: bool = False) -> None:
@@ -273,6 +277,7 @@ class Session:
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.next_change = state["step"], next_change
+        self.watch.load_state(state.get("watch"))
         if not (keep_features and self.features and self.features.module == self.wanted_features):
             self.features = None
         self._batch_iter, self._rewrap = None, True
@@ -293,19 +298,36 @@ class Session:
             started = time.perf_counter()
             # Apply the changes due at this step (only the window's own ones at its end);
             # time spent evaluating and checkpointing is not the next step's.
-            started += self._apply_due(final=self.step == end)
+            started += self._apply_due(end)
             if self.step >= end:
                 return
             # Cached features and the DDP / compile wrapper follow what the changes set.
             self._prepare()
             self._train_step(started)
 
-    def _apply_due(self, final: bool) -> float:
-        """Apply the changes due now; returns the seconds spent evaluating and checkpointing."""
+    def apply_setup(self) -> None:
+        """Apply the set-up changes due at the current step (a phase's start: freezing, LRs,
+        its scheduler) without training or evaluating; for callers that drive steps
+        themselves (lr-find)."""
+        while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
+            change = self.changes[self.next_change]
+            if change.op in END_OF_WINDOW:
+                break
+            self.next_change += 1
+            self._apply(change)
+
+    def train_step(self) -> None:
+        """One optimizer step at the optimizer's current LRs, applying no plan change."""
+        self._prepare()
+        self._train_step(time.perf_counter())
+
+    def _apply_due(self, end: int) -> float:
+        """Apply the changes due now; returns the seconds spent evaluating and checkpointing.
+        (An evaluation can move the session to its phase's end: stop_early.)"""
         outside = 0.0
         while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
             change = self.changes[self.next_change]
-            if final and change.op not in END_OF_WINDOW:
+            if self.step == end and change.op not in END_OF_WINDOW:
                 break
             self.next_change += 1
             if change.op in END_OF_WINDOW:
@@ -407,11 +429,60 @@ class Session:
             print_eval(rec, self.progress)
         for hook in self.hooks:
             hook.on_evaluate(self, rec)
+        self._metric_driven(rec)
         if self.d.enabled and self.step in self.ends:
             # All ranks must hold bitwise the same parameters at every phase end.
             digests = distributed.check_in_sync(self.model, self.d, self.step)
             if self.logs:
                 self.logs.record({"type": "sync", "step": self.step, "ranks": self.d.world, "digests": digests})
+
+    def _metric_driven(self, rec: dict[str, Any]) -> None:
+        """After an evaluation: best.pt, and the phase's early stop and restore of its best."""
+        phase = self.phases[rec["phase"]]
+        stop = self.watch.evaluated(rec, phase, self.model, self.optimizer)
+        if stop:
+            best = self.watch.current
+            assert best is not None
+            self._log({"type": "stop", "step": self.step, "phase": phase.name, "metric": best.metric,
+                       "best": best.value, "best_step": best.step, "evaluations_without_improvement": best.bad,
+                       "next_step": phase.end})
+            self._skip_to_end(phase)
+        if self.step == phase.end:
+            self._restore_best(phase)
+        if stop:
+            self.checkpoint()  # the phase's end checkpoint, which the jump skipped
+
+    def _skip_to_end(self, phase: PhasePlan) -> None:
+        """Jump to the phase's end: its remaining changes are only evaluations and checkpoints
+        (set-up changes come at phase starts), so skipping them leaves the plan's state intact;
+        the batches are a function of the step, so the next phase sees its planned data."""
+        while self.next_change < len(self.changes):
+            c = self.changes[self.next_change]
+            if c.step > phase.end or (c.step == phase.end and not (c.op in END_OF_WINDOW and c.target == phase.name)):
+                break
+            self.next_change += 1
+        self.step, self._batch_iter = phase.end, None
+
+    def _restore_best(self, phase: PhasePlan) -> None:
+        """restore_best: model and optimizer moments go back to the phase's best evaluation;
+        the param groups' hyperparameters stay (the next phase sets its own)."""
+        best = self.watch.best_state(phase, self.step)
+        if best is None:
+            return
+        self.model.load_state_dict(best["model"])
+        current = self.optimizer.state_dict()
+        self.optimizer.load_state_dict({**current, "state": best["optimizer"]})
+        self.executor.rebind()
+        assert self.watch.current is not None
+        self._log({"type": "restore", "step": self.step, "phase": phase.name, "metric": self.watch.current.metric,
+                   "value": self.watch.current.value, "from_step": self.watch.current.step})
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if self.logs:
+            self.logs.record(rec)
+        if self.d.main:
+            print(f"{rec['type']:<5} step {rec['step']:>6}  {rec['phase']}  "
+                  + "  ".join(f"{k} {v}" for k, v in rec.items() if k not in ("type", "step", "phase")), flush=True)
 
     def checkpoint(self) -> None:
         """Write the state to the run directory's checkpoints/ (rank 0; atomic)."""
