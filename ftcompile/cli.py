@@ -178,6 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ftcompile plan r.toml | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a run says how to continue it (rundir._train)
+        print(exc.args[0] if exc.args else "interrupted", file=sys.stderr)
         return 130

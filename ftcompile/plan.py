@@ -108,9 +108,18 @@ class RunSpec:
     channels_last: bool
     deterministic: bool
     compile: bool
-    checkpoint_every: int
+    checkpoint_every: int  # 0: "never" (phase ends only, as keep_checkpoints needs)
     eval_every: int
     bn_modules: dict[str, str]
+    keep_checkpoints: str = "boundaries"  # "boundaries" | "all" | "last" | "none"
+
+    def json_fields(self) -> dict[str, Any]:
+        """Its fields; keep_checkpoints only when not the default, so plans of recipes that
+        do not set it keep the bytes and hash they had before the field existed."""
+        out = dict(vars(self))
+        if out["keep_checkpoints"] == "boundaries":
+            del out["keep_checkpoints"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -242,7 +251,7 @@ class Plan:
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
-    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
+    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
         return obj.json_fields()

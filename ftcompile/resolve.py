@@ -57,6 +57,7 @@ class Resolved:
     eval_every: int
     checkpoint_every: int
     bn_groups: dict[str, str]  # BatchNorm module name -> group
+    keep_checkpoints: str = "boundaries"  # [run] keep_checkpoints; checkpoint_every 0 = "never"
 
 
 
@@ -205,8 +206,9 @@ def resolve(
         phases=tuple(phases),
         total_steps=step,
         eval_every=parse_duration(run.eval_every, spe),
-        checkpoint_every=parse_duration(run.checkpoint_every, spe),
+        checkpoint_every=0 if run.checkpoint_every == "never" else parse_duration(run.checkpoint_every, spe),
         bn_groups={mod: owner[first] for mod, first in bn_modules(model) if first in owner},
+        keep_checkpoints=run.keep_checkpoints,
     )
 
 

@@ -68,13 +68,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, step: int, payload: dict[str, Any]) -> Path:
+def save(folder: Path, step: int, payload: dict[str, Any], keep: int | None = KEEP) -> Path:
+    """Write step-NNNNNNNN.pt atomically; with `keep`, delete all but the newest `keep`
+    (None: the caller decides what stays, see retention.py)."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (one writer per run)
         stale.unlink(missing_ok=True)
     path = folder / f"step-{step:08d}.pt"
     atomic_save({**payload, "step": step, "rng": rng_state()}, path)
-    for old in list_checkpoints(folder)[:-KEEP]:
+    for old in list_checkpoints(folder)[:-keep] if keep else []:
         old.unlink(missing_ok=True)
     return path
 
@@ -85,6 +87,14 @@ def list_checkpoints(folder: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def step_of(path: Path) -> int:
+    """The step in a checkpoint's file name (step-00000023.pt -> 23)."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not a checkpoint file name")
+    return int(match.group(1))
 
 
 def load_newest(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
