@@ -122,6 +122,38 @@ class RunSpec:
         return out
 
 
+KEEP_CHECKPOINTS = ("boundaries", "all", "last", "none")
+
+
+def phase_starts(plan: "Plan") -> set[int]:
+    """Steps where a phase other than the first begins (= where the one before it ends):
+    the states trials and `lr-find --from` start from."""
+    return {ph.begin for ph in plan.phases[1:]}
+
+
+def checkpoints_kept(steps: list[int], starts: set[int], policy: str, finished: bool) -> set[int]:
+    """Which of the checkpoints at `steps` `[run] keep_checkpoints = policy` keeps.
+
+    | policy | while running | once finished (model.pt written) |
+    |---|---|---|
+    | "boundaries" (default) | the newest + the phase starts | the phase starts |
+    | "all" | every one written | every one written |
+    | "last" | the newest | the newest (the final state, optimizer included) |
+    | "none" | the newest (for resume) | none |
+    """
+    if policy not in KEEP_CHECKPOINTS:
+        raise ValueError(f"keep_checkpoints {policy!r} is not one of {KEEP_CHECKPOINTS}")
+    if policy == "all" or not steps:
+        return set(steps)
+    newest = {max(steps)}
+    at_starts = {s for s in steps if s in starts}
+    if policy == "boundaries":
+        return at_starts if finished else newest | at_starts
+    if policy == "last":
+        return newest
+    return set() if finished else newest
+
+
 @dataclass(frozen=True)
 class ParamGroup:
     name: str

@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from ftcompile.runtime import checkpoint, retention
+from ftcompile.plan import checkpoints_kept
+from ftcompile.render import checkpoints_line
+from ftcompile.runtime import checkpoint
 from ftcompile.runtime.logs import Progress
 from ftcompile.runtime.loop import Hooks, Session, StepInfo, evaluate, observe
 from runtime_helpers import PHASES_A, Recorded, cli, metrics, recipe_text, write_recipe
@@ -33,15 +35,14 @@ def steps_on_disk(run_dir: Path) -> list[int]:
     ],
 )
 def test_kept(policy: str, finished: bool, wanted: set[int]) -> None:
-    assert retention.kept([3, 4, 7, 10, 12], {4, 10}, policy, finished) == wanted
+    assert checkpoints_kept([3, 4, 7, 10, 12], {4, 10}, policy, finished) == wanted
 
 
 def test_a_finished_run_keeps_the_phase_starts(run_a: Recorded) -> None:
     """Default policy: after the run only the checkpoints trials and lr-find --from start from."""
     starts = [ph.begin for ph in run_a.plan.phases[1:]]
     assert steps_on_disk(run_a.run_dir) == starts
-    assert retention.describe(run_a.plan).endswith(
-        f"kept once finished: steps {', '.join(map(str, starts))} (keep_checkpoints = 'boundaries')")
+    assert f"kept once finished: steps {', '.join(map(str, starts))}" in checkpoints_line(run_a.plan)
 
 
 def fingerprint(folder: Path) -> dict[str, tuple[bytes, int]]:
