@@ -234,8 +234,10 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> No
         ax.axvspan(ph.begin, ph.end, color="0.92" if i % 2 == 0 else "0.97", lw=0, zorder=0)
         ax.text((ph.begin + ph.end) / 2, 1.01, ph.name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                 fontsize="small", clip_on=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     base = [name.removesuffix(".no_decay") for name in plan.param_group_names]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(set(base)) > len(colors):  # one colour per group as long as tab20 lasts
+        colors = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20").colors]
     color_of = {g: colors[i % len(colors)] for i, g in enumerate(dict.fromkeys(base))}
     for i, name in enumerate(plan.param_group_names):
         # lr 0 = frozen: a gap on a log axis, not a plunge to the bottom.
