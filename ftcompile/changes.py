@@ -100,6 +100,19 @@ def _boundaries(ph: ResolvedPhase, every: int) -> list[int]:
     return [*range(ph.begin + every, ph.end, every), ph.end]
 
 
+def checkpoint_steps(ph: ResolvedPhase, resolved: Resolved) -> list[int]:
+    """Where a phase writes checkpoints. `checkpoint_every = "never"` (0) writes only the
+    phase ends that `keep_checkpoints` keeps once the run is finished: phase starts for
+    "boundaries" (trials, lr-find --from), every phase end for "all" / "last" (so the run
+    resumes from a phase end), none for "none" (an interrupted run starts again)."""
+    if resolved.checkpoint_every:
+        return _boundaries(ph, resolved.checkpoint_every)
+    keep = resolved.keep_checkpoints
+    if keep == "none" or (keep == "boundaries" and ph.end == resolved.total_steps):
+        return []
+    return [ph.end]
+
+
 def build_changes(resolved: Resolved, pgs: tuple[ParamGroup, ...]) -> tuple[Change, ...]:
     state: dict[str, Any] = {
         "trained": {},
@@ -114,7 +127,7 @@ def build_changes(resolved: Resolved, pgs: tuple[ParamGroup, ...]) -> tuple[Chan
     for ph in resolved.phases:
         _phase_changes(ph, resolved, pgs, state, tracker)
         evals = set(_boundaries(ph, resolved.eval_every))
-        ckpts = set(_boundaries(ph, resolved.checkpoint_every))
+        ckpts = set(checkpoint_steps(ph, resolved))
         for step in sorted(evals | ckpts):
             # Checkpoint first where both fall: an evaluation that fails (an unreadable val
             # image, say) must not cost the steps since the last checkpoint.

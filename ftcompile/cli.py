@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="LR.csv", help="write the LR of every param group at every step")
     p.add_argument("--plot", metavar="LR.png", help="draw the LR curves (needs matplotlib)")
     p.add_argument("--all-changes", action="store_true", help="list every change, not only the first 200")
+    p.add_argument("--wide", action="store_true", help="lines as long as they need (default: at most 100 columns)")
     _sizes(p)
     p.set_defaults(func=cmd_plan)
 
@@ -115,7 +116,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(plan.to_json())
     else:
-        print(render.render(plan, max_changes=10**9 if args.all_changes else 200))
+        # With -o the plan is in the file: print the summary, not the change list.
+        print(render.render(plan, max_changes=10**9 if args.all_changes else 200, wide=args.wide,
+                            summary=bool(args.output) and not args.all_changes))
         for what, path in (("plan", args.output), ("trace", args.trace), ("plot", args.plot)):
             if path:
                 print(f"wrote {what}: {path}")
@@ -267,6 +270,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {os_error(err, doing='read or write')}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a run says how to continue it (rundir._train)
+        print(exc.args[0] if exc.args else "interrupted", file=sys.stderr)
         return 130

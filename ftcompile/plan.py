@@ -109,10 +109,51 @@ class RunSpec:
     channels_last: bool
     deterministic: bool
     compile: bool
-    checkpoint_every: int
+    checkpoint_every: int  # 0: "never" (phase ends only, as keep_checkpoints needs)
     eval_every: int
     bn_modules: dict[str, str]
     keep_best: str | None = None  # metric of best.pt (None: no best.pt)
+    keep_checkpoints: str = "boundaries"  # "boundaries" | "all" | "last" | "none"
+
+    def json_fields(self) -> dict[str, Any]:
+        """Its fields; keep_checkpoints and keep_best only when set, so plans of recipes that
+        do not set them keep the bytes and hash they had before the fields existed."""
+        out = {k: v for k, v in vars(self).items() if not (v is None and k in _UNUSED_WHEN_NONE)}
+        if out["keep_checkpoints"] == "boundaries":
+            del out["keep_checkpoints"]
+        return out
+
+
+KEEP_CHECKPOINTS = ("boundaries", "all", "last", "none")
+
+
+def phase_starts(plan: "Plan") -> set[int]:
+    """Steps where a phase other than the first begins (= where the one before it ends):
+    the states trials and `lr-find --from` start from."""
+    return {ph.begin for ph in plan.phases[1:]}
+
+
+def checkpoints_kept(steps: list[int], starts: set[int], policy: str, finished: bool) -> set[int]:
+    """Which of the checkpoints at `steps` `[run] keep_checkpoints = policy` keeps.
+
+    | policy | while running | once finished (model.pt written) |
+    |---|---|---|
+    | "boundaries" (default) | the newest + the phase starts | the phase starts |
+    | "all" | every one written | every one written |
+    | "last" | the newest | the newest (the final state, optimizer included) |
+    | "none" | the newest (for resume) | none |
+    """
+    if policy not in KEEP_CHECKPOINTS:
+        raise ValueError(f"keep_checkpoints {policy!r} is not one of {KEEP_CHECKPOINTS}")
+    if policy == "all" or not steps:
+        return set(steps)
+    newest = {max(steps)}
+    at_starts = {s for s in steps if s in starts}
+    if policy == "boundaries":
+        return at_starts if finished else newest | at_starts
+    if policy == "last":
+        return newest
+    return set() if finished else newest
 
 
 @dataclass(frozen=True)
@@ -274,7 +315,7 @@ _UNUSED_WHEN_NONE = ("stop_early", "restore_best", "keep_best")
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
-    if type(obj) in (PhasePlan, RunSpec):
+    if type(obj) is PhasePlan:
         return {k: v for k, v in vars(obj).items() if not (v is None and k in _UNUSED_WHEN_NONE)}
     if type(obj) in (Change, ParamGroup, ModelSpec, DataSpec, OptimizerSpec):  # __dict__ is their fields
         return vars(obj)

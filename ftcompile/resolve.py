@@ -63,6 +63,7 @@ class Resolved:
     eval_every: int
     checkpoint_every: int
     bn_groups: dict[str, str]  # BatchNorm module name -> group
+    keep_checkpoints: str = "boundaries"  # [run] keep_checkpoints; checkpoint_every 0 = "never"
 
 
 
@@ -201,7 +202,7 @@ def resolve(
         phases.append(resolve_phase(name, recipe.phases[name], step, spe, group_names, below, data["augment"]))
         step = phases[-1].end
     eval_every = parse_duration(recipe.run.eval_every, spe)
-    checkpoint_every = parse_duration(recipe.run.checkpoint_every, spe)
+    checkpoint_every = 0 if recipe.run.checkpoint_every == "never" else parse_duration(recipe.run.checkpoint_every, spe)
     check_plan_size(phases, eval_every, checkpoint_every, len(groups), len(params))
     bn_groups = {mod: owner[first] for mod, first in bn_modules(model) if first in owner}
     check_one_image_batches(model, phases, bn_groups, data["image_size"], spe, counts.train_size, bs, data["drop_last"])
@@ -234,6 +235,7 @@ def resolve(
         eval_every=eval_every,
         checkpoint_every=checkpoint_every,
         bn_groups=bn_groups,
+        keep_checkpoints=recipe.run.keep_checkpoints,
     )
 
 

@@ -164,8 +164,11 @@ class Run(Strict):
     channels_last: bool = False
     deterministic: bool = True
     compile: bool = False  # torch.compile the model (recompiles when the trainable set changes)
+    # "never": no periodic checkpoints, only the phase ends that keep_checkpoints keeps.
     checkpoint_every: Duration = "1 epoch"
     eval_every: Duration = "1 epoch"
+    # Which checkpoints stay on disk (see README "What a run costs on disk").
+    keep_checkpoints: Literal["boundaries", "all", "last", "none"] = "boundaries"
     keep_best: str | None = None  # a metric: also write best.pt at the run's best evaluation
 
     @field_validator("keep_best")
@@ -177,9 +180,12 @@ class Run(Strict):
 
     @field_validator("checkpoint_every", "eval_every")
     @classmethod
-    def _duration(cls, value: Duration) -> Duration:
+    def _duration(cls, value: Duration, info: Any) -> Duration:
+        if value == "never" and info.field_name == "checkpoint_every":
+            return value
         if isinstance(value, str) and not DURATION.match(value):
-            raise ValueError('use "N epoch(s)", "N step(s)" or a number of steps')
+            never = ', or "never"' if info.field_name == "checkpoint_every" else ""
+            raise ValueError(f'use "N epoch(s)", "N step(s)" or a number of steps{never}')
         return value
 
 

@@ -163,8 +163,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the checkpoint folder
 
 
-def save(folder: Path, step: int, payload: dict[str, Any]) -> Path:
-    """Write checkpoint `step` (with RNG states and a digest), then keep the KEEP newest good ones."""
+def save(folder: Path, step: int, payload: dict[str, Any], keep: int | None = KEEP) -> Path:
+    """Write checkpoint `step` (with RNG states and a digest); with `keep`, then keep the
+    `keep` newest good ones (None: the caller decides what stays, see retention.py)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (the run lock allows one)
@@ -175,21 +176,22 @@ def save(folder: Path, step: int, payload: dict[str, Any]) -> Path:
     content = {**payload, "step": step, "rng": rng_state()}
     atomic_save({**content, "digest": content_digest(content)}, path)
     _remember(path)
-    _prune(folder, step)
+    if keep:
+        _prune(folder, step, keep)
     return path
 
 
-def _prune(folder: Path, step: int) -> None:
-    """Keep the newest KEEP good checkpoints up to `step` (the one just written counts).
+def _prune(folder: Path, step: int, keep: int = KEEP) -> None:
+    """Keep the newest `keep` good checkpoints up to `step` (the one just written counts).
 
     A bad older file never counts toward KEEP: it is moved aside. Files of later steps (a
     resume that fell back past them moved any bad ones already) are left alone.
     """
     kept = 1
     for path in reversed([p for p in list_checkpoints(folder) if step_of(p) < step]):
-        if kept >= KEEP:
+        if kept >= keep:
             path.unlink(missing_ok=True)
-        elif _is_good(path):
+        elif is_good(path):
             kept += 1
         else:
             set_aside(path)
@@ -218,7 +220,7 @@ def _remember(path: Path) -> None:
     _known_good[path.resolve()] = _stat_key(path)
 
 
-def _is_good(path: Path) -> bool:
+def is_good(path: Path) -> bool:
     try:
         if _known_good.get(path.resolve()) == _stat_key(path):
             return True

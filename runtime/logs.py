@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,31 +62,57 @@ def truncate_logs(folder: Path, sizes: dict[str, int]) -> None:
                 fh.truncate(size)
 
 
-@dataclass
 class Progress:
-    """A progress line on a terminal, nothing otherwise; timing never enters the logs."""
+    """The terminal's progress bar: tqdm on stderr, off when stderr is not a terminal.
 
-    total: int
-    enabled: bool = field(default_factory=lambda: sys.stderr.isatty())
-    world: int = 1
-    started: float = field(default_factory=time.perf_counter)
-    images: int = 0
+    tqdm redraws the whole line (no characters left behind when it gets shorter) and
+    `tqdm.write` prints evaluation lines above the bar, so the two never share a line.
+    Timing never enters the logs from here (the step records get their own, in loop.py).
+    """
+
+    def __init__(self, total: int, enabled: bool | None = None, world: int = 1, initial: int = 0) -> None:
+        self.total, self.world = total, world
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.started = time.perf_counter()
+        self.images = 0
+        self.bar: Any = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, file=sys.stderr, unit="step", dynamic_ncols=True,
+                            leave=True, smoothing=0.1)
 
     def update(self, step: int, loss: float, lr: float, batch: int) -> None:
         self.images += batch * self.world
-        if self.enabled and (step % 5 == 0 or step == self.total):
+        if self.bar is not None:
             rate = self.images / max(time.perf_counter() - self.started, 1e-9)
-            bar = "#" * int(30 * step / self.total)
-            print(f"\r[{bar:<30}] {step}/{self.total} loss {loss:.4f} lr {lr:.3g} {rate:.0f} img/s", end="", file=sys.stderr)
+            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} {rate:.0f} img/s", refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def at(self, step: int) -> None:
+        """The session moved to `step` (a resume): the bar starts there."""
+        if self.bar is not None:
+            self.bar.n = self.bar.last_print_n = step
+            self.bar.refresh()
+
+    def write(self, line: str) -> None:
+        """A line of its own: above the bar on a terminal, plain stdout otherwise."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
 
     def done(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def eval_line(rec: dict[str, Any]) -> str:
+    top5 = f"  top5 {100 * rec['top5']:6.2f}%" if "top5" in rec else ""
+    return (f"eval  step {rec['step']:>6}  epoch {rec['epoch']:6.2f}  {rec['phase']:<12} val_loss {rec['val_loss']:.4f}  "
+            f"top1 {100 * rec['top1']:6.2f}%{top5}")
 
 
 def print_eval(rec: dict[str, Any], progress: Progress) -> None:
-    if progress.enabled:
-        print(file=sys.stderr)
-    top5 = f"  top5 {100 * rec['top5']:.2f}%" if "top5" in rec else ""
-    print(f"eval  step {rec['step']:>6}  epoch {rec['epoch']:.2f}  {rec['phase']:<12} val_loss {rec['val_loss']:.4f}  "
-          f"top1 {100 * rec['top1']:.2f}%{top5}", flush=True)
+    progress.write(eval_line(rec))

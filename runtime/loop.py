@@ -29,7 +29,7 @@ from torch import nn
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
 from ftcompile.plan import OPTIMIZER_OPS, Change, Op, PhasePlan, Plan, change_dict
-from ftcompile.runtime import checkpoint, distributed
+from ftcompile.runtime import checkpoint, distributed, retention
 from ftcompile.runtime.best import Watch
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
 from ftcompile.runtime.distributed import Dist
@@ -135,7 +135,8 @@ def observe(*hooks: Hooks) -> Iterator[None]:
 def evaluate(
     model: nn.Module, loader: Any, device: torch.device, autocast: Any, num_classes: int, d: Dist = Dist()
 ) -> dict[str, float]:
-    """Val loss, top-1 and top-5 over the whole val set (each rank sums its shard)."""
+    """Val loss, top-1 and, with more than 5 classes, top-5 over the whole val set (each rank
+    sums its shard). With 5 classes or fewer top-5 is always 100%: not reported."""
     model.eval()
     total, loss_sum, top1, top5 = 0, 0.0, 0, 0
     with torch.no_grad():
@@ -151,9 +152,19 @@ def evaluate(
             total += y.numel()
     total, loss_sum, top1, top5 = distributed.sums([total, loss_sum, top1, top5], d)
     out = {"val_loss": loss_sum / max(total, 1), "top1": top1 / max(total, 1)}
-    if num_classes >= 5:
+    if num_classes > 5:
         out["top5"] = top5 / max(total, 1)
     return out
+
+
+# Fields of a step record that differ between two runs of one plan (everything else is bitwise).
+TIMING_FIELDS = ("seconds", "images_per_s")
+
+
+def step_timing(images: int, seconds: float) -> dict[str, float]:
+    """The step's wall time (changes due, data, forward/backward/step; not evaluations or
+    checkpoints) and the images per second it makes, for metrics.jsonl's step records."""
+    return {"seconds": round(seconds, 6), "images_per_s": round(images / max(seconds, 1e-9), 2)}
 
 
 def _autocast(precision: str, device: torch.device) -> Any:
@@ -278,6 +289,7 @@ class Session:
         checkpoint.set_rng_state(state["rng"])
         self.step, self.next_change = state["step"], next_change
         self.watch.load_state(state.get("watch"))
+        self.progress.at(self.step)
         if not (keep_features and self.features and self.features.module == self.wanted_features):
             self.features = None
         self._batch_iter, self._rewrap = None, True
@@ -385,15 +397,17 @@ class Session:
         compute = time.perf_counter() - compute
         # Log the step, then move on: the scheduler steps after the optimizer.
         named_lrs = dict(zip(plan.param_group_names, lrs))
+        images, seconds = y.numel() * self.d.world, time.perf_counter() - started
         if self.logs:
-            self.logs.record({"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs})
+            self.logs.record({"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs,
+                              **step_timing(images, seconds)})
             self.logs.lrs(step, self.phase, lrs)
         self.step += 1
         self.executor.after_step(self.step)
         self.progress.update(self.step, value, max(lrs), y.numel())
         if not math.isfinite(value):
             raise RecipeError(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
-        info = StepInfo(step, self.phase, value, named_lrs, y.numel() * self.d.world, time.perf_counter() - started, compute)
+        info = StepInfo(step, self.phase, value, named_lrs, images, time.perf_counter() - started, compute)
         for hook in self.hooks:
             hook.on_step(self, info)
 
@@ -491,7 +505,8 @@ class Session:
         state = self.state(snapshot=False)
         for hook in self.hooks:
             hook.on_checkpoint(self, self.step, state)
-        checkpoint.save(self.run_dir / "checkpoints", self.step, state)
+        checkpoint.save(self.run_dir / "checkpoints", self.step, state, keep=None)
+        retention.prune(self.run_dir / "checkpoints", self.plan, finished=False)
 
     def close(self) -> None:
         self.progress.done()
@@ -515,6 +530,7 @@ def train(
         session.close()
     if d.main:
         checkpoint.atomic_save(session.model.state_dict(), run_dir / "model.pt")
+        retention.prune(run_dir / "checkpoints", plan, finished=True)  # model.pt is safe first
     return {"evals": session.evals, "seconds": time.perf_counter() - session.progress.started}
 
 

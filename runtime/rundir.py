@@ -207,8 +207,16 @@ def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
     return plan, env
 
 
+def is_finished(run_dir: Path) -> bool:
+    """model.pt is written (atomically) only after the plan's last step."""
+    return (run_dir / "model.pt").is_file()
+
+
 def resume_run(run_dir: Path) -> int:
     plan, env = open_run(run_dir)
+    if is_finished(run_dir):  # nothing to do, and nothing touched
+        print(f"run is finished: {run_dir}")
+        return 0
     from ftcompile.runtime import checkpoint, distributed
 
     d = distributed.init(plan.run.device)
@@ -329,23 +337,40 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
 def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
     from ftcompile.runtime.loop import train
 
-    result = train(plan, run_dir, root, state, d, upstream=upstream_model(plan, root))
+    try:
+        result = train(plan, run_dir, root, state, d, upstream=upstream_model(plan, root))
+    except KeyboardInterrupt:
+        # Ctrl-C: the checkpoints on disk are complete (atomic writes); say how to go on.
+        raise KeyboardInterrupt(f"interrupted; continue with: ftcompile resume {run_dir}") from None
     if d.main:
-        print_summary(plan, result)
+        print_summary(plan, result, run_dir)
         print(run_dir)
 
 
-def print_summary(plan: Plan, result: dict[str, Any]) -> None:
+def logged_evals(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluation records of metrics.jsonl: the whole run's, across resumes."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    recs = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r for r in recs if r.get("type") == "eval"]
+
+
+def print_summary(plan: Plan, result: dict[str, Any], run_dir: Path | None = None) -> None:
+    """The last evaluation of each phase, from metrics.jsonl when the run has one (so a
+    resumed run shows the phases trained before the resume too)."""
     last = {}
-    for rec in result["evals"]:
+    for rec in (logged_evals(run_dir) if run_dir else []) or result["evals"]:
         last[rec["phase"]] = rec
-    rows = [("phase", "steps", "val_loss", "top1", "top5")]
+    top5 = any("top5" in rec for rec in last.values())
+    rows = [("phase", "steps", "val_loss", "top1", *(["top5"] if top5 else []))]
     for ph in plan.phases:
         rec = last.get(ph.name)
         fmt = lambda k: f"{100 * rec[k]:.2f}%" if rec and k in rec else "-"  # noqa: E731
-        rows.append((ph.name, f"[{ph.begin}, {ph.end})", f"{rec['val_loss']:.4f}" if rec else "-", fmt("top1"), fmt("top5")))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((ph.name, f"[{ph.begin}, {ph.end})", f"{rec['val_loss']:.4f}" if rec else "-", fmt("top1"),
+                     *([fmt("top5")] if top5 else [])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"time {result['seconds']:.1f} s")
