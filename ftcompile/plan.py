@@ -99,6 +99,9 @@ class OptimizerSpec:
     no_decay: str | list[str]
 
 
+DEFAULT_LOG = ("jsonl",)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """The [run] table with durations in steps, and which group owns each BatchNorm layer."""
@@ -111,6 +114,12 @@ class RunSpec:
     checkpoint_every: int
     eval_every: int
     bn_modules: dict[str, str]
+    log: list[str] = field(default_factory=lambda: list(DEFAULT_LOG))  # "jsonl" always; "tensorboard"
+
+    def json_fields(self) -> dict[str, Any]:
+        """Its fields; `log` only when it asks for more than the default, so plans that do not
+        use it keep the hash they had before the field existed (logging changes no result)."""
+        return {k: v for k, v in vars(self).items() if k != "log" or list(v) != list(DEFAULT_LOG)}
 
 
 @dataclass(frozen=True)
@@ -242,7 +251,7 @@ class Plan:
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
-    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
+    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
         return obj.json_fields()

@@ -147,6 +147,8 @@ class Run(Strict):
     compile: bool = False  # torch.compile the model (recompiles when the trainable set changes)
     checkpoint_every: Duration = "1 epoch"
     eval_every: Duration = "1 epoch"
+    # metrics.jsonl is always written (resume relies on it); "tensorboard" adds event files.
+    log: list[Literal["jsonl", "tensorboard"]] = ["jsonl"]
 
     @field_validator("checkpoint_every", "eval_every")
     @classmethod

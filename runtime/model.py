@@ -85,6 +85,8 @@ def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor
     """torch.load with weights_only=True: a file that carries code is refused."""
     if not path.is_file():
         raise RecipeError(f"file not found: {path}", key=key, suggestion="the path is relative to the recipe's folder")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, key)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError and friends: a payload or a damaged file
@@ -98,6 +100,21 @@ def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor
     if not isinstance(state, dict):
         raise RecipeError(f"{path} holds a {type(state).__name__}, not a state_dict", key=key)
     return state
+
+
+def _load_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
+    """A .safetensors file: read with safetensors itself (it holds tensors only, never code)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise RecipeError(f"{path} is a .safetensors file and the safetensors package is not installed", key=key,
+                          suggestion="pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RecipeError(f"{path} is not a readable safetensors file ({exc})", key=key,
+                          suggestion="save with safetensors.torch.save_file(model.state_dict(), path)") from None
 
 
 def load_backbone(model: nn.Module, arch: str, path: Path) -> None:

@@ -191,10 +191,32 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
 def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
     from ftcompile.runtime.loop import train
 
-    result = train(plan, run_dir, root, state, d, upstream=upstream_model(plan, root))
-    if d.main:
-        print_summary(plan, result)
-        print(run_dir)
+    upstream = upstream_model(plan, root)
+    if not d.main:
+        train(plan, run_dir, root, state, d, upstream=upstream)
+        return
+    from ftcompile.runtime.status import RunStatus
+    from ftcompile.runtime.tensorboard import log_hooks
+
+    status = RunStatus(run_dir, plan)
+    with status.tracking(), log_hooks(plan, run_dir) as hooks:  # summary.json; TensorBoard when asked
+        result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, *hooks])
+    print_summary(plan, result)
+    _after_run(run_dir)
+    print(run_dir)
+
+
+def _after_run(run_dir: Path) -> None:
+    """curves.png (plot extra) and the command that makes the run's report."""
+    from ftcompile.runtime.report import write_curves
+
+    try:
+        path = write_curves([run_dir], run_dir / "curves.png")
+    except RecipeError as err:
+        print(f"curves.png not written: {err.message} ({err.suggestion})")
+    else:
+        print(f"curves: {path}")
+    print(f"report: ftcompile report {run_dir} -o {run_dir / 'report.html'}")
 
 
 def print_summary(plan: Plan, result: dict[str, Any]) -> None:
