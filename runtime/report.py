@@ -245,8 +245,8 @@ def plan_section(runs: list[RunData]) -> str:
         p = r.plan
         weights = p.model.weights
         parts.append(
-            f"<h3>{html.escape(r.label)}</h3><p>{html.escape(p.model.arch)}, weights {html.escape(weights.kind)}"
-            f" {html.escape(str(weights.value))}, {p.model.num_classes} classes, {p.model.total_params:,} parameters; "
+            f"<h3>{html.escape(r.label)}</h3><p>{html.escape(p.model.arch)}, weights "
+            f"{html.escape('none' if weights.kind == 'none' else f'{weights.kind} {weights.value}')}, {p.model.num_classes} classes, {p.model.total_params:,} parameters; "
             f"data {p.data.train_size} train / {p.data.val_size} val images at {p.data.image_size} px, batch "
             f"{p.data.batch_size}, {p.data.steps_per_epoch} steps per epoch; optimizer {html.escape(p.optimizer.type)} "
             f"{html.escape(json.dumps(p.optimizer.kwargs))}; {p.total_steps} steps; plan {p.hash[:12]}</p>"

@@ -198,7 +198,7 @@ def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, 
     from ftcompile.runtime.status import RunStatus
     from ftcompile.runtime.tensorboard import log_hooks
 
-    status = RunStatus(run_dir, plan)
+    status = RunStatus(run_dir, plan, state)
     with status.tracking(), log_hooks(plan, run_dir) as hooks:  # summary.json; TensorBoard when asked
         result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, *hooks])
     print_summary(plan, result)

@@ -52,11 +52,13 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def read_evals(run_dir: Path) -> list[dict[str, Any]]:
-    """The eval records of metrics.jsonl (a half-written last line is skipped)."""
+def read_evals(run_dir: Path, size: int | None = None) -> list[dict[str, Any]]:
+    """The eval records of metrics.jsonl, or of its first `size` bytes (a half-written last
+    line is skipped)."""
     out = []
     try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        with open(run_dir / "metrics.jsonl", "rb") as fh:
+            lines = fh.read(size if size is not None else -1).decode("utf-8", errors="replace").splitlines()
     except OSError:
         return []
     for line in lines:
@@ -102,15 +104,17 @@ def best_eval(evals: list[dict[str, Any]], key: str = "top1") -> dict[str, Any] 
 class RunStatus(Hooks):
     """Keeps summary.json up to date while a run trains (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, plan: Plan) -> None:
+    def __init__(self, run_dir: Path, plan: Plan, resume: dict[str, Any] | None = None) -> None:
         self.run_dir, self.plan = run_dir, plan
         previous = read_summary(run_dir) or {}
         self.before = float(previous.get("wall_s") or 0.0)  # earlier attempts (resume)
         self.attempts = int(previous.get("attempts") or 0) + 1
         self.started_at = previous.get("started") or _now()
-        self.evals = read_evals(run_dir)  # after a resume's truncation: the checkpoint's view
+        # What the checkpoint had logged (train() truncates metrics.jsonl to it); a new run: nothing.
+        size = resume["logs"].get("metrics.jsonl") if resume is not None else 0
+        self.evals = read_evals(run_dir, size) if size else []
         self.begun = time.perf_counter()
-        self.step = self.evals[-1]["step"] if self.evals else 0
+        self.step = int(resume["step"]) if resume is not None else 0
         self.ends = {ph.end for ph in plan.phases}
 
     def write(self, status: str, error: str | None = None) -> None:

@@ -68,3 +68,23 @@ def test_running_then_interrupted(tmp_path: Path, capsys: pytest.CaptureFixture[
         proc.wait()
     r = cli(capsys, "runs", tmp_path / "runs", "--json")
     assert json.loads(r.out)[0]["status"] == "interrupted"
+
+
+def test_resumed_summary_reads_only_what_the_checkpoint_logged(used_run: tuple[Path, str], tmp_path: Path) -> None:
+    """On resume the evaluations after the checkpoint are logged again: not counted twice."""
+    import shutil
+
+    from ftcompile.plan import Plan
+    from ftcompile.runtime.status import RunStatus
+
+    run_dir, _ = used_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    lines = (copy / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    # The checkpoint at step 4 had logged everything up to the eval at step 4 (the phase end).
+    upto = next(i for i, x in enumerate(lines) if b'"eval"' in x and b'"step": 4,' in x) + 1
+    status = RunStatus(copy, Plan.load(copy / "plan.json"), {"logs": {"metrics.jsonl": len(b"".join(lines[:upto]))}, "step": 4})
+    assert [e["step"] for e in status.evals] == [2, 4] and status.step == 4 and status.attempts == 2
+    status.write("running")
+    s = json.loads((copy / "summary.json").read_text())
+    assert s["phases_done"] == ["warm"] and s["wall_s"] >= json.loads((run_dir / "summary.json").read_text())["wall_s"]
