@@ -28,6 +28,7 @@ from ftcompile import arch as archs
 from ftcompile.datasets import IMG_EXTENSIONS, class_folders, list_image_folder
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
+from ftcompile.runtime.curves import PLOT_HINT, pyplot
 from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms
 from ftcompile.runtime.model import load_state
 from ftcompile.runtime.rundir import open_run
@@ -39,7 +40,6 @@ WEIGHTS_HINT = {
     "best": "best.pt is written by runs with [run] keep_best = \"val_top1\"",
     "ema": "model-ema.pt is written by runs with [run] ema = { decay = ... }",
 }
-PLOT_HINT = "pip install 'ftcompile[plot]' (matplotlib)"
 
 
 @dataclass
@@ -241,18 +241,6 @@ def plot_confusion(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend, or a RecipeError saying how to get it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RecipeError("matplotlib is not installed", suggestion=PLOT_HINT) from None
-    return plt
 
 
 def eval_command(run_dir: Path, data: Path | None, weights: str, tta: bool, as_json: bool) -> int:

@@ -11,36 +11,28 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 from ftcompile.errors import RecipeError
-from ftcompile.plan import Plan
-from ftcompile.runtime.evaluate import PLOT_HINT, pyplot
+from ftcompile.runtime.curves import PLOT_HINT, CurveData, shade_phases, curves_figure, png, pyplot
 from ftcompile.runtime.rundir import open_run
-from ftcompile.runtime.status import read_evals, status_of
+from ftcompile.runtime.status import status_of
 
 SECTIONS = ("summary", "curves", "lr", "trials", "confusion", "plan", "env")
 
 
-class RunData:
+class RunData(CurveData):
     """What the report needs from one run directory."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir
-        self.plan, self.env = open_run(run_dir)
+        _, self.env = open_run(run_dir)  # a folder that is not a run is an error here
+        super().__init__(run_dir)
         self.status, self.summary = status_of(run_dir)
-        self.steps = _records(run_dir, "step")
-        self.evals = read_evals(run_dir)
         self.lr = _read_csv(run_dir / "lr.csv")
         self.trials = _read_csv(run_dir / "trials.csv")
         self.eval = _eval_of(run_dir)
-
-    @property
-    def label(self) -> str:
-        return f"{self.plan.recipe.get('name')} {self.dir.name}"
 
 
 def _eval_of(run_dir: Path) -> dict[str, Any] | None:
@@ -62,22 +54,6 @@ def _eval_of(run_dir: Path) -> dict[str, Any] | None:
     return result
 
 
-def _records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("type") == kind and not rec.get("trial"):
-            out.append(rec)
-    return out
-
-
 def _read_csv(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="") as fh:
@@ -89,49 +65,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 # ---------------------------------------------------------------- figures
 
 
-def _shade_phases(ax: Any, plan: Plan, label: bool) -> None:
-    """Alternate grey bands for the phases, each named at the top of the plot."""
-    for i, ph in enumerate(plan.phases):
-        ax.axvspan(ph.begin, ph.end, color="0.9" if i % 2 == 0 else "0.97", zorder=0)
-        if label:
-            ax.text((ph.begin + ph.end) / 2, 1.0, ph.name, transform=ax.get_xaxis_transform(), ha="center",
-                    va="bottom", fontsize=8, color="0.3")
-
-
-def curves_figure(runs: list[RunData]) -> Any:
-    """Train loss and val loss (top), val top-1 / top-5 (bottom), phases shaded (first run's)."""
-    plt = pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for ax in (ax_loss, ax_acc):
-        _shade_phases(ax, runs[0].plan, label=ax is ax_loss)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run in enumerate(runs):
-        c = colors[i % len(colors)]
-        tag = f" ({run.label})" if len(runs) > 1 else ""
-        if run.steps:
-            ax_loss.plot([r["step"] + 1 for r in run.steps], [r["loss"] for r in run.steps], color=c, alpha=0.35,
-                         lw=1, label=f"train loss{tag}")
-        if run.evals:
-            steps = [r["step"] for r in run.evals]
-            ax_loss.plot(steps, [r["val_loss"] for r in run.evals], "o-", color=c, label=f"val loss{tag}")
-            ax_acc.plot(steps, [100 * r["top1"] for r in run.evals], "o-", color=c, label=f"val top-1{tag}")
-            if all("top5" in r for r in run.evals):
-                ax_acc.plot(steps, [100 * r["top5"] for r in run.evals], "s--", color=c, alpha=0.6, label=f"val top-5{tag}")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_yscale("log")
-    ax_acc.set_ylabel("val accuracy (%)")
-    ax_acc.set_xlabel("optimizer step")
-    for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize=8, loc="best")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def lr_figure(run: RunData) -> Any:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.5))
-    _shade_phases(ax, run.plan, label=True)
+    shade_phases(ax, run.plan, label=True)
     if run.lr:
         names = [k for k in run.lr[0] if k not in ("step", "phase", "trial")]
         steps = [int(r["step"]) for r in run.lr if not r.get("trial")]
@@ -153,19 +90,6 @@ def confusion_figure(result: dict[str, Any]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = plot_confusion(result, Path(tmp) / "confusion.png")
         return path.read_bytes()
-
-
-def png(fig: Any) -> bytes:
-    plt = pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_curves(run_dirs: list[Path], path: Path) -> Path:
-    path.write_bytes(png(curves_figure([RunData(d) for d in run_dirs])))
-    return path
 
 
 # ---------------------------------------------------------------- HTML

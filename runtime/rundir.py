@@ -208,7 +208,7 @@ def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, 
 
 def _after_run(run_dir: Path) -> None:
     """curves.png (plot extra) and the command that makes the run's report."""
-    from ftcompile.runtime.report import write_curves
+    from ftcompile.runtime.curves import write_curves
 
     try:
         path = write_curves([run_dir], run_dir / "curves.png")
