@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile.errors import RecipeError
-from ftcompile.runtime.curves import PLOT_HINT, CurveData, shade_phases, curves_figure, png, pyplot
+from ftcompile.runtime.curves import PLOT_HINT, CurveData, curves_figure, png, pyplot, shade_phases, write_curves
 from ftcompile.runtime.rundir import open_run
 from ftcompile.runtime.status import status_of
 
+__all__ = ["build_report", "report_command", "write_curves"]  # write_curves: curves.png, from curves.py
 SECTIONS = ("summary", "curves", "lr", "trials", "confusion", "plan", "env")
 
 
