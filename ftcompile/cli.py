@@ -22,6 +22,11 @@ EPILOG = """examples:
   ftcompile resume runs/quickstart/1-ab12cd34             continue after an interruption
   ftcompile rerun runs/quickstart/1-ab12cd34              repeat a run from its stored plan
   ftcompile lr-find recipes/quickstart.toml --phase head  LR range test at the start of a phase
+  ftcompile eval runs/quickstart/1-ab12cd34               per-class metrics, confusion matrix
+  ftcompile predict runs/quickstart/1-ab12cd34 img.png    class probabilities
+  ftcompile export runs/quickstart/1-ab12cd34 --format onnx
+  ftcompile report runs/quickstart/1-ab12cd34             one HTML page: curves, LR, confusion, plan, env
+  ftcompile runs                                          one line per run under runs/
 """
 
 
@@ -89,7 +94,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", metavar="DIR")
     p.set_defaults(func=cmd_rerun)
+    _add_use_commands(sub)
     return parser
+
+
+def _add_use_commands(sub: argparse._SubParsersAction) -> None:
+    """eval, predict, export, report, runs: using and judging a run."""
+    p = sub.add_parser("eval", help="per-class metrics and confusion matrix of a run",
+                       epilog="example: ftcompile eval runs/quickstart/1-ab12cd34 --tta")
+    p.add_argument("run_dir")
+    p.add_argument("--data", metavar="FOLDER", help="another ImageFolder with the run's class names (default: the run's val split)")
+    p.add_argument("--weights", choices=["final", "best", "ema"], default="final", help="model.pt (default), best.pt or model-ema.pt")
+    p.add_argument("--tta", action="store_true", help="average the softmax over each image and its horizontal flip")
+    p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="class probabilities of images, with the run's val transforms",
+                       epilog="example: ftcompile predict runs/quickstart/1-ab12cd34 photo.jpg photos/ --topk 3")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER")
+    p.add_argument("--topk", type=int, default=3, metavar="K", help="classes per image (default 3)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="the run's model as TorchScript, safetensors or ONNX (+ a sidecar .json)",
+                       epilog="example: ftcompile export runs/quickstart/1-ab12cd34 --format onnx -o model.onnx")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=["torchscript", "safetensors", "onnx"])
+    p.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/model.<ext>")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about one or several runs",
+                       epilog="example: ftcompile report runs/quickstart/1-* -o report.html")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", metavar="report.html", help="default: RUN_DIR/report.html (one run) or ./report.html")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("runs", help="one line per run: status, phases done, best and final top-1",
+                       epilog="example: ftcompile runs            (looks in runs/)")
+    p.add_argument("root", nargs="?", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
 
 
 def _compile(path: str, args: argparse.Namespace):
@@ -244,6 +289,36 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from ftcompile.runtime.rundir import rerun_run
 
     return rerun_run(Path(args.run_dir), Path(args.out) if args.out else None)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.evaluate import eval_command
+
+    return eval_command(Path(args.run_dir), Path(args.data) if args.data else None, args.weights, args.tta, args.json)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.evaluate import predict_command
+
+    return predict_command(Path(args.run_dir), args.images, args.topk, args.json)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.export import export_command
+
+    return export_command(Path(args.run_dir), args.format, Path(args.output) if args.output else None)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.report import report_command
+
+    return report_command([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.runs import runs_command
+
+    return runs_command(Path(args.root), args.json)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,12 +36,32 @@ def compile_recipe(
     loaded = load_recipe(path)
     try:
         recipe = validate(loaded)
+        check_extras(recipe)
         chain = (*_chain, loaded.path.resolve())
         upstream = compile_upstream(recipe.model.weights, loaded.folder, chain)
         resolved = resolve(recipe, loaded.folder, dataset_size, val_size, upstream)
         return build_plan(resolved, recipe, loaded.path.name, loaded.source_hash())
     except RecipeError as err:
         raise locate(err, loaded) from None
+
+
+# Optional features and the package (and extra) each needs: asking without it is a compile error.
+EXTRAS = {"tensorboard": ("tensorboard", "tensorboard")}
+
+
+def check_extras(recipe: Recipe) -> None:
+    """`[run] log = ["tensorboard"]` without the tensorboard package fails now, not mid-run."""
+    import importlib.util
+
+    for name in recipe.run.log:
+        if name in EXTRAS:
+            module, extra = EXTRAS[name]
+            if importlib.util.find_spec(module) is None:
+                raise RecipeError(
+                    f"run.log asks for {name}, but the {module} package is not installed",
+                    key="run.log",
+                    suggestion=f"pip install 'ftcompile[{extra}]', or remove \"{name}\" from run.log",
+                )
 
 
 def compile_upstream(weights: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any] | None:

@@ -100,6 +100,9 @@ class OptimizerSpec:
     no_decay: str | list[str]
 
 
+DEFAULT_LOG = ("jsonl",)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """The [run] table with durations in steps, and which group owns each BatchNorm layer."""
@@ -114,6 +117,7 @@ class RunSpec:
     bn_modules: dict[str, str]
     keep_best: str | None = None  # metric of best.pt (None: no best.pt)
     keep_checkpoints: str = "boundaries"  # "boundaries" | "all" | "last" | "none"
+    log: list[str] = field(default_factory=lambda: list(DEFAULT_LOG))  # "jsonl" always; "tensorboard"
 
     def json_fields(self) -> dict[str, Any]:
         """Its fields; keep_checkpoints and keep_best only when set, so plans of recipes that
@@ -121,6 +125,8 @@ class RunSpec:
         out = {k: v for k, v in vars(self).items() if not (v is None and k in _UNUSED_WHEN_NONE)}
         if out["keep_checkpoints"] == "boundaries":
             del out["keep_checkpoints"]
+        if list(out["log"]) == list(DEFAULT_LOG):  # logging changes no result
+            del out["log"]
         return out
 
 

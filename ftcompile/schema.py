@@ -177,6 +177,8 @@ class Run(Strict):
         if name is not None:
             metric(name)
         return name
+    # metrics.jsonl is always written (resume relies on it); "tensorboard" adds event files.
+    log: list[Literal["jsonl", "tensorboard"]] = ["jsonl"]
 
     @field_validator("checkpoint_every", "eval_every")
     @classmethod

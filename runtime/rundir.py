@@ -337,14 +337,36 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
 def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
     from ftcompile.runtime.loop import train
 
+    upstream = upstream_model(plan, root)
+    if not d.main:
+        train(plan, run_dir, root, state, d, upstream=upstream)
+        return
+    from ftcompile.runtime.status import RunStatus
+    from ftcompile.runtime.tensorboard import log_hooks
+
+    status = RunStatus(run_dir, plan, state)
     try:
-        result = train(plan, run_dir, root, state, d, upstream=upstream_model(plan, root))
+        with status.tracking(), log_hooks(plan, run_dir) as hooks:  # summary.json; TensorBoard when asked
+            result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, *hooks])
     except KeyboardInterrupt:
         # Ctrl-C: the checkpoints on disk are complete (atomic writes); say how to go on.
         raise KeyboardInterrupt(f"interrupted; continue with: ftcompile resume {run_dir}") from None
-    if d.main:
-        print_summary(plan, result, run_dir)
-        print(run_dir)
+    print_summary(plan, result, run_dir)
+    _after_run(run_dir)
+    print(run_dir)
+
+
+def _after_run(run_dir: Path) -> None:
+    """curves.png (plot extra) and the command that makes the run's report."""
+    from ftcompile.runtime.curves import write_curves
+
+    try:
+        path = write_curves([run_dir], run_dir / "curves.png")
+    except RecipeError as err:
+        print(f"curves.png not written: {err.message} ({err.suggestion})")
+    else:
+        print(f"curves: {path}")
+    print(f"report: ftcompile report {run_dir} -o {run_dir / 'report.html'}")
 
 
 def logged_evals(run_dir: Path) -> list[dict[str, Any]]:
