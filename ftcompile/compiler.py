@@ -85,6 +85,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
             scheduler=ph.scheduler and {"type": ph.scheduler["type"], "args": ph.scheduler["args"]},
             lr={},
             cache=ph.cache,
+            data=ph.data,
         )
         for ph in resolved.phases
     )
@@ -106,6 +107,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
                 "eval_every": resolved.eval_every,
                 "checkpoint_every": resolved.checkpoint_every,
                 "bn_modules": resolved.bn_groups,
+                **(resolved.run_extra or {}),
             }
         ),
         total_steps=resolved.total_steps,

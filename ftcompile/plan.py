@@ -66,6 +66,8 @@ class ModelSpec:
     num_classes: int
     head: dict[str, Any] | None  # the [model.head] table as validated, or None (a single Linear)
     total_params: int
+    builder_args: dict[str, Any] = field(default_factory=dict)  # extra torchvision builder kwargs
+    head_weights: str = "new"  # "load": the weights file's head tensors are loaded too
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class DataSpec:
     steps_per_epoch: int
     mean: list[float]
     std: list[float]
+    mix: dict[str, float] | None = None  # MixUp/CutMix: mixup_alpha, cutmix_alpha, prob, switch_prob
+    val_resize: int | None = None  # shorter side before the val centre crop; None: image_size / 0.875
+    val_crop: int | None = None  # None: image_size
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class OptimizerSpec:
     type: str  # a torch.optim class
     kwargs: dict[str, Any]  # its arguments, checked against its signature
     no_decay: str | list[str]
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,9 @@ class RunSpec:
     checkpoint_every: int
     eval_every: int
     bn_modules: dict[str, str]
+    accumulate: int = 1  # micro-batches per optimizer step
+    ema: dict[str, Any] | None = None  # {"decay", "every" (steps), "warmup"}
+    sync_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,11 @@ class PhasePlan:
     scheduler: dict[str, Any] | None
     lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
     cache: dict[str, Any]  # feature cache: {"on", "why", "module"}
+    # The phase's own data (per-phase overrides), or None: the recipe's [data] from step 0.
+    # {"image_size", "batch_size", "augment", "mix", "steps_per_epoch", "data_begin", "epoch_base"}:
+    # the batch of step s is batch (s - data_begin) % steps_per_epoch of epoch
+    # epoch_base + (s - data_begin) // steps_per_epoch.
+    data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +257,8 @@ class Plan:
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
+    if type(obj) in OPTIONAL:  # fields added later are left out at their default: older plans keep their hash
+        return {k: v for k, v in vars(obj).items() if k not in OPTIONAL[type(obj)] or v != OPTIONAL[type(obj)][k]}
     if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
@@ -249,6 +266,16 @@ def _dataclass_fields(obj: Any) -> dict[str, Any]:
     if is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: getattr(obj, f.name) for f in fields(obj)}
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# Training knobs (knobs11): each left out of the JSON at its default value.
+OPTIONAL: dict[type, dict[str, Any]] = {
+    ModelSpec: {"builder_args": {}, "head_weights": "new"},
+    DataSpec: {"mix": None, "val_resize": None, "val_crop": None},
+    OptimizerSpec: {"clip_grad_norm": None, "clip_grad_value": None},
+    RunSpec: {"accumulate": 1, "ema": None, "sync_bn": False},
+    PhasePlan: {"data": None},
+}
 
 
 def canonical(obj: Any) -> str:
