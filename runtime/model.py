@@ -41,10 +41,11 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
         fetch(weights)
         # torch.hub loads its cache with weights_only=False: check the file the safe way first.
         load_state(cache_file(weights))
-        return archs.build_model(arch, num_classes, head, device="cpu", weights=weights)
-    model = archs.build_model(arch, num_classes, head, device="cpu")
+        return archs.build_model(arch, num_classes, head, device="cpu", weights=weights, builder_args=spec.builder_args)
+    model = archs.build_model(arch, num_classes, head, device="cpu", builder_args=spec.builder_args)
+    with_head = spec.head_weights == "load"
     if kind == "file":
-        load_backbone(model, arch, root / value)
+        load_backbone(model, arch, root / value, with_head)
     elif kind == "recipe":
         if upstream is None:
             raise RecipeError(
@@ -52,7 +53,7 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
                 key="model.weights",
                 suggestion="start the run with ftcompile run, which trains or finds the upstream run first",
             )
-        load_backbone(model, arch, upstream)
+        load_backbone(model, arch, upstream, with_head)
     return model
 
 
@@ -100,10 +101,11 @@ def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor
     return state
 
 
-def load_backbone(model: nn.Module, arch: str, path: Path) -> None:
-    """Load every non-head tensor; the head is new (it has the recipe's classes)."""
+def load_backbone(model: nn.Module, arch: str, path: Path, with_head: bool = False) -> None:
+    """Load every non-head tensor; the head is new (it has the recipe's classes), unless
+    `with_head` (model.head_weights = "load"): then every tensor, the head's too."""
     state = load_state(path)
-    head = archs.aliases(arch, model)["head"]
+    head = archs.aliases(arch, model)["head"] if not with_head else []
     in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head)  # noqa: E731
     state = {k: v for k, v in state.items() if not in_head(k)}
     own = {k: v for k, v in model.state_dict().items() if not in_head(k)}
