@@ -204,8 +204,8 @@ class Session:
         self.model = build(plan.model, root, upstream).to(self.device)
         if run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if run.sync_bn and d.enabled:  # before the DDP wrapper; the parameters stay the same objects
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if run.sync_bn:  # before the DDP wrapper (one process: no-op)
+            self.model = distributed.sync_batchnorm(self.model, d, self.device)
         self.ema = Ema(self.model, run.ema) if run.ema else None
         self.root = root
         self._phase_data: dict[str, tuple[TrainBatches, Any, BatchMix | None]] = {}

@@ -299,3 +299,19 @@ def test_sync_bn_is_a_no_op_with_one_process(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, run="sync_bn = true")
     session = Session(plan, tmp_path)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in session.model.modules())
+
+
+def test_sync_bn_converts_for_several_gpu_processes_and_refuses_cpu() -> None:
+    from ftcompile.errors import RecipeError
+    from ftcompile.runtime.distributed import Dist, sync_batchnorm
+
+    from ftcompile.arch import build_model
+
+    model = build_model("resnet18", 3, None, device="cpu")
+    weight = model.bn1.weight
+    converted = sync_batchnorm(model, Dist(rank=0, world=2), torch.device("cuda", 0))  # conversion needs no GPU
+    assert isinstance(converted.bn1, torch.nn.SyncBatchNorm) and converted.bn1.weight is weight
+    assert sync_batchnorm(model, Dist(), torch.device("cpu")) is model
+    with pytest.raises(RecipeError) as info:
+        sync_batchnorm(build_model("resnet18", 3, None, device="cpu"), Dist(rank=0, world=2), torch.device("cpu"))
+    assert info.value.key == "run.sync_bn"
