@@ -107,6 +107,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
             lr={},
             cache=ph.cache,
             **metric_driven(recipe, ph.name, resolved.model["num_classes"]),
+            data=ph.data,
         )
         for ph in resolved.phases
     )
@@ -130,6 +131,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
                 "eval_every": resolved.eval_every,
                 "checkpoint_every": resolved.checkpoint_every,
                 "bn_modules": resolved.bn_groups,
+                **(resolved.run_extra or {}),
             }
         ),
         total_steps=resolved.total_steps,

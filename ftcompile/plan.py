@@ -67,6 +67,8 @@ class ModelSpec:
     num_classes: int
     head: dict[str, Any] | None  # the [model.head] table as validated, or None (a single Linear)
     total_params: int
+    builder_args: dict[str, Any] = field(default_factory=dict)  # extra torchvision builder kwargs
+    head_weights: str = "new"  # "load": the weights file's head tensors are loaded too
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ class DataSpec:
     steps_per_epoch: int
     mean: list[float]
     std: list[float]
+    mix: dict[str, float] | None = None  # MixUp/CutMix: mixup_alpha, cutmix_alpha, prob, switch_prob
+    val_resize: int | None = None  # shorter side before the val centre crop; None: image_size / 0.875
+    val_crop: int | None = None  # None: image_size
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class OptimizerSpec:
     type: str  # a torch.optim class
     kwargs: dict[str, Any]  # its arguments, checked against its signature
     no_decay: str | list[str]
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
 
 
 DEFAULT_LOG = ("jsonl",)
@@ -118,16 +125,9 @@ class RunSpec:
     keep_best: str | None = None  # metric of best.pt (None: no best.pt)
     keep_checkpoints: str = "boundaries"  # "boundaries" | "all" | "last" | "none"
     log: list[str] = field(default_factory=lambda: list(DEFAULT_LOG))  # "jsonl" always; "tensorboard"
-
-    def json_fields(self) -> dict[str, Any]:
-        """Its fields; keep_checkpoints and keep_best only when set, so plans of recipes that
-        do not set them keep the bytes and hash they had before the fields existed."""
-        out = {k: v for k, v in vars(self).items() if not (v is None and k in _UNUSED_WHEN_NONE)}
-        if out["keep_checkpoints"] == "boundaries":
-            del out["keep_checkpoints"]
-        if list(out["log"]) == list(DEFAULT_LOG):  # logging changes no result
-            del out["log"]
-        return out
+    accumulate: int = 1  # micro-batches per optimizer step
+    ema: dict[str, Any] | None = None  # {"decay", "every" (steps), "warmup"}
+    sync_bn: bool = False
 
 
 KEEP_CHECKPOINTS = ("boundaries", "all", "last", "none")
@@ -188,6 +188,11 @@ class PhasePlan:
     cache: dict[str, Any]  # feature cache: {"on", "why", "module"}
     stop_early: dict[str, Any] | None = None  # {"metric", "patience", "min_delta"}: end = an upper bound
     restore_best: str | None = None  # metric whose best evaluation the phase ends with
+    # The phase's own data (per-phase overrides), or None: the recipe's [data] from step 0.
+    # {"image_size", "batch_size", "augment", "mix", "steps_per_epoch", "data_begin", "epoch_base"}:
+    # the batch of step s is batch (s - data_begin) % steps_per_epoch of epoch
+    # epoch_base + (s - data_begin) // steps_per_epoch.
+    data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -314,22 +319,32 @@ def check_fields(body: dict[str, Any], source: str) -> None:
         raise RecipeError(f"seed {seed!r} is not an integer in 0 .. 2**32 - 1", file=source, key="seed")
 
 
-# Metric-driven fields, left out of the JSON while unused so plans without them keep their hash.
-_UNUSED_WHEN_NONE = ("stop_early", "restore_best", "keep_best")
 
 
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
-    if type(obj) is PhasePlan:
-        return {k: v for k, v in vars(obj).items() if not (v is None and k in _UNUSED_WHEN_NONE)}
-    if type(obj) in (Change, ParamGroup, ModelSpec, DataSpec, OptimizerSpec):  # __dict__ is their fields
+    if type(obj) in OPTIONAL:  # fields added later are left out at their default: older plans keep their hash
+        return {k: v for k, v in vars(obj).items() if k not in OPTIONAL[type(obj)] or v != OPTIONAL[type(obj)][k]}
+    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
         return obj.json_fields()
     if is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: getattr(obj, f.name) for f in fields(obj)}
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# Fields added after format 1's first plans (training knobs, metric-driven phases, retention,
+# logging): each is left out of the JSON at its default value, so older plans keep their hash.
+OPTIONAL: dict[type, dict[str, Any]] = {
+    ModelSpec: {"builder_args": {}, "head_weights": "new"},
+    DataSpec: {"mix": None, "val_resize": None, "val_crop": None},
+    OptimizerSpec: {"clip_grad_norm": None, "clip_grad_value": None},
+    RunSpec: {"accumulate": 1, "ema": None, "sync_bn": False,
+              "keep_best": None, "keep_checkpoints": "boundaries", "log": list(DEFAULT_LOG)},
+    PhasePlan: {"data": None, "stop_early": None, "restore_best": None},
+}
 
 
 def canonical(obj: Any) -> str:

@@ -195,6 +195,7 @@ def render(plan: Plan, max_changes: int = 200, wide: bool = False, summary: bool
     `summary` stops after the phases (what `plan -o plan.json` prints)."""
     width = 10**9 if wide else WIDTH
     out = [line for parts in _header(plan) for line in fit(parts, width, indent=7)]
+    out += [line for text in knob_lines(plan) for line in wrapped(text, width, 7)]
     out += [*wrapped(memory.describe(plan), width, 7), *(wrapped(w, width, 7) if (w := memory.warning(plan)) else []), ""]
     out += [_wide_phases(plan)] if wide else _phases(plan, width)
     out += ["", *wrapped(checkpoints_line(plan), width, 13)]
@@ -229,6 +230,55 @@ def metric_driven_lines(plan: Plan, width: int) -> list[str]:
         out.append(f"  {ph.name:<{width}}  " + "; ".join(parts))
     if plan.run.keep_best:
         out += ["", f"keep_best {plan.run.keep_best}: best.pt holds the run's best evaluation"]
+    return out
+
+
+def val_pipeline(d: Any) -> str:
+    """The validation transforms, as the runtime builds them (runtime/data.build_transforms)."""
+    crop = d.val_crop or d.image_size
+    if d.val_resize is not None:
+        resize = d.val_resize
+    else:
+        resize = d.image_size if d.builtin is not None else round(d.image_size / 0.875)
+    return f"Resize({resize}) -> CenterCrop({crop})"
+
+
+def _mix_text(mix: dict[str, Any] | None) -> str:
+    if not mix:
+        return "off"
+    return (f"MixUp(alpha={mix['mixup_alpha']:g}) / CutMix(alpha={mix['cutmix_alpha']:g}), prob {mix['prob']:g}, "
+            f"switch_prob {mix['switch_prob']:g}; soft-target cross-entropy")
+
+
+def knob_lines(plan: Plan) -> list[str]:
+    """The training knobs: the val pipeline always, the others when they are on."""
+    m, d, o, r = plan.model, plan.data, plan.optimizer, plan.run
+    out = [f"val    {val_pipeline(d)}"]
+    if d.mix:
+        out.append(f"mix    {_mix_text(d.mix)}")
+    if m.builder_args:
+        out.append(f"build  {m.arch}({', '.join(f'{k}={_short(v)}' for k, v in m.builder_args.items())})")
+    if m.head_weights == "load":
+        out.append("head   loaded from the weights (head_weights = \"load\")")
+    if o.clip_grad_norm is not None or o.clip_grad_value is not None:
+        parts = [f"norm <= {o.clip_grad_norm:g}" if o.clip_grad_norm is not None else "",
+                 f"|value| <= {o.clip_grad_value:g}" if o.clip_grad_value is not None else ""]
+        out.append(f"clip   gradients of trainable parameters: {', '.join(p for p in parts if p)}")
+    if r.accumulate > 1:
+        out.append(f"accum  {r.accumulate} micro-batches of {d.batch_size // r.accumulate} per optimizer step "
+                   "(divided by the number of processes)")
+    if r.ema:
+        warm = ", warmup" if r.ema["warmup"] else ""
+        out.append(f"ema    decay {r.ema['decay']:g} every {r.ema['every']} step(s){warm}: also evaluated (*_ema) "
+                   "and saved (model_ema.pt)")
+    if r.sync_bn:
+        out.append("sync   SyncBatchNorm under several processes (a no-op with one process)")
+    for ph in plan.phases:
+        if ph.data is not None:
+            pd = ph.data
+            out.append(f"data   phase {ph.name}: image {pd['image_size']}  batch {pd['batch_size']}  "
+                       f"steps/epoch {pd['steps_per_epoch']}  augment {len(pd['augment'])} op(s)  "
+                       f"mix {'on' if pd['mix'] else 'off'}  (epoch {pd['epoch_base']} at step {pd['data_begin']})")
     return out
 
 

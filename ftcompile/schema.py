@@ -57,6 +57,46 @@ class Model(Strict):
     weights: str = "none"
     num_classes: Union[Annotated[int, Field(ge=2)], Literal["auto"]] = "auto"
     head: Head | None = None
+    # Extra keyword arguments of the torchvision builder (stochastic_depth_prob, dropout, ...),
+    # checked against the model class's signature in `resolve`.
+    builder_args: dict[str, Any] = {}
+    # "load": the weights file's (or upstream run's) head tensors are loaded too (same classes).
+    head_weights: Literal["new", "load"] = "new"
+
+
+class Mix(Strict):
+    """Batch-level MixUp / CutMix (torchvision.transforms.v2), trained on soft targets.
+
+    timm's names: an alpha of 0 turns that kind off; `prob` is the chance a batch is mixed at
+    all, `switch_prob` the chance of CutMix rather than MixUp when both are on.
+    """
+
+    mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
+    cutmix_alpha: Annotated[float, Field(ge=0.0)] = 1.0
+    prob: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    switch_prob: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+
+    @model_validator(mode="after")
+    def _some_kind(self) -> "Mix":
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0; give one > 0 or remove data.mix")
+        return self
+
+
+# Batch-level ops: they need the whole batch and its labels, so they live in data.mix.
+BATCH_OPS = ("MixUp", "CutMix")
+
+
+def _check_per_image(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for i, op in enumerate(ops):
+        if not isinstance(op.get("op"), str):
+            raise ValueError(f"augment[{i}] needs op = \"<torchvision.transforms.v2 class>\"")
+        if op["op"] in BATCH_OPS:
+            raise ValueError(
+                f"augment[{i}]: {op['op']} mixes whole batches, not single images; "
+                "use data.mix = { mixup_alpha = 0.8, cutmix_alpha = 1.0 } instead"
+            )
+    return ops
 
 
 class Data(Strict):
@@ -71,14 +111,14 @@ class Data(Strict):
     balance: Literal["none", "sampler", "loss"] = "none"
     label_smoothing: Prob = 0.0
     drop_last: bool = False
+    mix: Mix | None = None
+    val_resize: Annotated[int, Field(ge=8, le=4096)] | None = None  # shorter side before the centre crop
+    val_crop: Annotated[int, Field(ge=8, le=2048)] | None = None  # default: image_size
 
     @field_validator("augment")
     @classmethod
     def _ops_named(cls, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, op in enumerate(ops):
-            if not isinstance(op.get("op"), str):
-                raise ValueError(f"augment[{i}] needs op = \"<torchvision.transforms.v2 class>\"")
-        return ops
+        return _check_per_image(ops)
 
     @model_validator(mode="after")
     def _one_source(self) -> "Data":
@@ -95,6 +135,9 @@ class Optimizer(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str = "AdamW"
     no_decay: Union[Literal["auto", "none"], list[str]] = "auto"
+    # Gradient clipping over the trainable parameters, after unscaling (fp16), before the step.
+    clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = None
+    clip_grad_value: Annotated[float, Field(gt=0.0)] | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -124,6 +167,18 @@ class StopEarly(Strict):
     def _known(cls, name: str) -> str:
         metric(name)
         return name
+class PhaseData(Strict):
+    """Per-phase data overrides (progressive resizing, a last phase without mixing)."""
+
+    image_size: Annotated[int, Field(ge=8, le=2048)] | None = None
+    batch_size: PositiveInt | None = None
+    augment: list[dict[str, Any]] | None = None
+    mix: Union[Mix, Literal[False]] | None = None  # false: no mixing in this phase
+
+    @field_validator("augment")
+    @classmethod
+    def _ops_named(cls, ops: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if ops is None else _check_per_image(ops)
 
 
 class Phase(Strict):
@@ -141,6 +196,7 @@ class Phase(Strict):
     cache_features: bool | None = None  # None: cache when provably safe; true: also with augmentation
     stop_early: StopEarly | None = None  # metric-driven: the window becomes an upper bound
     restore_best: bool = False  # at the phase end, go back to the phase's best evaluation
+    data: PhaseData | None = None
 
     @model_validator(mode="after")
     def _one_duration(self) -> "Phase":
@@ -155,6 +211,21 @@ class Phase(Strict):
         for v in values:
             if isinstance(v, (int, float)) and v <= 0:
                 raise ValueError("learning rates must be > 0")
+        return value
+
+
+class Ema(Strict):
+    """An exponential moving average of the weights (timm's ModelEma): evaluated and saved too."""
+
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9998
+    every: Duration = 1  # update every N steps ("N steps" / "N epochs")
+    warmup: bool = False  # decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates
+
+    @field_validator("every")
+    @classmethod
+    def _duration(cls, value: Duration) -> Duration:
+        if isinstance(value, str) and not DURATION.match(value):
+            raise ValueError('use "N epoch(s)", "N step(s)" or a number of steps')
         return value
 
 
@@ -179,6 +250,9 @@ class Run(Strict):
         return name
     # metrics.jsonl is always written (resume relies on it); "tensorboard" adds event files.
     log: list[Literal["jsonl", "tensorboard"]] = ["jsonl"]
+    accumulate: PositiveInt = 1  # micro-batches per optimizer step; data.batch_size stays the step's batch
+    ema: Ema | None = None
+    sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under several processes
 
     @field_validator("checkpoint_every", "eval_every")
     @classmethod

@@ -45,19 +45,25 @@ def build_transforms(data: DataSpec, mean: Sequence[float], std: Sequence[float]
     recipe without a crop (or with a crop of another size) still batches.
     Val: Resize(image_size / 0.875) + CenterCrop for photos; for the builtin digits, whose
     8x8 images are drawn to the border, plain Resize(image_size) so no stroke is cut off and
-    val sees the same framing as an un-augmented train image.
+    val sees the same framing as an un-augmented train image. `data.val_resize` and
+    `data.val_crop` replace the resize and the crop size.
     """
     size = data.image_size
     steps: list[Callable] = [v2.ToImage()]
     if train:
         steps += _augment_ops(data.augment)
         steps += [v2.Resize(size), v2.CenterCrop(size)]
-    elif data.builtin is not None:
-        steps += [v2.Resize(size), v2.CenterCrop(size)]
     else:
-        steps += [v2.Resize(round(size / VAL_CROP_FRACTION)), v2.CenterCrop(size)]
+        steps += [v2.Resize(val_resize(data)), v2.CenterCrop(data.val_crop or size)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
+
+
+def val_resize(data: DataSpec) -> int:
+    """data.val_resize, else image_size / 0.875 (photos) or image_size (the builtin digits)."""
+    if data.val_resize is not None:
+        return data.val_resize
+    return data.image_size if data.builtin is not None else round(data.image_size / VAL_CROP_FRACTION)
 
 
 def _augment_ops(augment: list[dict]) -> list[Callable]:

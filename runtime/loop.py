@@ -18,7 +18,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,15 @@ from torch import nn
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Op, PhasePlan, Plan, change_dict
+from ftcompile.plan import OPTIMIZER_OPS, Change, DataSpec, Op, PhasePlan, Plan, change_dict
 from ftcompile.runtime import checkpoint, distributed, retention
 from ftcompile.runtime.best import Watch
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
 from ftcompile.runtime.distributed import Dist
+from ftcompile.runtime.ema import Ema
 from ftcompile.runtime.features import FeatureCache
 from ftcompile.runtime.logs import Logs, Progress, print_eval, truncate_logs
+from ftcompile.runtime.mix import BatchMix, check_micro_batches, micro_batches
 from ftcompile.runtime.model import build
 from ftcompile.runtime.optim import build_optimizer
 
@@ -214,6 +216,14 @@ class Session:
         self.model = build(plan.model, root, upstream).to(self.device)
         if run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if run.sync_bn:  # before the DDP wrapper (one process: no-op)
+            self.model = distributed.sync_batchnorm(self.model, d, self.device)
+        self.ema = Ema(self.model, run.ema) if run.ema else None
+        self.root = root
+        self._phase_data: dict[str, tuple[TrainBatches, Any, BatchMix | None]] = {}
+        self._segment: str | None = None  # the data segment the batch iterator belongs to
+        check_micro_batches(data.batch_size, run.accumulate, d.world, "data.batch_size")
+        self.mixer = BatchMix(data.mix, plan.model.num_classes, plan.seed) if data.mix else None
         self.optimizer = build_optimizer(self.model, plan)
         self.executor = Executor(self.optimizer, plan.param_group_names)
         self.groups = Trainables.of(self.model, plan)
@@ -260,6 +270,7 @@ class Session:
             "plan_hash": self.plan.hash,
             "logs": self.logs.sizes() if self.logs else {},
             "watch": copied(self.watch.state()),
+            **({"ema": copied(self.ema.state_dict())} if self.ema else {}),
         }
 
     def load_state(self, state: dict[str, Any], keep_features: bool = False) -> None:
@@ -286,6 +297,8 @@ class Session:
         if self.executor.scheduler is not None:
             self.executor.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.next_change = state["step"], next_change
         self.watch.load_state(state.get("watch"))
@@ -366,8 +379,9 @@ class Session:
 
     def _prepare(self) -> None:
         if (self.features.module if self.features else None) != self.wanted_features:
+            _, train_ds, spec = self._data_of(self.plan.phase_at(self.step))
             self.features = None if self.wanted_features is None else FeatureCache.build(
-                self.model, self.wanted_features, cache_loader(self.train_ds, self.plan.data, self.plan.seed),
+                self.model, self.wanted_features, cache_loader(train_ds, spec, self.plan.seed),
                 self.val_loader, self.device, self.autocast, lambda: self.groups.train_mode(self.model))
             self._rewrap, self._batch_iter = True, None
         if self._rewrap or self.net is None:
@@ -380,42 +394,120 @@ class Session:
 
     def _train_step(self, started: float) -> None:
         plan, step = self.plan, self.step
-        # The batch of this step: a pure function of (seed, epoch, position in the epoch).
-        x, y = self._batch(*divmod(step, plan.data.steps_per_epoch))
+        # The batch of this step: a pure function of (seed, epoch, position in the epoch),
+        # counted in the data segment of the phase (per-phase data overrides).
+        batches, epoch, b, mixer = self._position(step)
+        x, y = self._batch(batches, epoch, b)
+        # Batch-level MixUp / CutMix, drawn under the step's own seed: soft targets from here.
+        if mixer is not None:
+            x, y = mixer(x, y, step)
         lrs = self.executor.lrs()
         self.groups.train_mode(self.model)
-        # Forward, backward, optimizer step (through the grad scaler under fp16).
         compute = time.perf_counter()
         assert self.net is not None
-        with self.autocast():
-            loss = self.loss_fn(_forward(self.net, x, step), y)
-        self.scaler.scale(loss).backward()
+        # Forward and backward, per micro-batch under run.accumulate (DDP all-reduces on the last).
+        loss = self._forward_backward(x, y, step)
+        # Clip the trainable parameters' gradients (unscaled first under fp16).
+        grad_norm = self._clip_gradients()
+        # Optimizer step (through the grad scaler under fp16).
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        value = distributed.mean(loss.item(), self.d)
+        # The EMA of the weights follows the step, at its cadence.
+        if self.ema is not None:
+            self.ema.update(self.model, step + 1)
+        value = distributed.mean(loss, self.d)
         compute = time.perf_counter() - compute
         # Log the step, then move on: the scheduler steps after the optimizer.
         named_lrs = dict(zip(plan.param_group_names, lrs))
-        images, seconds = y.numel() * self.d.world, time.perf_counter() - started
+        images, seconds = y.shape[0] * self.d.world, time.perf_counter() - started
         if self.logs:
-            self.logs.record({"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs,
-                              **step_timing(images, seconds)})
+            record = {"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs,
+                      **step_timing(images, seconds)}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm  # before clipping
+            self.logs.record(record)
             self.logs.lrs(step, self.phase, lrs)
         self.step += 1
         self.executor.after_step(self.step)
-        self.progress.update(self.step, value, max(lrs), y.numel())
+        self.progress.update(self.step, value, max(lrs), y.shape[0])
         if not math.isfinite(value):
             raise RecipeError(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
         info = StepInfo(step, self.phase, value, named_lrs, images, time.perf_counter() - started, compute)
         for hook in self.hooks:
             hook.on_step(self, info)
 
-    def _batch(self, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+        """Mean loss of the batch; its gradient summed over run.accumulate micro-batches,
+        each loss weighted by its share so the sum is the whole batch's gradient."""
+        assert self.net is not None
+        parts = list(micro_batches(x, y, self.plan.run.accumulate, self.loss_fn.weight))
+        no_sync = getattr(self.net, "no_sync", None)
+        total = 0.0
+        for i, (xi, yi, share) in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with self.autocast():
+                    loss = self.loss_fn(_forward(self.net, xi, step), yi)
+                self.scaler.scale(loss if len(parts) == 1 else loss * share).backward()
+            total += loss.item() * share
+        return total
+
+    def _clip_gradients(self) -> float | None:
+        """optimizer.clip_grad_norm / clip_grad_value over the parameters that have a
+        gradient; returns the total norm before clipping (None without clipping)."""
+        opt = self.plan.optimizer
+        if opt.clip_grad_norm is None and opt.clip_grad_value is None:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if opt.clip_grad_norm is not None:
+            norm = nn.utils.clip_grad_norm_(params, opt.clip_grad_norm)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params])
+        if opt.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(params, opt.clip_grad_value)
+        return float(norm)
+
+    def _data_of(self, phase: PhasePlan) -> tuple[TrainBatches, Any, DataSpec]:
+        """The train batches, dataset and data spec of a phase (its own with overrides)."""
+        if phase.data is None:
+            return self.batches, self.train_ds, self.plan.data
+        pd = phase.data
+        key = f"{pd['data_begin']}"
+        if key not in self._phase_data:
+            spec = replace(self.plan.data, image_size=pd["image_size"], batch_size=pd["batch_size"],
+                           augment=pd["augment"], mix=pd["mix"])
+            check_micro_batches(spec.batch_size, self.plan.run.accumulate, self.d.world, f"phases.{phase.name}.data.batch_size")
+            train_ds, _, _ = build_datasets(spec, self.root, spec.mean, spec.std)
+            counts = spec.class_counts if spec.balance == "sampler" else None
+            batches = TrainBatches(train_ds, spec, self.plan.seed, counts, rank=self.d.rank, world=self.d.world)
+            self._phase_data[key] = (batches, train_ds, spec)  # type: ignore[assignment]
+        return self._phase_data[key]  # type: ignore[return-value]
+
+    def _position(self, step: int) -> tuple[TrainBatches, int, int, BatchMix | None]:
+        """Which batch step `step` trains on: (its batches, epoch, batch in the epoch, mixer)."""
+        phase = self.plan.phase_at(step)
+        batches, _, spec = self._data_of(phase)
+        if phase.data is None:
+            epoch, b = divmod(step, self.plan.data.steps_per_epoch)
+            segment = "recipe"
+        else:
+            pd = phase.data
+            epoch, b = divmod(step - pd["data_begin"], pd["steps_per_epoch"])
+            epoch += pd["epoch_base"]
+            segment = str(pd["data_begin"])
+        if segment != self._segment:
+            self._segment, self._batch_iter = segment, None
+        mixer = self.mixer if phase.data is None else (
+            BatchMix(spec.mix, self.plan.model.num_classes, self.plan.seed) if spec.mix else None)
+        return batches, epoch, b, mixer
+
+    def _batch(self, batches: TrainBatches, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.features is not None:
-            return self.features.batch([i for i, _ in self.batches.batch_items(epoch, b)], self.device)
+            return self.features.batch([i for i, _ in batches.batch_items(epoch, b)], self.device)
         if self._batch_iter is None or b == 0:
-            self._batch_iter = iter(self.batches.loader(epoch, b))
+            self._batch_iter = iter(batches.loader(epoch, b))
         x, y = next(self._batch_iter)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.plan.run.channels_last:
@@ -436,6 +528,9 @@ class Session:
         rec: dict[str, Any] = {"type": "eval", "step": self.step, "epoch": self.step / self.plan.data.steps_per_epoch,
                                "phase": change.target}
         rec.update(self.evaluate())
+        if self.ema is not None:  # the EMA weights on the full val set (its frozen part differs from a cache)
+            ema = evaluate(self.ema.module, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d)
+            rec.update({f"{k}_ema": v for k, v in ema.items()})
         if self.logs:
             self.logs.record(rec)
         self.evals.append(rec)
@@ -530,6 +625,8 @@ def train(
         session.close()
     if d.main:
         checkpoint.atomic_save(session.model.state_dict(), run_dir / "model.pt")
+        if session.ema is not None:
+            checkpoint.atomic_save(session.ema.module.state_dict(), run_dir / "model_ema.pt")
         retention.prune(run_dir / "checkpoints", plan, finished=True)  # model.pt is safe first
     return {"evals": session.evals, "seconds": time.perf_counter() - session.progress.started}
 

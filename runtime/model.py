@@ -42,10 +42,12 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
         fetch(weights)
         # torch.hub loads its cache with weights_only=False: check the file the safe way first.
         load_state(cache_file(weights))
-        return _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", weights=weights))
-    model = _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu"))
+        return _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", weights=weights,
+                                                          builder_args=spec.builder_args))
+    model = _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", builder_args=spec.builder_args))
+    with_head = spec.head_weights == "load"
     if kind == "file":
-        load_backbone(model, arch, root / value)
+        load_backbone(model, arch, root / value, with_head)
     elif kind == "recipe":
         if upstream is None:
             raise RecipeError(
@@ -53,7 +55,7 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
                 key="model.weights",
                 suggestion="start the run with ftcompile run, which trains or finds the upstream run first",
             )
-        load_backbone(model, arch, upstream)
+        load_backbone(model, arch, upstream, with_head)
     return model
 
 
@@ -102,7 +104,9 @@ def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor
     return read_state(path, key)
 
 
-def load_backbone(model: nn.Module, arch: str, path: Path) -> None:
-    """Load every non-head tensor; the head is new (it has the recipe's classes)."""
-    state = check_fits(load_state(path), model.state_dict(), archs.aliases(arch, model)["head"], arch, path)
+def load_backbone(model: nn.Module, arch: str, path: Path, with_head: bool = False) -> None:
+    """Load every non-head tensor; the head is new (it has the recipe's classes), unless
+    `with_head` (model.head_weights = "load"): then every tensor, the head's too."""
+    head = [] if with_head else archs.aliases(arch, model)["head"]
+    state = check_fits(load_state(path), model.state_dict(), head, arch, path)
     model.load_state_dict(state, strict=False)
