@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftcompile.changes import build_changes, param_groups
+from ftcompile.changes import build_all_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_recipe
-from ftcompile.plan import FORMAT, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, WeightsSpec
-from ftcompile.resolve import Resolved, resolve
+from ftcompile.plan import (FORMAT, Change, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, TrialPlan,
+                           TrialsPlan, WeightsSpec)
+from ftcompile.resolve import Resolved, ResolvedPhase, resolve
 from ftcompile.schema import Recipe, validate
 from ftcompile.trace import lr_summary, lr_trace
 
@@ -69,7 +70,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
     pgs = param_groups(resolved)
     total = resolved.model["total_params"]
     group_numel = {g.name: g.numel for g in resolved.groups}
-    changes = build_changes(resolved, pgs)
+    changes, trial_changes = build_all_changes(resolved, pgs)
     phases = tuple(
         PhasePlan(
             name=ph.name,
@@ -85,6 +86,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
             scheduler=ph.scheduler and {"type": ph.scheduler["type"], "args": ph.scheduler["args"]},
             lr={},
             cache=ph.cache,
+            trials=_trials_plan(ph, trial_changes.get(ph.name, [])),
         )
         for ph in resolved.phases
     )
@@ -113,6 +115,17 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
     final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(lr_trace(draft), draft))})
     # == plan_hash(final.to_dict()): canonical JSON is unchanged by a JSON round trip.
     return Plan(**{**_shallow(final), "hash": hashlib.sha256(final.canonical_body().encode()).hexdigest()})
+
+
+def _trials_plan(ph: ResolvedPhase, changes: list[tuple[Change, ...]]) -> TrialsPlan | None:
+    """The alternatives of a trial phase; their LR summaries come from the trace."""
+    if ph.trials is None:
+        return None
+    alts = tuple(
+        TrialPlan(k=alt.k, label=alt.label, values=alt.values, train=rp.train, lr={}, changes=alt_changes)
+        for (alt, rp), alt_changes in zip(ph.trials["alternatives"], changes)
+    )
+    return TrialsPlan(select=ph.trials["select"], mode=ph.trials["mode"], keep=ph.trials["keep"], alternatives=alts)
 
 
 def _shallow(plan: Plan) -> dict[str, Any]:

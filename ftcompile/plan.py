@@ -33,6 +33,7 @@ class Op(str, Enum):
     SCHEDULER = "scheduler"  # start a scheduler (value: its spec) or none
     EVALUATE = "evaluate"
     CHECKPOINT = "checkpoint"
+    TRIAL = "trial"  # the phase's alternatives run here (target: phase); see PhasePlan.trials
 
     def __str__(self) -> str:
         return self.value
@@ -123,6 +124,37 @@ class ParamGroup:
 
 
 @dataclass(frozen=True)
+class TrialPlan:
+    """One alternative of a trial phase: its values, LRs and the changes of its window."""
+
+    k: int
+    label: str
+    values: dict[str, Any]  # trial key -> value
+    train: tuple[str, ...]
+    lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
+    changes: tuple[Change, ...]  # replace the phase's `trial` change when this alternative runs
+
+
+@dataclass(frozen=True)
+class TrialsPlan:
+    """The alternatives of a phase; each starts from the phase-start state, `select` picks one."""
+
+    select: str  # val_top1 | val_top5 | val_loss
+    mode: str
+    keep: str  # winner | all: whose end checkpoints stay in trials/<phase>/<k>/
+    alternatives: tuple[TrialPlan, ...]
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "TrialsPlan":
+        alts = tuple(
+            TrialPlan(**{**a, "train": tuple(a["train"]),
+                         "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in a["changes"])})
+            for a in data["alternatives"]
+        )
+        return TrialsPlan(**{**data, "alternatives": alts})
+
+
+@dataclass(frozen=True)
 class PhasePlan:
     name: str
     after: tuple[str, ...]
@@ -137,6 +169,11 @@ class PhasePlan:
     scheduler: dict[str, Any] | None
     lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
     cache: dict[str, Any]  # feature cache: {"on", "why", "module"}
+    trials: TrialsPlan | None = None  # the phase's fields are then its first alternative's
+
+    def json_fields(self) -> dict[str, Any]:
+        """A phase without trials has no `trials` key: plans of version-1 recipes are unchanged."""
+        return {k: v for k, v in vars(self).items() if v is not None or k != "trials"}
 
 
 @dataclass(frozen=True)
@@ -180,6 +217,27 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps({**self.to_dict(), "hash": self.hash}, indent=1, sort_keys=True, allow_nan=False)
 
+    @property
+    def steps_with_trials(self) -> int:
+        """Optimizer steps a run takes: every alternative runs its phase's whole window."""
+        return self.total_steps + sum(
+            (len(ph.trials.alternatives) - 1) * (ph.end - ph.begin) for ph in self.phases if ph.trials
+        )
+
+    def trial_changes(self, chosen: dict[str, int]) -> tuple[Change, ...]:
+        """The change list with each trial phase's `trial` change replaced by the changes of
+        alternative `chosen[phase]`; phases not in `chosen` keep their `trial` change."""
+        if not chosen:
+            return self.changes
+        by_phase = {ph.name: ph.trials for ph in self.phases if ph.trials}
+        out: list[Change] = []
+        for c in self.changes:
+            if c.op == Op.TRIAL and c.target in chosen:
+                out.extend(by_phase[c.target].alternatives[chosen[c.target]].changes)
+            else:
+                out.append(c)
+        return tuple(out)
+
     def phase_at(self, step: int) -> PhasePlan:
         for phase in self.phases:
             if phase.begin <= step < phase.end:
@@ -219,7 +277,9 @@ class Plan:
                     "groups": tuple(body["groups"]),
                     "param_groups": tuple(ParamGroup(**{**p, "params": tuple(p["params"])}) for p in body["param_groups"]),
                     "phases": tuple(
-                        PhasePlan(**{**p, "after": tuple(p["after"]), "train": tuple(p["train"])}) for p in body["phases"]
+                        PhasePlan(**{**p, "after": tuple(p["after"]), "train": tuple(p["train"]),
+                                     "trials": TrialsPlan.from_dict(p["trials"]) if p.get("trials") else None})
+                        for p in body["phases"]
                     ),
                     "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in body["changes"]),
                     "hash": stored,
@@ -242,7 +302,7 @@ class Plan:
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
-    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
+    if type(obj) in (Change, ParamGroup, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
         return obj.json_fields()

@@ -49,6 +49,8 @@ def table(rows: list[list[str]]) -> str:
 def describe_change(c: Change) -> str:
     if c.op == "phase":
         return f"begin phase {c.target}"
+    if c.op == "trial":
+        return f"trials of {c.target}: each alternative runs the phase from here (see trials above)"
     if c.op in ("freeze", "unfreeze"):
         return f"{c.op} {c.target}"
     if c.op == "bn":
@@ -98,6 +100,7 @@ def render(plan: Plan, max_changes: int = 200) -> str:
             [ph.name, ",".join(ph.after) or "-", f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}", trained, lrs, sched]
         )
     out.append(table(rows))
+    out += trials_text(plan, numel)
     width = max(len(ph.name) for ph in plan.phases)
     out += ["", "feature cache (frozen part computed once, head trained on its output):"]
     out += [f"  {ph.name:<{width}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}" for ph in plan.phases]
@@ -109,14 +112,36 @@ def render(plan: Plan, max_changes: int = 200) -> str:
     return "\n".join(out)
 
 
-def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float]]]) -> str:
-    """One row per optimizer step; repr() keeps full float precision so traces compare exactly."""
-    lines = [",".join(["step", "phase", *plan.param_group_names])]
-    lines += [",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) for step, phase, lrs in rows]
+def trials_text(plan: Plan, numel: dict[str, int]) -> list[str]:
+    """One row per alternative of each trial phase, and what the trials cost in steps."""
+    phases = [ph for ph in plan.phases if ph.trials]
+    if not phases:
+        return []
+    out = []
+    for ph in phases:
+        assert ph.trials is not None
+        t = ph.trials
+        out += ["", f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs [{ph.begin}, {ph.end}) "
+                f"from the phase-start state; select {t.select}, keep {t.keep}):"]
+        rows = [["k", "alternative", "train", "lr first / peak / last"]]
+        for a in t.alternatives:
+            lrs = "; ".join(f"{g} {_lr(v['first'])}/{_lr(v['peak'])}/{_lr(v['last'])}" for g, v in a.lr.items())
+            rows.append([str(a.k), a.label, ", ".join(a.train), lrs])
+        out += ["  " + line for line in table(rows).splitlines()]
+    out += ["", f"cost: {plan.steps_with_trials} optimizer steps ({plan.total_steps} without trials)"]
+    return out
+
+
+def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float], int | None]]) -> str:
+    """One row per optimizer step a run takes; repr() keeps full float precision so traces
+    compare exactly. `trial` is the alternative's index in a trial phase, empty elsewhere."""
+    lines = [",".join(["step", "phase", "trial", *plan.param_group_names])]
+    lines += [",".join([str(step), phase, "" if trial is None else str(trial), *(repr(float(x)) for x in lrs)])
+              for step, phase, lrs, trial in rows]
     return "\n".join(lines) + "\n"
 
 
-def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> None:
+def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path: Path) -> None:
     try:
         import matplotlib
 
@@ -127,6 +152,7 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> No
 
         raise RecipeError("--plot needs matplotlib", key="--plot", suggestion="pip install 'ftcompile[plot]'") from None
     fig, ax = plt.subplots(figsize=(10, 4))
+    rows = [r for r in rows if not r[3]]  # a trial phase: its first alternative
     steps = [r[0] for r in rows]
     for i, name in enumerate(plan.param_group_names):
         if name.endswith(".no_decay"):

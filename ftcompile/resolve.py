@@ -10,7 +10,7 @@ weights arrives already compiled: the pipeline (`compiler`) compiles it first.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.schema import Phase, Recipe, parse_duration
+from ftcompile.trials import alternatives
 from ftcompile.torch_args import with_valid, check_optimizer, resolve_scheduler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,6 +43,9 @@ class ResolvedPhase:
     optimizer_state: str
     scheduler: dict[str, Any] | None  # {"type", "args"}; a dict-valued arg holds one value per group
     cache: dict[str, Any]  # {"on": bool, "why": str, "module": head module}
+    # With a trials table: {"select", "mode", "keep", "alternatives": [(Alternative, ResolvedPhase)]};
+    # the phase's own fields are then those of the first alternative.
+    trials: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ def resolve(
     phases: list[ResolvedPhase] = []
     step = 0
     for name in order:
-        phases.append(resolve_phase(name, recipe.phases[name], step, spe, group_names, below, data["augment"]))
+        phases.append(resolve_trials(name, recipe.phases[name], step, spe, group_names, below, data["augment"], num_classes))
         step = phases[-1].end
     run = recipe.run
     mean, std = normalisation(m.arch, weights)
@@ -251,6 +255,24 @@ def resolve_phase(
         scheduler=resolve_scheduler(name, phase, length, spe, lrs),
         cache=cacheability(phase, below, augment),
     )
+
+
+def resolve_trials(
+    name: str, phase: Phase, begin: int, spe: int, group_names: list[str], below: BelowHead,
+    augment: list[dict[str, Any]], num_classes: int,
+) -> ResolvedPhase:
+    """A phase, or with a trials table each of its alternatives resolved exactly like a phase."""
+    if phase.trials is None:
+        return resolve_phase(name, phase, begin, spe, group_names, below, augment)
+    resolved = []
+    for alt in alternatives(name, phase, num_classes):
+        try:
+            resolved.append((alt, resolve_phase(name, alt.phase, begin, spe, group_names, below, augment)))
+        except RecipeError as err:
+            raise RecipeError(f"{err.message} (trial alternative {alt.k}: {alt.label})", key=err.key,
+                              suggestion=err.suggestion) from None
+    t = phase.trials
+    return replace(resolved[0][1], trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved})
 
 
 def _counts(

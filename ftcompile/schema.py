@@ -109,6 +109,33 @@ class Scheduler(BaseModel):
         return dict(self.model_extra or {})
 
 
+class Trials(BaseModel):
+    """Alternatives of a phase: dotted paths to its fields (`"lr.layer4"`) -> lists of values.
+
+    The keys are checked in `trials.py`, against the phase they belong to. A nested table
+    (`lr = { layer4 = [...] }`, or TOML's unquoted `lr.layer4 = [...]`) reads as dotted keys.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    select: Literal["val_top1", "val_top5", "val_loss"] = "val_top1"
+    mode: Literal["grid", "zip"] = "grid"
+    keep: Literal["winner", "all"] = "winner"
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", dict(self.model_extra or {}))
+        return out
+
+
 class Phase(Strict):
     after: list[str] = []
     train: Annotated[list[str], Field(min_length=1)]
@@ -122,6 +149,7 @@ class Phase(Strict):
     weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = {}
     momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
     cache_features: bool | None = None  # None: cache when provably safe; true: also with augmentation
+    trials: Trials | None = None  # alternatives of this phase, all from the same state (trials.py)
 
     @model_validator(mode="after")
     def _one_duration(self) -> "Phase":
