@@ -68,11 +68,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, step: int, payload: dict[str, Any]) -> Path:
+def save(folder: Path, step: int, payload: dict[str, Any], number: int | None = None) -> Path:
+    """`number` orders the files (default: the step). A run with trials goes back to a phase's
+    start for each alternative, so it numbers its files by optimizer steps taken in all."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (one writer per run)
         stale.unlink(missing_ok=True)
-    path = folder / f"step-{step:08d}.pt"
+    path = folder / f"step-{step if number is None else number:08d}.pt"
     atomic_save({**payload, "step": step, "rng": rng_state()}, path)
     for old in list_checkpoints(folder)[:-KEEP]:
         old.unlink(missing_ok=True)
