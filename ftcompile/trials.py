@@ -122,14 +122,18 @@ def _validated(where: str, name: str, base: dict[str, Any], values: dict[str, An
     try:
         return Phase.model_validate(data)
     except ValidationError as exc:
-        errors = []
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            key = next((k for k in values if _touches(k, loc)), None)
-            at = f"{where}.{key}[{list(keys[key]).index(values[key])}]" if key else f"phases.{name}.{loc_to_key(loc)}"
+        found = [(loc_to_key(tuple(e["loc"])), e) for e in exc.errors(include_url=False)]
+        # A union (number or expression; scalar or table) fails once per member: keep the
+        # errors at the trial key's own path, the first one per key.
+        own = [(path, e) for path, e in found if any(_touches(k, path) for k in values)] or found
+        errors: dict[str, RecipeError] = {}
+        for path, err in own:
+            key = next((k for k in values if _touches(k, path)), None)
+            at = f"{where}.{key}[{list(keys[key]).index(values[key])}]" if key else f"phases.{name}.{path}"
             message = err["msg"].removeprefix("Value error, ") + f" (alternative {label})"
-            errors.append(RecipeError(message, key=at, suggestion=_hint(err["type"], err.get("ctx") or {})))
-        raise (errors[0] if len(errors) == 1 else RecipeErrors(errors)) from None
+            errors.setdefault(at, RecipeError(message, key=at, suggestion=_hint(err["type"], err.get("ctx") or {})))
+        found_errors = list(errors.values())
+        raise (found_errors[0] if len(found_errors) == 1 else RecipeErrors(found_errors)) from None
 
 
 def _table(lr: Any, train: list[str]) -> Any:
@@ -137,9 +141,9 @@ def _table(lr: Any, train: list[str]) -> Any:
     return {g: lr for g in train} if isinstance(lr, (int, float, str)) else dict(lr)
 
 
-def _touches(key: str, loc: tuple[Any, ...]) -> bool:
-    parts = key.split(".")
-    return [str(p) for p in loc[: len(parts)]] == parts[: len(loc)]
+def _touches(key: str, path: str) -> bool:
+    """Whether an error at `path` (dotted, from loc_to_key) is about trial key `key`."""
+    return path == key or path.startswith(key + ".") or path.startswith(key + "[")
 
 
 def _check_group_tables(name: str, phase: Phase, alts: list[Phase]) -> None:
