@@ -68,7 +68,7 @@ def test_trace_csv(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str,
     rc, out, _ = run(capsys, "plan", write(text), "--trace", csv)
     assert rc == 0 and f"wrote trace: {csv}" in out
     lines = csv.read_text().splitlines()
-    assert lines[0] == "step,phase,body,body.no_decay,head,head.no_decay"
+    assert lines[0] == "step,phase,trial,body,body.no_decay,head,head.no_decay"  # trial: empty outside trials
     assert len(lines) == 1 + 46  # one row per optimizer step
     rows = [line.split(",") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == list(range(46))
