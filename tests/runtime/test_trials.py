@@ -19,7 +19,9 @@ from ftcompile.runtime.trials import pick
 
 from runtime_helpers import assert_same_tensors, cli, load_tensors, metrics, recipe_text, write_recipe
 
-# warm: head only, cached features. head2: head only (cached), two LRs, select val_loss.
+# warm: head only, cached features. head2: head only (cached), two LRs, select val_loss: lr 5
+# makes the linear head's logits huge (an overconfident, high val loss), lr 1e-8 leaves it
+# where warm left it, so the second alternative is known to win.
 # late: how deep to unfreeze (head / late+head), select val_top1. 14 optimizer steps in all.
 PHASES = """
 [phases.warm]
@@ -35,7 +37,7 @@ steps = 3
 lr = { head = 0.05 }
 bn = "frozen"
 [phases.head2.trials]
-"lr.head" = [1e-8, 0.05]
+"lr.head" = [5.0, 1e-8]
 select = "val_loss"
 
 [phases.late]
@@ -95,7 +97,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             assert cli(None, "run", recipe, "--out", tmp / "full").rc == 0
     finally:
         features_module.FeatureCache.build = real_build  # type: ignore[method-assign]
-    with observe(Kill("late", 1, 6)):
+    with observe(Kill("late", 1, 7)):  # after its checkpoint at step 7, before its end
         assert cli(None, "run", recipe, "--out", tmp / "killed").rc == 130
     assert cli(None, "resume", tmp / "killed").rc == 0
     return {"tmp": tmp, "recipe": recipe, "full": tmp / "full", "killed": tmp / "killed", "starts": starts.first,
@@ -118,7 +120,7 @@ def test_the_choice_follows_select(runs: dict[str, Any]) -> None:
     rows = trials_rows(runs["full"])
     assert [(r["phase"], r["k"]) for r in rows] == [("head2", "0"), ("head2", "1"), ("late", "0"), ("late", "1")]
     head2 = rows[:2]
-    # lr 1e-8 leaves the head where it was; 0.05 lowers the val loss: the known better one wins.
+    # lr 1e-8 leaves the head where warm left it; lr 5 blows its logits up: the second wins.
     assert float(head2[1]["val_loss"]) < float(head2[0]["val_loss"])
     assert [r["chosen"] for r in head2] == ["false", "true"]
     late = rows[2:]
