@@ -30,7 +30,8 @@ from ftcompile.trials import select_metric
 
 if TYPE_CHECKING:
     from ftcompile.runtime.features import FeatureCache
-    from ftcompile.runtime.loop import Session
+
+# The functions below take the loop's Session (typed Any: loop imports this module).
 
 
 class Diverged(RecipeError):
@@ -94,17 +95,17 @@ class TrialState:
             self.features = features
 
 
-def folder(session: Session, phase: str) -> Path | None:
+def folder(session: Any, phase: str) -> Path | None:
     return session.run_dir / "trials" / phase if session.run_dir is not None else None
 
 
-def _write(session: Session, obj: Any, path: Path | None) -> None:
+def _write(session: Any, obj: Any, path: Path | None) -> None:
     if session.d.main and path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_save(obj, path)
 
 
-def start(session: Session, phase: str) -> None:
+def start(session: Any, phase: str) -> None:
     """At a trial phase's start: keep the state (memory and disk), run the first alternative."""
     ts = session.trials
     spec = next(ph for ph in session.plan.phases if ph.name == phase)
@@ -114,7 +115,7 @@ def start(session: Session, phase: str) -> None:
     _enter(session, Running(phase, spec.begin, spec.end, 0))
 
 
-def _enter(session: Session, running: Running) -> None:
+def _enter(session: Any, running: Running) -> None:
     """Back to the phase start, with this alternative's changes in the change list."""
     ts = session.trials
     if ts.fork is None:  # resumed: the fork was saved before the interruption
@@ -133,7 +134,7 @@ def result(rec: dict[str, Any]) -> dict[str, Any]:
     return {"k": rec["trial"], **{m: rec[m] for m in ("val_loss", "top1", "top5") if m in rec}}
 
 
-def next_alternative(session: Session, diverged: bool = False) -> None:
+def next_alternative(session: Any, diverged: bool = False) -> None:
     """The running alternative is done (or diverged): keep its end, then run the next or choose."""
     ts = session.trials
     r = ts.running
@@ -169,7 +170,7 @@ def pick(results: list[dict[str, Any]], select: str) -> int | None:
     return best
 
 
-def choose(session: Session) -> None:
+def choose(session: Any) -> None:
     """Load the winner's end state and go on with its changes; record and show the choice."""
     ts = session.trials
     r = ts.running

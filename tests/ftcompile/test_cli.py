@@ -73,6 +73,8 @@ def test_trace_csv(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str,
     rows = [line.split(",") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == list(range(46))
     assert [r[1] for r in rows] == ["warmup"] * 23 + ["full"] * 23
+    assert {r[2] for r in rows} == {""}  # no trial phases
+    rows = [[r[0], r[1], *r[3:]] for r in rows]
     for r in rows:
         assert all(repr(float(x)) == x for x in r[2:])  # repr floats: exact round trip
     # warmup head: 0.1 * 0.3 ** (t // 10); 0.1 * 0.3 is 0.03 in floating point
