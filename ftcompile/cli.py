@@ -150,9 +150,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(plan.to_json() + "\n")
     if args.trace or args.plot:
-        from ftcompile.trace import iter_lr_trace, lr_trace
+        from ftcompile.trace import lr_trace
 
-        rows = lr_trace(plan) if args.plot else iter_lr_trace(plan)  # only a plot needs every row at once
+        rows = lr_trace(plan)
         if args.trace:
             with open(args.trace, "w") as fh:
                 fh.writelines(render.trace_lines(plan, rows))

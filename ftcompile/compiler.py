@@ -13,14 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftcompile.changes import build_changes, param_groups
+from ftcompile.changes import build_all_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_recipe
 from ftcompile.metrics import check_available
-from ftcompile.plan import FORMAT, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, WeightsSpec
-from ftcompile.resolve import Resolved, resolve
+from ftcompile.plan import (FORMAT, Change, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, TrialPlan,
+                           TrialsPlan, WeightsSpec)
+from ftcompile.resolve import Resolved, ResolvedPhase, resolve
 from ftcompile.schema import Recipe, validate
-from ftcompile.trace import iter_lr_trace, lr_summary
+from ftcompile.trace import lr_summary, lr_trace
 
 
 def locate(err: RecipeError, loaded: LoadedRecipe) -> RecipeError:
@@ -90,7 +91,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
     pgs = param_groups(resolved)
     total = resolved.model["total_params"]
     group_numel = {g.name: g.numel for g in resolved.groups}
-    changes = build_changes(resolved, pgs)
+    changes, trial_changes = build_all_changes(resolved, pgs)
     phases = tuple(
         PhasePlan(
             name=ph.name,
@@ -108,6 +109,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
             cache=ph.cache,
             **metric_driven(recipe, ph.name, resolved.model["num_classes"]),
             data=ph.data,
+            trials=_trials_plan(ph, trial_changes.get(ph.name, [])),
         )
         for ph in resolved.phases
     )
@@ -136,7 +138,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
         ),
         total_steps=resolved.total_steps,
     )
-    final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(iter_lr_trace(draft), draft))})
+    final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(lr_trace(draft), draft))})
     # == plan_hash(final.to_dict()): canonical JSON is unchanged by a JSON round trip.
     return Plan(**{**_shallow(final), "hash": hashlib.sha256(final.canonical_body().encode()).hexdigest()})
 
@@ -152,6 +154,15 @@ def metric_driven(recipe: Recipe, name: str, num_classes: int) -> dict[str, Any]
     if phase.restore_best:
         out["restore_best"] = phase.stop_early.metric if phase.stop_early else recipe.run.keep_best or "val_loss"
     return out
+def _trials_plan(ph: ResolvedPhase, changes: list[tuple[Change, ...]]) -> TrialsPlan | None:
+    """The alternatives of a trial phase; their LR summaries come from the trace."""
+    if ph.trials is None:
+        return None
+    alts = tuple(
+        TrialPlan(k=alt.k, label=alt.label, values=alt.values, train=rp.train, lr={}, changes=alt_changes)
+        for (alt, rp), alt_changes in zip(ph.trials["alternatives"], changes)
+    )
+    return TrialsPlan(select=ph.trials["select"], mode=ph.trials["mode"], keep=ph.trials["keep"], alternatives=alts)
 
 
 def _shallow(plan: Plan) -> dict[str, Any]:

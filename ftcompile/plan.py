@@ -34,6 +34,7 @@ class Op(str, Enum):
     SCHEDULER = "scheduler"  # start a scheduler (value: its spec) or none
     EVALUATE = "evaluate"
     CHECKPOINT = "checkpoint"
+    TRIAL = "trial"  # the phase's alternatives run here (target: phase); see PhasePlan.trials
 
     def __str__(self) -> str:
         return self.value
@@ -172,6 +173,37 @@ class ParamGroup:
 
 
 @dataclass(frozen=True)
+class TrialPlan:
+    """One alternative of a trial phase: its values, LRs and the changes of its window."""
+
+    k: int
+    label: str
+    values: dict[str, Any]  # trial key -> value
+    train: tuple[str, ...]
+    lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
+    changes: tuple[Change, ...]  # replace the phase's `trial` change when this alternative runs
+
+
+@dataclass(frozen=True)
+class TrialsPlan:
+    """The alternatives of a phase; each starts from the phase-start state, `select` picks one."""
+
+    select: str  # val_top1 | val_top5 | val_loss
+    mode: str
+    keep: str  # winner | all: whose end checkpoints stay in trials/<phase>/<k>/
+    alternatives: tuple[TrialPlan, ...]
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "TrialsPlan":
+        alts = tuple(
+            TrialPlan(**{**a, "train": tuple(a["train"]),
+                         "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in a["changes"])})
+            for a in data["alternatives"]
+        )
+        return TrialsPlan(**{**data, "alternatives": alts})
+
+
+@dataclass(frozen=True)
 class PhasePlan:
     name: str
     after: tuple[str, ...]
@@ -193,6 +225,7 @@ class PhasePlan:
     # the batch of step s is batch (s - data_begin) % steps_per_epoch of epoch
     # epoch_base + (s - data_begin) // steps_per_epoch.
     data: dict[str, Any] | None = None
+    trials: TrialsPlan | None = None  # the phase's fields are then its first alternative's
 
 
 @dataclass(frozen=True)
@@ -236,6 +269,27 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps({**self.to_dict(), "hash": self.hash}, indent=1, sort_keys=True, allow_nan=False)
 
+    @property
+    def steps_with_trials(self) -> int:
+        """Optimizer steps a run takes: every alternative runs its phase's whole window."""
+        return self.total_steps + sum(
+            (len(ph.trials.alternatives) - 1) * (ph.end - ph.begin) for ph in self.phases if ph.trials
+        )
+
+    def trial_changes(self, chosen: dict[str, int]) -> tuple[Change, ...]:
+        """The change list with each trial phase's `trial` change replaced by the changes of
+        alternative `chosen[phase]`; phases not in `chosen` keep their `trial` change."""
+        if not chosen:
+            return self.changes
+        by_phase = {ph.name: ph.trials for ph in self.phases if ph.trials}
+        out: list[Change] = []
+        for c in self.changes:
+            if c.op == Op.TRIAL and c.target in chosen:
+                out.extend(by_phase[c.target].alternatives[chosen[c.target]].changes)
+            else:
+                out.append(c)
+        return tuple(out)
+
     def phase_at(self, step: int) -> PhasePlan:
         for phase in self.phases:
             if phase.begin <= step < phase.end:
@@ -276,7 +330,9 @@ class Plan:
                     "groups": tuple(body["groups"]),
                     "param_groups": tuple(ParamGroup(**{**p, "params": tuple(p["params"])}) for p in body["param_groups"]),
                     "phases": tuple(
-                        PhasePlan(**{**p, "after": tuple(p["after"]), "train": tuple(p["train"])}) for p in body["phases"]
+                        PhasePlan(**{**p, "after": tuple(p["after"]), "train": tuple(p["train"]),
+                                     "trials": TrialsPlan.from_dict(p["trials"]) if p.get("trials") else None})
+                        for p in body["phases"]
                     ),
                     "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in body["changes"]),
                     "hash": stored,
@@ -343,7 +399,7 @@ OPTIONAL: dict[type, dict[str, Any]] = {
     OptimizerSpec: {"clip_grad_norm": None, "clip_grad_value": None},
     RunSpec: {"accumulate": 1, "ema": None, "sync_bn": False,
               "keep_best": None, "keep_checkpoints": "boundaries", "log": list(DEFAULT_LOG)},
-    PhasePlan: {"data": None, "stop_early": None, "restore_best": None},
+    PhasePlan: {"data": None, "stop_early": None, "restore_best": None, "trials": None},
 }
 
 

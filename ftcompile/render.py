@@ -98,6 +98,8 @@ def where_in_phase(plan: Plan, c: Change) -> str:
 def describe_change(c: Change, plan: Plan | None = None) -> str:
     if c.op == "phase":
         return f"begin phase {c.target}"
+    if c.op == "trial":
+        return f"trials of {c.target}: each alternative runs the phase from here (see trials above)"
     if c.op in ("freeze", "unfreeze"):
         return f"{c.op} {c.target}"
     if c.op == "bn":
@@ -198,6 +200,7 @@ def render(plan: Plan, max_changes: int = 200, wide: bool = False, summary: bool
     out += [line for text in knob_lines(plan) for line in wrapped(text, width, 7)]
     out += [*wrapped(memory.describe(plan), width, 7), *(wrapped(w, width, 7) if (w := memory.warning(plan)) else []), ""]
     out += [_wide_phases(plan)] if wide else _phases(plan, width)
+    out += trials_text(plan, {g["name"]: g["numel"] for g in plan.groups})
     out += ["", *wrapped(checkpoints_line(plan), width, 13)]
     if summary:
         return "\n".join(out)
@@ -282,19 +285,40 @@ def knob_lines(plan: Plan) -> list[str]:
     return out
 
 
-def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float]]]) -> str:
-    """One row per optimizer step; repr() keeps full float precision so traces compare exactly."""
+def trials_text(plan: Plan, numel: dict[str, int]) -> list[str]:
+    """One row per alternative of each trial phase, and what the trials cost in steps."""
+    phases = [ph for ph in plan.phases if ph.trials]
+    if not phases:
+        return []
+    out = []
+    for ph in phases:
+        assert ph.trials is not None
+        t = ph.trials
+        out += ["", f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs [{ph.begin}, {ph.end}) "
+                f"from the phase-start state; select {t.select}, keep {t.keep}):"]
+        rows = [["k", "alternative", "train", "lr first / peak / last"]]
+        for a in t.alternatives:
+            lrs = "; ".join(f"{g} {_lr(v['first'])}/{_lr(v['peak'])}/{_lr(v['last'])}" for g, v in a.lr.items())
+            rows.append([str(a.k), a.label, ", ".join(a.train), lrs])
+        out += ["  " + line for line in table(rows).splitlines()]
+    out += ["", f"cost: {plan.steps_with_trials} optimizer steps ({plan.total_steps} without trials)"]
+    return out
+
+
+def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float], int | None]]) -> str:
+    """One row per optimizer step a run takes; repr() keeps full float precision so traces
+    compare exactly. `trial` is the alternative's index in a trial phase, empty elsewhere."""
     return "".join(trace_lines(plan, rows))
 
 
-def trace_lines(plan: Plan, rows: Iterable[tuple[int, str, list[float]]]) -> Iterator[str]:
-    """`trace_csv` line by line, so a long trace is written without being held in memory."""
-    yield ",".join(["step", "phase", *plan.param_group_names]) + "\n"
-    for step, phase, lrs in rows:
-        yield ",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) + "\n"
+def trace_lines(plan: Plan, rows: Iterable[tuple[int, str, list[float], int | None]]) -> Iterator[str]:
+    """`trace_csv` line by line, so a long trace is written without being joined in memory."""
+    yield ",".join(["step", "phase", "trial", *plan.param_group_names]) + "\n"
+    for step, phase, lrs, trial in rows:
+        yield ",".join([str(step), phase, "" if trial is None else str(trial), *(repr(float(x)) for x in lrs)]) + "\n"
 
 
-def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> None:
+def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path: Path) -> None:
     try:
         import matplotlib
 
@@ -305,6 +329,7 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> No
 
         raise RecipeError("--plot needs matplotlib", key="--plot", suggestion="pip install 'ftcompile[plot]'") from None
     fig, ax = plt.subplots(figsize=(11, 4.5))
+    rows = [r for r in rows if not r[3]]  # a trial phase: its first alternative
     steps = [r[0] for r in rows]
     # Phase bands first (behind the curves), alternately shaded, each named at the top.
     for i, ph in enumerate(plan.phases):

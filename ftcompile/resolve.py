@@ -21,6 +21,7 @@ from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.schema import Phase, Recipe, parse_duration
+from ftcompile.trials import alternatives
 from ftcompile.torch_args import with_valid, check_optimizer, resolve_scheduler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,6 +50,9 @@ class ResolvedPhase:
     scheduler: dict[str, Any] | None  # {"type", "args"}; a dict-valued arg holds one value per group
     cache: dict[str, Any]  # {"on": bool, "why": str, "module": head module}
     data: dict[str, Any] | None = None  # the phase's own data (see PhasePlan.data), None: the recipe's
+    # With a trials table: {"select", "mode", "keep", "alternatives": [(Alternative, ResolvedPhase)]};
+    # the phase's own fields are then those of the first alternative.
+    trials: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,7 @@ def resolve(
         ph_data, ph_spe = segments.enter(name, recipe.phases[name], step)
         augment = ph_data["augment"] if ph_data else data["augment"]
         mix = ph_data["mix"] if ph_data else data["mix"]
-        resolved_phase = resolve_phase(name, recipe.phases[name], step, ph_spe, group_names, below, augment)
+        resolved_phase = resolve_trials(name, recipe.phases[name], step, ph_spe, group_names, below, augment, num_classes)
         if mix is not None:
             resolved_phase = replace(resolved_phase, cache=no_cache_with_mix(resolved_phase.cache))
         phases.append(replace(resolved_phase, data=ph_data))
@@ -456,6 +460,24 @@ def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def resolve_trials(
+    name: str, phase: Phase, begin: int, spe: int, group_names: list[str], below: BelowHead,
+    augment: list[dict[str, Any]], num_classes: int,
+) -> ResolvedPhase:
+    """A phase, or with a trials table each of its alternatives resolved exactly like a phase."""
+    if phase.trials is None:
+        return resolve_phase(name, phase, begin, spe, group_names, below, augment)
+    resolved = []
+    for alt in alternatives(name, phase, num_classes):
+        try:
+            resolved.append((alt, resolve_phase(name, alt.phase, begin, spe, group_names, below, augment)))
+        except RecipeError as err:
+            raise RecipeError(f"{err.message} (trial alternative {alt.k}: {alt.label})", key=err.key,
+                              suggestion=err.suggestion) from None
+    t = phase.trials
+    return replace(resolved[0][1], trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved})
 
 
 def _counts(

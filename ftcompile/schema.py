@@ -167,6 +167,8 @@ class StopEarly(Strict):
     def _known(cls, name: str) -> str:
         metric(name)
         return name
+
+
 class PhaseData(Strict):
     """Per-phase data overrides (progressive resizing, a last phase without mixing)."""
 
@@ -179,6 +181,31 @@ class PhaseData(Strict):
     @classmethod
     def _ops_named(cls, ops: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         return None if ops is None else _check_per_image(ops)
+class Trials(BaseModel):
+    """Alternatives of a phase: dotted paths to its fields (`"lr.layer4"`) -> lists of values.
+
+    The keys are checked in `trials.py`, against the phase they belong to. A nested table
+    (`lr = { layer4 = [...] }`, or TOML's unquoted `lr.layer4 = [...]`) reads as dotted keys.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    select: Literal["val_top1", "val_top5", "val_loss"] = "val_top1"
+    mode: Literal["grid", "zip"] = "grid"
+    keep: Literal["winner", "all"] = "winner"
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", dict(self.model_extra or {}))
+        return out
 
 
 class Phase(Strict):
@@ -197,6 +224,7 @@ class Phase(Strict):
     stop_early: StopEarly | None = None  # metric-driven: the window becomes an upper bound
     restore_best: bool = False  # at the phase end, go back to the phase's best evaluation
     data: PhaseData | None = None
+    trials: Trials | None = None  # alternatives of this phase, all from the same state (trials.py)
 
     @model_validator(mode="after")
     def _one_duration(self) -> "Phase":

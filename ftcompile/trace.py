@@ -8,36 +8,62 @@ run's lr.csv equals `ftcompile plan --trace` byte for byte.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Plan, PhasePlan, change_dict
+from ftcompile.plan import OPTIMIZER_OPS, Change, Op, Plan, PhasePlan, change_dict
 from ftcompile.torch_args import dummy_optimizer
 
 
-def lr_trace(plan: Plan) -> list[tuple[int, str, list[float]]]:
-    """(step, phase, lr of every param group) for every optimizer step, from real schedulers."""
-    return list(iter_lr_trace(plan))
+def lr_trace(plan: Plan) -> list[tuple[int, str, list[float], int | None]]:
+    """(step, phase, lr of every param group, trial) for every optimizer step a run takes.
 
-
-def iter_lr_trace(plan: Plan) -> Iterator[tuple[int, str, list[float]]]:
-    """`lr_trace` one row at a time: memory stays constant however many steps the plan has."""
+    A trial phase's window appears once per alternative (trial = its index), each from the
+    optimizer as it was at the phase start, in the order a run takes them; `trial` is None
+    outside trial phases.
+    """
     opt = dummy_optimizer(plan.optimizer.type, plan.optimizer.kwargs, len(plan.param_groups))
     for pg, group in zip(plan.param_groups, opt.param_groups):
         if not pg.decay:
             group["weight_decay"] = 0.0
     ex = Executor(opt, plan.param_group_names)
-    changes = [c for c in plan.changes if c.op in OPTIMIZER_OPS]
+    names = list(_phase_per_step(plan))
+    phases = {ph.name: ph for ph in plan.phases}
+    rows: list[tuple[int, str, list[float], int | None]] = []
+    step, segment = 0, []
+    for change in plan.changes:
+        if change.op == Op.TRIAL:
+            _window(ex, segment, step, change.step, names, None, rows)
+            ph = phases[change.target or ""]
+            assert ph.trials is not None
+            fork = [dict(g) for g in opt.param_groups]
+            for alt in ph.trials.alternatives:
+                for group, saved in zip(opt.param_groups, fork):  # the optimizer as at the phase start
+                    group.clear()
+                    group.update(saved)
+                ex.scheduler = None
+                alt_changes = [c for c in alt.changes if c.op in OPTIMIZER_OPS]
+                _window(ex, alt_changes, ph.begin, ph.end, names, alt.k, rows)
+            step, segment = ph.end, []
+        elif change.op in OPTIMIZER_OPS:
+            segment.append(change)
+    _window(ex, segment, step, plan.total_steps, names, None, rows)
+    return rows
+
+
+def _window(ex: Executor, changes: list[Change], begin: int, end: int, names: list[str], trial: int | None,
+            rows: list[tuple[int, str, list[float], int | None]]) -> None:
+    """Steps [begin, end): apply each change when its step comes, record the LRs, step."""
     i = 0
-    for step, phase in enumerate(_phase_per_step(plan)):
+    for step in range(begin, end):
         while i < len(changes) and changes[i].step == step:
             _apply_checked(ex, changes[i])
             i += 1
-        yield step, phase, ex.lrs()
-        _step_checked(ex, step + 1, phase)
+        rows.append((step, names[step], ex.lrs(), trial))
+        _step_checked(ex, step + 1, names[step])
 
 
 def _phase_per_step(plan: Plan) -> Iterator[str]:
@@ -80,26 +106,28 @@ def _step_checked(ex: Any, steps_done: int, phase: str) -> None:
         )
 
 
-def lr_summary(rows: Iterable[tuple[int, str, list[float]]], plan: Plan) -> list[PhasePlan]:
-    """First, peak and last LR of every trained group in every phase, from the rows as they
-    stream by (a plan of 10^7 steps never holds its trace in memory)."""
+def lr_summary(rows: list[tuple[int, str, list[float], int | None]], plan: Plan) -> list[PhasePlan]:
+    """Each phase's LRs (first / peak / last per trained group); a trial phase gets them per
+    alternative, and its own are its first alternative's."""
     first_pg: dict[str, int] = {}  # group -> index of its first param group
     for i, pg in enumerate(plan.param_groups):
         first_pg.setdefault(pg.group, i)
-    stats: list[dict[str, dict[str, float]]] = [{} for _ in plan.phases]
-    order = sorted(range(len(plan.phases)), key=lambda k: plan.phases[k].begin)  # consecutive windows
-    pos = 0
-    for step, _, lrs in rows:
-        while pos < len(order) - 1 and step >= plan.phases[order[pos]].end:
-            pos += 1
-        k = order[pos]
-        ph = plan.phases[k]
-        if not ph.begin <= step < ph.end:
+    windows: dict[tuple[str, int | None], list[list[float]]] = {}
+    for _, phase, lrs, trial in rows:  # one pass: a plan may hold 10^5 steps
+        windows.setdefault((phase, trial), []).append(lrs)
+
+    def summary(train: tuple[str, ...], window: list[list[float]]) -> dict[str, dict[str, float]]:
+        lr = {}
+        for g in train:
+            values = [r[first_pg[g]] for r in window]
+            lr[g] = {"first": values[0], "peak": max(values), "last": values[-1]}
+        return lr
+
+    out = []
+    for ph in plan.phases:
+        if ph.trials is None:
+            out.append(replace(ph, lr=summary(ph.train, windows[(ph.name, None)])))
             continue
-        for g in ph.train:
-            value, seen = lrs[first_pg[g]], stats[k].get(g)
-            if seen is None:
-                stats[k][g] = {"first": value, "peak": value, "last": value}
-            else:
-                seen["peak"], seen["last"] = max(seen["peak"], value), value
-    return [replace(ph, lr=stats[k]) for k, ph in enumerate(plan.phases)]
+        alts = tuple(replace(a, lr=summary(a.train, windows[(ph.name, a.k)])) for a in ph.trials.alternatives)
+        out.append(replace(ph, lr=alts[0].lr, trials=replace(ph.trials, alternatives=alts)))
+    return out

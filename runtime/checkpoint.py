@@ -163,21 +163,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the checkpoint folder
 
 
-def save(folder: Path, step: int, payload: dict[str, Any], keep: int | None = KEEP) -> Path:
+def save(folder: Path, step: int, payload: dict[str, Any], keep: int | None = KEEP, number: int | None = None) -> Path:
     """Write checkpoint `step` (with RNG states and a digest); with `keep`, then keep the
-    `keep` newest good ones (None: the caller decides what stays, see retention.py)."""
+    `keep` newest good ones (None: the caller decides what stays, see retention.py).
+
+    `number` orders the files (default: the step). A run with trials goes back to a phase's
+    start for each alternative, so it numbers its files by optimizer steps taken in all."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (the run lock allows one)
             stale.unlink(missing_ok=True)
     except OSError as err:
         raise os_error(err, folder) from None
-    path = folder / f"step-{step:08d}.pt"
+    path = folder / f"step-{step if number is None else number:08d}.pt"
     content = {**payload, "step": step, "rng": rng_state()}
     atomic_save({**content, "digest": content_digest(content)}, path)
     _remember(path)
     if keep:
-        _prune(folder, step, keep)
+        _prune(folder, step if number is None else number, keep)
     return path
 
 

@@ -6,6 +6,7 @@ it, so a resumed run truncates them to exactly what the checkpoint had seen.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -21,36 +22,56 @@ class Logs:
     folder: Path
     names: list[str]
     enabled: bool = True  # only rank 0 writes
+    trials: bool = False  # the plan has trial phases: trials.csv too
 
     def __post_init__(self) -> None:
         if not self.enabled:
             return
         self.metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")
-        new = not (self.folder / "lr.csv").exists() or (self.folder / "lr.csv").stat().st_size == 0
-        self.lr = open(self.folder / "lr.csv", "a", encoding="utf-8")
-        if new:
-            self.lr.write(",".join(["step", "phase", *self.names]) + "\n")
+        self.lr = _csv(self.folder / "lr.csv", ["step", "phase", "trial", *self.names])
+        self.trial_rows = _csv(self.folder / "trials.csv", TRIALS_HEADER) if self.trials else None
 
     def record(self, rec: dict[str, Any]) -> None:
         if self.enabled:
             self.metrics.write(json.dumps(rec, allow_nan=True) + "\n")
 
-    def lrs(self, step: int, phase: str, lrs: list[float]) -> None:
+    def lrs(self, step: int, phase: str, lrs: list[float], trial: int | None = None) -> None:
         if self.enabled:
-            self.lr.write(",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) + "\n")
+            trial_text = "" if trial is None else str(trial)
+            self.lr.write(",".join([str(step), phase, trial_text, *(repr(float(x)) for x in lrs)]) + "\n")
+
+    def trial_results(self, rows: list[list[Any]]) -> None:
+        """One row per alternative of a trial phase (phase, k, label, metrics, chosen)."""
+        if self.enabled and self.trial_rows is not None:
+            csv.writer(self.trial_rows, lineterminator="\n").writerows(rows)
 
     def sizes(self) -> dict[str, int]:
         if not self.enabled:
             return {}
-        self.metrics.flush()
-        self.lr.flush()
-        return {"metrics.jsonl": self.metrics.tell(), "lr.csv": self.lr.tell()}
+        files = {"metrics.jsonl": self.metrics, "lr.csv": self.lr, "trials.csv": self.trial_rows}
+        for fh in files.values():
+            if fh is not None:
+                fh.flush()
+        return {name: fh.tell() for name, fh in files.items() if fh is not None}
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self.metrics.close()
-        self.lr.close()
+        for fh in (self.metrics, self.lr, self.trial_rows):
+            if fh is not None:
+                fh.close()
+
+
+TRIALS_HEADER = ["phase", "k", "label", "val_loss", "val_top1", "val_top5", "chosen"]
+
+
+def _csv(path: Path, header: list[str]) -> Any:
+    """Open a log for appending; a new (or emptied) one gets its header."""
+    new = not path.exists() or path.stat().st_size == 0
+    fh = open(path, "a", encoding="utf-8")
+    if new:
+        fh.write(",".join(header) + "\n")
+    return fh
 
 
 def truncate_logs(folder: Path, sizes: dict[str, int]) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
 from ftcompile.plan import OPTIMIZER_OPS, Change, DataSpec, Op, PhasePlan, Plan, change_dict
-from ftcompile.runtime import checkpoint, distributed, retention
+from ftcompile.runtime import checkpoint, distributed, retention, trials
 from ftcompile.runtime.best import Watch
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
 from ftcompile.runtime.distributed import Dist
@@ -38,6 +38,7 @@ from ftcompile.runtime.features import FeatureCache
 from ftcompile.runtime.logs import Logs, Progress, print_eval, truncate_logs
 from ftcompile.runtime.mix import BatchMix, check_micro_batches, micro_batches
 from ftcompile.runtime.model import build
+from ftcompile.runtime.trials import Diverged, TrialState
 from ftcompile.runtime.optim import build_optimizer
 
 # Changes that set up state (replayed on load_state); evaluate / checkpoint only happen.
@@ -245,7 +246,12 @@ class Session:
         self.evals: list[dict[str, Any]] = []
         self.watch = Watch(plan, run_dir, d.main)  # stop_early, restore_best, keep_best
         self.phases = {ph.name: ph for ph in plan.phases}
-        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main) if run_dir else None
+        # Trials (runtime/trials.py): the alternative chosen per trial phase so far, the one
+        # running now, and optimizer steps taken in all (alternatives go back to a phase start).
+        self.trials = TrialState(plan)
+        self.executed = 0
+        has_trials = any(ph.trials for ph in plan.phases)
+        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials) if run_dir else None
         self.progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
         for hook in self.hooks:
             hook.on_start(self)
@@ -271,6 +277,8 @@ class Session:
             "logs": self.logs.sizes() if self.logs else {},
             "watch": copied(self.watch.state()),
             **({"ema": copied(self.ema.state_dict())} if self.ema else {}),
+            "trials": self.trials.record(),
+            "executed": self.executed,
         }
 
     def load_state(self, state: dict[str, Any], keep_features: bool = False) -> None:
@@ -285,6 +293,10 @@ class Session:
             raise RecipeError("the saved state belongs to another plan", suggestion="start a new run")
         # Checkpoints of ftcompile 0.1 stored the index of their own checkpoint change.
         next_change = state["next_change"] if "next_change" in state else state["change_index"] + 1
+        # Inside or after trial phases the change list holds the alternatives that ran.
+        self.trials.restore(state.get("trials"))
+        self.changes = self.trials.changes()
+        self.executed = state.get("executed", state["step"])
         self.groups.frozen_bn.clear()
         self.executor.scheduler = None
         self.wanted_features = None
@@ -321,14 +333,25 @@ class Session:
             raise ValueError(f"window [{begin}, {end}) outside the plan's [0, {self.plan.total_steps})")
         while True:
             started = time.perf_counter()
-            # Apply the changes due at this step (only the window's own ones at its end);
-            # time spent evaluating and checkpointing is not the next step's.
+            # Apply the changes due at this step (only the window's own ones at its end, and
+            # at an alternative's end only its own); time spent evaluating and checkpointing
+            # is not the next step's.
             started += self._apply_due(end)
+            # An alternative has run its window: the next one starts from the phase start,
+            # or the winner's end state continues.
+            if self.trials.at_end(self.step):
+                trials.next_alternative(self)
+                continue
             if self.step >= end:
                 return
             # Cached features and the DDP / compile wrapper follow what the changes set.
             self._prepare()
-            self._train_step(started)
+            try:
+                self._train_step(started)
+            except Diverged:
+                if self.trials.running is None:
+                    raise
+                trials.next_alternative(self, diverged=True)  # a diverged alternative ranks last
 
     def apply_setup(self) -> None:
         """Apply the set-up changes due at the current step (a phase's start: freezing, LRs,
@@ -352,8 +375,12 @@ class Session:
         outside = 0.0
         while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
             change = self.changes[self.next_change]
-            if self.step == end and change.op not in END_OF_WINDOW:
+            if (self.step == end or self.trials.at_end(self.step)) and change.op not in END_OF_WINDOW:
                 break
+            if change.op == Op.TRIAL:
+                # Save the phase-start state; the first alternative's changes take this place.
+                trials.start(self, change.target or "")
+                continue
             self.next_change += 1
             if change.op in END_OF_WINDOW:
                 began = time.perf_counter()
@@ -380,9 +407,13 @@ class Session:
     def _prepare(self) -> None:
         if (self.features.module if self.features else None) != self.wanted_features:
             _, train_ds, spec = self._data_of(self.plan.phase_at(self.step))
-            self.features = None if self.wanted_features is None else FeatureCache.build(
-                self.model, self.wanted_features, cache_loader(train_ds, spec, self.plan.seed),
-                self.val_loader, self.device, self.autocast, lambda: self.groups.train_mode(self.model))
+            # Alternatives start from one state: features computed at the phase start serve all.
+            self.features = self.trials.shared_features(self.step, self.wanted_features)
+            if self.features is None and self.wanted_features is not None:
+                self.features = FeatureCache.build(
+                    self.model, self.wanted_features, cache_loader(train_ds, spec, self.plan.seed),
+                    self.val_loader, self.device, self.autocast, lambda: self.groups.train_mode(self.model))
+                self.trials.offer_features(self.step, self.features)
             self._rewrap, self._batch_iter = True, None
         if self._rewrap or self.net is None:
             # DDP registers gradient hooks for what requires grad now: rebuild when that changes.
@@ -421,18 +452,20 @@ class Session:
         # Log the step, then move on: the scheduler steps after the optimizer.
         named_lrs = dict(zip(plan.param_group_names, lrs))
         images, seconds = y.shape[0] * self.d.world, time.perf_counter() - started
+        trial = self.trials.k
         if self.logs:
             record = {"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs,
-                      **step_timing(images, seconds)}
+                      **step_timing(images, seconds), **({"trial": trial} if trial is not None else {})}
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm  # before clipping
             self.logs.record(record)
-            self.logs.lrs(step, self.phase, lrs)
+            self.logs.lrs(step, self.phase, lrs, trial)
         self.step += 1
+        self.executed += 1
         self.executor.after_step(self.step)
         self.progress.update(self.step, value, max(lrs), y.shape[0])
         if not math.isfinite(value):
-            raise RecipeError(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
+            raise Diverged(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
         info = StepInfo(step, self.phase, value, named_lrs, images, time.perf_counter() - started, compute)
         for hook in self.hooks:
             hook.on_step(self, info)
@@ -531,6 +564,10 @@ class Session:
         if self.ema is not None:  # the EMA weights on the full val set (its frozen part differs from a cache)
             ema = evaluate(self.ema.module, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d)
             rec.update({f"{k}_ema": v for k, v in ema.items()})
+        if self.trials.k is not None:
+            rec["trial"] = self.trials.k
+            if self.trials.at_end(self.step):
+                self.trials.running.results.append(trials.result(rec))  # type: ignore[union-attr]
         if self.logs:
             self.logs.record(rec)
         self.evals.append(rec)
@@ -600,7 +637,7 @@ class Session:
         state = self.state(snapshot=False)
         for hook in self.hooks:
             hook.on_checkpoint(self, self.step, state)
-        checkpoint.save(self.run_dir / "checkpoints", self.step, state, keep=None)
+        checkpoint.save(self.run_dir / "checkpoints", self.step, state, keep=None, number=self.executed)
         retention.prune(self.run_dir / "checkpoints", self.plan, finished=False)
 
     def close(self) -> None:

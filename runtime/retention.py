@@ -17,7 +17,13 @@ from ftcompile.runtime.checkpoint import is_good, list_checkpoints, set_aside, s
 
 
 def prune(folder: Path, plan: Plan, finished: bool) -> list[Path]:
-    """Delete the checkpoints the plan's policy does not keep; returns what was deleted."""
+    """Delete the checkpoints the plan's policy does not keep; returns what was deleted.
+
+    A run with trials numbers its files by optimizer steps taken in all (alternatives go back
+    to a phase start), not by plan steps, so the phase-start policy cannot place them: such
+    a run keeps every checkpoint it writes (a known gap, see README "Trials")."""
+    if any(ph.trials for ph in plan.phases):
+        return []
     # A damaged file never counts toward what is kept: it is moved aside, not deleted.
     files = [p for p in list_checkpoints(folder) if is_good(p) or not set_aside(p)]
     keep = checkpoints_kept([step_of(p) for p in files], phase_starts(plan), plan.run.keep_checkpoints, finished)

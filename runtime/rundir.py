@@ -233,7 +233,7 @@ def resume_run(run_dir: Path) -> int:
             from ftcompile.runtime.logs import truncate_logs
 
             if d.main:
-                truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0})
+                truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0, "trials.csv": 0})
         elif d.main:
             print(f"resuming at step {state['step']} of {plan.total_steps}", file=sys.stderr)
         distributed.barrier(d)

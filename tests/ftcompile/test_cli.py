@@ -68,11 +68,13 @@ def test_trace_csv(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str,
     rc, out, _ = run(capsys, "plan", write(text), "--trace", csv)
     assert rc == 0 and f"wrote trace: {csv}" in out
     lines = csv.read_text().splitlines()
-    assert lines[0] == "step,phase,body,body.no_decay,head,head.no_decay"
+    assert lines[0] == "step,phase,trial,body,body.no_decay,head,head.no_decay"  # trial: empty outside trials
     assert len(lines) == 1 + 46  # one row per optimizer step
     rows = [line.split(",") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == list(range(46))
     assert [r[1] for r in rows] == ["warmup"] * 23 + ["full"] * 23
+    assert {r[2] for r in rows} == {""}  # no trial phases
+    rows = [[r[0], r[1], *r[3:]] for r in rows]
     for r in rows:
         assert all(repr(float(x)) == x for x in r[2:])  # repr floats: exact round trip
     # warmup head: 0.1 * 0.3 ** (t // 10); 0.1 * 0.3 is 0.03 in floating point

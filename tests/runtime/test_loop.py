@@ -119,7 +119,7 @@ def test_lr_csv_equals_plan_trace_byte_for_byte(run: Recorded, capsys: pytest.Ca
 def test_optimizer_used_the_logged_lr(run: Recorded) -> None:
     """lr.csv is what the optimizer held at each optimizer.step(), not a copy of the plan."""
     rows = [line.split(",") for line in (run.run_dir / "lr.csv").read_text().splitlines()[1:]]
-    assert [[float(x) for x in row[2:]] for row in rows] == [s["lr"] for s in run.per_step]
+    assert [[float(x) for x in row[3:]] for row in rows] == [s["lr"] for s in run.per_step]  # after step, phase, trial
     steps = [r for r in metrics(run.run_dir) if r["type"] == "step"]
     assert [list(r["lr"].values()) for r in steps] == [s["lr"] for s in run.per_step]
 

@@ -94,7 +94,7 @@ def test_stop_early_jumps_to_the_next_phase_with_its_planned_lrs(stopped: tuple[
     # lr.csv lacks the skipped steps 4..7; b's rows equal the plan's trace exactly.
     rows = list(csv.DictReader((run_dir / "lr.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 8, 9, 10]
-    trace = {step: lrs for step, _, lrs in lr_trace(plan)}
+    trace = {step: lrs for step, _, lrs, _ in lr_trace(plan)}
     for row in rows:
         assert [float(row[n]) for n in plan.param_group_names] == trace[int(row["step"])]
     assert [r["phase"] for r in rows] == ["a"] * 4 + ["b"] * 3
