@@ -28,7 +28,7 @@ name = "{name}"
 seed = 0
 [model]
 arch = "{arch}"
-weights = "none"
+weights = "{weights}"
 {model}
 [data]
 builtin = "digits"
@@ -64,10 +64,11 @@ checkpoint_every = "100 steps"
 """
 
 
-def make_plan(tmp_path: Path, name: str = "k", arch: str = "resnet18", size: int = 16, **parts: str) -> Plan:
+def make_plan(tmp_path: Path, name: str = "k", arch: str = "resnet18", size: int = 16, weights: str = "none",
+              **parts: str) -> Plan:
     fields = {k: parts.get(k, "") for k in ("model", "data", "optimizer", "head", "all", "run")}
     path = tmp_path / f"{name}.toml"
-    path.write_text(RECIPE.format(name=name, arch=arch, size=size, **fields))
+    path.write_text(RECIPE.format(name=name, arch=arch, size=size, weights=weights, **fields))
     return compile_recipe(path)
 
 
@@ -173,7 +174,7 @@ def test_ema_is_the_average_and_resumes_bitwise(tmp_path: Path) -> None:
 
 
 def test_ema_of_a_frozen_parameter_stays_equal_and_is_evaluated(tmp_path: Path) -> None:
-    plan = make_plan(tmp_path, run="ema = { decay = 0.5, every = \"2 steps\", warmup = true }\neval_every = \"3 steps\"")
+    plan = make_plan(tmp_path, run="ema = { decay = 0.5, every = \"2 steps\", warmup = true }")
     evals: list[dict[str, Any]] = []
 
     class Watch(Hooks):
@@ -289,7 +290,7 @@ def test_head_weights_load_takes_the_head_too(tmp_path: Path) -> None:
     source = build_model("resnet18", 3, None, device="cpu")
     torch.save(source.state_dict(), tmp_path / "three.pt")
     for mode, same in (("load", True), ("new", False)):
-        plan = make_plan(tmp_path, f"h{mode}", model=f'weights = "three.pt"\nhead_weights = "{mode}"')
+        plan = make_plan(tmp_path, f"h{mode}", weights="three.pt", model=f'head_weights = "{mode}"')
         model = build(plan.model, tmp_path)
         assert torch.equal(model.fc.weight, source.fc.weight) is same
         assert torch.equal(model.conv1.weight, source.conv1.weight)
