@@ -114,7 +114,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
         for ph in resolved.phases
     )
     if recipe.run.keep_best:
-        check_available(recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best")
+        check_available(recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best", recipe.run.ema is not None)
     draft = Plan(
         format=FORMAT,
         recipe={"name": recipe.name, "file": source_name, "source_hash": source_hash},
@@ -149,7 +149,7 @@ def metric_driven(recipe: Recipe, name: str, num_classes: int) -> dict[str, Any]
     phase = recipe.phases[name]
     out: dict[str, Any] = {}
     if phase.stop_early is not None:
-        check_available(phase.stop_early.metric, num_classes, f"phases.{name}.stop_early.metric")
+        check_available(phase.stop_early.metric, num_classes, f"phases.{name}.stop_early.metric", recipe.run.ema is not None)
         out["stop_early"] = phase.stop_early.model_dump()
     if phase.restore_best:
         out["restore_best"] = phase.stop_early.metric if phase.stop_early else recipe.run.keep_best or "val_loss"

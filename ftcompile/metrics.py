@@ -19,13 +19,17 @@ class Metric:
     name: str  # what a recipe writes
     key: str  # the key in an eval record
     maximise: bool  # higher is better
-    min_classes: int = 1  # top-5 exists only with 5 classes or more
+    min_classes: int = 1  # top-5 is reported only with more than 5 classes
+    ema: bool = False  # the EMA weights' metric: needs [run] ema
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("val_loss", "val_loss", maximise=False),
     Metric("val_top1", "top1", maximise=True),
-    Metric("val_top5", "top5", maximise=True, min_classes=5),
+    Metric("val_top5", "top5", maximise=True, min_classes=6),
+    Metric("val_loss_ema", "val_loss_ema", maximise=False, ema=True),
+    Metric("val_top1_ema", "top1_ema", maximise=True, ema=True),
+    Metric("val_top5_ema", "top5_ema", maximise=True, min_classes=6, ema=True),
 )}
 
 
@@ -37,12 +41,15 @@ def metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def check_available(name: str, num_classes: int, key: str) -> None:
+def check_available(name: str, num_classes: int, key: str, ema: bool = False) -> None:
     """A metric the evaluation will not report for this model is a compile error."""
     m = metric(name)
     if num_classes < m.min_classes:
         raise RecipeError(f"{name} needs at least {m.min_classes} classes; the model has {num_classes}", key=key,
                           suggestion="use val_top1 or val_loss")
+    if m.ema and not ema:
+        raise RecipeError(f"{name} is the EMA weights' metric, and this recipe keeps no EMA", key=key,
+                          suggestion="add [run] ema = { decay = 0.999 }, or use the metric without _ema")
 
 
 def value(record: dict[str, Any], name: str) -> float:

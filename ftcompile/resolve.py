@@ -210,7 +210,8 @@ def resolve(
         ph_data, ph_spe = segments.enter(name, recipe.phases[name], step)
         augment = ph_data["augment"] if ph_data else data["augment"]
         mix = ph_data["mix"] if ph_data else data["mix"]
-        resolved_phase = resolve_trials(name, recipe.phases[name], step, ph_spe, group_names, below, augment, num_classes)
+        resolved_phase = resolve_trials(name, recipe.phases[name], step, ph_spe, group_names, below, augment, num_classes,
+                                        recipe.run.ema is not None)
         if mix is not None:
             resolved_phase = replace(resolved_phase, cache=no_cache_with_mix(resolved_phase.cache))
         phases.append(replace(resolved_phase, data=ph_data))
@@ -464,13 +465,13 @@ def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def resolve_trials(
     name: str, phase: Phase, begin: int, spe: int, group_names: list[str], below: BelowHead,
-    augment: list[dict[str, Any]], num_classes: int,
+    augment: list[dict[str, Any]], num_classes: int, ema: bool = False,
 ) -> ResolvedPhase:
     """A phase, or with a trials table each of its alternatives resolved exactly like a phase."""
     if phase.trials is None:
         return resolve_phase(name, phase, begin, spe, group_names, below, augment)
     resolved = []
-    for alt in alternatives(name, phase, num_classes):
+    for alt in alternatives(name, phase, num_classes, ema):
         try:
             resolved.append((alt, resolve_phase(name, alt.phase, begin, spe, group_names, below, augment)))
         except RecipeError as err:

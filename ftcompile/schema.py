@@ -189,7 +189,13 @@ class Trials(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    select: Literal["val_top1", "val_top5", "val_loss"] = "val_top1"
+    select: str = "val_top1"  # a metric of ftcompile/metrics.py: val_top1 | val_top5 | val_loss (| *_ema)
+
+    @field_validator("select")
+    @classmethod
+    def _select_metric(cls, name: str) -> str:
+        metric(name)
+        return name
     mode: Literal["grid", "zip"] = "grid"
     keep: Literal["winner", "all"] = "winner"
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
+from ftcompile.metrics import METRICS, check_available
 from ftcompile.schema import Phase, _hint, loc_to_key
 
 # Trial key -> how many dotted parts it may have (1: the field; 2: field.<group or argument>).
@@ -26,8 +27,6 @@ FIELDS = {"lr": 2, "lr_decay": 1, "weight_decay": 2, "momentum": 2, "scheduler":
           "optimizer_state": 1}
 # Per-group tables: with alternatives over `train`, each alternative keeps its own groups' entries.
 PER_GROUP = ("lr", "weight_decay", "momentum")
-# `select` -> (the metric's name in an evaluation record, True when larger is better).
-METRICS = {"val_top1": ("top1", True), "val_top5": ("top5", True), "val_loss": ("val_loss", False)}
 MAX_ALTERNATIVES = 256  # a grid larger than this is a typo, and would train for days
 
 
@@ -39,7 +38,7 @@ class Alternative:
     phase: Phase  # the phase with those values, validated; no trials of its own
 
 
-def alternatives(name: str, phase: Phase, num_classes: int) -> list[Alternative]:
+def alternatives(name: str, phase: Phase, num_classes: int, ema: bool = False) -> list[Alternative]:
     """The alternatives of a phase with a `trials` table, in order (the first wins ties)."""
     trials = phase.trials
     assert trials is not None
@@ -51,10 +50,7 @@ def alternatives(name: str, phase: Phase, num_classes: int) -> list[Alternative]
     if not keys:
         raise RecipeError("a trials table needs at least one key with a list of values", key=where,
                           suggestion='e.g. "lr.head" = [1e-3, 3e-3]')
-    metric = METRICS[trials.select][0]
-    if metric == "top5" and num_classes < 5:
-        raise RecipeError(f"val_top5 needs at least 5 classes; this model has {num_classes}", key=f"{where}.select",
-                          suggestion='select = "val_top1" or "val_loss"')
+    check_available(trials.select, num_classes, f"{where}.select", ema)
     combos = _combinations(where, keys, trials.mode)
     base = phase.model_dump(exclude={"trials"})
     out = []
@@ -175,4 +171,5 @@ def _label(value: Any) -> str:
 
 def select_metric(select: str) -> tuple[str, bool]:
     """(the evaluation record's key, True when larger is better) for a `select` value."""
-    return METRICS[select]
+    m = METRICS[select]
+    return m.key, m.maximise
