@@ -45,7 +45,7 @@ def test_runs_lists_finished_and_failed(used_run: tuple[Path, str], tmp_path: Pa
     with observe(Boom()):
         assert cli(capsys, "run", recipe, "--out", failed).rc == 2
     s = json.loads((failed / "summary.json").read_text())
-    assert s["status"] == "failed" and "loss became" in s["error"] and s["step"] == 1
+    assert s["status"] == "failed" and "loss became" in s["error"] and s["step"] == 2
     (tmp_path / "runs" / "used").symlink_to(run_dir)
     r = cli(capsys, "runs", tmp_path / "runs", "--json")
     rows = {Path(row["path"]).name: row for row in json.loads(r.out)}
