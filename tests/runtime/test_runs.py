@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ftcompile.errors import RecipeError
+from ftcompile.runtime.loop import Hooks, Session, StepInfo, observe
 from runtime_helpers import child_env, cli, recipe_text, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -31,14 +34,20 @@ def test_summary_of_a_finished_run(used_run: tuple[Path, str]) -> None:
 
 def test_runs_lists_finished_and_failed(used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, _ = used_run
-    # A run that fails: the loss diverges at once.
-    phases = '[phases.boom]\ntrain = ["head"]\nsteps = 3\nlr = { head = 1e12 }\n'
+    # A run that fails mid-phase: a hook raises the error a diverging loss raises.
+    class Boom(Hooks):
+        def on_step(self, session: Session, info: StepInfo) -> None:
+            if info.step == 1:
+                raise RecipeError("loss became nan at step 2", key="phases", suggestion="lower the learning rate")
+
+    phases = '[phases.boom]\ntrain = ["head"]\nsteps = 3\nlr = { head = 0.01 }\n'
     recipe = write_recipe(tmp_path, recipe_text("boom", phases, batch=16))
     failed = tmp_path / "runs" / "boom"
-    assert cli(capsys, "run", recipe, "--out", failed).rc == 2
+    with observe(Boom()):
+        assert cli(capsys, "run", recipe, "--out", failed).rc == 2
     s = json.loads((failed / "summary.json").read_text())
-    assert s["status"] == "failed" and "loss became" in s["error"]
-    (tmp_path / "runs" / "used").symlink_to(run_dir)
+    assert s["status"] == "failed" and "loss became" in s["error"] and s["step"] == 2
+    shutil.copytree(run_dir, tmp_path / "runs" / "used")  # runs does not follow symlinks (no loops)
     r = cli(capsys, "runs", tmp_path / "runs", "--json")
     rows = {Path(row["path"]).name: row for row in json.loads(r.out)}
     assert rows["used"]["status"] == "finished" and rows["used"]["phases_done"] == 2
@@ -57,7 +66,7 @@ def test_running_then_interrupted(tmp_path: Path, capsys: pytest.CaptureFixture[
     proc = subprocess.Popen([sys.executable, "-m", "ftcompile", "run", str(recipe), "--out", str(run_dir)],
                             cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 900  # start-up on a loaded machine
         while not (run_dir / "summary.json").is_file():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
