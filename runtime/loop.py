@@ -608,6 +608,7 @@ class Session:
                 break
             self.next_change += 1
         self.step, self._batch_iter = phase.end, None
+        self.progress.at(self.step)
 
     def _restore_best(self, phase: PhasePlan) -> None:
         """restore_best: model and optimizer moments go back to the phase's best evaluation;
@@ -627,8 +628,8 @@ class Session:
         if self.logs:
             self.logs.record(rec)
         if self.d.main:
-            print(f"{rec['type']:<5} step {rec['step']:>6}  {rec['phase']}  "
-                  + "  ".join(f"{k} {v}" for k, v in rec.items() if k not in ("type", "step", "phase")), flush=True)
+            self.progress.write(f"{rec['type']:<5} step {rec['step']:>6}  {rec['phase']}  "
+                                + "  ".join(f"{k} {v}" for k, v in rec.items() if k not in ("type", "step", "phase")))
 
     def checkpoint(self) -> None:
         """Write the state to the run directory's checkpoints/ (rank 0; atomic)."""
