@@ -151,9 +151,10 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path: Path) -> No
 def test_run_checkpoint_holds_everything_and_loads_weights_only(run_a: Recorded) -> None:
     plan = run_a.plan
     files = checkpoint.list_checkpoints(run_a.run_dir / "checkpoints")
-    assert [int(p.stem.split("-")[1]) for p in files] == [13, 17]  # phase ends; the older ones deleted
-    state = torch.load(files[0], map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs", "digest"}
+    # keep_checkpoints = "boundaries": once finished, the phase starts; the rest deleted
+    assert [int(p.stem.split("-")[1]) for p in files] == [4, 10, 13]
+    state = torch.load(files[2], map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs", "digest", "watch"}
     assert state["step"] == 13 and state["plan_hash"] == plan.hash
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["scheduler"] is None  # phase `constant` has no scheduler
@@ -168,5 +169,5 @@ def test_run_checkpoint_holds_everything_and_loads_weights_only(run_a: Recorded)
     assert [g["name"] for g in optimizer.param_groups] == plan.param_group_names
 
     last = torch.load(files[1], map_location="cpu", weights_only=True)
-    assert last["scheduler"]["_step_count"] > 0  # StepLR of phase `stepped`
+    assert last["scheduler"]["_step_count"] > 0  # CyclicLR of phase `cyclic`, at its end
     assert last["rng"]["torch"].dtype == torch.uint8 and isinstance(last["scaler"], dict)
