@@ -269,7 +269,8 @@ def resolve(
 def check_plan_size(phases: list[ResolvedPhase], eval_every: int, checkpoint_every: int, n_groups: int, n_params: int) -> None:
     """Count the changes before making them: a bound on the plan's size, not a MemoryError."""
     evals = sum(-(-(ph.end - ph.begin) // eval_every) for ph in phases)
-    ckpts = sum(-(-(ph.end - ph.begin) // checkpoint_every) for ph in phases)
+    # checkpoint_every 0 ("never"): at most one per phase end
+    ckpts = sum(-(-(ph.end - ph.begin) // checkpoint_every) if checkpoint_every else 1 for ph in phases)
     param_groups = min(2 * n_groups, n_params)  # each group: a decayed and a no-decay part
     # per phase at most: phase, features, scheduler; (un)freeze and bn per group; 3 sets and a reset per param group
     total = evals + ckpts + len(phases) * (3 + 2 * n_groups + 4 * param_groups)

@@ -50,7 +50,7 @@ def test_plan_prints_model_data_phases_and_changes(capsys: pytest.CaptureFixture
     changes = lines[start + 1 :]
     assert changes[0].split() == ["0", "begin", "phase", "warmup"]
     assert "set head.lr = 0.1" in out and "set body.lr = 0.001" in out
-    assert changes[-1].split() == ["46", "checkpoint", "(end", "of", "full)"]
+    assert changes[-1].split() == ["46", "evaluate", "(end", "of", "full)"]  # checkpoint first, then evaluate
 
 
 def test_json_equals_the_output_file(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path) -> None:

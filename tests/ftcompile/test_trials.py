@@ -89,7 +89,7 @@ def test_plan_shows_every_alternative_and_the_cost(tiny: str, write: Writer, cap
         ('"lr.body" = ["head / 10"]', "phases.full.trials.lr.body", "at least 2 values", "one alternative per value"),
         ('"lr.body" = ["head / 10", -1.0]', "phases.full.trials.lr.body[1]", "greater than 0", "> 0"),
         ('"lrr.body" = [1e-3, 1e-4]', "phases.full.trials.lrr.body", "not a trial key", "did you mean 'lr'"),
-        ('"lr.body" = [1e-3, 1e-4]\nselect = "accuracy"', "phases.full.trials.select", "val_top1", "use one of"),
+        ('"lr.body" = [1e-3, 1e-4]\nselect = "accuracy"', "phases.full.trials.select", "valid: val_loss, val_top1", ""),
         ('"bn" = ["train", "thawed"]', "phases.full.trials.bn[1]", "thawed", "use one of"),
         ('"lr.body" = ["head / 10", "stem / 10"]', "phases.full.lr.body", "alternative 1", "refer to"),
         ('"lr.body" = [1e-3, 1e-4]\nselect = "val_top5"\nmode = "zip"', None, "", ""),
