@@ -154,7 +154,7 @@ def test_run_checkpoint_holds_everything_and_loads_weights_only(run_a: Recorded)
     # keep_checkpoints = "boundaries": once finished, the phase starts; the rest deleted
     assert [int(p.stem.split("-")[1]) for p in files] == [4, 10, 13]
     state = torch.load(files[2], map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs", "digest", "watch"}
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs", "digest", "watch", "trials", "executed"}
     assert state["step"] == 13 and state["plan_hash"] == plan.hash
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["scheduler"] is None  # phase `constant` has no scheduler
