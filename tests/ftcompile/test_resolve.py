@@ -493,7 +493,7 @@ def test_optimizer_errors(write: Writer, tiny: str, optimizer: str, key: str, me
 def test_any_torch_optimizer_and_its_arguments(write: Writer, tiny: str) -> None:
     text = tiny.replace('type = "SGD"\nmomentum = 0.9', 'type = "RAdam"\nbetas = [0.8, 0.99]\neps = 1e-6')
     plan = compile_recipe(write(text))
-    assert plan.optimizer == {"type": "RAdam", "kwargs": {"betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 1e-4}, "no_decay": "auto"}
+    assert plan.to_dict()["optimizer"] == {"type": "RAdam", "kwargs": {"betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 1e-4}, "no_decay": "auto"}
     # momentum lives in betas[0] for Adam-style optimizers; every phase start sets it again
     momentum = {c.target: c.value for c in plan.changes if c.op == "set" and c.field == "momentum" and c.step == 0}
     assert momentum == {"head": 0.8, "head.no_decay": 0.8}
