@@ -57,6 +57,7 @@ class Resolved:
     eval_every: int
     checkpoint_every: int
     bn_groups: dict[str, str]  # BatchNorm module name -> group
+    nominal_data: tuple[str, ...] = ()  # keys of absent data folders given nominal sizes (`check`)
 
 
 
@@ -104,12 +105,9 @@ def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...]
         data = weights["plan"]["data"]
         return tuple(data["mean"]), tuple(data["std"])
     if weights["kind"] == "torchvision":
-        import torchvision
+        from ftcompile import arch as archs
 
-        enum = torchvision.models.get_model_weights(arch)
-        member = enum.DEFAULT if weights["value"] == "DEFAULT" else enum[weights["value"]]
-        tf = member.transforms()
-        return tuple(float(x) for x in tf.mean), tuple(float(x) for x in tf.std)
+        return archs.weights_stats(arch, weights["value"])
     return IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -123,7 +121,12 @@ def resolve(
     dataset_size: int | None = None,
     val_size: int | None = None,
     upstream: dict[str, Any] | None = None,
+    *,
+    nominal: bool = False,
+    build_transforms: bool = False,
 ) -> Resolved:
+    """`folder` is where data paths start; `dataset_size`/`val_size` stand in for absent
+    folders, `nominal` gives absent folders a nominal size instead (for `check`)."""
     from ftcompile import arch as archs
     from ftcompile import datasets
     from ftcompile.graph import phase_order
@@ -132,8 +135,8 @@ def resolve(
     archs.check_arch(m.arch)
     weights = resolve_weights(m.arch, m.weights, upstream)
     data = recipe.data.model_dump()
-    datasets.validate_augment(data["augment"])
-    counts = _counts(data, folder, dataset_size, val_size, m.num_classes)
+    datasets.validate_augment(data["augment"], build=build_transforms)
+    counts, nominal_data = _counts(data, folder, dataset_size, val_size, m.num_classes, nominal)
     class_names = list(counts.class_names)
     num_classes = len(class_names) if m.num_classes == "auto" else m.num_classes
     if num_classes < len(class_names):
@@ -146,7 +149,7 @@ def resolve(
         raise RecipeError("a classifier needs at least 2 classes", key="model.num_classes", suggestion="add class folders")
     head = m.head.model_dump() if m.head else None
     try:
-        model = archs.build_model(m.arch, num_classes, head, device="meta")
+        model = archs.compile_model(m.arch, num_classes, head)
     except (RuntimeError, ValueError, OverflowError) as exc:  # e.g. a Linear too large to exist
         raise RecipeError(
             f"torchvision cannot build {m.arch} with {num_classes} classes and this head: {exc}",
@@ -207,6 +210,7 @@ def resolve(
         eval_every=parse_duration(run.eval_every, spe),
         checkpoint_every=parse_duration(run.checkpoint_every, spe),
         bn_groups={mod: owner[first] for mod, first in bn_modules(model) if first in owner},
+        nominal_data=nominal_data,
     )
 
 
@@ -253,24 +257,74 @@ def resolve_phase(
     )
 
 
+# `check` without the data: a train set of this many full batches. Big enough that every
+# duration of "0.01 epoch" or more is at least one step, small enough to trace quickly.
+NOMINAL_BATCHES = 100
+
+
 def _counts(
-    data: dict[str, Any], folder: Path, train_size: int | None, val_size: int | None, num_classes: int | str
-) -> Any:
-    """Count the data, or take the sizes given on the command line (data not on this machine)."""
+    data: dict[str, Any],
+    folder: Path,
+    train_size: int | None,
+    val_size: int | None,
+    num_classes: int | str,
+    nominal: bool = False,
+) -> tuple[Any, tuple[str, ...]]:
+    """Count the data; a folder that is absent takes the size given on the command line
+    (or, for `check`, a nominal one). Returns the counts and the keys given nominal sizes."""
     from ftcompile import datasets
 
-    if train_size is None:
-        return datasets.count_data(data, folder)
-    if data["classes"]:
-        names = tuple(sorted(data["classes"]))
-    elif data["builtin"] == "digits":
-        names = tuple(str(i) for i in range(10))
-    elif isinstance(num_classes, int):
-        names = tuple(str(i) for i in range(num_classes))
+    absent = datasets.absent_folders(data, folder)
+    if not absent:
+        return datasets.count_data(data, folder), ()
+    sizes = {"data.train": train_size, "data.val": val_size}
+    used = []
+    for key in absent:
+        if sizes[key] is not None:
+            continue
+        if nominal:
+            sizes[key] = _nominal_size(key, data)
+            used.append(key)
+        elif key == "data.val" and train_size is not None:
+            sizes[key] = 0  # --dataset-size alone: no validation size to show
+        else:
+            _absent_error(data, folder, key)
+    present = {key: datasets.count_folder(data, folder, key) for key in sizes if key not in absent and data[key[5:]]}
+    if "data.train" in present:
+        names, counts = present["data.train"]
     else:
-        raise RecipeError(
-            'num_classes = "auto" counts class folders, which --dataset-size skips',
-            key="model.num_classes",
-            suggestion="set model.num_classes to a number, or list data.classes",
-        )
-    return datasets.DataCounts(train_size, val_size or 0, names, tuple([0] * len(names)))
+        names = present["data.val"][0] if present else _names_without_data(data, num_classes, nominal)
+        counts = (0,) * len(names)
+    size = {key: sum(present[key][1]) if key in present else sizes[key] or 0 for key in sizes}
+    return datasets.DataCounts(size["data.train"], size["data.val"], tuple(names), tuple(counts)), tuple(used)
+
+
+def _absent_error(data: dict[str, Any], folder: Path, key: str) -> None:
+    """The absent folder's own error, with the way to plan without it."""
+    from ftcompile import datasets
+
+    try:
+        datasets.count_folder(data, folder, key)
+    except RecipeError as err:
+        err.suggestion = f"{err.suggestion}; without the data here: --dataset-size N --val-size M"
+        raise
+    raise AssertionError(f"{key} is absent but could be counted")
+
+
+def _nominal_size(key: str, data: dict[str, Any]) -> int:
+    return NOMINAL_BATCHES * data["batch_size"] if key == "data.train" else data["batch_size"]
+
+
+def _names_without_data(data: dict[str, Any], num_classes: int | str, nominal: bool) -> tuple[str, ...]:
+    """Class names when no folder is here to list them."""
+    if data["classes"]:
+        return tuple(sorted(data["classes"]))
+    if isinstance(num_classes, int):
+        return tuple(str(i) for i in range(num_classes))
+    if nominal:
+        return ("0", "1")  # `check` only: the head's width is then not checked either
+    raise RecipeError(
+        'num_classes = "auto" counts class folders, which --dataset-size skips',
+        key="model.num_classes",
+        suggestion="set model.num_classes to a number, or list data.classes",
+    )
