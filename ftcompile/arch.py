@@ -235,16 +235,43 @@ def build_model(
     head: dict | None,
     device: str = "meta",
     weights: object | None = None,
+    builder_args: dict | None = None,
 ) -> nn.Module:
-    """Build torchvision's model with our head; on "meta" it costs no memory or init time."""
+    """Build torchvision's model with our head; on "meta" it costs no memory or init time.
+
+    `builder_args` are the recipe's extra builder keywords (checked by `check_builder_args`).
+    """
     check_arch(arch)
     row = family(arch)
     # With weights torchvision forces these kwargs itself (and rejects other values).
     kwargs = dict(row.build_kwargs) if weights is None else {}
+    kwargs.update(builder_args or {})
     with torch.device(device), row.build_context():
         model = torchvision.models.get_model(arch, weights=weights, **kwargs)
     _strip_aux(model, row)
     return replace_head(model, arch, num_classes, head)
+
+
+# Builder keywords a recipe may not give: the compiler sets them (classes, weights) or they
+# take Python objects (layers, callables) that TOML cannot write.
+_BUILDER_FIXED = {"self", "num_classes", "weights", "progress", "block", "layers", "norm_layer", "block_type"}
+
+
+def builder_arg_names(arch: str) -> list[str]:
+    """The keywords `model.builder_args` may give for `arch`: the model class's own keyword
+    arguments with a plain default (numbers, strings, booleans, None), plus `dropout`, which
+    several builders take without a class default."""
+    import inspect
+
+    model_cls = type(build_model(arch, 2, None, device="meta"))
+    names = []
+    for name, p in inspect.signature(model_cls.__init__).parameters.items():
+        if name in _BUILDER_FIXED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        plain = p.default is None or isinstance(p.default, (bool, int, float, str))
+        if (p.default is not p.empty and plain) or name == "dropout":
+            names.append(name)
+    return names
 
 
 def _strip_aux(model: nn.Module, row: Family) -> None:

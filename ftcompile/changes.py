@@ -2,11 +2,13 @@
 
 Each phase becomes its `phase`, freeze/unfreeze, BatchNorm-mode and feature-cache changes,
 then one `set` per param group field (lr, weight_decay, momentum) that differs from what the
-optimizer holds, then its scheduler; evaluations and checkpoints follow the phase's cadence.
+optimizer holds, then its scheduler; checkpoints and evaluations follow the phase's cadence (at a step where
+both fall, the checkpoint comes first).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ftcompile.plan import Change, Op, ParamGroup
@@ -99,7 +101,32 @@ def _boundaries(ph: ResolvedPhase, every: int) -> list[int]:
     return [*range(ph.begin + every, ph.end, every), ph.end]
 
 
+def checkpoint_steps(ph: ResolvedPhase, resolved: Resolved) -> list[int]:
+    """Where a phase writes checkpoints. `checkpoint_every = "never"` (0) writes only the
+    phase ends that `keep_checkpoints` keeps once the run is finished: phase starts for
+    "boundaries" (trials, lr-find --from), every phase end for "all" / "last" (so the run
+    resumes from a phase end), none for "none" (an interrupted run starts again)."""
+    if resolved.checkpoint_every:
+        return _boundaries(ph, resolved.checkpoint_every)
+    keep = resolved.keep_checkpoints
+    if keep == "none" or (keep == "boundaries" and ph.end == resolved.total_steps):
+        return []
+    return [ph.end]
+
+
 def build_changes(resolved: Resolved, pgs: tuple[ParamGroup, ...]) -> tuple[Change, ...]:
+    return build_all_changes(resolved, pgs)[0]
+
+
+def build_all_changes(
+    resolved: Resolved, pgs: tuple[ParamGroup, ...]
+) -> tuple[tuple[Change, ...], dict[str, list[tuple[Change, ...]]]]:
+    """The change list, and for each trial phase the change list of each alternative's window.
+
+    The main list holds one `trial` change where a trial phase begins. Every alternative's
+    changes are made from the same state (the one before the phase); after a trial phase the
+    next phase sets every group's state again, so what follows does not depend on the winner.
+    """
     state: dict[str, Any] = {
         "trained": {},
         "bn": {},
@@ -110,14 +137,40 @@ def build_changes(resolved: Resolved, pgs: tuple[ParamGroup, ...]) -> tuple[Chan
     for pg in pgs:
         if not pg.decay:
             tracker.values[(pg.name, "weight_decay")] = 0.0
+    trials: dict[str, list[tuple[Change, ...]]] = {}
     for ph in resolved.phases:
-        _phase_changes(ph, resolved, pgs, state, tracker)
-        evals = set(_boundaries(ph, resolved.eval_every))
-        ckpts = set(_boundaries(ph, resolved.checkpoint_every))
-        for step in sorted(evals | ckpts):
-            if step in evals:
-                tracker.changes.append(Change(step, Op.EVALUATE, ph.name))
-            if step in ckpts:
-                tracker.changes.append(Change(step, Op.CHECKPOINT, ph.name))
-    return tuple(tracker.changes)
+        if ph.trials is None:
+            _phase_changes(ph, resolved, pgs, state, tracker)
+            _cadence(ph, resolved, tracker.changes)
+            continue
+        tracker.changes.append(Change(ph.begin, Op.TRIAL, ph.name))
+        trials[ph.name] = []
+        for _, alt in ph.trials["alternatives"]:
+            fork = _Tracker()
+            fork.values = dict(tracker.values)
+            _phase_changes(alt, resolved, pgs, copy.deepcopy(state), fork)
+            _cadence(alt, resolved, fork.changes)
+            trials[ph.name].append(tuple(fork.changes))
+        _forget(state, tracker, pgs)
+    return tuple(tracker.changes), trials
+
+
+def _cadence(ph: ResolvedPhase, resolved: Resolved, changes: list[Change]) -> None:
+    """The phase's evaluations and checkpoints; both always at its end."""
+    evals = set(_boundaries(ph, resolved.eval_every))
+    ckpts = set(checkpoint_steps(ph, resolved))
+    for step in sorted(evals | ckpts):
+        # Checkpoint first where both fall: an evaluation that fails (an unreadable val
+        # image, say) must not cost the steps since the last checkpoint.
+        if step in ckpts:
+            changes.append(Change(step, Op.CHECKPOINT, ph.name))
+        if step in evals:
+            changes.append(Change(step, Op.EVALUATE, ph.name))
+
+
+def _forget(state: dict[str, Any], tracker: _Tracker, pgs: tuple[ParamGroup, ...]) -> None:
+    """After a trial phase the optimizer and model hold the winner's settings, unknown here:
+    the next phase sets every group's trainability, BatchNorm mode, cache, lr and weight decay."""
+    state["trained"], state["bn"], state["cache"] = {}, {}, "<after trials>"
+    tracker.values = {(pg.name, "weight_decay"): 0.0 for pg in pgs if not pg.decay}
 

@@ -21,6 +21,12 @@ EPILOG = """examples:
   ftcompile run recipes/quickstart.toml                   compile and train
   ftcompile resume runs/quickstart/1-ab12cd34             continue after an interruption
   ftcompile rerun runs/quickstart/1-ab12cd34              repeat a run from its stored plan
+  ftcompile lr-find recipes/quickstart.toml --phase head  LR range test at the start of a phase
+  ftcompile eval runs/quickstart/1-ab12cd34               per-class metrics, confusion matrix
+  ftcompile predict runs/quickstart/1-ab12cd34 img.png    class probabilities
+  ftcompile export runs/quickstart/1-ab12cd34 --format onnx
+  ftcompile report runs/quickstart/1-ab12cd34             one HTML page: curves, LR, confusion, plan, env
+  ftcompile runs                                          one line per run under runs/
 """
 
 
@@ -46,11 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="LR.csv", help="write the LR of every param group at every step")
     p.add_argument("--plot", metavar="LR.png", help="draw the LR curves (needs matplotlib)")
     p.add_argument("--all-changes", action="store_true", help="list every change, not only the first 200")
+    p.add_argument("--wide", action="store_true", help="lines as long as they need (default: at most 100 columns)")
     _sizes(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("check", help="validate recipes; one line each", epilog="example: ftcompile check recipes/*.toml")
+    p = sub.add_parser("check", help="validate recipes; one line each",
+                       epilog="examples:\n  ftcompile check recipes/*.toml\n  ftcompile check --verify-images recipes/flowers.toml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+", help="recipe .toml files")
+    p.add_argument("--verify-images", action="store_true", help="decode every image of the data and list all that cannot be read")
     _sizes(p)
     p.set_defaults(func=cmd_check)
 
@@ -68,11 +78,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("lr-find", help="LR range test at the start of a phase (writes lr_find.csv)",
+                       epilog=LR_FIND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="recipe .toml")
+    p.add_argument("--phase", required=True, metavar="NAME", help="the phase whose LRs to test")
+    p.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="start from this run's checkpoint at the phase's first step (read only)")
+    p.add_argument("--steps", type=int, default=100, help="steps of the test (default 100)")
+    p.add_argument("--start", type=float, default=1e-4, help="first multiplier of the phase's LRs (default 1e-4)")
+    p.add_argument("--end", type=float, default=1e3, help="last multiplier (default 1e3)")
+    p.add_argument("-o", "--output", metavar="DIR", default=".", help="folder for lr_find.csv / lr_find.png (default: here)")
+    p.add_argument("--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder)")
+    p.set_defaults(func=cmd_lr_find)
+
     p = sub.add_parser("rerun", help="repeat a run from its stored plan", epilog="example: ftcompile rerun runs/quickstart/1-ab12cd34 --out /tmp/again")
     p.add_argument("run_dir")
     p.add_argument("--out", metavar="DIR")
     p.set_defaults(func=cmd_rerun)
+    _add_use_commands(sub)
     return parser
+
+
+def _add_use_commands(sub: argparse._SubParsersAction) -> None:
+    """eval, predict, export, report, runs: using and judging a run."""
+    p = sub.add_parser("eval", help="per-class metrics and confusion matrix of a run",
+                       epilog="example: ftcompile eval runs/quickstart/1-ab12cd34 --tta")
+    p.add_argument("run_dir")
+    p.add_argument("--data", metavar="FOLDER", help="another ImageFolder with the run's class names (default: the run's val split)")
+    p.add_argument("--weights", choices=["final", "best", "ema"], default="final", help="model.pt (default), best.pt or model-ema.pt")
+    p.add_argument("--tta", action="store_true", help="average the softmax over each image and its horizontal flip")
+    p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="class probabilities of images, with the run's val transforms",
+                       epilog="example: ftcompile predict runs/quickstart/1-ab12cd34 photo.jpg photos/ --topk 3")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER")
+    p.add_argument("--topk", type=int, default=3, metavar="K", help="classes per image (default 3)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="the run's model as TorchScript, safetensors or ONNX (+ a sidecar .json)",
+                       epilog="example: ftcompile export runs/quickstart/1-ab12cd34 --format onnx -o model.onnx")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=["torchscript", "safetensors", "onnx"])
+    p.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/model.<ext>")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about one or several runs",
+                       epilog="example: ftcompile report runs/quickstart/1-* -o report.html")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", metavar="report.html", help="default: RUN_DIR/report.html (one run) or ./report.html")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("runs", help="one line per run: status, phases done, best and final top-1",
+                       epilog="example: ftcompile runs            (looks in runs/)")
+    p.add_argument("root", nargs="?", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
 
 
 def _compile(path: str, args: argparse.Namespace):
@@ -92,13 +154,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         rows = lr_trace(plan)
         if args.trace:
-            Path(args.trace).write_text(render.trace_csv(plan, rows))
+            with open(args.trace, "w") as fh:
+                fh.writelines(render.trace_lines(plan, rows))
         if args.plot:
             render.plot(plan, rows, Path(args.plot))
     if args.json:
         print(plan.to_json())
     else:
-        print(render.render(plan, max_changes=10**9 if args.all_changes else 200))
+        # With -o the plan is in the file: print the summary, not the change list.
+        print(render.render(plan, max_changes=10**9 if args.all_changes else 200, wide=args.wide,
+                            summary=bool(args.output) and not args.all_changes))
         for what, path in (("plan", args.output), ("trace", args.trace), ("plot", args.plot)):
             if path:
                 print(f"wrote {what}: {path}")
@@ -110,13 +175,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in args.recipes:
         try:
             plan = _compile(path, args)
+            images = _verify_images(plan, Path(path)) if args.verify_images else None
         except RecipeError as err:
             failed += 1
             first, *rest = str(err).splitlines()
             print(f"FAIL {first}" + "".join(f"\n     {line}" for line in rest))
         else:
-            print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}")
+            verified = f", {images} images verified" if images is not None else ""
+            print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}{verified}")
+            _warn_memory(plan, path)
     return 2 if failed else 0
+
+
+def _warn_memory(plan, where: str | Path) -> None:
+    """Parameters, gradients and optimizer state that exceed this machine: said before a run."""
+    from ftcompile import memory
+
+    text = memory.warning(plan)
+    if text:
+        print(f"{where}: {text}", file=sys.stderr)
+
+
+def _verify_images(plan, recipe: Path) -> int:
+    """Decode every image of the plan's data (relative to the recipe's folder)."""
+    from ftcompile.images import verify_data
+
+    try:
+        return verify_data(plan.data, recipe.parent)
+    except RecipeError as err:
+        raise err.located(recipe) from None
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -142,9 +229,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         plan, recipe_path = _compile(str(source), args), source
         root = Path(args.data_root) if args.data_root else source.parent
+    _warn_memory(plan, source)
     from ftcompile.runtime.rundir import start_run
 
-    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None)
+    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source)
+
+
+LR_FIND_EPILOG = """examples:
+  ftcompile lr-find r.toml --phase warmup                    train the phases before it, then test
+  ftcompile lr-find r.toml --phase layer3 --from runs/r/1-ab12cd34   start from that run's checkpoint
+  ftcompile lr-find r.toml --phase head --steps 200 --start 1e-3 --end 1e2 -o /tmp/lrf
+
+Every group the phase trains gets its planned lr times one multiplier, raised from --start to
+--end (log scale); the suggestion is for the phase's last group in `train` (usually head).
+"""
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    if args.steps < 2:
+        raise RecipeError(f"--steps {args.steps}: the test needs at least 2 steps", key="--steps", suggestion="e.g. --steps 100")
+    if not 0 < args.start < args.end:
+        raise RecipeError(f"--start {args.start:g} / --end {args.end:g}: need 0 < start < end", key="--start",
+                          suggestion="e.g. --start 1e-4 --end 1e3 (multipliers of the phase's LRs)")
+    out = Path(args.output)
+    if (out / "plan.json").is_file() and (out / "env.json").is_file():
+        raise RecipeError(f"{out} is a run directory; lr-find never writes into one", key="--output",
+                          suggestion="give another folder with -o")
+    plan = _compile(args.recipe, args)
+    from ftcompile.runtime import lr_find as lrf
+    from ftcompile.runtime.rundir import open_run, upstream_model
+
+    phase = lrf.find_phase(plan, args.phase)
+    root = Path(args.data_root) if args.data_root else Path(args.recipe).parent
+    state = None
+    if args.from_run and phase.begin > 0:
+        run_plan, _ = open_run(Path(args.from_run))
+        state = lrf.start_state(Path(args.from_run), run_plan, plan, phase)
+    found = lrf.lr_find(plan, root, phase.name, steps=args.steps, start=args.start, end=args.end, state=state,
+                        upstream=upstream_model(plan, root))
+    out.mkdir(parents=True, exist_ok=True)
+    lrf.write_csv(found, out / "lr_find.csv")
+    print(lrf.report(found))
+    wrote = [out / "lr_find.csv"]
+    if lrf.plot(found, out / "lr_find.png"):
+        wrote.append(out / "lr_find.png")
+    else:
+        print("no lr_find.png: the plot needs matplotlib (pip install 'ftcompile[plot]')")
+    print("wrote " + ", ".join(map(str, wrote)))
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -157,6 +289,36 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from ftcompile.runtime.rundir import rerun_run
 
     return rerun_run(Path(args.run_dir), Path(args.out) if args.out else None)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.evaluate import eval_command
+
+    return eval_command(Path(args.run_dir), Path(args.data) if args.data else None, args.weights, args.tta, args.json)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.evaluate import predict_command
+
+    return predict_command(Path(args.run_dir), args.images, args.topk, args.json)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.export import export_command
+
+    return export_command(Path(args.run_dir), args.format, Path(args.output) if args.output else None)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.report import report_command
+
+    return report_command([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.runs import runs_command
+
+    return runs_command(Path(args.root), args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ftcompile plan r.toml | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except OSError as err:  # disk full, permission, read-only file system, a file where a folder should be
+        from ftcompile.errors import os_error
+
+        print(f"error: {os_error(err, doing='read or write')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # a run says how to continue it (rundir._train)
+        print(exc.args[0] if exc.args else "interrupted", file=sys.stderr)
         return 130

@@ -13,11 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftcompile.changes import build_changes, param_groups
+from ftcompile.changes import build_all_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_recipe
-from ftcompile.plan import FORMAT, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, WeightsSpec
-from ftcompile.resolve import Resolved, resolve
+from ftcompile.metrics import check_available
+from ftcompile.plan import (FORMAT, Change, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, TrialPlan,
+                           TrialsPlan, WeightsSpec)
+from ftcompile.resolve import Resolved, ResolvedPhase, resolve
 from ftcompile.schema import Recipe, validate
 from ftcompile.trace import lr_summary, lr_trace
 
@@ -35,12 +37,32 @@ def compile_recipe(
     loaded = load_recipe(path)
     try:
         recipe = validate(loaded)
+        check_extras(recipe)
         chain = (*_chain, loaded.path.resolve())
         upstream = compile_upstream(recipe.model.weights, loaded.folder, chain)
         resolved = resolve(recipe, loaded.folder, dataset_size, val_size, upstream)
         return build_plan(resolved, recipe, loaded.path.name, loaded.source_hash())
     except RecipeError as err:
         raise locate(err, loaded) from None
+
+
+# Optional features and the package (and extra) each needs: asking without it is a compile error.
+EXTRAS = {"tensorboard": ("tensorboard", "tensorboard")}
+
+
+def check_extras(recipe: Recipe) -> None:
+    """`[run] log = ["tensorboard"]` without the tensorboard package fails now, not mid-run."""
+    import importlib.util
+
+    for name in recipe.run.log:
+        if name in EXTRAS:
+            module, extra = EXTRAS[name]
+            if importlib.util.find_spec(module) is None:
+                raise RecipeError(
+                    f"run.log asks for {name}, but the {module} package is not installed",
+                    key="run.log",
+                    suggestion=f"pip install 'ftcompile[{extra}]', or remove \"{name}\" from run.log",
+                )
 
 
 def compile_upstream(weights: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any] | None:
@@ -69,7 +91,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
     pgs = param_groups(resolved)
     total = resolved.model["total_params"]
     group_numel = {g.name: g.numel for g in resolved.groups}
-    changes = build_changes(resolved, pgs)
+    changes, trial_changes = build_all_changes(resolved, pgs)
     phases = tuple(
         PhasePlan(
             name=ph.name,
@@ -85,9 +107,14 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
             scheduler=ph.scheduler and {"type": ph.scheduler["type"], "args": ph.scheduler["args"]},
             lr={},
             cache=ph.cache,
+            **metric_driven(recipe, ph.name, resolved.model["num_classes"]),
+            data=ph.data,
+            trials=_trials_plan(ph, trial_changes.get(ph.name, [])),
         )
         for ph in resolved.phases
     )
+    if recipe.run.keep_best:
+        check_available(recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best", recipe.run.ema is not None)
     draft = Plan(
         format=FORMAT,
         recipe={"name": recipe.name, "file": source_name, "source_hash": source_hash},
@@ -106,6 +133,7 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
                 "eval_every": resolved.eval_every,
                 "checkpoint_every": resolved.checkpoint_every,
                 "bn_modules": resolved.bn_groups,
+                **(resolved.run_extra or {}),
             }
         ),
         total_steps=resolved.total_steps,
@@ -113,6 +141,28 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
     final = Plan(**{**_shallow(draft), "phases": tuple(lr_summary(lr_trace(draft), draft))})
     # == plan_hash(final.to_dict()): canonical JSON is unchanged by a JSON round trip.
     return Plan(**{**_shallow(final), "hash": hashlib.sha256(final.canonical_body().encode()).hexdigest()})
+
+
+def metric_driven(recipe: Recipe, name: str, num_classes: int) -> dict[str, Any]:
+    """A phase's `stop_early` and `restore_best`, with the metric restore_best compares made
+    explicit: stop_early's metric, else run.keep_best's, else val_loss."""
+    phase = recipe.phases[name]
+    out: dict[str, Any] = {}
+    if phase.stop_early is not None:
+        check_available(phase.stop_early.metric, num_classes, f"phases.{name}.stop_early.metric", recipe.run.ema is not None)
+        out["stop_early"] = phase.stop_early.model_dump()
+    if phase.restore_best:
+        out["restore_best"] = phase.stop_early.metric if phase.stop_early else recipe.run.keep_best or "val_loss"
+    return out
+def _trials_plan(ph: ResolvedPhase, changes: list[tuple[Change, ...]]) -> TrialsPlan | None:
+    """The alternatives of a trial phase; their LR summaries come from the trace."""
+    if ph.trials is None:
+        return None
+    alts = tuple(
+        TrialPlan(k=alt.k, label=alt.label, values=alt.values, train=rp.train, lr={}, changes=alt_changes)
+        for (alt, rp), alt_changes in zip(ph.trials["alternatives"], changes)
+    )
+    return TrialsPlan(select=ph.trials["select"], mode=ph.trials["mode"], keep=ph.trials["keep"], alternatives=alts)
 
 
 def _shallow(plan: Plan) -> dict[str, Any]:

@@ -198,9 +198,14 @@ def class_folders(folder: Path, key: str = "data.train") -> list[str]:
     Hidden folders (".ipynb_checkpoints", ".git") are skipped: they are never classes, and
     torchvision counting them is a classic source of a wrong num_classes.
     """
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    try:
+        with os.scandir(folder) as entries:
+            listing = list(entries)
+        names = sorted(e.name for e in listing if e.is_dir() and not e.name.startswith("."))
+    except OSError as err:
+        raise _os_error(err, key) from None
     if not names:
-        loose = any(_is_image(p.name) for p in folder.iterdir())
+        loose = any(_is_image(e.name) for e in listing)
         raise RecipeError(
             f"no class folders in {folder}" + (" (it holds images directly)" if loose else ""),
             key=key,
@@ -252,7 +257,7 @@ def list_image_folder(
     names = sorted(classes) if classes else available
     samples: list[tuple[str, int]] = []
     for index, name in enumerate(names):
-        files = _images_below(folder / name)
+        files = _images_below(folder / name, key)
         if not files:
             raise RecipeError(
                 f"class folder {name!r} in {folder} holds no images "
@@ -264,14 +269,44 @@ def list_image_folder(
     return samples, list(names)
 
 
-def _images_below(class_dir: Path) -> list[str]:
-    """Sorted posix paths, relative to `class_dir`, of the image files below it."""
+def _images_below(class_dir: Path, key: str = "data.train") -> list[str]:
+    """Sorted posix paths, relative to `class_dir`, of the image files below it.
+
+    Symbolic links to folders are followed (datasets are often assembled from links), but
+    no real folder is entered twice: a link back to an ancestor, or two links to one
+    folder, would otherwise count (and train on) the same images again and again. Folders
+    are visited in sorted order, so which of two paths to a folder is kept never varies.
+    An unreadable folder is an error that names it, not a silently empty class.
+    """
+
+    def unreadable(err: OSError) -> None:
+        raise _os_error(err, key)
+
     found = []
-    for dirpath, _, filenames in os.walk(class_dir, followlinks=True):
+    seen = {os.path.realpath(class_dir)}
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True, onerror=unreadable):
+        dirnames.sort()
+        fresh = []
+        for name in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real not in seen:
+                seen.add(real)
+                fresh.append(name)
+        dirnames[:] = fresh
         for filename in filenames:
             if _is_image(filename):
                 found.append((Path(dirpath) / filename).relative_to(class_dir).as_posix())
     return sorted(found)
+
+
+def _os_error(err: OSError, key: str) -> RecipeError:
+    """A folder or file the operating system refuses (permissions, I/O) as a user error."""
+    where = err.filename or "the data"
+    return RecipeError(
+        f"cannot read {where}: {err.strerror or err}",
+        key=key,
+        suggestion="check that the data's folders and files are readable by this user",
+    )
 
 
 def _is_image(filename: str) -> bool:

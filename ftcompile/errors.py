@@ -7,6 +7,7 @@ message must stand alone: which file, which key, what is wrong, what to do inste
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -69,3 +70,28 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str | None:
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     return None
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space or choose another folder; checkpoints written before are intact",
+    errno.EDQUOT: "free some of your disk quota or choose another folder; checkpoints written before are intact",
+    errno.EACCES: "check the permissions of this path, or choose another folder",
+    errno.EPERM: "check the permissions of this path, or choose another folder",
+    errno.EROFS: "the file system is mounted read-only; choose a writable folder (run --out DIR)",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+    errno.EISDIR: "this path is a folder where a file was expected",
+    errno.ENOENT: "the folder does not exist; check the path",
+    errno.EIO: "the disk reported an I/O error; check the device",
+}
+
+
+def os_error(err: OSError, path: str | Path | None = None, doing: str = "write") -> RecipeError:
+    """An operating-system failure (disk full, permission, read-only file system, a file
+    where a folder should be) as one message that names the path, for the one error path."""
+    where = path if path is not None else err.filename
+    reason = err.strerror or str(err) or type(err).__name__
+    return RecipeError(
+        f"cannot {doing}: {reason}",
+        file=where if where is not None else "(path not known)",
+        suggestion=_OS_HINTS.get(err.errno or -1, "check the path and the file system"),
+    )

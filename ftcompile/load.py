@@ -59,8 +59,14 @@ def canonical_json(obj: Any) -> str:
 
 
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\.\"' ]+?)\s*=")
+# Characters of a (dotted, possibly quoted) key as the line scan sees it.
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.\"' ")
+# A base recipe that extends another that extends another ... this deep is a mistake (or a
+# generated chain); each level is read, parsed and merged, so the depth is bounded.
+MAX_EXTENDS_DEPTH = 32
+# Tables and arrays nested deeper than this are no recipe; later stages (merge, validation,
+# the canonical JSON of the hash) walk values recursively, so the depth is bounded here.
+MAX_NESTING = 32
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
@@ -72,6 +78,12 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise RecipeError(f"cannot read the file: {exc}", file=path) from None
     try:
         return tomllib.loads(text), text
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise RecipeError(
+            "arrays or inline tables are nested too deeply to read",
+            file=path,
+            suggestion="a recipe nests a few levels at most; flatten the values",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         pos = _TOML_POS.search(msg)
@@ -88,21 +100,70 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def key_lines(text: str) -> dict[str, int]:
-    """Key path -> line number, from a line scan (tomllib keeps no positions)."""
+    """Key path -> line number, from a line scan (tomllib keeps no positions).
+
+    Each line is looked at a constant number of times (no backtracking regex): a recipe
+    line of any length costs time proportional to its length.
+    """
     lines: dict[str, int] = {}
     table = ""
     for no, raw in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(raw)
-        if header:
-            table = _strip_quotes(header.group(1))
+        header = _header(raw)
+        if header is not None:
+            table = _strip_quotes(header)
             lines.setdefault(table, no)
             continue
-        key = _KEY.match(raw)
-        if key and not raw.lstrip().startswith("#"):
-            name = _strip_quotes(key.group(1))
+        key = _key(raw)
+        if key is not None and not raw.lstrip().startswith("#"):
+            name = _strip_quotes(key)
             full = f"{table}.{name}" if table else name
             lines.setdefault(full, no)
     return lines
+
+
+def _header(raw: str) -> str | None:
+    """The name in a `[table]` or `[[array]]` line (a comment may follow), else None."""
+    rest = raw.lstrip()
+    if not rest.startswith("["):
+        return None
+    rest = rest[2:] if rest.startswith("[[") else rest[1:]
+    close = rest.find("]")
+    if close < 0:
+        return None
+    name, after = rest[:close], rest[close + 1 :]
+    after = (after[1:] if after.startswith("]") else after).lstrip()
+    if not name.strip() or (after and not after.startswith("#")):
+        return None
+    return name.strip()
+
+
+def _key(raw: str) -> str | None:
+    """The key of a `key = value` line (dotted and quoted parts kept as written), else None."""
+    head, eq, _ = raw.partition("=")
+    name = head.strip()
+    if not eq or not name or not _KEY_CHARS.issuperset(name):
+        return None
+    return name
+
+
+def _check_nesting(data: dict[str, Any], path: Path, lines: dict[str, int]) -> None:
+    """Refuse values nested deeper than MAX_NESTING, naming the first key path that is."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if depth > MAX_NESTING:
+            top = key.split(".")[0].split("[")[0]
+            raise RecipeError(
+                f"values nested more than {MAX_NESTING} levels deep",
+                file=path,
+                key=key,
+                line=lines.get(top),
+                suggestion="a recipe nests a few levels at most; flatten the value",
+            )
+        if isinstance(value, dict):
+            stack += [(v, f"{key}.{k}" if key else str(k), depth + 1) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value)]
 
 
 def _strip_quotes(key: str) -> str:
@@ -144,6 +205,7 @@ def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> LoadedRecipe
         raise RecipeError(f"extends cycle: {cycle}", file=path, key="extends", suggestion="remove one of the extends")
     data, text = read_toml(path)
     lines = key_lines(text)
+    _check_nesting(data, path, lines)
     parent = data.pop("extends", None)
     if parent is None:
         return LoadedRecipe(path, data, lines)
@@ -157,6 +219,15 @@ def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> LoadedRecipe
             key="extends",
             line=lines.get("extends"),
             suggestion="extends is relative to this recipe's folder",
+        )
+    if len(_chain) + 1 >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(
+            f"the extends chain is longer than {MAX_EXTENDS_DEPTH} recipes"
+            + (f" (it starts at {_chain[0].name})" if _chain else ""),
+            file=path,
+            key="extends",
+            line=lines.get("extends"),
+            suggestion="merge some of the base recipes into one",
         )
     base = load_recipe(base_path, (*_chain, real))
     base_data = copy.deepcopy(base.data)

@@ -25,17 +25,38 @@ _OPS: dict[type, Callable[..., float]] = {
 }
 
 
+# Bounds on an expression, checked before Python's parser (which recurses) ever sees it:
+# a real one is a group name, an operator and a number or two.
+MAX_EXPR_CHARS = 200
+MAX_EXPR_DEPTH = 16
+
+
 def parse_expr(text: str) -> ast.expr:
+    if len(text) > MAX_EXPR_CHARS:
+        raise ValueError(f"an expression of {len(text)} characters is too long (at most {MAX_EXPR_CHARS}); "
+                         "write e.g. \"head / 10\"")
     try:
         tree = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         raise ValueError(f"cannot parse {text!r}; write e.g. \"head / 10\" or \"layer4 * 0.1\"") from None
+    if _depth(tree) > MAX_EXPR_DEPTH:
+        raise ValueError(f"{text!r} nests more than {MAX_EXPR_DEPTH} operations deep; write e.g. \"head / 10\"")
     for node in ast.walk(tree):
         if not isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load, *_OPS)):
             raise ValueError(f"{text!r}: only numbers, group names and + - * / ** are allowed")
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
             raise ValueError(f"{text!r}: only numbers, group names and + - * / ** are allowed")
     return tree
+
+
+def _depth(tree: ast.AST) -> int:
+    """How many operations deep a tree nests (`head / 10` is 2), without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack += [(child, depth + 1) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr)]
+    return deepest
 
 
 def names_in(tree: ast.expr) -> list[str]:

@@ -1,8 +1,8 @@
 """Stage 5: the execution plan — plain data with a format version and a stable hash.
 
 The runtime applies `changes` in order, each when `step` optimizer steps have been taken,
-so "at step S" means "after S steps, before step S+1". Evaluations and checkpoints at a
-phase boundary come before the next phase's changes. Every optimizer param group is named
+so "at step S" means "after S steps, before step S+1". Checkpoints and evaluations at a
+phase boundary come before the next phase's changes; where both fall, the checkpoint first. Every optimizer param group is named
 (`head`, `head.no_decay`, ...); a group's no-decay part has weight_decay 0 for the whole run.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,7 @@ class Op(str, Enum):
     SCHEDULER = "scheduler"  # start a scheduler (value: its spec) or none
     EVALUATE = "evaluate"
     CHECKPOINT = "checkpoint"
+    TRIAL = "trial"  # the phase's alternatives run here (target: phase); see PhasePlan.trials
 
     def __str__(self) -> str:
         return self.value
@@ -66,6 +68,8 @@ class ModelSpec:
     num_classes: int
     head: dict[str, Any] | None  # the [model.head] table as validated, or None (a single Linear)
     total_params: int
+    builder_args: dict[str, Any] = field(default_factory=dict)  # extra torchvision builder kwargs
+    head_weights: str = "new"  # "load": the weights file's head tensors are loaded too
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class DataSpec:
     steps_per_epoch: int
     mean: list[float]
     std: list[float]
+    mix: dict[str, float] | None = None  # MixUp/CutMix: mixup_alpha, cutmix_alpha, prob, switch_prob
+    val_resize: int | None = None  # shorter side before the val centre crop; None: image_size / 0.875
+    val_crop: int | None = None  # None: image_size
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,11 @@ class OptimizerSpec:
     type: str  # a torch.optim class
     kwargs: dict[str, Any]  # its arguments, checked against its signature
     no_decay: str | list[str]
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+
+
+DEFAULT_LOG = ("jsonl",)
 
 
 @dataclass(frozen=True)
@@ -108,9 +120,47 @@ class RunSpec:
     channels_last: bool
     deterministic: bool
     compile: bool
-    checkpoint_every: int
+    checkpoint_every: int  # 0: "never" (phase ends only, as keep_checkpoints needs)
     eval_every: int
     bn_modules: dict[str, str]
+    keep_best: str | None = None  # metric of best.pt (None: no best.pt)
+    keep_checkpoints: str = "boundaries"  # "boundaries" | "all" | "last" | "none"
+    log: list[str] = field(default_factory=lambda: list(DEFAULT_LOG))  # "jsonl" always; "tensorboard"
+    accumulate: int = 1  # micro-batches per optimizer step
+    ema: dict[str, Any] | None = None  # {"decay", "every" (steps), "warmup"}
+    sync_bn: bool = False
+
+
+KEEP_CHECKPOINTS = ("boundaries", "all", "last", "none")
+
+
+def phase_starts(plan: "Plan") -> set[int]:
+    """Steps where a phase other than the first begins (= where the one before it ends):
+    the states trials and `lr-find --from` start from."""
+    return {ph.begin for ph in plan.phases[1:]}
+
+
+def checkpoints_kept(steps: list[int], starts: set[int], policy: str, finished: bool) -> set[int]:
+    """Which of the checkpoints at `steps` `[run] keep_checkpoints = policy` keeps.
+
+    | policy | while running | once finished (model.pt written) |
+    |---|---|---|
+    | "boundaries" (default) | the newest + the phase starts | the phase starts |
+    | "all" | every one written | every one written |
+    | "last" | the newest | the newest (the final state, optimizer included) |
+    | "none" | the newest (for resume) | none |
+    """
+    if policy not in KEEP_CHECKPOINTS:
+        raise ValueError(f"keep_checkpoints {policy!r} is not one of {KEEP_CHECKPOINTS}")
+    if policy == "all" or not steps:
+        return set(steps)
+    newest = {max(steps)}
+    at_starts = {s for s in steps if s in starts}
+    if policy == "boundaries":
+        return at_starts if finished else newest | at_starts
+    if policy == "last":
+        return newest
+    return set() if finished else newest
 
 
 @dataclass(frozen=True)
@@ -120,6 +170,37 @@ class ParamGroup:
     decay: bool
     params: tuple[str, ...]
     numel: int
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One alternative of a trial phase: its values, LRs and the changes of its window."""
+
+    k: int
+    label: str
+    values: dict[str, Any]  # trial key -> value
+    train: tuple[str, ...]
+    lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
+    changes: tuple[Change, ...]  # replace the phase's `trial` change when this alternative runs
+
+
+@dataclass(frozen=True)
+class TrialsPlan:
+    """The alternatives of a phase; each starts from the phase-start state, `select` picks one."""
+
+    select: str  # val_top1 | val_top5 | val_loss
+    mode: str
+    keep: str  # winner | all: whose end checkpoints stay in trials/<phase>/<k>/
+    alternatives: tuple[TrialPlan, ...]
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "TrialsPlan":
+        alts = tuple(
+            TrialPlan(**{**a, "train": tuple(a["train"]),
+                         "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in a["changes"])})
+            for a in data["alternatives"]
+        )
+        return TrialsPlan(**{**data, "alternatives": alts})
 
 
 @dataclass(frozen=True)
@@ -137,6 +218,14 @@ class PhasePlan:
     scheduler: dict[str, Any] | None
     lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
     cache: dict[str, Any]  # feature cache: {"on", "why", "module"}
+    stop_early: dict[str, Any] | None = None  # {"metric", "patience", "min_delta"}: end = an upper bound
+    restore_best: str | None = None  # metric whose best evaluation the phase ends with
+    # The phase's own data (per-phase overrides), or None: the recipe's [data] from step 0.
+    # {"image_size", "batch_size", "augment", "mix", "steps_per_epoch", "data_begin", "epoch_base"}:
+    # the batch of step s is batch (s - data_begin) % steps_per_epoch of epoch
+    # epoch_base + (s - data_begin) // steps_per_epoch.
+    data: dict[str, Any] | None = None
+    trials: TrialsPlan | None = None  # the phase's fields are then its first alternative's
 
 
 @dataclass(frozen=True)
@@ -180,6 +269,27 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps({**self.to_dict(), "hash": self.hash}, indent=1, sort_keys=True, allow_nan=False)
 
+    @property
+    def steps_with_trials(self) -> int:
+        """Optimizer steps a run takes: every alternative runs its phase's whole window."""
+        return self.total_steps + sum(
+            (len(ph.trials.alternatives) - 1) * (ph.end - ph.begin) for ph in self.phases if ph.trials
+        )
+
+    def trial_changes(self, chosen: dict[str, int]) -> tuple[Change, ...]:
+        """The change list with each trial phase's `trial` change replaced by the changes of
+        alternative `chosen[phase]`; phases not in `chosen` keep their `trial` change."""
+        if not chosen:
+            return self.changes
+        by_phase = {ph.name: ph.trials for ph in self.phases if ph.trials}
+        out: list[Change] = []
+        for c in self.changes:
+            if c.op == Op.TRIAL and c.target in chosen:
+                out.extend(by_phase[c.target].alternatives[chosen[c.target]].changes)
+            else:
+                out.append(c)
+        return tuple(out)
+
     def phase_at(self, step: int) -> PhasePlan:
         for phase in self.phases:
             if phase.begin <= step < phase.end:
@@ -208,6 +318,7 @@ class Plan:
                 key="hash",
                 suggestion="do not edit plan.json; change the recipe and compile it again",
             )
+        check_fields(body, source)
         try:
             return Plan(
                 **{
@@ -219,7 +330,9 @@ class Plan:
                     "groups": tuple(body["groups"]),
                     "param_groups": tuple(ParamGroup(**{**p, "params": tuple(p["params"])}) for p in body["param_groups"]),
                     "phases": tuple(
-                        PhasePlan(**{**p, "after": tuple(p["after"]), "train": tuple(p["train"])}) for p in body["phases"]
+                        PhasePlan(**{**p, "after": tuple(p["after"]), "train": tuple(p["train"]),
+                                     "trials": TrialsPlan.from_dict(p["trials"]) if p.get("trials") else None})
+                        for p in body["phases"]
                     ),
                     "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in body["changes"]),
                     "hash": stored,
@@ -239,9 +352,36 @@ class Plan:
         return Plan.from_dict(data, str(path))
 
 
+def check_fields(body: dict[str, Any], source: str) -> None:
+    """What the runtime turns into paths or seeds, checked as the compiler checks a recipe.
+
+    The hash only proves that a plan is intact, not that ftcompile wrote it: anyone can
+    recompute a sha256. So a plan.json naming its recipe `../../x` (the run directory is
+    runs/<name>/) or carrying a seed numpy refuses is refused here, before anything is made.
+    """
+    from ftcompile.schema import MAX_NAME, MAX_SEED, SLUG
+
+    recipe = body.get("recipe")
+    name = recipe.get("name") if isinstance(recipe, dict) else None
+    if not isinstance(name, str) or not re.fullmatch(SLUG, name) or len(name) > MAX_NAME:
+        raise RecipeError(
+            f"recipe name {name!r} is not a slug (it names the run directory runs/<name>/)",
+            file=source,
+            key="recipe.name",
+            suggestion="use lower-case letters, digits, '.', '_' and '-'; compile the recipe with ftcompile plan -o",
+        )
+    seed = body.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise RecipeError(f"seed {seed!r} is not an integer in 0 .. 2**32 - 1", file=source, key="seed")
+
+
+
+
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
+    if type(obj) in OPTIONAL:  # fields added later are left out at their default: older plans keep their hash
+        return {k: v for k, v in vars(obj).items() if k not in OPTIONAL[type(obj)] or v != OPTIONAL[type(obj)][k]}
     if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
@@ -249,6 +389,18 @@ def _dataclass_fields(obj: Any) -> dict[str, Any]:
     if is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: getattr(obj, f.name) for f in fields(obj)}
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# Fields added after format 1's first plans (training knobs, metric-driven phases, retention,
+# logging): each is left out of the JSON at its default value, so older plans keep their hash.
+OPTIONAL: dict[type, dict[str, Any]] = {
+    ModelSpec: {"builder_args": {}, "head_weights": "new"},
+    DataSpec: {"mix": None, "val_resize": None, "val_crop": None},
+    OptimizerSpec: {"clip_grad_norm": None, "clip_grad_value": None},
+    RunSpec: {"accumulate": 1, "ema": None, "sync_bn": False,
+              "keep_best": None, "keep_checkpoints": "boundaries", "log": list(DEFAULT_LOG)},
+    PhasePlan: {"data": None, "stop_early": None, "restore_best": None, "trials": None},
+}
 
 
 def canonical(obj: Any) -> str:

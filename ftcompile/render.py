@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import textwrap
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ftcompile.plan import Change, Plan, WeightsSpec
+from ftcompile import memory
+from ftcompile.plan import Change, Plan, WeightsSpec, checkpoints_kept, phase_starts
+
+WIDTH = 100  # columns of `ftcompile plan` without --wide
 
 
 def _num(n: int) -> str:
@@ -46,9 +50,56 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def describe_change(c: Change) -> str:
+def wrap_table(rows: list[list[str]], width: int, column: int) -> str:
+    """`table`, with the cells of `column` wrapped (at ", ") so that no line is wider than
+    `width`; a wrapped row goes on under that column, the other cells empty."""
+    others = sum(max(len(r[i]) for r in rows) for i in range(len(rows[0])) if i != column)
+    room = max(width - others - 2 * (len(rows[0]) - 1), 16)
+    out: list[list[str]] = []
+    for r in rows:
+        pieces = textwrap.wrap(r[column], room, break_on_hyphens=False, break_long_words=False) or [""]
+        out.append([*r[:column], pieces[0], *r[column + 1 :]])
+        out += [["" if i != column else piece for i in range(len(r))] for piece in pieces[1:]]
+    return table(out)
+
+
+def fit(parts: list[str], width: int, indent: int) -> list[str]:
+    """Join `parts` with two spaces into lines of at most `width` columns (a part longer than
+    a line gets one of its own); lines after the first are indented by `indent`."""
+    lines: list[str] = []
+    line = ""
+    for part in parts:
+        if line and len(line) + 2 + len(part) > width:
+            lines.append(line)
+            line = " " * indent + part
+        else:
+            line = f"{line}  {part}" if line else part
+    return [*lines, line]
+
+
+def wrapped(text: str, width: int, indent: int) -> list[str]:
+    """One long line as several of at most `width` columns, continuation lines indented."""
+    if len(text) <= width:
+        return [text]
+    return textwrap.wrap(text, width, subsequent_indent=" " * indent, break_on_hyphens=False, break_long_words=False)
+
+
+def where_in_phase(plan: Plan, c: Change) -> str:
+    """Where an evaluation / checkpoint falls: "end of X", or how far into X it is."""
+    ph = next((p for p in plan.phases if p.name == c.target), None)
+    if ph is None or c.step == ph.end:
+        return f"end of {c.target}"
+    done = (c.step - ph.begin) / plan.data.steps_per_epoch
+    if done == int(done):
+        return f"{c.target}, after epoch {int(done)} of {ph.epochs:g}"
+    return f"{c.target}, after {done:.3g} of {ph.epochs:g} epochs"
+
+
+def describe_change(c: Change, plan: Plan | None = None) -> str:
     if c.op == "phase":
         return f"begin phase {c.target}"
+    if c.op == "trial":
+        return f"trials of {c.target}: each alternative runs the phase from here (see trials above)"
     if c.op in ("freeze", "unfreeze"):
         return f"{c.op} {c.target}"
     if c.op == "bn":
@@ -64,7 +115,9 @@ def describe_change(c: Change) -> str:
             return f"constant LR (no scheduler) for {c.target}"
         args = ", ".join(f"{k}={_short(v)}" for k, v in c.value["args"].items())
         return f"start {c.value['type']}({args}) on {', '.join(c.value['param_groups'])}"
-    return f"{c.op} (end of {c.target})" if c.op in ("evaluate", "checkpoint") else c.op
+    if c.op in ("evaluate", "checkpoint"):
+        return f"{c.op} ({where_in_phase(plan, c) if plan else f'end of {c.target}'})"
+    return c.op
 
 
 def _short(v: Any) -> str:
@@ -75,19 +128,38 @@ def _short(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
-def render(plan: Plan, max_changes: int = 200) -> str:
+def checkpoints_line(plan: Plan) -> str:
+    """Which checkpoints the run writes, and which stay on disk while running and after."""
+    steps = sorted({c.step for c in plan.changes if c.op == "checkpoint"})
+    policy = plan.run.keep_checkpoints
+    if not steps:
+        return (f"checkpoints  none written (checkpoint_every = \"never\", keep_checkpoints = \"{policy}\"): "
+                "an interrupted run starts again at step 0")
+    every = plan.run.checkpoint_every
+    written = f"every {every} steps and at phase ends" if every else "at phase ends only"
+    final = sorted(checkpoints_kept(steps, phase_starts(plan), policy, finished=True))
+    running = {"boundaries": "the newest + phase starts", "all": "all", "last": "the newest", "none": "the newest"}
+    after = "steps " + ", ".join(map(str, final)) if final else "none"
+    return (f"checkpoints  {len(steps)} written ({written}); kept while running: {running[policy]}; "
+            f"kept once finished: {after} (keep_checkpoints = \"{policy}\")")
+
+
+def _header(plan: Plan) -> list[list[str]]:
+    """The plan, model, data and optimizer lines, as parts joined by two spaces."""
     m, d = plan.model, plan.data
     source = f"builtin {d.builtin}" if d.builtin else f"{d.train} | {d.val}"
-    out = [
-        f"plan {plan.hash[:12]}  recipe {plan.recipe['name']} ({plan.recipe['file']})  seed {plan.seed}",
-        f"model  {m.arch}  weights {weights_text(m.weights)}  head {head_layers(m.head)}  "
-        f"classes {m.num_classes}  params {_num(m.total_params)}",
-        f"data   {source}  train {d.train_size}  val {d.val_size}  batch {d.batch_size}  "
-        f"steps/epoch {d.steps_per_epoch}  drop_last {str(d.drop_last).lower()}",
-        f"optim  {plan.optimizer.type}({', '.join(f'{k}={_short(v)}' for k, v in plan.optimizer.kwargs.items())})"
-        f"  no_decay {plan.optimizer.no_decay}  param groups {len(plan.param_groups)}",
-        "",
+    return [
+        [f"plan {plan.hash[:12]}", f"recipe {plan.recipe['name']} ({plan.recipe['file']})", f"seed {plan.seed}"],
+        ["model", m.arch, f"weights {weights_text(m.weights)}", f"head {head_layers(m.head)}",
+         f"classes {m.num_classes}", f"params {_num(m.total_params)}"],
+        ["data ", source, f"train {d.train_size}", f"val {d.val_size}", f"batch {d.batch_size}",
+         f"steps/epoch {d.steps_per_epoch}", f"drop_last {str(d.drop_last).lower()}"],
+        ["optim", f"{plan.optimizer.type}({', '.join(f'{k}={_short(v)}' for k, v in plan.optimizer.kwargs.items())})",
+         f"no_decay {plan.optimizer.no_decay}", f"param groups {len(plan.param_groups)}"],
     ]
+
+
+def _wide_phases(plan: Plan) -> str:
     rows = [["phase", "after", "steps", "epochs", "train (params, % of model)", "lr first / peak / last", "scheduler"]]
     numel = {g["name"]: g["numel"] for g in plan.groups}
     for ph in plan.phases:
@@ -97,26 +169,156 @@ def render(plan: Plan, max_changes: int = 200) -> str:
         rows.append(
             [ph.name, ",".join(ph.after) or "-", f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}", trained, lrs, sched]
         )
-    out.append(table(rows))
-    width = max(len(ph.name) for ph in plan.phases)
+    return table(rows)
+
+
+def _phases(plan: Plan, width: int) -> list[str]:
+    """The phase table in `width` columns: trained groups wrap; LRs get lines of their own."""
+    rows = [["phase", "after", "steps", "epochs", "train (% of model)", "scheduler"]]
+    for ph in plan.phases:
+        sched = ph.scheduler["type"] if ph.scheduler else "constant"
+        rows.append([ph.name, ",".join(ph.after) or "-", f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}",
+                     ", ".join(ph.train) + f" ({ph.trainable_pct:.1f}%)", sched])
+    out = [wrap_table(rows, width, column=4), ""]
+    sizes = ", ".join(f"{g['name']} {_num(g['numel'])}" for g in plan.groups)
+    out += wrapped(f"group params: {sizes}", width, 2)
+    out += ["", "lr first / peak / last:"]
+    pw = max(len(ph.name) for ph in plan.phases)
+    gw = max(len(g) for ph in plan.phases for g in ph.lr) if any(ph.lr for ph in plan.phases) else 0
+    for ph in plan.phases:
+        for i, (g, v) in enumerate(ph.lr.items()):
+            name = ph.name if i == 0 else ""
+            out.append(f"  {name:<{pw}}  {g:<{gw}}  {_lr(v['first'])} / {_lr(v['peak'])} / {_lr(v['last'])}".rstrip())
+    return out
+
+
+def render(plan: Plan, max_changes: int = 200, wide: bool = False, summary: bool = False) -> str:
+    """The `ftcompile plan` text: at most WIDTH columns, or every line whole with `wide`;
+    `summary` stops after the phases (what `plan -o plan.json` prints)."""
+    width = 10**9 if wide else WIDTH
+    out = [line for parts in _header(plan) for line in fit(parts, width, indent=7)]
+    out += [line for text in knob_lines(plan) for line in wrapped(text, width, 7)]
+    out += [*wrapped(memory.describe(plan), width, 7), *(wrapped(w, width, 7) if (w := memory.warning(plan)) else []), ""]
+    out += [_wide_phases(plan)] if wide else _phases(plan, width)
+    out += trials_text(plan, {g["name"]: g["numel"] for g in plan.groups})
+    out += ["", *wrapped(checkpoints_line(plan), width, 13)]
+    if summary:
+        return "\n".join(out)
+    names = max(len(ph.name) for ph in plan.phases)
     out += ["", "feature cache (frozen part computed once, head trained on its output):"]
-    out += [f"  {ph.name:<{width}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}" for ph in plan.phases]
+    for ph in plan.phases:
+        out += wrapped(f"  {ph.name:<{names}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}", width, names + 9)
+    out += metric_driven_lines(plan, names)
     out += ["", f"changes ({len(plan.changes)}; at step S = after S optimizer steps):"]
     for c in plan.changes[:max_changes]:
-        out.append(f"  {c.step:>7}  {describe_change(c)}")
+        out += wrapped(f"  {c.step:>7}  {describe_change(c, plan)}", width, 11)
     if len(plan.changes) > max_changes:
         out.append(f"  ... {len(plan.changes) - max_changes} more (see --json)")
     return "\n".join(out)
 
 
-def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float]]]) -> str:
-    """One row per optimizer step; repr() keeps full float precision so traces compare exactly."""
-    lines = [",".join(["step", "phase", *plan.param_group_names])]
-    lines += [",".join([str(step), phase, *(repr(float(x)) for x in lrs)]) for step, phase, lrs in rows]
-    return "\n".join(lines) + "\n"
+def metric_driven_lines(plan: Plan, width: int) -> list[str]:
+    """stop_early / restore_best per phase and keep_best; nothing for a plan without them."""
+    phases = [ph for ph in plan.phases if ph.stop_early or ph.restore_best]
+    out = ["", "metric-driven (a phase that can stop early ends at most at its planned end):"] if phases else []
+    for ph in phases:
+        parts = []
+        if ph.stop_early:
+            s = ph.stop_early
+            evals = len([c for c in plan.changes if c.op == "evaluate" and c.target == ph.name])
+            parts.append(f"stop_early {s['metric']} patience {s['patience']} min_delta {s['min_delta']:g} "
+                         f"({evals} evaluations planned)")
+        if ph.restore_best:
+            parts.append(f"restore_best {ph.restore_best}")
+        out.append(f"  {ph.name:<{width}}  " + "; ".join(parts))
+    if plan.run.keep_best:
+        out += ["", f"keep_best {plan.run.keep_best}: best.pt holds the run's best evaluation"]
+    return out
 
 
-def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> None:
+def val_pipeline(d: Any) -> str:
+    """The validation transforms, as the runtime builds them (runtime/data.build_transforms)."""
+    crop = d.val_crop or d.image_size
+    if d.val_resize is not None:
+        resize = d.val_resize
+    else:
+        resize = d.image_size if d.builtin is not None else round(d.image_size / 0.875)
+    return f"Resize({resize}) -> CenterCrop({crop})"
+
+
+def _mix_text(mix: dict[str, Any] | None) -> str:
+    if not mix:
+        return "off"
+    return (f"MixUp(alpha={mix['mixup_alpha']:g}) / CutMix(alpha={mix['cutmix_alpha']:g}), prob {mix['prob']:g}, "
+            f"switch_prob {mix['switch_prob']:g}; soft-target cross-entropy")
+
+
+def knob_lines(plan: Plan) -> list[str]:
+    """The training knobs: the val pipeline always, the others when they are on."""
+    m, d, o, r = plan.model, plan.data, plan.optimizer, plan.run
+    out = [f"val    {val_pipeline(d)}"]
+    if d.mix:
+        out.append(f"mix    {_mix_text(d.mix)}")
+    if m.builder_args:
+        out.append(f"build  {m.arch}({', '.join(f'{k}={_short(v)}' for k, v in m.builder_args.items())})")
+    if m.head_weights == "load":
+        out.append("head   loaded from the weights (head_weights = \"load\")")
+    if o.clip_grad_norm is not None or o.clip_grad_value is not None:
+        parts = [f"norm <= {o.clip_grad_norm:g}" if o.clip_grad_norm is not None else "",
+                 f"|value| <= {o.clip_grad_value:g}" if o.clip_grad_value is not None else ""]
+        out.append(f"clip   gradients of trainable parameters: {', '.join(p for p in parts if p)}")
+    if r.accumulate > 1:
+        out.append(f"accum  {r.accumulate} micro-batches of {d.batch_size // r.accumulate} per optimizer step "
+                   "(divided by the number of processes)")
+    if r.ema:
+        warm = ", warmup" if r.ema["warmup"] else ""
+        out.append(f"ema    decay {r.ema['decay']:g} every {r.ema['every']} step(s){warm}: also evaluated (*_ema) "
+                   "and saved (model_ema.pt)")
+    if r.sync_bn:
+        out.append("sync   SyncBatchNorm under several processes (a no-op with one process)")
+    for ph in plan.phases:
+        if ph.data is not None:
+            pd = ph.data
+            out.append(f"data   phase {ph.name}: image {pd['image_size']}  batch {pd['batch_size']}  "
+                       f"steps/epoch {pd['steps_per_epoch']}  augment {len(pd['augment'])} op(s)  "
+                       f"mix {'on' if pd['mix'] else 'off'}  (epoch {pd['epoch_base']} at step {pd['data_begin']})")
+    return out
+
+
+def trials_text(plan: Plan, numel: dict[str, int]) -> list[str]:
+    """One row per alternative of each trial phase, and what the trials cost in steps."""
+    phases = [ph for ph in plan.phases if ph.trials]
+    if not phases:
+        return []
+    out = []
+    for ph in phases:
+        assert ph.trials is not None
+        t = ph.trials
+        out += ["", f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs [{ph.begin}, {ph.end}) "
+                f"from the phase-start state; select {t.select}, keep {t.keep}):"]
+        rows = [["k", "alternative", "train", "lr first / peak / last"]]
+        for a in t.alternatives:
+            lrs = "; ".join(f"{g} {_lr(v['first'])}/{_lr(v['peak'])}/{_lr(v['last'])}" for g, v in a.lr.items())
+            rows.append([str(a.k), a.label, ", ".join(a.train), lrs])
+        out += ["  " + line for line in table(rows).splitlines()]
+    out += ["", f"cost: {plan.steps_with_trials} optimizer steps ({plan.total_steps} without trials)"]
+    return out
+
+
+def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float], int | None]]) -> str:
+    """One row per optimizer step a run takes; repr() keeps full float precision so traces
+    compare exactly. `trial` is the alternative's index in a trial phase, empty elsewhere."""
+    return "".join(trace_lines(plan, rows))
+
+
+def trace_lines(plan: Plan, rows: Iterable[tuple[int, str, list[float], int | None]]) -> Iterator[str]:
+    """`trace_csv` line by line, so a long trace is written without being joined in memory."""
+    yield ",".join(["step", "phase", "trial", *plan.param_group_names]) + "\n"
+    for step, phase, lrs, trial in rows:
+        yield ",".join([str(step), phase, "" if trial is None else str(trial), *(repr(float(x)) for x in lrs)]) + "\n"
+
+
+def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path: Path) -> None:
     try:
         import matplotlib
 
@@ -126,19 +328,33 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float]]], path: Path) -> No
         from ftcompile.errors import RecipeError
 
         raise RecipeError("--plot needs matplotlib", key="--plot", suggestion="pip install 'ftcompile[plot]'") from None
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    rows = [r for r in rows if not r[3]]  # a trial phase: its first alternative
     steps = [r[0] for r in rows]
+    # Phase bands first (behind the curves), alternately shaded, each named at the top.
+    for i, ph in enumerate(plan.phases):
+        ax.axvspan(ph.begin, ph.end, color="0.92" if i % 2 == 0 else "0.97", lw=0, zorder=0)
+        ax.text((ph.begin + ph.end) / 2, 1.01, ph.name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize="small", clip_on=False)
+    base = [name.removesuffix(".no_decay") for name in plan.param_group_names]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(set(base)) > len(colors):  # one colour per group as long as tab20 lasts
+        colors = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20").colors]
+    color_of = {g: colors[i % len(colors)] for i, g in enumerate(dict.fromkeys(base))}
     for i, name in enumerate(plan.param_group_names):
-        if name.endswith(".no_decay"):
-            continue
-        ax.plot(steps, [r[2][i] for r in rows], label=name)
-    for ph in plan.phases[1:]:
-        ax.axvline(ph.begin, color="grey", lw=0.5, ls="--")
+        # lr 0 = frozen: a gap on a log axis, not a plunge to the bottom.
+        lrs = [r[2][i] if r[2][i] > 0 else float("nan") for r in rows]
+        # A no_decay part mostly shares its group's LR: dashed and darker, so it shows on top.
+        dashed = name.endswith(".no_decay")
+        color = [0.55 * c for c in matplotlib.colors.to_rgb(color_of[base[i]])] if dashed else color_of[base[i]]
+        ax.plot(steps, lrs, label=name, color=color, ls=(0, (3, 3)) if dashed else "-",
+                lw=1.2 if dashed else 2.0, zorder=3 if dashed else 2)
+    ax.set_xlim(0, plan.total_steps)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate")
-    ax.set_yscale("symlog", linthresh=1e-7)
-    ax.set_title(f"{plan.recipe['name']} ({plan.hash[:8]})")
-    ax.legend(fontsize="small", ncol=2)
+    ax.set_ylabel("learning rate (log; gaps: frozen)")
+    ax.set_yscale("log")
+    ax.set_title(f"{plan.recipe['name']} ({plan.hash[:8]})", pad=18)
+    ax.legend(fontsize="small", ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

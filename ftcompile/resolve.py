@@ -10,21 +10,28 @@ weights arrives already compiled: the pipeline (`compiler`) compiles it first.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ftcompile.batchnorm import check_one_image_batches
 from ftcompile.cache import BelowHead, below_head, cacheability
 from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.schema import Phase, Recipe, parse_duration
+from ftcompile.trials import alternatives
 from ftcompile.torch_args import with_valid, check_optimizer, resolve_scheduler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # A phase longer than this is a typo (and its LR trace would take hours to compute).
 MAX_STEPS = 10**7
+# A plan holding more changes than this (each a record in plan.json, kept in memory by the
+# compiler and the runtime) is a cadence typo: evaluating or checkpointing every step of a
+# long run. 10^6 changes is a plan.json of about 100 MB.
+MAX_CHANGES = 10**6
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class ResolvedPhase:
     optimizer_state: str
     scheduler: dict[str, Any] | None  # {"type", "args"}; a dict-valued arg holds one value per group
     cache: dict[str, Any]  # {"on": bool, "why": str, "module": head module}
+    data: dict[str, Any] | None = None  # the phase's own data (see PhasePlan.data), None: the recipe's
+    # With a trials table: {"select", "mode", "keep", "alternatives": [(Alternative, ResolvedPhase)]};
+    # the phase's own fields are then those of the first alternative.
+    trials: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,8 @@ class Resolved:
     eval_every: int
     checkpoint_every: int
     bn_groups: dict[str, str]  # BatchNorm module name -> group
+    keep_checkpoints: str = "boundaries"  # [run] keep_checkpoints; checkpoint_every 0 = "never"
+    run_extra: dict[str, Any] | None = None  # accumulate / ema (every in steps) / sync_bn for RunSpec
 
 
 
@@ -96,6 +109,22 @@ def _looks_like_file(value: str) -> bool:
     from ftcompile.load import _looks_like_path
 
     return _looks_like_path(value)
+
+
+def check_weights_file(weights: dict[str, Any], folder: Path, model: Any, arch: str) -> None:
+    """A weights file on this machine is read (names and shapes only) and must fit the
+    model, as `run` will require; one that is not here is left to `run` (a plan can be
+    compiled where the files are not)."""
+    from ftcompile import arch as archs
+    from ftcompile.weights import check_fits, read_state
+
+    if weights["kind"] != "file":
+        return
+    path = folder / weights["value"]
+    if not os.path.lexists(path):
+        return
+    state = read_state(path, map_location="meta", mmap=True)
+    check_fits(state, model.state_dict(), archs.aliases(arch, model)["head"], arch, path)
 
 
 def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -145,14 +174,22 @@ def resolve(
     if num_classes < 2:
         raise RecipeError("a classifier needs at least 2 classes", key="model.num_classes", suggestion="add class folders")
     head = m.head.model_dump() if m.head else None
+    check_builder_args(m.arch, m.builder_args)
     try:
-        model = archs.build_model(m.arch, num_classes, head, device="meta")
+        model = archs.build_model(m.arch, num_classes, head, device="meta", builder_args=m.builder_args)
+    except TypeError as exc:  # a keyword the builder sets itself ("got multiple values")
+        raise RecipeError(
+            f"torchvision's {m.arch} builder rejects model.builder_args: {exc}",
+            key="model.builder_args",
+            suggestion=f"valid: {', '.join(archs.builder_arg_names(m.arch))} (some are fixed by the builder)",
+        ) from None
     except (RuntimeError, ValueError, OverflowError) as exc:  # e.g. a Linear too large to exist
         raise RecipeError(
             f"torchvision cannot build {m.arch} with {num_classes} classes and this head: {exc}",
             key="model.head" if head else "model.num_classes",
             suggestion="check model.num_classes and the widths in model.head",
         ) from None
+    check_weights_file(weights, folder, model, m.arch)
     opt = recipe.optimizer
     check_optimizer(opt.type, opt.kwargs)
     params = param_infos(model, opt.no_decay)
@@ -163,20 +200,29 @@ def resolve(
     owner = {p: g.name for g in groups for p in g.params}
     below = below_head(model, archs.aliases(m.arch, model)["head"], groups)
 
-    bs = data["batch_size"]
-    spe = (counts.train_size // bs) if data["drop_last"] else math.ceil(counts.train_size / bs)
-    if spe < 1:
-        raise RecipeError(
-            f"{counts.train_size} training images give no full batch of {bs}",
-            key="data.batch_size",
-            suggestion="lower batch_size or set drop_last = false",
-        )
+    spe = steps_per_epoch(counts.train_size, data["batch_size"], data["drop_last"], "data.batch_size")
+    check_accumulate(data["batch_size"], recipe.run.accumulate, "data.batch_size")
     order = phase_order({name: list(p.after) for name, p in recipe.phases.items()})
     phases: list[ResolvedPhase] = []
     step = 0
+    segments = DataSegments(data, counts.train_size, recipe.run.accumulate)
     for name in order:
-        phases.append(resolve_phase(name, recipe.phases[name], step, spe, group_names, below, data["augment"]))
+        ph_data, ph_spe = segments.enter(name, recipe.phases[name], step)
+        augment = ph_data["augment"] if ph_data else data["augment"]
+        mix = ph_data["mix"] if ph_data else data["mix"]
+        resolved_phase = resolve_trials(name, recipe.phases[name], step, ph_spe, group_names, below, augment, num_classes,
+                                        recipe.run.ema is not None)
+        if mix is not None:
+            resolved_phase = replace(resolved_phase, cache=no_cache_with_mix(resolved_phase.cache))
+        phases.append(replace(resolved_phase, data=ph_data))
         step = phases[-1].end
+    eval_every = parse_duration(recipe.run.eval_every, spe)
+    checkpoint_every = 0 if recipe.run.checkpoint_every == "never" else parse_duration(recipe.run.checkpoint_every, spe)
+    check_plan_size(phases, eval_every, checkpoint_every, len(groups), len(params))
+    bn_groups = {mod: owner[first] for mod, first in bn_modules(model) if first in owner}
+    check_one_image_batches(model, phases, bn_groups, data["image_size"], spe, counts.train_size, data["batch_size"], data["drop_last"])
+    if m.head_weights == "load":
+        check_head_weights(m.arch, model, weights, folder)
     run = recipe.run
     mean, std = normalisation(m.arch, weights)
     model_info = {
@@ -185,6 +231,8 @@ def resolve(
         "num_classes": num_classes,
         "head": head,
         "total_params": sum(p.numel for p in params),
+        "builder_args": dict(m.builder_args),
+        "head_weights": m.head_weights,
     }
     data.update(
         train_size=counts.train_size,
@@ -198,17 +246,42 @@ def resolve(
     return Resolved(
         model=model_info,
         data=data,
-        optimizer={"type": opt.type, "kwargs": opt.kwargs, "no_decay": opt.no_decay},
+        optimizer={"type": opt.type, "kwargs": opt.kwargs, "no_decay": opt.no_decay,
+                   "clip_grad_norm": opt.clip_grad_norm, "clip_grad_value": opt.clip_grad_value},
         groups=groups,
         no_decay=frozenset(p.name for p in params if p.no_decay),
         numels={p.name: p.numel for p in params},
         phases=tuple(phases),
         total_steps=step,
-        eval_every=parse_duration(run.eval_every, spe),
-        checkpoint_every=parse_duration(run.checkpoint_every, spe),
-        bn_groups={mod: owner[first] for mod, first in bn_modules(model) if first in owner},
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        bn_groups=bn_groups,
+        keep_checkpoints=recipe.run.keep_checkpoints,
+        run_extra={
+            "accumulate": run.accumulate,
+            "ema": run.ema and {**run.ema.model_dump(), "every": parse_duration(run.ema.every, spe)},
+            "sync_bn": run.sync_bn,
+        },
     )
 
+
+
+def check_plan_size(phases: list[ResolvedPhase], eval_every: int, checkpoint_every: int, n_groups: int, n_params: int) -> None:
+    """Count the changes before making them: a bound on the plan's size, not a MemoryError."""
+    evals = sum(-(-(ph.end - ph.begin) // eval_every) for ph in phases)
+    # checkpoint_every 0 ("never"): at most one per phase end
+    ckpts = sum(-(-(ph.end - ph.begin) // checkpoint_every) if checkpoint_every else 1 for ph in phases)
+    param_groups = min(2 * n_groups, n_params)  # each group: a decayed and a no-decay part
+    # per phase at most: phase, features, scheduler; (un)freeze and bn per group; 3 sets and a reset per param group
+    total = evals + ckpts + len(phases) * (3 + 2 * n_groups + 4 * param_groups)
+    if total > MAX_CHANGES:
+        key = "run.eval_every" if evals >= ckpts else "run.checkpoint_every"
+        raise RecipeError(
+            f"the plan would hold about {total:,} changes ({evals:,} evaluations, {ckpts:,} checkpoints over "
+            f"{phases[-1].end:,} steps), more than {MAX_CHANGES:,}",
+            key=key,
+            suggestion='evaluate and checkpoint less often, e.g. "1 epoch" or "1000 steps"',
+        )
 
 
 def resolve_phase(
@@ -251,6 +324,162 @@ def resolve_phase(
         scheduler=resolve_scheduler(name, phase, length, spe, lrs),
         cache=cacheability(phase, below, augment),
     )
+
+
+# ---------------------------------------------------------------- training knobs
+
+
+def steps_per_epoch(train_size: int, batch_size: int, drop_last: bool, key: str) -> int:
+    spe = (train_size // batch_size) if drop_last else math.ceil(train_size / batch_size)
+    if spe < 1:
+        raise RecipeError(
+            f"{train_size} training images give no full batch of {batch_size}",
+            key=key,
+            suggestion="lower batch_size or set drop_last = false",
+        )
+    return spe
+
+
+def check_accumulate(batch_size: int, accumulate: int, key: str) -> None:
+    """Each optimizer step's batch splits into `accumulate` equal micro-batches (the runtime
+    checks it again times the number of processes, which is known only there)."""
+    if batch_size % accumulate:
+        raise RecipeError(
+            f"batch_size {batch_size} does not split into run.accumulate = {accumulate} equal micro-batches",
+            key=key,
+            suggestion=f"use a multiple of {accumulate}, e.g. {batch_size - batch_size % accumulate or accumulate}",
+        )
+
+
+class DataSegments:
+    """Per-phase data overrides cut the run into segments of equal data (size, batch, augment,
+    mix). Inside a segment the epochs run on across phases, as without overrides; a new
+    segment starts a fresh epoch, numbered after the last one the previous segment began.
+    A phase in the recipe's own data from step 0 has no data of its own (None), so recipes
+    without overrides plan and run exactly as before."""
+
+    def __init__(self, data: dict[str, Any], train_size: int, accumulate: int) -> None:
+        self.base = self._config(data)
+        self.data, self.train_size, self.accumulate = data, train_size, accumulate
+        self.config, self.begin, self.epoch_base = self.base, 0, 0
+        self.spe = steps_per_epoch(train_size, data["batch_size"], data["drop_last"], "data.batch_size")
+
+    @staticmethod
+    def _config(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: d[k] for k in ("image_size", "batch_size", "augment", "mix")}
+
+    def enter(self, name: str, phase: Phase, step: int) -> tuple[dict[str, Any] | None, int]:
+        """The phase's data dict (or None) and its steps per epoch."""
+        config = dict(self.base)
+        if phase.data is not None:
+            over = phase.data.model_dump(exclude_none=True)
+            if "augment" in over:
+                from ftcompile import datasets
+
+                try:
+                    datasets.validate_augment(over["augment"])
+                except RecipeError as err:
+                    raise RecipeError(err.message, key=f"phases.{name}.{err.key}", suggestion=err.suggestion) from None
+            if over.get("mix") is False:
+                over["mix"] = None
+            config.update(over)
+        if config != self.config:
+            key = f"phases.{name}.data.batch_size"
+            self.epoch_base += math.ceil((step - self.begin) / self.spe)
+            self.config, self.begin = config, step
+            self.spe = steps_per_epoch(self.train_size, config["batch_size"], self.data["drop_last"], key)
+            check_accumulate(config["batch_size"], self.accumulate, key)
+        if self.begin == 0 and self.config == self.base:
+            return None, self.spe
+        return {**self.config, "steps_per_epoch": self.spe, "data_begin": self.begin, "epoch_base": self.epoch_base}, self.spe
+
+
+def no_cache_with_mix(cache: dict[str, Any]) -> dict[str, Any]:
+    """MixUp / CutMix blend the images themselves: cached features of unmixed images are not them."""
+    if not cache["on"]:
+        return cache
+    return {**cache, "on": False, "why": "batch-level mixing (data.mix) needs the images"}
+
+
+def check_builder_args(arch: str, args: dict[str, Any]) -> None:
+    from ftcompile import arch as archs
+
+    if not args:
+        return
+    valid = archs.builder_arg_names(arch)
+    for name in args:
+        if name not in valid:
+            raise RecipeError(
+                f"{arch}'s builder has no argument {name!r}",
+                key=f"model.builder_args.{name}",
+                suggestion=with_valid(did_you_mean(name, valid), ", ".join(valid) or "(none)"),
+            )
+
+
+def check_head_weights(arch: str, model: Any, weights: dict[str, Any], folder: Path) -> None:
+    """`head_weights = "load"`: the weights' head tensors must have the recipe's head shapes."""
+    from ftcompile import arch as archs
+
+    if weights["kind"] not in ("file", "recipe"):
+        raise RecipeError(
+            f'head_weights = "load" needs weights from a file or an upstream recipe, not {weights["kind"]}',
+            key="model.head_weights",
+            suggestion='use head_weights = "new" (torchvision weights carry the ImageNet head)',
+        )
+    head = archs.aliases(arch, model)["head"]
+    in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head)  # noqa: E731
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if in_head(k)}
+    if weights["kind"] == "file":
+        theirs = _file_shapes(folder / weights["value"])
+        source = weights["value"]
+    else:
+        up = weights["plan"]["model"]
+        upstream_model = archs.build_model(up["arch"], up["num_classes"], up["head"], device="meta",
+                                           builder_args=up.get("builder_args"))
+        theirs = {k: tuple(v.shape) for k, v in upstream_model.state_dict().items()}
+        source = f"the model of {weights['value']}"
+    for k, shape in ours.items():
+        if k not in theirs:
+            raise RecipeError(f"{source} has no head tensor {k} (the recipe's head needs {shape})",
+                              key="model.head_weights", suggestion='use head_weights = "new", or the same model.head')
+        if theirs[k] != shape:
+            raise RecipeError(
+                f"head tensor {k} is {theirs[k]} in {source} but {shape} in the recipe's head",
+                key="model.head_weights",
+                suggestion='use head_weights = "new" for other classes, or match model.num_classes / model.head',
+            )
+
+
+def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    if not path.is_file():
+        raise RecipeError(f"file not found: {path}", key="model.weights", suggestion="the path is relative to the recipe's folder")
+    try:
+        state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise RecipeError(f"{path} is not a plain state_dict ({type(exc).__name__})", key="model.weights") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def resolve_trials(
+    name: str, phase: Phase, begin: int, spe: int, group_names: list[str], below: BelowHead,
+    augment: list[dict[str, Any]], num_classes: int, ema: bool = False,
+) -> ResolvedPhase:
+    """A phase, or with a trials table each of its alternatives resolved exactly like a phase."""
+    if phase.trials is None:
+        return resolve_phase(name, phase, begin, spe, group_names, below, augment)
+    resolved = []
+    for alt in alternatives(name, phase, num_classes, ema):
+        try:
+            resolved.append((alt, resolve_phase(name, alt.phase, begin, spe, group_names, below, augment)))
+        except RecipeError as err:
+            raise RecipeError(f"{err.message} (trial alternative {alt.k}: {alt.label})", key=err.key,
+                              suggestion=err.suggestion) from None
+    t = phase.trials
+    return replace(resolved[0][1], trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved})
 
 
 def _counts(

@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
 from ftcompile.load import LoadedRecipe
+from ftcompile.metrics import metric
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(epoch|epochs|step|steps)\s*$")
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
+MAX_NAME = 128  # the name is a folder name: runs/<name>/
+MAX_SEED = 2**32 - 1  # numpy's seed range; the runtime seeds numpy with it
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -54,6 +57,46 @@ class Model(Strict):
     weights: str = "none"
     num_classes: Union[Annotated[int, Field(ge=2)], Literal["auto"]] = "auto"
     head: Head | None = None
+    # Extra keyword arguments of the torchvision builder (stochastic_depth_prob, dropout, ...),
+    # checked against the model class's signature in `resolve`.
+    builder_args: dict[str, Any] = {}
+    # "load": the weights file's (or upstream run's) head tensors are loaded too (same classes).
+    head_weights: Literal["new", "load"] = "new"
+
+
+class Mix(Strict):
+    """Batch-level MixUp / CutMix (torchvision.transforms.v2), trained on soft targets.
+
+    timm's names: an alpha of 0 turns that kind off; `prob` is the chance a batch is mixed at
+    all, `switch_prob` the chance of CutMix rather than MixUp when both are on.
+    """
+
+    mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
+    cutmix_alpha: Annotated[float, Field(ge=0.0)] = 1.0
+    prob: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    switch_prob: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+
+    @model_validator(mode="after")
+    def _some_kind(self) -> "Mix":
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0; give one > 0 or remove data.mix")
+        return self
+
+
+# Batch-level ops: they need the whole batch and its labels, so they live in data.mix.
+BATCH_OPS = ("MixUp", "CutMix")
+
+
+def _check_per_image(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for i, op in enumerate(ops):
+        if not isinstance(op.get("op"), str):
+            raise ValueError(f"augment[{i}] needs op = \"<torchvision.transforms.v2 class>\"")
+        if op["op"] in BATCH_OPS:
+            raise ValueError(
+                f"augment[{i}]: {op['op']} mixes whole batches, not single images; "
+                "use data.mix = { mixup_alpha = 0.8, cutmix_alpha = 1.0 } instead"
+            )
+    return ops
 
 
 class Data(Strict):
@@ -68,14 +111,14 @@ class Data(Strict):
     balance: Literal["none", "sampler", "loss"] = "none"
     label_smoothing: Prob = 0.0
     drop_last: bool = False
+    mix: Mix | None = None
+    val_resize: Annotated[int, Field(ge=8, le=4096)] | None = None  # shorter side before the centre crop
+    val_crop: Annotated[int, Field(ge=8, le=2048)] | None = None  # default: image_size
 
     @field_validator("augment")
     @classmethod
     def _ops_named(cls, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, op in enumerate(ops):
-            if not isinstance(op.get("op"), str):
-                raise ValueError(f"augment[{i}] needs op = \"<torchvision.transforms.v2 class>\"")
-        return ops
+        return _check_per_image(ops)
 
     @model_validator(mode="after")
     def _one_source(self) -> "Data":
@@ -92,6 +135,9 @@ class Optimizer(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str = "AdamW"
     no_decay: Union[Literal["auto", "none"], list[str]] = "auto"
+    # Gradient clipping over the trainable parameters, after unscaling (fp16), before the step.
+    clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = None
+    clip_grad_value: Annotated[float, Field(gt=0.0)] | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -109,6 +155,65 @@ class Scheduler(BaseModel):
         return dict(self.model_extra or {})
 
 
+class StopEarly(Strict):
+    """End the phase after `patience` evaluations without an improvement > `min_delta`."""
+
+    metric: str = "val_loss"
+    patience: PositiveInt = 2
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        metric(name)
+        return name
+
+
+class PhaseData(Strict):
+    """Per-phase data overrides (progressive resizing, a last phase without mixing)."""
+
+    image_size: Annotated[int, Field(ge=8, le=2048)] | None = None
+    batch_size: PositiveInt | None = None
+    augment: list[dict[str, Any]] | None = None
+    mix: Union[Mix, Literal[False]] | None = None  # false: no mixing in this phase
+
+    @field_validator("augment")
+    @classmethod
+    def _ops_named(cls, ops: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if ops is None else _check_per_image(ops)
+class Trials(BaseModel):
+    """Alternatives of a phase: dotted paths to its fields (`"lr.layer4"`) -> lists of values.
+
+    The keys are checked in `trials.py`, against the phase they belong to. A nested table
+    (`lr = { layer4 = [...] }`, or TOML's unquoted `lr.layer4 = [...]`) reads as dotted keys.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    select: str = "val_top1"  # a metric of ftcompile/metrics.py: val_top1 | val_top5 | val_loss (| *_ema)
+
+    @field_validator("select")
+    @classmethod
+    def _select_metric(cls, name: str) -> str:
+        metric(name)
+        return name
+    mode: Literal["grid", "zip"] = "grid"
+    keep: Literal["winner", "all"] = "winner"
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", dict(self.model_extra or {}))
+        return out
+
+
 class Phase(Strict):
     after: list[str] = []
     train: Annotated[list[str], Field(min_length=1)]
@@ -122,6 +227,10 @@ class Phase(Strict):
     weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = {}
     momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
     cache_features: bool | None = None  # None: cache when provably safe; true: also with augmentation
+    stop_early: StopEarly | None = None  # metric-driven: the window becomes an upper bound
+    restore_best: bool = False  # at the phase end, go back to the phase's best evaluation
+    data: PhaseData | None = None
+    trials: Trials | None = None  # alternatives of this phase, all from the same state (trials.py)
 
     @model_validator(mode="after")
     def _one_duration(self) -> "Phase":
@@ -139,16 +248,14 @@ class Phase(Strict):
         return value
 
 
-class Run(Strict):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    deterministic: bool = True
-    compile: bool = False  # torch.compile the model (recompiles when the trainable set changes)
-    checkpoint_every: Duration = "1 epoch"
-    eval_every: Duration = "1 epoch"
+class Ema(Strict):
+    """An exponential moving average of the weights (timm's ModelEma): evaluated and saved too."""
 
-    @field_validator("checkpoint_every", "eval_every")
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9998
+    every: Duration = 1  # update every N steps ("N steps" / "N epochs")
+    warmup: bool = False  # decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates
+
+    @field_validator("every")
     @classmethod
     def _duration(cls, value: Duration) -> Duration:
         if isinstance(value, str) and not DURATION.match(value):
@@ -156,9 +263,45 @@ class Run(Strict):
         return value
 
 
+class Run(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    deterministic: bool = True
+    compile: bool = False  # torch.compile the model (recompiles when the trainable set changes)
+    # "never": no periodic checkpoints, only the phase ends that keep_checkpoints keeps.
+    checkpoint_every: Duration = "1 epoch"
+    eval_every: Duration = "1 epoch"
+    # Which checkpoints stay on disk (see README "What a run costs on disk").
+    keep_checkpoints: Literal["boundaries", "all", "last", "none"] = "boundaries"
+    keep_best: str | None = None  # a metric: also write best.pt at the run's best evaluation
+
+    @field_validator("keep_best")
+    @classmethod
+    def _metric(cls, name: str | None) -> str | None:
+        if name is not None:
+            metric(name)
+        return name
+    # metrics.jsonl is always written (resume relies on it); "tensorboard" adds event files.
+    log: list[Literal["jsonl", "tensorboard"]] = ["jsonl"]
+    accumulate: PositiveInt = 1  # micro-batches per optimizer step; data.batch_size stays the step's batch
+    ema: Ema | None = None
+    sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under several processes
+
+    @field_validator("checkpoint_every", "eval_every")
+    @classmethod
+    def _duration(cls, value: Duration, info: Any) -> Duration:
+        if value == "never" and info.field_name == "checkpoint_every":
+            return value
+        if isinstance(value, str) and not DURATION.match(value):
+            never = ', or "never"' if info.field_name == "checkpoint_every" else ""
+            raise ValueError(f'use "N epoch(s)", "N step(s)" or a number of steps{never}')
+        return value
+
+
 class Recipe(Strict):
-    name: Annotated[str, Field(pattern=SLUG)]
-    seed: Annotated[int, Field(ge=0)] = 0
+    name: Annotated[str, Field(pattern=SLUG, max_length=MAX_NAME)]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     model: Model
     data: Data
     optimizer: Optimizer = Optimizer()

@@ -49,6 +49,26 @@ LENGTH_ARGS = {
     "PolynomialLR": "total_iters",
 }
 MAX_LR_DEFAULT = ("OneCycleLR", "CyclicLR")
+# State tensors of a parameter's size that each torch.optim class keeps for every parameter
+# that has trained (the memory estimate of `ftcompile plan`), and the arguments that add one
+# when true or non-zero. A class missing here (a newer torch) is assumed to keep two, as Adam.
+STATE_TENSORS: dict[str, tuple[int, dict[str, int]]] = {
+    "SGD": (0, {"momentum": 1}),  # momentum_buffer
+    "Adam": (2, {"amsgrad": 1}),  # exp_avg, exp_avg_sq (+ max_exp_avg_sq)
+    "AdamW": (2, {"amsgrad": 1}),
+    "NAdam": (2, {}),
+    "RAdam": (2, {}),
+    "Adamax": (2, {}),  # exp_avg, exp_inf
+    "SparseAdam": (2, {}),
+    "Adagrad": (1, {}),  # sum
+    "Adadelta": (2, {}),  # square_avg, acc_delta
+    "RMSprop": (1, {"momentum": 1, "centered": 1}),  # square_avg (+ momentum_buffer, grad_avg)
+    "Rprop": (2, {}),  # prev, step_size
+    "ASGD": (1, {}),  # ax
+    "Adafactor": (0, {}),  # factored: a row and a column per matrix, negligible
+    "LBFGS": (2, {}),  # d, prev_flat_grad; plus 2 x history_size copies (state_tensors)
+    "Muon": (1, {}),  # momentum_buffer
+}
 # Need a callable or a metric, which a TOML recipe cannot give.
 UNSUPPORTED_SCHEDULERS = {"LambdaLR", "MultiplicativeLR", "ReduceLROnPlateau", "SequentialLR", "ChainedScheduler"}
 
@@ -85,6 +105,20 @@ def base_value(opt_type: str, kwargs: dict[str, Any], name: str) -> float | None
     if key == "betas" and name == "momentum":
         value = value[0]
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def state_tensors(opt_type: str, kwargs: dict[str, Any]) -> int:
+    """Parameter-sized state tensors the optimizer keeps per trained parameter (table above)."""
+    base, extra = STATE_TENSORS.get(opt_type, (2, {}))
+    params = _init_params(optimizer_class(opt_type))
+
+    def given(arg: str) -> Any:
+        return kwargs[arg] if arg in kwargs else (params[arg].default if arg in params else None)
+
+    count = base + sum(n for arg, n in extra.items() if given(arg))
+    if opt_type == "LBFGS":
+        count += 2 * int(given("history_size") or 100)
+    return count
 
 
 def dummy_optimizer(opt_type: str, kwargs: dict[str, Any], n_groups: int) -> Any:

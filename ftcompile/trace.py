@@ -8,43 +8,72 @@ run's lr.csv equals `ftcompile plan --trace` byte for byte.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Plan, PhasePlan, change_dict
+from ftcompile.plan import OPTIMIZER_OPS, Change, Op, Plan, PhasePlan, change_dict
 from ftcompile.torch_args import dummy_optimizer
 
 
-def lr_trace(plan: Plan) -> list[tuple[int, str, list[float]]]:
-    """(step, phase, lr of every param group) for every optimizer step, from real schedulers."""
+def lr_trace(plan: Plan) -> list[tuple[int, str, list[float], int | None]]:
+    """(step, phase, lr of every param group, trial) for every optimizer step a run takes.
+
+    A trial phase's window appears once per alternative (trial = its index), each from the
+    optimizer as it was at the phase start, in the order a run takes them; `trial` is None
+    outside trial phases.
+    """
     opt = dummy_optimizer(plan.optimizer.type, plan.optimizer.kwargs, len(plan.param_groups))
     for pg, group in zip(plan.param_groups, opt.param_groups):
         if not pg.decay:
             group["weight_decay"] = 0.0
     ex = Executor(opt, plan.param_group_names)
-    changes = [c for c in plan.changes if c.op in OPTIMIZER_OPS]
-    phase_names = _phase_per_step(plan)
-    rows = []
-    i = 0
-    for step in range(plan.total_steps):
-        while i < len(changes) and changes[i].step == step:
-            _apply_checked(ex, changes[i])
-            i += 1
-        rows.append((step, phase_names[step], ex.lrs()))
-        _step_checked(ex, step + 1, phase_names[step])
+    names = list(_phase_per_step(plan))
+    phases = {ph.name: ph for ph in plan.phases}
+    rows: list[tuple[int, str, list[float], int | None]] = []
+    step, segment = 0, []
+    for change in plan.changes:
+        if change.op == Op.TRIAL:
+            _window(ex, segment, step, change.step, names, None, rows)
+            ph = phases[change.target or ""]
+            assert ph.trials is not None
+            fork = [dict(g) for g in opt.param_groups]
+            for alt in ph.trials.alternatives:
+                for group, saved in zip(opt.param_groups, fork):  # the optimizer as at the phase start
+                    group.clear()
+                    group.update(saved)
+                ex.scheduler = None
+                alt_changes = [c for c in alt.changes if c.op in OPTIMIZER_OPS]
+                _window(ex, alt_changes, ph.begin, ph.end, names, alt.k, rows)
+            step, segment = ph.end, []
+        elif change.op in OPTIMIZER_OPS:
+            segment.append(change)
+    _window(ex, segment, step, plan.total_steps, names, None, rows)
     return rows
 
 
-def _phase_per_step(plan: Plan) -> list[str]:
-    """`plan.phase_at(step).name` for every step, in one pass instead of a scan per step."""
-    names = [plan.phases[-1].name] * plan.total_steps
-    for phase in reversed(plan.phases):  # the first phase that holds a step wins, as in phase_at
-        lo, hi = max(phase.begin, 0), min(phase.end, plan.total_steps)
-        names[lo:hi] = [phase.name] * max(0, hi - lo)
-    return names
+def _window(ex: Executor, changes: list[Change], begin: int, end: int, names: list[str], trial: int | None,
+            rows: list[tuple[int, str, list[float], int | None]]) -> None:
+    """Steps [begin, end): apply each change when its step comes, record the LRs, step."""
+    i = 0
+    for step in range(begin, end):
+        while i < len(changes) and changes[i].step == step:
+            _apply_checked(ex, changes[i])
+            i += 1
+        rows.append((step, names[step], ex.lrs(), trial))
+        _step_checked(ex, step + 1, names[step])
 
+
+def _phase_per_step(plan: Plan) -> Iterator[str]:
+    """`plan.phase_at(step).name` for every step, in one pass: the windows are consecutive."""
+    phases = sorted(plan.phases, key=lambda ph: ph.begin)
+    k = 0
+    for step in range(plan.total_steps):
+        while k < len(phases) - 1 and step >= phases[k].end:
+            k += 1
+        yield phases[k].name if phases[k].begin <= step < phases[k].end else plan.phase_at(step).name
 
 
 def _apply_checked(ex: Any, change: Change) -> None:
@@ -77,18 +106,28 @@ def _step_checked(ex: Any, steps_done: int, phase: str) -> None:
         )
 
 
-def lr_summary(rows: list[tuple[int, str, list[float]]], plan: Plan) -> list[PhasePlan]:
+def lr_summary(rows: list[tuple[int, str, list[float], int | None]], plan: Plan) -> list[PhasePlan]:
+    """Each phase's LRs (first / peak / last per trained group); a trial phase gets them per
+    alternative, and its own are its first alternative's."""
     first_pg: dict[str, int] = {}  # group -> index of its first param group
     for i, pg in enumerate(plan.param_groups):
         first_pg.setdefault(pg.group, i)
+    windows: dict[tuple[str, int | None], list[list[float]]] = {}
+    for _, phase, lrs, trial in rows:  # one pass: a plan may hold 10^5 steps
+        windows.setdefault((phase, trial), []).append(lrs)
+
+    def summary(train: tuple[str, ...], window: list[list[float]]) -> dict[str, dict[str, float]]:
+        lr = {}
+        for g in train:
+            values = [r[first_pg[g]] for r in window]
+            lr[g] = {"first": values[0], "peak": max(values), "last": values[-1]}
+        return lr
+
     out = []
     for ph in plan.phases:
-        window = rows[ph.begin : ph.end]
-        lr = {}
-        for g in ph.train:
-            idx = first_pg[g]
-            values = [r[2][idx] for r in window]
-            lr[g] = {"first": values[0], "peak": max(values), "last": values[-1]}
-        out.append(replace(ph, lr=lr))
+        if ph.trials is None:
+            out.append(replace(ph, lr=summary(ph.train, windows[(ph.name, None)])))
+            continue
+        alts = tuple(replace(a, lr=summary(a.train, windows[(ph.name, a.k)])) for a in ph.trials.alternatives)
+        out.append(replace(ph, lr=alts[0].lr, trials=replace(ph.trials, alternatives=alts)))
     return out
-

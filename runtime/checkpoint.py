@@ -1,42 +1,134 @@
-"""Atomic checkpoints that load with weights_only=True.
+"""Atomic, verified checkpoints that load with weights_only=True.
 
 A checkpoint is written to a temporary file in the same folder, fsynced, then renamed over
-its final name (and the folder fsynced), so a kill at any moment leaves either the old
-newest checkpoint or the new one, never a torn file. RNG states are stored as tensors and
-plain values so that the runtime's own files need no pickle code either.
+its final name (and the folder fsynced), so a kill or a failed write at any moment leaves
+either the old newest checkpoint or the new one, never a torn file. RNG states are stored as
+tensors and plain values so that the runtime's own files need no pickle code either.
+
+Each checkpoint also carries a sha256 digest of its content, taken at save time. A file can
+still be damaged afterwards (a disk, a copy, a truncation that keeps the zip readable, a
+flipped bit that torch.load does not notice), so a checkpoint counts only once it loads and
+its digest matches: `load_newest` falls back past a bad one, and a bad file is moved to
+`checkpoints/damaged/` (never deleted, never counted among the KEEP kept).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-KEEP = 2  # newest checkpoints kept; older ones are deleted after a new one is safe
+from ftcompile.errors import RecipeError, os_error
+
+KEEP = 2  # newest good checkpoints kept; older ones are deleted after a new one is safe
+DAMAGED = "damaged"  # sub-folder that bad checkpoint files are moved to
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+# Files this process wrote or verified, by (size, mtime): they need not be loaded again to
+# know that they are good when older checkpoints are pruned.
+_known_good: dict[Path, tuple[int, int]] = {}
+
+
+# ---------------------------------------------------------------- writing
+
+
+class _Writer:
+    """The file torch.save writes to, remembering the OSError of a failed write: torch turns
+    it into a RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _open_new(path: Path) -> BinaryIO:
+    """Where a checkpoint's bytes go first (a seam for tests that make writes fail)."""
+    return open(path, "wb")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save(obj, path), all or nothing; an OS failure is a RecipeError naming `path`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    writer: _Writer | None = None
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+        with _open_new(tmp) as fh:
+            writer = _Writer(fh)
+            torch.save(obj, writer)
             fh.flush()
-            os.fsync(fh.fileno())
+            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_folder(path.parent)  # and the new name is on disk too
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise os_error(exc, path) from None
+        if isinstance(exc, RuntimeError) and writer is not None and writer.error is not None:
+            raise os_error(writer.error, path) from None
+        if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):  # torch's words for a short write
+            raise RecipeError(f"cannot write: {str(exc).splitlines()[0]}", file=path,
+                              suggestion="check the free disk space; checkpoints written before are intact") from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def _fsync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# ---------------------------------------------------------------- content digest
+
+
+class _Key(str):
+    """A dict key on the digest's work stack (told apart from a string value)."""
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 over a checkpoint's content: every tensor's dtype, shape and bytes, every
+    plain value, every key, in order. Equal before torch.save and after torch.load."""
+    h = hashlib.sha256()
+    stack: list[Any] = [obj]
+    while stack:  # depth-first, in order, without recursion
+        item = stack.pop()
+        if isinstance(item, _Key):
+            h.update(b"K" + item.encode() + b";")
+        elif isinstance(item, torch.Tensor):
+            t = item.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(item, dict):
+            h.update(f"D{len(item)};".encode())
+            for key, value in reversed(list(item.items())):
+                stack += [value, _Key(repr(key))]
+        elif isinstance(item, (list, tuple)):
+            h.update(f"{type(item).__name__}{len(item)};".encode())
+            stack += list(reversed(item))
+        else:
+            h.update(repr(item).encode() + b";")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- RNG
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,30 +160,127 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, step: int, payload: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (one writer per run)
-        stale.unlink(missing_ok=True)
-    path = folder / f"step-{step:08d}.pt"
-    atomic_save({**payload, "step": step, "rng": rng_state()}, path)
-    for old in list_checkpoints(folder)[:-KEEP]:
-        old.unlink(missing_ok=True)
+# ---------------------------------------------------------------- the checkpoint folder
+
+
+def save(folder: Path, step: int, payload: dict[str, Any], keep: int | None = KEEP, number: int | None = None) -> Path:
+    """Write checkpoint `step` (with RNG states and a digest); with `keep`, then keep the
+    `keep` newest good ones (None: the caller decides what stays, see retention.py).
+
+    `number` orders the files (default: the step). A run with trials goes back to a phase's
+    start for each alternative, so it numbers its files by optimizer steps taken in all."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (the run lock allows one)
+            stale.unlink(missing_ok=True)
+    except OSError as err:
+        raise os_error(err, folder) from None
+    path = folder / f"step-{step if number is None else number:08d}.pt"
+    content = {**payload, "step": step, "rng": rng_state()}
+    atomic_save({**content, "digest": content_digest(content)}, path)
+    _remember(path)
+    if keep:
+        _prune(folder, step if number is None else number, keep)
     return path
 
 
+def _prune(folder: Path, step: int, keep: int = KEEP) -> None:
+    """Keep the newest `keep` good checkpoints up to `step` (the one just written counts).
+
+    A bad older file never counts toward KEEP: it is moved aside. Files of later steps (a
+    resume that fell back past them moved any bad ones already) are left alone.
+    """
+    kept = 1
+    for path in reversed([p for p in list_checkpoints(folder) if step_of(p) < step]):
+        if kept >= keep:
+            path.unlink(missing_ok=True)
+        elif is_good(path):
+            kept += 1
+        else:
+            set_aside(path)
+
+
+def step_of(path: Path) -> int:
+    match = _NAME.match(path.name)
+    assert match, path
+    return int(match.group(1))
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoint files, oldest first (temporary files are ignored)."""
+    """Checkpoint files, oldest first (temporary files and set-aside ones are ignored)."""
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
-def load_newest(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The newest checkpoint that loads; a damaged one is skipped, never deleted."""
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _remember(path: Path) -> None:
+    _known_good[path.resolve()] = _stat_key(path)
+
+
+def is_good(path: Path) -> bool:
+    try:
+        if _known_good.get(path.resolve()) == _stat_key(path):
+            return True
+    except OSError:
+        return False
+    return verify(path)[0] is not None
+
+
+def verify(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any] | None, str]:
+    """(the checkpoint, "") when it loads and its digest matches; (None, why) otherwise.
+
+    A file without a digest (written by an older ftcompile) counts when it loads.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated, not a zip, refused pickle, I/O error
+        return None, f"does not load: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        return None, "is not an ftcompile checkpoint"
+    stored = state.pop("digest", None)
+    if stored is not None and stored != content_digest(state):
+        return None, "its content digest does not match the one recorded when it was saved"
+    try:
+        _remember(path)
+    except OSError:
+        pass
+    return state, ""
+
+
+def set_aside(path: Path) -> Path:
+    """Move a bad checkpoint to checkpoints/damaged/ (a new name if one is there already)."""
+    dest_dir = path.parent / DAMAGED
+    dest_dir.mkdir(exist_ok=True)
+    dest, n = dest_dir / path.name, 1
+    while dest.exists():
+        dest, n = dest_dir / f"{path.name}.{n}", n + 1
+    os.replace(path, dest)
+    _known_good.pop(path.resolve(), None)
+    return dest
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def load_newest(
+    folder: Path, map_location: str | torch.device = "cpu", move_bad: bool = True, warn: Callable[[str], None] = _warn
+) -> dict[str, Any] | None:
+    """The newest checkpoint that loads and matches its digest, or None.
+
+    Each bad file met on the way is named (and, with `move_bad`, moved to damaged/ so it
+    never shadows or outnumbers the checkpoints written from here on).
+    """
     for path in reversed(list_checkpoints(folder)):
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except Exception:  # a damaged file: fall back to the one before
-            continue
+        state, why = verify(path, map_location)
+        if state is not None:
+            return state
+        where = f"; moved to {set_aside(path)}" if move_bad else ""
+        warn(f"checkpoint {path} {why}{where}; falling back to the one before")
     return None

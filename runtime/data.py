@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
@@ -45,19 +45,25 @@ def build_transforms(data: DataSpec, mean: Sequence[float], std: Sequence[float]
     recipe without a crop (or with a crop of another size) still batches.
     Val: Resize(image_size / 0.875) + CenterCrop for photos; for the builtin digits, whose
     8x8 images are drawn to the border, plain Resize(image_size) so no stroke is cut off and
-    val sees the same framing as an un-augmented train image.
+    val sees the same framing as an un-augmented train image. `data.val_resize` and
+    `data.val_crop` replace the resize and the crop size.
     """
     size = data.image_size
     steps: list[Callable] = [v2.ToImage()]
     if train:
         steps += _augment_ops(data.augment)
         steps += [v2.Resize(size), v2.CenterCrop(size)]
-    elif data.builtin is not None:
-        steps += [v2.Resize(size), v2.CenterCrop(size)]
     else:
-        steps += [v2.Resize(round(size / VAL_CROP_FRACTION)), v2.CenterCrop(size)]
+        steps += [v2.Resize(val_resize(data)), v2.CenterCrop(data.val_crop or size)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
+
+
+def val_resize(data: DataSpec) -> int:
+    """data.val_resize, else image_size / 0.875 (photos) or image_size (the builtin digits)."""
+    if data.val_resize is not None:
+        return data.val_resize
+    return data.image_size if data.builtin is not None else round(data.image_size / VAL_CROP_FRACTION)
 
 
 def _augment_ops(augment: list[dict]) -> list[Callable]:
@@ -86,17 +92,45 @@ class ImageFiles(Dataset):
         rel, label = self.samples[index]
         return self.transform(self._read(self.folder / rel)), label
 
-    def _read(self, path: Path) -> Image.Image:
+    def _read(self, path: Path) -> torch.Tensor:
         """Decode as RGB; a corrupt or truncated file becomes a RecipeError that names it."""
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return read_rgb(path)
+        except Exception as err:  # PIL raises many types for damaged files (OSError, struct.error, ...)
             raise RecipeError(
-                f"cannot read image {path}: {err}",
+                f"cannot read image {path}: {err or type(err).__name__}",
                 key=self.key,
-                suggestion="delete or replace the file (or give it a non-image extension)",
+                suggestion="delete or replace the file (or give it a non-image extension); "
+                "`ftcompile check --verify-images RECIPE` lists every bad file",
             ) from None
+
+
+# 16-bit grey (PNG, TIFF): PIL's convert("RGB") clips each value at 255, turning almost every
+# pixel white. "I" is how older Pillow versions and TIFF hand 16-bit data over.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """The image as the camera or the file meant it: uint8 RGB, (3, H, W).
+
+    The EXIF orientation is applied (a phone photo stored sideways is seen upright), 16-bit
+    grey is scaled to 8 bits (v / 257, rounded) instead of clipped, CMYK becomes RGB by
+    (255 - c)(255 - k) / 255, palette images are looked up, and an alpha channel is dropped
+    (as torchvision's own decoders do for an RGB read).
+    """
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+    if image.mode in _SIXTEEN_BIT:
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        grey = ((wide + 128) // 257).astype(np.uint8)  # == round(v / 257): v / 257 is never k + 1/2
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    elif image.mode == "CMYK":
+        cmyk = np.asarray(image, dtype=np.int64)
+        ink = (255 - cmyk[:, :, :3]) * (255 - cmyk[:, :, 3:])
+        rgb = ((ink + 127) // 255).astype(np.uint8)  # round((255 - c)(255 - k) / 255)
+    else:
+        rgb = np.array(image.convert("RGB"))  # a writable copy: torch.from_numpy shares it
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 class DigitsImages(Dataset):

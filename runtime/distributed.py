@@ -74,6 +74,22 @@ def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
 
 
+def sync_batchnorm(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
+    """run.sync_bn: BatchNorm -> SyncBatchNorm before the DDP wrapper (a no-op with one
+    process). The parameters stay the same objects, so groups and the optimizer still hold
+    them. torch synchronises statistics on GPUs only: on CPU processes it is an error here,
+    not at the first batch."""
+    if not d.enabled:
+        return model
+    if device.type == "cpu":
+        raise RecipeError(
+            "run.sync_bn needs GPU processes: torch's SyncBatchNorm does not run on CPU",
+            key="run.sync_bn",
+            suggestion='set sync_bn = false on CPU (or bn = "frozen" so that BatchNorm keeps its statistics)',
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def mean(value: float, d: Dist) -> float:
     if not d.enabled:
         return value

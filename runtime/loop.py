@@ -18,7 +18,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,17 @@ from torch import nn
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Op, Plan, change_dict
-from ftcompile.runtime import checkpoint, distributed
+from ftcompile.plan import OPTIMIZER_OPS, Change, DataSpec, Op, PhasePlan, Plan, change_dict
+from ftcompile.runtime import checkpoint, distributed, retention, trials
+from ftcompile.runtime.best import Watch
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
 from ftcompile.runtime.distributed import Dist
+from ftcompile.runtime.ema import Ema
 from ftcompile.runtime.features import FeatureCache
 from ftcompile.runtime.logs import Logs, Progress, print_eval, truncate_logs
+from ftcompile.runtime.mix import BatchMix, check_micro_batches, micro_batches
 from ftcompile.runtime.model import build
+from ftcompile.runtime.trials import Diverged, TrialState
 from ftcompile.runtime.optim import build_optimizer
 
 # Changes that set up state (replayed on load_state); evaluate / checkpoint only happen.
@@ -134,7 +138,8 @@ def observe(*hooks: Hooks) -> Iterator[None]:
 def evaluate(
     model: nn.Module, loader: Any, device: torch.device, autocast: Any, num_classes: int, d: Dist = Dist()
 ) -> dict[str, float]:
-    """Val loss, top-1 and top-5 over the whole val set (each rank sums its shard)."""
+    """Val loss, top-1 and, with more than 5 classes, top-5 over the whole val set (each rank
+    sums its shard). With 5 classes or fewer top-5 is always 100%: not reported."""
     model.eval()
     total, loss_sum, top1, top5 = 0, 0.0, 0, 0
     with torch.no_grad():
@@ -150,9 +155,19 @@ def evaluate(
             total += y.numel()
     total, loss_sum, top1, top5 = distributed.sums([total, loss_sum, top1, top5], d)
     out = {"val_loss": loss_sum / max(total, 1), "top1": top1 / max(total, 1)}
-    if num_classes >= 5:
+    if num_classes > 5:
         out["top5"] = top5 / max(total, 1)
     return out
+
+
+# Fields of a step record that differ between two runs of one plan (everything else is bitwise).
+TIMING_FIELDS = ("seconds", "images_per_s")
+
+
+def step_timing(images: int, seconds: float) -> dict[str, float]:
+    """The step's wall time (changes due, data, forward/backward/step; not evaluations or
+    checkpoints) and the images per second it makes, for metrics.jsonl's step records."""
+    return {"seconds": round(seconds, 6), "images_per_s": round(images / max(seconds, 1e-9), 2)}
 
 
 def _autocast(precision: str, device: torch.device) -> Any:
@@ -202,6 +217,14 @@ class Session:
         self.model = build(plan.model, root, upstream).to(self.device)
         if run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if run.sync_bn:  # before the DDP wrapper (one process: no-op)
+            self.model = distributed.sync_batchnorm(self.model, d, self.device)
+        self.ema = Ema(self.model, run.ema) if run.ema else None
+        self.root = root
+        self._phase_data: dict[str, tuple[TrainBatches, Any, BatchMix | None]] = {}
+        self._segment: str | None = None  # the data segment the batch iterator belongs to
+        check_micro_batches(data.batch_size, run.accumulate, d.world, "data.batch_size")
+        self.mixer = BatchMix(data.mix, plan.model.num_classes, plan.seed) if data.mix else None
         self.optimizer = build_optimizer(self.model, plan)
         self.executor = Executor(self.optimizer, plan.param_group_names)
         self.groups = Trainables.of(self.model, plan)
@@ -221,7 +244,14 @@ class Session:
         self._rewrap = True
         self.ends = {ph.end for ph in plan.phases}
         self.evals: list[dict[str, Any]] = []
-        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main) if run_dir else None
+        self.watch = Watch(plan, run_dir, d.main)  # stop_early, restore_best, keep_best
+        self.phases = {ph.name: ph for ph in plan.phases}
+        # Trials (runtime/trials.py): the alternative chosen per trial phase so far, the one
+        # running now, and optimizer steps taken in all (alternatives go back to a phase start).
+        self.trials = TrialState(plan)
+        self.executed = 0
+        has_trials = any(ph.trials for ph in plan.phases)
+        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials) if run_dir else None
         self.progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
         for hook in self.hooks:
             hook.on_start(self)
@@ -245,6 +275,10 @@ class Session:
             "next_change": self.next_change,  # changes before it are applied; data position = step
             "plan_hash": self.plan.hash,
             "logs": self.logs.sizes() if self.logs else {},
+            "watch": copied(self.watch.state()),
+            **({"ema": copied(self.ema.state_dict())} if self.ema else {}),
+            "trials": self.trials.record(),
+            "executed": self.executed,
         }
 
     def load_state(self, state: dict[str, Any], keep_features: bool = False) -> None:
@@ -259,6 +293,10 @@ class Session:
             raise RecipeError("the saved state belongs to another plan", suggestion="start a new run")
         # Checkpoints of ftcompile 0.1 stored the index of their own checkpoint change.
         next_change = state["next_change"] if "next_change" in state else state["change_index"] + 1
+        # Inside or after trial phases the change list holds the alternatives that ran.
+        self.trials.restore(state.get("trials"))
+        self.changes = self.trials.changes()
+        self.executed = state.get("executed", state["step"])
         self.groups.frozen_bn.clear()
         self.executor.scheduler = None
         self.wanted_features = None
@@ -271,8 +309,12 @@ class Session:
         if self.executor.scheduler is not None:
             self.executor.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.next_change = state["step"], next_change
+        self.watch.load_state(state.get("watch"))
+        self.progress.at(self.step)
         if not (keep_features and self.features and self.features.module == self.wanted_features):
             self.features = None
         self._batch_iter, self._rewrap = None, True
@@ -291,22 +333,54 @@ class Session:
             raise ValueError(f"window [{begin}, {end}) outside the plan's [0, {self.plan.total_steps})")
         while True:
             started = time.perf_counter()
-            # Apply the changes due at this step (only the window's own ones at its end);
-            # time spent evaluating and checkpointing is not the next step's.
-            started += self._apply_due(final=self.step == end)
+            # Apply the changes due at this step (only the window's own ones at its end, and
+            # at an alternative's end only its own); time spent evaluating and checkpointing
+            # is not the next step's.
+            started += self._apply_due(end)
+            # An alternative has run its window: the next one starts from the phase start,
+            # or the winner's end state continues.
+            if self.trials.at_end(self.step):
+                trials.next_alternative(self)
+                continue
             if self.step >= end:
                 return
             # Cached features and the DDP / compile wrapper follow what the changes set.
             self._prepare()
-            self._train_step(started)
+            try:
+                self._train_step(started)
+            except Diverged:
+                if self.trials.running is None:
+                    raise
+                trials.next_alternative(self, diverged=True)  # a diverged alternative ranks last
 
-    def _apply_due(self, final: bool) -> float:
-        """Apply the changes due now; returns the seconds spent evaluating and checkpointing."""
+    def apply_setup(self) -> None:
+        """Apply the set-up changes due at the current step (a phase's start: freezing, LRs,
+        its scheduler) without training or evaluating; for callers that drive steps
+        themselves (lr-find)."""
+        while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
+            change = self.changes[self.next_change]
+            if change.op in END_OF_WINDOW:
+                break
+            self.next_change += 1
+            self._apply(change)
+
+    def train_step(self) -> None:
+        """One optimizer step at the optimizer's current LRs, applying no plan change."""
+        self._prepare()
+        self._train_step(time.perf_counter())
+
+    def _apply_due(self, end: int) -> float:
+        """Apply the changes due now; returns the seconds spent evaluating and checkpointing.
+        (An evaluation can move the session to its phase's end: stop_early.)"""
         outside = 0.0
         while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
             change = self.changes[self.next_change]
-            if final and change.op not in END_OF_WINDOW:
+            if (self.step == end or self.trials.at_end(self.step)) and change.op not in END_OF_WINDOW:
                 break
+            if change.op == Op.TRIAL:
+                # Save the phase-start state; the first alternative's changes take this place.
+                trials.start(self, change.target or "")
+                continue
             self.next_change += 1
             if change.op in END_OF_WINDOW:
                 began = time.perf_counter()
@@ -332,9 +406,14 @@ class Session:
 
     def _prepare(self) -> None:
         if (self.features.module if self.features else None) != self.wanted_features:
-            self.features = None if self.wanted_features is None else FeatureCache.build(
-                self.model, self.wanted_features, cache_loader(self.train_ds, self.plan.data, self.plan.seed),
-                self.val_loader, self.device, self.autocast, lambda: self.groups.train_mode(self.model))
+            _, train_ds, spec = self._data_of(self.plan.phase_at(self.step))
+            # Alternatives start from one state: features computed at the phase start serve all.
+            self.features = self.trials.shared_features(self.step, self.wanted_features)
+            if self.features is None and self.wanted_features is not None:
+                self.features = FeatureCache.build(
+                    self.model, self.wanted_features, cache_loader(train_ds, spec, self.plan.seed),
+                    self.val_loader, self.device, self.autocast, lambda: self.groups.train_mode(self.model))
+                self.trials.offer_features(self.step, self.features)
             self._rewrap, self._batch_iter = True, None
         if self._rewrap or self.net is None:
             # DDP registers gradient hooks for what requires grad now: rebuild when that changes.
@@ -346,40 +425,122 @@ class Session:
 
     def _train_step(self, started: float) -> None:
         plan, step = self.plan, self.step
-        # The batch of this step: a pure function of (seed, epoch, position in the epoch).
-        x, y = self._batch(*divmod(step, plan.data.steps_per_epoch))
+        # The batch of this step: a pure function of (seed, epoch, position in the epoch),
+        # counted in the data segment of the phase (per-phase data overrides).
+        batches, epoch, b, mixer = self._position(step)
+        x, y = self._batch(batches, epoch, b)
+        # Batch-level MixUp / CutMix, drawn under the step's own seed: soft targets from here.
+        if mixer is not None:
+            x, y = mixer(x, y, step)
         lrs = self.executor.lrs()
         self.groups.train_mode(self.model)
-        # Forward, backward, optimizer step (through the grad scaler under fp16).
         compute = time.perf_counter()
         assert self.net is not None
-        with self.autocast():
-            loss = self.loss_fn(_forward(self.net, x, step), y)
-        self.scaler.scale(loss).backward()
+        # Forward and backward, per micro-batch under run.accumulate (DDP all-reduces on the last).
+        loss = self._forward_backward(x, y, step)
+        # Clip the trainable parameters' gradients (unscaled first under fp16).
+        grad_norm = self._clip_gradients()
+        # Optimizer step (through the grad scaler under fp16).
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        value = distributed.mean(loss.item(), self.d)
+        # The EMA of the weights follows the step, at its cadence.
+        if self.ema is not None:
+            self.ema.update(self.model, step + 1)
+        value = distributed.mean(loss, self.d)
         compute = time.perf_counter() - compute
         # Log the step, then move on: the scheduler steps after the optimizer.
         named_lrs = dict(zip(plan.param_group_names, lrs))
+        images, seconds = y.shape[0] * self.d.world, time.perf_counter() - started
+        trial = self.trials.k
         if self.logs:
-            self.logs.record({"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs})
-            self.logs.lrs(step, self.phase, lrs)
+            record = {"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs,
+                      **step_timing(images, seconds), **({"trial": trial} if trial is not None else {})}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm  # before clipping
+            self.logs.record(record)
+            self.logs.lrs(step, self.phase, lrs, trial)
         self.step += 1
+        self.executed += 1
         self.executor.after_step(self.step)
-        self.progress.update(self.step, value, max(lrs), y.numel())
+        self.progress.update(self.step, value, max(lrs), y.shape[0])
         if not math.isfinite(value):
-            raise RecipeError(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
-        info = StepInfo(step, self.phase, value, named_lrs, y.numel() * self.d.world, time.perf_counter() - started, compute)
+            raise Diverged(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
+        info = StepInfo(step, self.phase, value, named_lrs, images, time.perf_counter() - started, compute)
         for hook in self.hooks:
             hook.on_step(self, info)
 
-    def _batch(self, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+        """Mean loss of the batch; its gradient summed over run.accumulate micro-batches,
+        each loss weighted by its share so the sum is the whole batch's gradient."""
+        assert self.net is not None
+        parts = list(micro_batches(x, y, self.plan.run.accumulate, self.loss_fn.weight))
+        no_sync = getattr(self.net, "no_sync", None)
+        total = 0.0
+        for i, (xi, yi, share) in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with self.autocast():
+                    loss = self.loss_fn(_forward(self.net, xi, step), yi)
+                self.scaler.scale(loss if len(parts) == 1 else loss * share).backward()
+            total += loss.item() * share
+        return total
+
+    def _clip_gradients(self) -> float | None:
+        """optimizer.clip_grad_norm / clip_grad_value over the parameters that have a
+        gradient; returns the total norm before clipping (None without clipping)."""
+        opt = self.plan.optimizer
+        if opt.clip_grad_norm is None and opt.clip_grad_value is None:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if opt.clip_grad_norm is not None:
+            norm = nn.utils.clip_grad_norm_(params, opt.clip_grad_norm)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params])
+        if opt.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(params, opt.clip_grad_value)
+        return float(norm)
+
+    def _data_of(self, phase: PhasePlan) -> tuple[TrainBatches, Any, DataSpec]:
+        """The train batches, dataset and data spec of a phase (its own with overrides)."""
+        if phase.data is None:
+            return self.batches, self.train_ds, self.plan.data
+        pd = phase.data
+        key = f"{pd['data_begin']}"
+        if key not in self._phase_data:
+            spec = replace(self.plan.data, image_size=pd["image_size"], batch_size=pd["batch_size"],
+                           augment=pd["augment"], mix=pd["mix"])
+            check_micro_batches(spec.batch_size, self.plan.run.accumulate, self.d.world, f"phases.{phase.name}.data.batch_size")
+            train_ds, _, _ = build_datasets(spec, self.root, spec.mean, spec.std)
+            counts = spec.class_counts if spec.balance == "sampler" else None
+            batches = TrainBatches(train_ds, spec, self.plan.seed, counts, rank=self.d.rank, world=self.d.world)
+            self._phase_data[key] = (batches, train_ds, spec)  # type: ignore[assignment]
+        return self._phase_data[key]  # type: ignore[return-value]
+
+    def _position(self, step: int) -> tuple[TrainBatches, int, int, BatchMix | None]:
+        """Which batch step `step` trains on: (its batches, epoch, batch in the epoch, mixer)."""
+        phase = self.plan.phase_at(step)
+        batches, _, spec = self._data_of(phase)
+        if phase.data is None:
+            epoch, b = divmod(step, self.plan.data.steps_per_epoch)
+            segment = "recipe"
+        else:
+            pd = phase.data
+            epoch, b = divmod(step - pd["data_begin"], pd["steps_per_epoch"])
+            epoch += pd["epoch_base"]
+            segment = str(pd["data_begin"])
+        if segment != self._segment:
+            self._segment, self._batch_iter = segment, None
+        mixer = self.mixer if phase.data is None else (
+            BatchMix(spec.mix, self.plan.model.num_classes, self.plan.seed) if spec.mix else None)
+        return batches, epoch, b, mixer
+
+    def _batch(self, batches: TrainBatches, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.features is not None:
-            return self.features.batch([i for i, _ in self.batches.batch_items(epoch, b)], self.device)
+            return self.features.batch([i for i, _ in batches.batch_items(epoch, b)], self.device)
         if self._batch_iter is None or b == 0:
-            self._batch_iter = iter(self.batches.loader(epoch, b))
+            self._batch_iter = iter(batches.loader(epoch, b))
         x, y = next(self._batch_iter)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.plan.run.channels_last:
@@ -400,6 +561,13 @@ class Session:
         rec: dict[str, Any] = {"type": "eval", "step": self.step, "epoch": self.step / self.plan.data.steps_per_epoch,
                                "phase": change.target}
         rec.update(self.evaluate())
+        if self.ema is not None:  # the EMA weights on the full val set (its frozen part differs from a cache)
+            ema = evaluate(self.ema.module, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d)
+            rec.update({f"{k}_ema": v for k, v in ema.items()})
+        if self.trials.k is not None:
+            rec["trial"] = self.trials.k
+            if self.trials.at_end(self.step):
+                self.trials.running.results.append(trials.result(rec))  # type: ignore[union-attr]
         if self.logs:
             self.logs.record(rec)
         self.evals.append(rec)
@@ -407,11 +575,61 @@ class Session:
             print_eval(rec, self.progress)
         for hook in self.hooks:
             hook.on_evaluate(self, rec)
+        self._metric_driven(rec)
         if self.d.enabled and self.step in self.ends:
             # All ranks must hold bitwise the same parameters at every phase end.
             digests = distributed.check_in_sync(self.model, self.d, self.step)
             if self.logs:
                 self.logs.record({"type": "sync", "step": self.step, "ranks": self.d.world, "digests": digests})
+
+    def _metric_driven(self, rec: dict[str, Any]) -> None:
+        """After an evaluation: best.pt, and the phase's early stop and restore of its best."""
+        phase = self.phases[rec["phase"]]
+        stop = self.watch.evaluated(rec, phase, self.model, self.optimizer)
+        if stop:
+            best = self.watch.current
+            assert best is not None
+            self._log({"type": "stop", "step": self.step, "phase": phase.name, "metric": best.metric,
+                       "best": best.value, "best_step": best.step, "evaluations_without_improvement": best.bad,
+                       "next_step": phase.end})
+            self._skip_to_end(phase)
+        if self.step == phase.end:
+            self._restore_best(phase)
+        if stop:
+            self.checkpoint()  # the phase's end checkpoint, which the jump skipped
+
+    def _skip_to_end(self, phase: PhasePlan) -> None:
+        """Jump to the phase's end: its remaining changes are only evaluations and checkpoints
+        (set-up changes come at phase starts), so skipping them leaves the plan's state intact;
+        the batches are a function of the step, so the next phase sees its planned data."""
+        while self.next_change < len(self.changes):
+            c = self.changes[self.next_change]
+            if c.step > phase.end or (c.step == phase.end and not (c.op in END_OF_WINDOW and c.target == phase.name)):
+                break
+            self.next_change += 1
+        self.step, self._batch_iter = phase.end, None
+        self.progress.at(self.step)
+
+    def _restore_best(self, phase: PhasePlan) -> None:
+        """restore_best: model and optimizer moments go back to the phase's best evaluation;
+        the param groups' hyperparameters stay (the next phase sets its own)."""
+        best = self.watch.best_state(phase, self.step)
+        if best is None:
+            return
+        self.model.load_state_dict(best["model"])
+        current = self.optimizer.state_dict()
+        self.optimizer.load_state_dict({**current, "state": best["optimizer"]})
+        self.executor.rebind()
+        assert self.watch.current is not None
+        self._log({"type": "restore", "step": self.step, "phase": phase.name, "metric": self.watch.current.metric,
+                   "value": self.watch.current.value, "from_step": self.watch.current.step})
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if self.logs:
+            self.logs.record(rec)
+        if self.d.main:
+            self.progress.write(f"{rec['type']:<5} step {rec['step']:>6}  {rec['phase']}  "
+                                + "  ".join(f"{k} {v}" for k, v in rec.items() if k not in ("type", "step", "phase")))
 
     def checkpoint(self) -> None:
         """Write the state to the run directory's checkpoints/ (rank 0; atomic)."""
@@ -420,7 +638,8 @@ class Session:
         state = self.state(snapshot=False)
         for hook in self.hooks:
             hook.on_checkpoint(self, self.step, state)
-        checkpoint.save(self.run_dir / "checkpoints", self.step, state)
+        checkpoint.save(self.run_dir / "checkpoints", self.step, state, keep=None, number=self.executed)
+        retention.prune(self.run_dir / "checkpoints", self.plan, finished=False)
 
     def close(self) -> None:
         self.progress.done()
@@ -444,6 +663,9 @@ def train(
         session.close()
     if d.main:
         checkpoint.atomic_save(session.model.state_dict(), run_dir / "model.pt")
+        if session.ema is not None:
+            checkpoint.atomic_save(session.ema.module.state_dict(), run_dir / "model_ema.pt")
+        retention.prune(run_dir / "checkpoints", plan, finished=True)  # model.pt is safe first
     return {"evals": session.evals, "seconds": time.perf_counter() - session.progress.started}
 
 

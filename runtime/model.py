@@ -14,6 +14,7 @@ from torch import nn
 from ftcompile import arch as archs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import ModelSpec
+from ftcompile.weights import check_fits, read_state
 
 
 def torchvision_weights(arch: str, name: str) -> Any:
@@ -41,10 +42,12 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
         fetch(weights)
         # torch.hub loads its cache with weights_only=False: check the file the safe way first.
         load_state(cache_file(weights))
-        return archs.build_model(arch, num_classes, head, device="cpu", weights=weights)
-    model = archs.build_model(arch, num_classes, head, device="cpu")
+        return _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", weights=weights,
+                                                          builder_args=spec.builder_args))
+    model = _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", builder_args=spec.builder_args))
+    with_head = spec.head_weights == "load"
     if kind == "file":
-        load_backbone(model, arch, root / value)
+        load_backbone(model, arch, root / value, with_head)
     elif kind == "recipe":
         if upstream is None:
             raise RecipeError(
@@ -52,8 +55,23 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
                 key="model.weights",
                 suggestion="start the run with ftcompile run, which trains or finds the upstream run first",
             )
-        load_backbone(model, arch, upstream)
+        load_backbone(model, arch, upstream, with_head)
     return model
+
+
+def _allocated(spec: ModelSpec, make: Any) -> nn.Module:
+    """make(); a model too large for this machine's memory is a message, not a traceback."""
+    try:
+        return make()
+    except (RuntimeError, MemoryError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise RecipeError(
+            f"the model does not fit in memory: {spec.total_params:,} parameters "
+            f"({4 * spec.total_params / 2**30:,.1f} GiB in fp32) ({str(exc).splitlines()[0][:160]})",
+            key="model.num_classes" if spec.head is None else "model.head",
+            suggestion="check model.num_classes and the widths in model.head; `ftcompile plan` shows the memory estimate",
+        ) from None
 
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: a network that drops packets fails, not hangs
@@ -83,46 +101,12 @@ def fetch(weights: Any) -> None:
 
 def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor]:
     """torch.load with weights_only=True: a file that carries code is refused."""
-    if not path.is_file():
-        raise RecipeError(f"file not found: {path}", key=key, suggestion="the path is relative to the recipe's folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends: a payload or a damaged file
-        raise RecipeError(
-            f"{path} is not a plain state_dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-            key=key,
-            suggestion="files that carry code are refused; save with torch.save(model.state_dict(), path)",
-        ) from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # an ftcompile checkpoint
-    if not isinstance(state, dict):
-        raise RecipeError(f"{path} holds a {type(state).__name__}, not a state_dict", key=key)
-    return state
+    return read_state(path, key)
 
 
-def load_backbone(model: nn.Module, arch: str, path: Path) -> None:
-    """Load every non-head tensor; the head is new (it has the recipe's classes)."""
-    state = load_state(path)
-    head = archs.aliases(arch, model)["head"]
-    in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head)  # noqa: E731
-    state = {k: v for k, v in state.items() if not in_head(k)}
-    own = {k: v for k, v in model.state_dict().items() if not in_head(k)}
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if missing or extra or shapes:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {len(missing)} (e.g. {', '.join(missing[:3])})" if missing else "",
-                f"unexpected {len(extra)} (e.g. {', '.join(extra[:3])})" if extra else "",
-                f"shape mismatch: {', '.join(shapes[:3])}" if shapes else "",
-            )
-            if part
-        )
-        raise RecipeError(
-            f"{path} does not fit {arch}: {detail}",
-            key="model.weights",
-            suggestion=f"use a state_dict saved from torchvision.models.{arch}() (an ftcompile model.pt works)",
-        )
+def load_backbone(model: nn.Module, arch: str, path: Path, with_head: bool = False) -> None:
+    """Load every non-head tensor; the head is new (it has the recipe's classes), unless
+    `with_head` (model.head_weights = "load"): then every tensor, the head's too."""
+    head = [] if with_head else archs.aliases(arch, model)["head"]
+    state = check_fits(load_state(path), model.state_dict(), head, arch, path)
     model.load_state_dict(state, strict=False)

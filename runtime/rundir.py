@@ -5,33 +5,71 @@ recipe.toml, plan.json, env.json, metrics.jsonl, lr.csv, checkpoints/, model.pt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ftcompile.errors import RecipeError
+from ftcompile.errors import RecipeError, os_error
 from ftcompile.plan import Plan
+from ftcompile.runtime.lock import LOCK_FILE, RunLock
 
 RUNS = Path("runs")
 
 
-def new_run_dir(plan: Plan, out: Path | None) -> Path:
-    if out is not None:
-        if out.exists() and any(out.iterdir()):
-            raise RecipeError(f"{out} exists and is not empty", key="--out", suggestion="give a new folder, or resume it")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    parent = RUNS / plan.recipe["name"]
-    parent.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name.split("-")[0]) for p in parent.iterdir() if p.name.split("-")[0].isdigit()]
-    path = parent / f"{max(numbers, default=0) + 1}-{plan.hash[:8]}"
-    path.mkdir()
-    return path
+def new_run_dir(plan: Plan, out: Path | None, lock: RunLock) -> Path:
+    """Create the run directory (runs/<name>/<n>-<hash8>, or `out`) and lock it.
+
+    The lock is taken before the directory is used, so of two processes given the same
+    `--out`, one is refused; a numbered directory that another process created a moment
+    before is skipped for the next number.
+    """
+    try:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_empty(out)
+            lock.acquire(out)
+            try:
+                _check_empty(out)  # another process may have filled it before we locked it
+            except RecipeError:
+                lock.release()
+                raise
+            return out
+        parent = RUNS / plan.recipe["name"]
+        _check_inside(parent, RUNS)
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            numbers = [int(p.name.split("-")[0]) for p in parent.iterdir() if p.name.split("-")[0].isdigit()]
+            path = parent / f"{max(numbers, default=0) + 1}-{plan.hash[:8]}"
+            try:
+                path.mkdir()
+            except FileExistsError:  # another process took this number first
+                continue
+            lock.acquire(path)
+            return path
+    except OSError as err:
+        raise os_error(err, err.filename or out or RUNS, "create the run directory") from None
+
+
+def _check_empty(out: Path) -> None:
+    if any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise RecipeError(f"{out} exists and is not empty", key="--out", suggestion="give a new folder, or resume it")
+
+
+def _check_inside(path: Path, root: Path) -> None:
+    """A run directory never leaves the chosen root, whatever a plan's name says."""
+    if root.resolve() not in (path.resolve() / "x").parents:
+        raise RecipeError(
+            f"the recipe name {path.name!r} would put the run outside {root}/",
+            key="recipe.name",
+            suggestion="a recipe name is a slug: lower-case letters, digits, '.', '_' and '-'",
+        )
 
 
 def git_info(path: Path | None) -> dict[str, Any]:
@@ -77,27 +115,78 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> int:
+def _write_record(run_dir: Path, plan: Plan, recipe: Path | None, env: dict[str, Any]) -> None:
+    """recipe.toml, plan.json, env.json; a file system that refuses them is one message."""
+    try:
+        if recipe is not None:
+            shutil.copyfile(recipe, run_dir / "recipe.toml")
+        (run_dir / "plan.json").write_text(plan.to_json() + "\n")
+        write_json(run_dir / "env.json", env)
+    except OSError as err:
+        raise os_error(err, err.filename or run_dir) from None
+
+
+@contextlib.contextmanager
+def blamed(source: Path | None) -> Iterator[None]:
+    """Errors raised while running name the file the run came from (the recipe, or the
+    plan.json) and the line of their key, as compile errors do, instead of `<recipe>`."""
+    try:
+        yield
+    except RecipeError as err:
+        if source is None:
+            raise
+        from ftcompile.compiler import locate
+        from ftcompile.load import LoadedRecipe, key_lines
+
+        try:
+            lines = key_lines(source.read_text(encoding="utf-8")) if source.suffix == ".toml" else {}
+        except (OSError, UnicodeDecodeError):
+            lines = {}
+        raise locate(err, LoadedRecipe(source, {}, lines)) from None
+
+
+def _main_then_all(d: Any, make: Callable[[], Any]) -> Any:
+    """make() on rank 0 and its result on every rank; an error there is raised on every
+    rank (instead of leaving the others waiting for a broadcast)."""
     from ftcompile.runtime import distributed
 
-    run_new(plan, recipe, root, out)
+    if not d.enabled:
+        return make()
+    result, error = None, None
+    if d.main:
+        try:
+            result = make()
+        except RecipeError as err:
+            error = err
+    result, error = distributed.broadcast((result, error), d)
+    if error is not None:
+        raise error
+    return result
+
+
+def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None, source: Path | None = None) -> int:
+    from ftcompile.runtime import distributed
+
+    with blamed(source or recipe):
+        if recipe is None:  # a plan.json: its data must be the data the plan counted
+            check_data(plan, root, "--data-root")
+        run_new(plan, recipe, root, out)
     distributed.shutdown(distributed.init(plan.run.device))
     return 0
 
 
 def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Path:
-    """Create the run directory (rank 0; the others learn its name), record, train."""
+    """Create and lock the run directory (rank 0; the others learn its name), record, train."""
     from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run.device)
-    run_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
-    if d.main:
-        if recipe is not None:
-            shutil.copyfile(recipe, run_dir / "recipe.toml")
-        (run_dir / "plan.json").write_text(plan.to_json() + "\n")
-        write_json(run_dir / "env.json", env_record(plan, recipe, root, d.world))
-    distributed.barrier(d)
-    _train(plan, run_dir, root, None, d)
+    lock = RunLock()
+    run_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
+    with lock:
+        if d.main:
+            _write_record(run_dir, plan, recipe, env_record(plan, recipe, root, d.world))
+        distributed.barrier(d)
+        _train(plan, run_dir, root, None, d)
     return run_dir
 
 
@@ -113,29 +202,79 @@ def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
         env = json.loads((run_dir / "env.json").read_text())
     except json.JSONDecodeError as exc:
         raise RecipeError(f"env.json is damaged: {exc}", file=run_dir / "env.json") from None
+    if not isinstance(env, dict) or not isinstance(env.get("data_root", ""), str):
+        raise RecipeError("env.json is damaged: not the record ftcompile run writes", file=run_dir / "env.json")
     return plan, env
+
+
+def is_finished(run_dir: Path) -> bool:
+    """model.pt is written (atomically) only after the plan's last step."""
+    return (run_dir / "model.pt").is_file()
 
 
 def resume_run(run_dir: Path) -> int:
     plan, env = open_run(run_dir)
+    if is_finished(run_dir):  # nothing to do, and nothing touched
+        print(f"run is finished: {run_dir}")
+        return 0
     from ftcompile.runtime import checkpoint, distributed
 
     d = distributed.init(plan.run.device)
-    state = checkpoint.load_newest(run_dir / "checkpoints")
-    if state is not None and state.get("plan_hash") != plan.hash:
-        raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
-    if state is None:
-        print("no complete checkpoint: starting from step 0", file=sys.stderr)
-        from ftcompile.runtime.logs import truncate_logs
+    lock = RunLock()
+    _main_then_all(d, lambda: lock.acquire(run_dir))
+    with lock, blamed(_source(run_dir)):
+        root = Path(env.get("data_root") or ".")
+        check_data(plan, root, f"data_root in {run_dir / 'env.json'}")
+        state = checkpoint.load_newest(run_dir / "checkpoints", move_bad=d.main)
+        if state is not None and state.get("plan_hash") != plan.hash:
+            raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
+        if state is None:
+            print("no complete checkpoint: starting from step 0", file=sys.stderr)
+            from ftcompile.runtime.logs import truncate_logs
 
-        if d.main:
-            truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0})
-    elif d.main:
-        print(f"resuming at step {state['step']} of {plan.total_steps}", file=sys.stderr)
-    distributed.barrier(d)
-    _train(plan, run_dir, Path(env["data_root"]), state, d)
+            if d.main:
+                truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0, "trials.csv": 0})
+        elif d.main:
+            print(f"resuming at step {state['step']} of {plan.total_steps}", file=sys.stderr)
+        distributed.barrier(d)
+        _train(plan, run_dir, root, state, d)
     distributed.shutdown(d)
     return 0
+
+
+def _source(run_dir: Path) -> Path:
+    """The file a stored run came from: its recipe.toml, else its plan.json."""
+    return run_dir / "recipe.toml" if (run_dir / "recipe.toml").is_file() else run_dir / "plan.json"
+
+
+def check_data(plan: Plan, root: Path, where: str) -> None:
+    """The data under `root` is the data the plan counted: sizes, class names and per-class
+    counts (the last two when the plan was compiled with the data, not --dataset-size).
+    A moved or edited data_root, or data changed since, is an error before any step."""
+    from ftcompile.datasets import count_data
+
+    data = plan.data
+    try:
+        found = count_data(data, root)
+    except RecipeError as err:
+        err.message += f" (data root {root}, from {where})"
+        raise
+    planned_counts = list(data["class_counts"])
+    differences = []
+    if (found.train_size, found.val_size) != (data["train_size"], data["val_size"]):
+        differences.append(f"train {found.train_size} / val {found.val_size} images, "
+                           f"the plan counted {data['train_size']} / {data['val_size']}")
+    if any(planned_counts):
+        if list(found.class_names) != list(data["class_names"]):
+            differences.append(f"classes {list(found.class_names)[:10]}, the plan has {list(data['class_names'])[:10]}")
+        elif list(found.class_counts) != planned_counts:
+            differences.append(f"train images per class {list(found.class_counts)[:10]}, the plan has {planned_counts[:10]}")
+    if differences:
+        raise RecipeError(
+            f"the data under {root} (from {where}) is not the data the plan was made with: " + "; ".join(differences),
+            key="data.train",
+            suggestion="point the run at the data the plan was compiled against, or compile the recipe again",
+        )
 
 
 def version_warnings(plan: Plan) -> list[str]:
@@ -160,14 +299,18 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
     from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run.device)
-    new_dir = distributed.broadcast(new_run_dir(plan, out) if d.main else None, d)
-    if d.main:
-        if (run_dir / "recipe.toml").is_file():
-            shutil.copyfile(run_dir / "recipe.toml", new_dir / "recipe.toml")
-        (new_dir / "plan.json").write_text(plan.to_json() + "\n")
-        write_json(new_dir / "env.json", {**env, "processes": d.world, "rerun_of": str(run_dir)})
-    distributed.barrier(d)
-    _train(plan, new_dir, Path(env["data_root"]), None, d)
+    with blamed(_source(run_dir)):
+        root = Path(env.get("data_root") or ".")
+        check_data(plan, root, f"data_root in {run_dir / 'env.json'}")
+        lock = RunLock()
+        new_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
+        with lock:
+            if d.main:
+                recipe = run_dir / "recipe.toml"
+                _write_record(new_dir, plan, recipe if recipe.is_file() else None,
+                              {**env, "processes": d.world, "rerun_of": str(run_dir)})
+            distributed.barrier(d)
+            _train(plan, new_dir, root, None, d)
     distributed.shutdown(d)
     return 0
 
@@ -186,28 +329,70 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
     upstream_root = root / weights.root
     print(f"weights: no finished run of {weights.value} (plan {upstream.hash[:8]}); training it first", flush=True)
     return run_new(upstream, upstream_root / Path(weights.value).name, upstream_root, None) / "model.pt"
+    upstream_root = root / weights["root"]
+    print(f"weights: no finished run of {weights['value']} (plan {upstream.hash[:8]}); training it first", flush=True)
+    return run_new(upstream, upstream_root / Path(weights["value"]).name, upstream_root, None) / "model.pt"
 
 
 def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
     from ftcompile.runtime.loop import train
 
-    result = train(plan, run_dir, root, state, d, upstream=upstream_model(plan, root))
-    if d.main:
-        print_summary(plan, result)
-        print(run_dir)
+    upstream = upstream_model(plan, root)
+    if not d.main:
+        train(plan, run_dir, root, state, d, upstream=upstream)
+        return
+    from ftcompile.runtime.status import RunStatus
+    from ftcompile.runtime.tensorboard import log_hooks
+
+    status = RunStatus(run_dir, plan, state)
+    try:
+        with status.tracking(), log_hooks(plan, run_dir) as hooks:  # summary.json; TensorBoard when asked
+            result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, *hooks])
+    except KeyboardInterrupt:
+        # Ctrl-C: the checkpoints on disk are complete (atomic writes); say how to go on.
+        raise KeyboardInterrupt(f"interrupted; continue with: ftcompile resume {run_dir}") from None
+    print_summary(plan, result, run_dir)
+    _after_run(run_dir)
+    print(run_dir)
 
 
-def print_summary(plan: Plan, result: dict[str, Any]) -> None:
+def _after_run(run_dir: Path) -> None:
+    """curves.png (plot extra) and the command that makes the run's report."""
+    from ftcompile.runtime.curves import write_curves
+
+    try:
+        path = write_curves([run_dir], run_dir / "curves.png")
+    except RecipeError as err:
+        print(f"curves.png not written: {err.message} ({err.suggestion})")
+    else:
+        print(f"curves: {path}")
+    print(f"report: ftcompile report {run_dir} -o {run_dir / 'report.html'}")
+
+
+def logged_evals(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluation records of metrics.jsonl: the whole run's, across resumes."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    recs = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r for r in recs if r.get("type") == "eval"]
+
+
+def print_summary(plan: Plan, result: dict[str, Any], run_dir: Path | None = None) -> None:
+    """The last evaluation of each phase, from metrics.jsonl when the run has one (so a
+    resumed run shows the phases trained before the resume too)."""
     last = {}
-    for rec in result["evals"]:
+    for rec in (logged_evals(run_dir) if run_dir else []) or result["evals"]:
         last[rec["phase"]] = rec
-    rows = [("phase", "steps", "val_loss", "top1", "top5")]
+    top5 = any("top5" in rec for rec in last.values())
+    rows = [("phase", "steps", "val_loss", "top1", *(["top5"] if top5 else []))]
     for ph in plan.phases:
         rec = last.get(ph.name)
         fmt = lambda k: f"{100 * rec[k]:.2f}%" if rec and k in rec else "-"  # noqa: E731
-        rows.append((ph.name, f"[{ph.begin}, {ph.end})", f"{rec['val_loss']:.4f}" if rec else "-", fmt("top1"), fmt("top5")))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((ph.name, f"[{ph.begin}, {ph.end})", f"{rec['val_loss']:.4f}" if rec else "-", fmt("top1"),
+                     *([fmt("top5")] if top5 else [])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"time {result['seconds']:.1f} s")

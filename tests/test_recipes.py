@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ftcompile.compiler import compile_recipe
+from ftcompile.render import WIDTH, render
 from ftcompile.schema import json_schema
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -38,6 +39,8 @@ def test_recipe_compiles(path: Path) -> None:
         plan = compile_recipe(path, dataset_size=1020, val_size=1020)
     assert plan.total_steps == plan.phases[-1].end > 0
     assert len(plan.hash) == 64
+    # `ftcompile plan` fits a 100-column terminal (whole lines with --wide)
+    assert max(len(line) for line in render(plan, max_changes=10**9).splitlines()) <= WIDTH
 
 
 @pytest.mark.parametrize("path", ALL, ids=[p.name for p in ALL])

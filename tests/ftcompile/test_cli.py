@@ -50,7 +50,7 @@ def test_plan_prints_model_data_phases_and_changes(capsys: pytest.CaptureFixture
     changes = lines[start + 1 :]
     assert changes[0].split() == ["0", "begin", "phase", "warmup"]
     assert "set head.lr = 0.1" in out and "set body.lr = 0.001" in out
-    assert changes[-1].split() == ["46", "checkpoint", "(end", "of", "full)"]
+    assert changes[-1].split() == ["46", "evaluate", "(end", "of", "full)"]  # checkpoint first, then evaluate
 
 
 def test_json_equals_the_output_file(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path) -> None:
@@ -68,11 +68,13 @@ def test_trace_csv(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str,
     rc, out, _ = run(capsys, "plan", write(text), "--trace", csv)
     assert rc == 0 and f"wrote trace: {csv}" in out
     lines = csv.read_text().splitlines()
-    assert lines[0] == "step,phase,body,body.no_decay,head,head.no_decay"
+    assert lines[0] == "step,phase,trial,body,body.no_decay,head,head.no_decay"  # trial: empty outside trials
     assert len(lines) == 1 + 46  # one row per optimizer step
     rows = [line.split(",") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == list(range(46))
     assert [r[1] for r in rows] == ["warmup"] * 23 + ["full"] * 23
+    assert {r[2] for r in rows} == {""}  # no trial phases
+    rows = [[r[0], r[1], *r[3:]] for r in rows]
     for r in rows:
         assert all(repr(float(x)) == x for x in r[2:])  # repr floats: exact round trip
     # warmup head: 0.1 * 0.3 ** (t // 10); 0.1 * 0.3 is 0.03 in floating point

@@ -165,8 +165,9 @@ def test_evaluate_and_checkpoint_come_before_the_next_phase(write: Writer, tiny:
     plan = compile_recipe(write(tiny))
     boundary = plan.phases[0].end
     ops = [(c.op, c.target) for c in changes_at(plan, boundary)]
-    assert ops[:3] == [("evaluate", "warmup"), ("checkpoint", "warmup"), ("phase", "full")]
-    assert [(c.op, c.target) for c in changes_at(plan, plan.total_steps)] == [("evaluate", "full"), ("checkpoint", "full")]
+    # where both fall, the checkpoint comes first: a failing evaluation must not cost the steps
+    assert ops[:3] == [("checkpoint", "warmup"), ("evaluate", "warmup"), ("phase", "full")]
+    assert [(c.op, c.target) for c in changes_at(plan, plan.total_steps)] == [("checkpoint", "full"), ("evaluate", "full")]
     assert [c.step for c in plan.changes] == sorted(c.step for c in plan.changes)
 
 

@@ -28,3 +28,38 @@ def run_a(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
 def run_b(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     folder = tmp_path_factory.mktemp("b")
     return run_recorded(write_recipe(folder, recipe_b()), folder / "run")
+
+
+# A finished tiny run on all 10 digits (top-5 defined) with TensorBoard logging, shared by the
+# tests of eval / predict / export / report / runs / tensorboard, which only read it.
+USE_PHASES = """
+[phases.warm]
+train = ["head"]
+steps = 4
+lr = { head = 0.05 }
+
+[phases.full]
+after = ["warm"]
+train = ["early", "late", "head"]
+steps = 4
+lr = { head = 0.02, late = "head / 3", early = "late / 3" }
+scheduler = { type = "CosineAnnealingLR" }
+"""
+
+
+@pytest.fixture(scope="session")
+def used_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(run directory, what `ftcompile run` printed) of the shared finished run."""
+    import contextlib
+    import io
+
+    from runtime_helpers import cli, recipe_text
+
+    folder = tmp_path_factory.mktemp("used")
+    text = recipe_text("used", USE_PHASES, classes="[]", batch=32,
+                       run='checkpoint_every = "4 steps"\neval_every = "2 steps"\nlog = ["jsonl", "tensorboard"]')
+    recipe = write_recipe(folder, text)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(None, "run", recipe, "--out", folder / "run").rc == 0
+    return folder / "run", out.getvalue()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from runtime_helpers import metrics_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -182,9 +183,7 @@ def test_killed_two_process_run_resumes_bitwise(runs: dict[str, Path]) -> None:
     assert not (root / "killed" / "model.pt").exists()
     out = subprocess.run([*torchrun("-m", "ftcompile"), "resume", "killed"], cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    resumed = (root / "killed" / "metrics.jsonl").read_text().splitlines()
-    uninterrupted = (runs["two"] / "metrics.jsonl").read_text().splitlines()
-    assert resumed == uninterrupted, f"killed at checkpoint {target}"
+    assert metrics_bytes(root / "killed") == metrics_bytes(runs["two"]), f"killed at checkpoint {target}"
     assert (root / "killed" / "lr.csv").read_bytes() == (runs["two"] / "lr.csv").read_bytes()
     a = torch.load(root / "killed" / "model.pt", weights_only=True)
     b = torch.load(runs["two"] / "model.pt", weights_only=True)
@@ -205,4 +204,4 @@ def test_nproc_option_starts_torchrun(runs: dict[str, Path]) -> None:
     out = subprocess.run([sys.executable, "-m", "ftcompile", "run", "r.toml", "--nproc", "2", "--out", "nproc"],
                          cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (root / "nproc" / "metrics.jsonl").read_bytes() == (runs["two"] / "metrics.jsonl").read_bytes()
+    assert metrics_bytes(root / "nproc") == metrics_bytes(runs["two"])

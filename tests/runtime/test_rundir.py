@@ -17,7 +17,7 @@ from PIL import Image
 import ftcompile.runtime.checkpoint as checkpoint
 from ftcompile.plan import Plan, plan_hash
 from ftcompile.runtime.rundir import open_run, version_warnings
-from runtime_helpers import Recorded, assert_same_tensors, cli, load_tensors, recipe_text, write_recipe
+from runtime_helpers import Recorded, assert_same_tensors, cli, load_tensors, metrics_bytes, recipe_text, write_recipe
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
@@ -57,7 +57,8 @@ def test_rerun_is_bitwise_identical(run_a: Recorded, tmp_path: Path, capsys: pyt
     assert_same_tensors(load_tensors(run_a.run_dir / "model.pt"), load_tensors(again / "model.pt"))
     # torch.save of the same tensors in the same order is deterministic: the files match too
     assert (run_a.run_dir / "model.pt").read_bytes() == (again / "model.pt").read_bytes()
-    for name in ("metrics.jsonl", "lr.csv", "plan.json", "recipe.toml"):
+    assert metrics_bytes(run_a.run_dir) == metrics_bytes(again)
+    for name in ("lr.csv", "plan.json", "recipe.toml"):
         assert (run_a.run_dir / name).read_bytes() == (again / name).read_bytes(), name
     env = json.loads((again / "env.json").read_text())
     assert env["rerun_of"] == str(run_a.run_dir) and env["plan_hash"] == run_a.plan.hash

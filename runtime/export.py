@@ -1,0 +1,114 @@
+"""`ftcompile export`: the run's model as a file that loads without ftcompile.
+
+- torchscript: `torch.jit.trace` in eval mode; loads with `torch.jit.load`.
+- safetensors: the state_dict; loads with `safetensors.torch.load_file` into the model
+  rebuilt from plan.json (`ftcompile.arch.build_model`, or torchvision directly for the
+  default head).
+- onnx: `torch.onnx.export` (the dynamo exporter) with a dynamic batch axis; runs with
+  onnxruntime. Needs the onnx extra.
+
+Beside each file, `<file>.json` says what the file expects and means: class names (the
+output order), the preprocessing of the run's validation (resize, centre crop, mean, std),
+the input layout, the architecture and the plan hash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftcompile.errors import RecipeError
+from ftcompile.plan import Plan
+from ftcompile.runtime.data import VAL_CROP_FRACTION
+from ftcompile.runtime.evaluate import load_run
+
+FORMATS = {"torchscript": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
+ONNX_HINT = "pip install 'ftcompile[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+def preprocessing(plan: Plan) -> dict[str, Any]:
+    """The run's validation transforms in words and numbers (see data.build_transforms)."""
+    d = plan.data
+    resize = d.image_size if d.builtin is not None else round(d.image_size / VAL_CROP_FRACTION)
+    return {
+        "resize": resize,
+        "resize_means": "shorter side to `resize` pixels, bilinear, antialiased (torchvision v2.Resize)",
+        "center_crop": d.image_size,
+        "to_float": "RGB, values / 255 into [0, 1]",
+        "mean": list(d.mean),
+        "std": list(d.std),
+        "layout": "NCHW float32",
+    }
+
+
+def sidecar(plan: Plan, fmt: str, run_dir: Path) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "classes": list(plan.data.class_names),
+        "num_classes": plan.model.num_classes,
+        "output": "logits, one per class in `classes` order; softmax gives probabilities",
+        "preprocessing": preprocessing(plan),
+        "arch": plan.model.arch,
+        "head": plan.model.head,
+        "plan_hash": plan.hash,
+        "recipe": plan.recipe.get("name"),
+        "run": str(run_dir),
+    }
+
+
+def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final") -> tuple[Path, Path]:
+    if fmt not in FORMATS:
+        raise RecipeError(f"unknown format {fmt!r}", key="--format", suggestion=f"one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise RecipeError(f"ONNX export needs {', '.join(missing)}, not installed", key="--format", suggestion=ONNX_HINT)
+    run = load_run(run_dir, weights)
+    path = out or run_dir / f"model{FORMATS[fmt]}"
+    if path.suffix == ".json":
+        raise RecipeError("the output file would collide with its own sidecar .json", key="-o", suggestion=f"use a {FORMATS[fmt]} name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = run.plan.data.image_size
+    example = torch.zeros(2, 3, size, size)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():  # torch.jit is deprecated upstream, and still the format asked for
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(run.model, example)
+            torch.jit.save(traced, str(path))
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
+        save_file(state, str(path), metadata={"arch": run.plan.model.arch, "plan_hash": run.plan.hash})
+    else:
+        _onnx(run.model, example, path)
+    side = path.with_name(path.name + ".json")
+    side.write_text(json.dumps(sidecar(run.plan, fmt, run_dir), indent=1) + "\n")
+    return path, side
+
+
+def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import contextlib
+    import io
+    import logging
+
+    batch = torch.export.Dim("batch")
+    quiet = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), external_data=False)
+        program.save(str(path))
+
+
+def export_command(run_dir: Path, fmt: str, out: Path | None) -> int:
+    path, side = export_run(run_dir, fmt, out)
+    print(f"wrote {path}")
+    print(f"wrote {side} (classes and preprocessing)")
+    return 0

@@ -1,0 +1,236 @@
+"""`ftcompile report`: one self-contained HTML page per set of runs, and curves.png.
+
+Everything is read from the run directory (metrics.jsonl, lr.csv, plan.json, env.json,
+summary.json, trials.csv, eval.json); figures are drawn with matplotlib (the plot extra)
+and embedded as base64 PNG, so the page needs no network and no other file. Several runs
+share the curve figures (one colour per run) and get one column each in the tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from ftcompile.errors import RecipeError
+from ftcompile.runtime.curves import PLOT_HINT, CurveData, curves_figure, png, pyplot, shade_phases, write_curves
+from ftcompile.runtime.rundir import open_run
+from ftcompile.runtime.status import status_of
+
+__all__ = ["build_report", "report_command", "write_curves"]  # write_curves: curves.png, from curves.py
+SECTIONS = ("summary", "curves", "lr", "trials", "confusion", "plan", "env")
+
+
+class RunData(CurveData):
+    """What the report needs from one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        _, self.env = open_run(run_dir)  # a folder that is not a run is an error here
+        super().__init__(run_dir)
+        self.status, self.summary = status_of(run_dir)
+        self.lr = _read_csv(run_dir / "lr.csv")
+        self.trials = _read_csv(run_dir / "trials.csv")
+        self.eval = _eval_of(run_dir)
+
+
+def _eval_of(run_dir: Path) -> dict[str, Any] | None:
+    """eval.json; for a finished run without one, evaluate now (and keep eval.json)."""
+    try:
+        return json.loads((run_dir / "eval.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    if not (run_dir / "model.pt").is_file():
+        return None
+    from ftcompile.runtime.evaluate import evaluate_run
+    from ftcompile.runtime.status import write_json
+
+    try:
+        result = evaluate_run(run_dir, None, "final", False)
+    except RecipeError:  # e.g. the data is not on this machine: the section says so
+        return None
+    write_json(run_dir / "eval.json", result)
+    return result
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------- figures
+
+
+def lr_figure(run: RunData) -> Any:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    shade_phases(ax, run.plan, label=True)
+    if run.lr:
+        names = [k for k in run.lr[0] if k not in ("step", "phase", "trial")]
+        steps = [int(r["step"]) for r in run.lr if not r.get("trial")]
+        for name in names:
+            ax.plot(steps, [float(r[name]) for r in run.lr if not r.get("trial")], label=name, lw=1.2)
+        ax.legend(fontsize=7, ncol=4, loc="best")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(result: dict[str, Any]) -> bytes:
+    import tempfile
+
+    from ftcompile.runtime.evaluate import plot_confusion
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_confusion(result, Path(tmp) / "confusion.png")
+        return path.read_bytes()
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
+def _wall(summary: dict[str, Any] | None) -> str:
+    s = (summary or {}).get("wall_s")
+    return "-" if s is None else f"{s:.1f} s"
+
+
+def summary_section(runs: list[RunData]) -> str:
+    rows = []
+    for r in runs:
+        s = r.summary or {}
+        best, final = s.get("best") or {}, s.get("final") or {}
+        last = r.evals[-1] if r.evals else {}
+        rows.append([r.label, r.plan.hash[:12], r.status + (f": {s['error']}" if s.get("error") else ""),
+                     f"{len(s.get('phases_done', []))}/{len(r.plan.phases)}", f"{s.get('step', '-')}/{r.plan.total_steps}",
+                     _pct(best.get("top1")), _pct(final.get("top1", last.get("top1") if r.status == "finished" else None)),
+                     f"{final['val_loss']:.4f}" if "val_loss" in final else "-", _wall(s)])
+    return _table(rows, ["run", "plan", "status", "phases done", "steps", "best val top-1", "final val top-1",
+                         "final val loss", "wall time"])
+
+
+def trials_section(runs: list[RunData]) -> str:
+    parts = []
+    for r in runs:
+        if not r.trials:
+            parts.append(f"<p>{html.escape(r.label)}: no trial phases in this run.</p>")
+            continue
+        header = list(r.trials[0])
+        phases = sorted({t.get("phase", "") for t in r.trials})
+        for phase in phases:
+            rows = [[t.get(h, "") for h in header] for t in r.trials if t.get("phase", "") == phase]
+            parts.append(f"<h3>{html.escape(r.label)}: phase {html.escape(phase)}</h3>" + _table(rows, header))
+    return "".join(parts)
+
+
+def confusion_section(runs: list[RunData]) -> str:
+    parts = []
+    for r in runs:
+        if r.eval is None:
+            parts.append(f"<p>{html.escape(r.label)}: no eval.json yet; <code>ftcompile eval {html.escape(str(r.dir))}</code> "
+                         "adds per-class numbers and the confusion matrix.</p>")
+            continue
+        e = r.eval
+        worst = sorted(e["per_class"], key=lambda c: (c["support"] == 0, c["f1"]))[:10]
+        parts.append(
+            f"<h3>{html.escape(r.label)}: {html.escape(str(e['data']))}, {e['images']} images, weights {e['weights_file']}"
+            f"{', TTA' if e.get('tta') else ''}</h3>"
+            f"<p>loss {e['loss']:.4f}, top-1 {_pct(e['top1'])}, balanced accuracy {_pct(e['balanced_accuracy'])}, "
+            f"macro F1 {e['macro_f1']:.4f}</p>"
+            + _table([[c["class"], _pct(c["precision"]), _pct(c["recall"]), f"{c['f1']:.4f}", c["support"]] for c in worst],
+                     ["class (worst F1 first)", "precision", "recall", "F1", "support"])
+            + _img(confusion_figure(e), f"confusion matrix of {r.label}")
+        )
+    return "".join(parts)
+
+
+def plan_section(runs: list[RunData]) -> str:
+    parts = []
+    for r in runs:
+        p = r.plan
+        weights = p.model.weights
+        parts.append(
+            f"<h3>{html.escape(r.label)}</h3><p>{html.escape(p.model.arch)}, weights "
+            f"{html.escape('none' if weights.kind == 'none' else f'{weights.kind} {weights.value}')}, {p.model.num_classes} classes, {p.model.total_params:,} parameters; "
+            f"data {p.data.train_size} train / {p.data.val_size} val images at {p.data.image_size} px, batch "
+            f"{p.data.batch_size}, {p.data.steps_per_epoch} steps per epoch; optimizer {html.escape(p.optimizer.type)} "
+            f"{html.escape(json.dumps(p.optimizer.kwargs))}; {p.total_steps} steps; plan {p.hash[:12]}</p>"
+            + _table([[ph.name, f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}", ", ".join(ph.train), f"{ph.trainable_pct}%",
+                       (ph.scheduler or {}).get("type", "constant"),
+                       ", ".join(f"{g} {v['peak']:.3g}" for g, v in ph.lr.items())] for ph in p.phases],
+                     ["phase", "steps", "epochs", "trains", "trainable", "scheduler", "peak LR per group"])
+        )
+    return "".join(parts)
+
+
+def env_section(runs: list[RunData]) -> str:
+    rows = []
+    for r in runs:
+        e = r.env
+        v = e.get("versions", {})
+        git = e.get("git") or {}
+        rows.append([r.label, ", ".join(f"{k} {val}" for k, val in v.items()), e.get("device"), e.get("cuda") or "-",
+                     e.get("processes", 1), (git.get("commit") or "-")[:12] + (" (modified)" if git.get("dirty") else ""),
+                     e.get("recipe") or "-"])
+    return _table(rows, ["run", "versions", "device", "GPU", "processes", "git commit", "recipe"])
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:14px;text-align:left}
+th{background:#f2f2f2}img{max-width:100%;display:block;margin:0.5em 0}h2{border-bottom:2px solid #ddd;margin-top:1.6em}
+code{background:#f4f4f4;padding:1px 4px}"""
+
+
+def build_report(run_dirs: list[Path]) -> str:
+    runs = [RunData(d) for d in run_dirs]
+    title = "ftcompile report: " + ", ".join(r.label for r in runs)
+    lr_parts = "".join((f"<h3>{html.escape(r.label)}</h3>" if len(runs) > 1 else "") + _img(png(lr_figure(r)), f"LR of {r.label}")
+                       for r in runs)
+    sections = {
+        "summary": ("How the runs went", summary_section(runs)),
+        "curves": ("Loss and validation metrics (phases shaded)", _img(png(curves_figure(runs)), "loss and accuracy curves")),
+        "lr": ("Learning rate per param group", lr_parts),
+        "trials": ("Trials", trials_section(runs)),
+        "confusion": ("Per-class results and confusion matrix", confusion_section(runs)),
+        "plan": ("Plan", plan_section(runs)),
+        "env": ("Environment", env_section(runs)),
+    }
+    body = "".join(f'<section id="{key}"><h2>{html.escape(head)}</h2>{content}</section>' for key, (head, content) in sections.items())
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def report_command(run_dirs: list[Path], out: Path | None) -> int:
+    if not run_dirs:
+        raise RecipeError("no run directory given", suggestion="ftcompile report runs/<name>/<n>-<hash8>")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RecipeError("the report draws its figures with matplotlib, which is not installed", suggestion=PLOT_HINT) from None
+    path = out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    text = build_report(run_dirs)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return 0

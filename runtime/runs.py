@@ -1,0 +1,100 @@
+"""`ftcompile runs [ROOT]`: one line per run directory, from what each run recorded.
+
+A run directory is a folder holding plan.json and env.json (`runs/<name>/<n>-<hash8>/`);
+trial sub-folders inside a run are not runs. Status, phases and metrics come from the run's
+summary.json (runtime/status.py), so they are exact; "running" versus "interrupted" is
+whether a live process holds the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ftcompile.errors import RecipeError
+from ftcompile.runtime.status import read_evals, status_of
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories below `root` (or `root` itself), sorted by path; never inside a run."""
+    if not root.is_dir():
+        raise RecipeError(f"{root} is not a folder", file=root, suggestion="give the folder that holds runs/<name>/..., default runs/")
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        if "plan.json" in files and "env.json" in files:
+            found.append(Path(dirpath))
+            dirs.clear()  # trials/, checkpoints/ inside a run are not runs
+        else:
+            dirs.sort()
+    return sorted(found, key=lambda p: (p.parent.as_posix(), _number(p.name), p.name))
+
+
+def _number(name: str) -> int:
+    head = name.split("-")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def describe(run_dir: Path) -> dict[str, Any]:
+    """One run as a row: recipe, plan hash, status (+ error), phases done, best / final top-1, wall time."""
+    status, summary = status_of(run_dir)
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        plan = {}
+    s = summary or {}
+    total = len(plan.get("phases", []))
+    if summary is None:  # written before summary.json existed: what metrics.jsonl says
+        evals = read_evals(run_dir)
+        tops = [r["top1"] for r in evals if "top1" in r]
+        best = max(tops) if tops else None
+        final = tops[-1] if tops and status == "finished" else None
+        done = None
+    else:
+        best = (s.get("best") or {}).get("top1")
+        final = (s.get("final") or {}).get("top1")
+        done = len(s.get("phases_done", []))
+    return {
+        "path": str(run_dir),
+        "recipe": (plan.get("recipe") or {}).get("name"),
+        "plan_hash": plan.get("hash"),
+        "status": status,
+        "error": s.get("error") if status in ("failed", "interrupted") else None,
+        "phases_done": done,
+        "phases": total,
+        "step": s.get("step"),
+        "total_steps": plan.get("total_steps"),
+        "best_top1": best,
+        "final_top1": final,
+        "wall_s": s.get("wall_s"),
+    }
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    table = [["run", "recipe", "plan", "status", "phases", "best top1", "final top1", "wall"]]
+    errors = []
+    for r in rows:
+        phases = "?" if r["phases_done"] is None else f"{r['phases_done']}/{r['phases']}"
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.1f}s"
+        table.append([r["path"], r["recipe"] or "?", (r["plan_hash"] or "?")[:8], r["status"], phases,
+                      pct(r["best_top1"]), pct(r["final_top1"]), wall])
+        if r["error"]:
+            errors.append(f"  {r['path']}: {r['error'].splitlines()[0]}")
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    if errors:
+        lines += ["", "errors:", *errors]
+    return "\n".join(lines)
+
+
+def runs_command(root: Path, as_json: bool) -> int:
+    rows = [describe(d) for d in find_runs(root)]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(f"no run directories under {root}")
+    else:
+        print(format_rows(rows))
+    return 0

@@ -1,0 +1,122 @@
+"""lr-find: the smoothing / divergence / suggestion math on synthetic curves, and the range
+test on digits (finite suggestion inside the range, a curve that falls then rises, the same
+result from a run's checkpoint, no run directory touched)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+
+from ftcompile.runtime.lr_find import diverged, multipliers, smooth, suggest
+from runtime_helpers import cli, recipe_text, write_recipe
+
+
+def test_multipliers_are_log_spaced_from_start_to_end() -> None:
+    assert multipliers(1e-2, 1e2, 5) == pytest.approx([1e-2, 1e-1, 1.0, 1e1, 1e2])
+
+
+def test_smoothing_is_bias_corrected() -> None:
+    assert smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])
+    # point 1: (0.98 * 0.02 * 2 + 0.02 * 0) / (1 - 0.98^2) = 0.0392 / 0.0396
+    assert smooth([2.0, 0.0]) == pytest.approx([2.0, 0.0392 / 0.0396])
+
+
+def test_divergence_is_four_times_the_minimum_or_not_finite() -> None:
+    assert diverged([1.0, 0.5, 2.1])  # 2.1 > 4 * 0.5
+    assert not diverged([1.0, 0.5, 1.9])
+    assert diverged([1.0, math.nan])
+
+
+def test_suggestions_on_a_synthetic_curve() -> None:
+    # s(x) = 1 + 2 / (1 + e^(4 (x + 2))) + 0.5 max(0, x)^2 over x = log10(multiplier) on the
+    # grid -5.05, -4.95, ..., 1.95: the sigmoid falls fastest at x = -2, the middle of the
+    # segment [-2.05, -1.95] (its left point is the suggestion); the lowest grid point is
+    # x = -0.05 (s = 1 + 8.2e-4, against 1 + 5.5e-4 + 1.25e-3 at x = 0.05).
+    xs = [-5.05 + 0.1 * i for i in range(71)]
+    curve = [1 + 2 / (1 + math.exp(4 * (x + 2))) + 0.5 * max(0.0, x) ** 2 for x in xs]
+    found = suggest([10**x for x in xs], curve)
+    assert found["steepest"] == pytest.approx(10**-2.05)
+    assert found["minimum_10"] == pytest.approx(10**-0.05 / 10)
+
+
+def test_too_few_points_is_a_user_error() -> None:
+    from ftcompile.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="diverged before two steps"):
+        suggest([1.0, 2.0], [1.0, math.nan])
+
+
+PHASES = """
+[phases.warm]
+train = ["head"]
+steps = 3
+lr = { head = 0.01 }
+bn = "frozen"
+
+[phases.tune]
+after = ["warm"]
+train = ["late", "head"]
+steps = 20
+lr = { head = 0.01, late = "head / 10" }
+bn = "frozen"
+scheduler = { type = "OneCycleLR" }
+"""
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+@pytest.mark.slow
+def test_lr_find_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = write_recipe(tmp_path, recipe_text("lrf", PHASES, run='checkpoint_every = "100 steps"'))
+    args = ("lr-find", recipe, "--phase", "tune", "--steps", "60")
+    res = cli(capsys, *args, "-o", tmp_path / "fresh")
+    assert res.rc == 0, res.err
+    found = rows(tmp_path / "fresh" / "lr_find.csv")
+    assert list(found[0]) == ["step", "multiplier", "lr_late", "lr_head", "loss", "smoothed_loss"]
+    # Groups keep their planned ratio (late = head / 10) at every step.
+    assert all(float(r["lr_late"]) == pytest.approx(float(r["lr_head"]) / 10) for r in found)
+    smoothed = [float(r["smoothed_loss"]) for r in found]
+    low = smoothed.index(min(smoothed))
+    assert 0 < low < len(smoothed) - 1 and smoothed[0] > smoothed[low] < smoothed[-1]  # falls, then rises
+    # The reference group is the last of `train`: head.
+    line = next(x for x in res.out.splitlines() if x.strip().startswith("lr = { head = "))
+    lr = float(line.split("=")[2].strip(" }"))
+    assert math.isfinite(lr) and 0.01 * 1e-4 <= lr <= 0.01 * 1e3
+    assert (tmp_path / "fresh" / "lr_find.png").is_file()
+
+    # From a run's checkpoint at the phase start: the same test, and the run is unchanged.
+    run = tmp_path / "run"
+    assert cli(capsys, "run", recipe, "--out", run).rc == 0
+    before = digests(run)
+    res = cli(capsys, *args, "--from", run, "-o", tmp_path / "from")
+    assert res.rc == 0, res.err
+    assert rows(tmp_path / "from" / "lr_find.csv") == found
+    assert digests(run) == before
+    res = cli(capsys, *args, "--from", run, "-o", run)
+    assert res.rc == 2 and "lr-find never writes into one" in res.err
+    assert digests(run) == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--phase", "tunes"), "no phase 'tunes'"),
+    (("--phase", "tune", "--steps", "1"), "at least 2 steps"),
+    (("--phase", "tune", "--start", "10", "--end", "1"), "need 0 < start < end"),
+    (("--phase", "tune", "--from", "nowhere"), "is not a run directory"),
+])
+def test_lr_find_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...],
+                                   message: str) -> None:
+    recipe = write_recipe(tmp_path, recipe_text("lrf", PHASES))
+    res = cli(capsys, "lr-find", recipe, *extra, "-o", tmp_path / "out")
+    assert res.rc == 2 and message in res.err and "Traceback" not in res.err
+    assert not (tmp_path / "out" / "lr_find.csv").exists()

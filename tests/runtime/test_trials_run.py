@@ -1,0 +1,164 @@
+"""Trials at run time: each alternative starts from the phase-start state bitwise, the choice
+follows `select`, lr.csv equals `plan --trace` with the trial rows, a cached head-only trial
+phase computes its features once, and a run killed inside the second alternative of a trial
+phase resumes bitwise."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ftcompile.runtime import features as features_module
+from ftcompile.runtime.loop import Hooks, Session, StepInfo, observe
+from ftcompile.runtime.trials import pick
+
+from runtime_helpers import assert_same_tensors, cli, load_tensors, metrics, recipe_text, write_recipe
+
+# warm: head only, cached features. head2: head only (cached), two LRs, select val_loss: lr 5
+# makes the linear head's logits huge (an overconfident, high val loss), lr 1e-8 leaves it
+# where warm left it, so the second alternative is known to win.
+# late: how deep to unfreeze (head / late+head), select val_top1. 14 optimizer steps in all.
+PHASES = """
+[phases.warm]
+train = ["head"]
+steps = 2
+lr = { head = 0.05 }
+bn = "frozen"
+
+[phases.head2]
+after = ["warm"]
+train = ["head"]
+steps = 3
+lr = { head = 0.05 }
+bn = "frozen"
+[phases.head2.trials]
+"lr.head" = [5.0, 1e-8]
+select = "val_loss"
+
+[phases.late]
+after = ["head2"]
+train = ["late", "head"]
+steps = 3
+lr = { head = 0.02, late = "head / 10" }
+scheduler = { type = "CosineAnnealingLR" }
+[phases.late.trials]
+train = [["head"], ["late", "head"]]
+keep = "all"
+"""
+RUN = 'checkpoint_every = "2 steps"\neval_every = "100 steps"'
+
+
+class Starts(Hooks):
+    """The model before the first optimizer step of each alternative, and feature-cache builds."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+    def on_start(self, session: Session) -> None:
+        def before(*_: Any) -> None:
+            r = session.trials.running
+            if r is not None and session.step == r.begin:
+                self.first[(r.phase, r.k)] = {k: v.detach().clone() for k, v in session.model.state_dict().items()}
+
+        session.optimizer.register_step_pre_hook(before)
+
+
+class Kill(Hooks):
+    """Stop the run after step `at` of alternative `k` of `phase` (a checkpoint lies before it)."""
+
+    def __init__(self, phase: str, k: int, at: int) -> None:
+        self.phase, self.k, self.at = phase, k, at
+
+    def on_step(self, session: Session, info: StepInfo) -> None:
+        r = session.trials.running
+        if r is not None and r.phase == self.phase and r.k == self.k and info.step == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("trials")
+    recipe = write_recipe(tmp, recipe_text("trials", PHASES, run=RUN))
+    starts, builds = Starts(), []
+    real_build = features_module.FeatureCache.build
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        builds.append(1)
+        return real_build(*args, **kwargs)
+
+    features_module.FeatureCache.build = counting_build  # type: ignore[method-assign]
+    try:
+        with observe(starts):
+            assert cli(None, "run", recipe, "--out", tmp / "full").rc == 0
+    finally:
+        features_module.FeatureCache.build = real_build  # type: ignore[method-assign]
+    with observe(Kill("late", 1, 7)):  # after its checkpoint at step 7, before its end
+        assert cli(None, "run", recipe, "--out", tmp / "killed").rc == 130
+    assert cli(None, "resume", tmp / "killed").rc == 0
+    return {"tmp": tmp, "recipe": recipe, "full": tmp / "full", "killed": tmp / "killed", "starts": starts.first,
+            "builds": len(builds)}
+
+
+def test_alternatives_start_from_the_same_state(runs: dict[str, Any]) -> None:
+    first = runs["starts"]
+    assert set(first) == {("head2", 0), ("head2", 1), ("late", 0), ("late", 1)}
+    assert_same_tensors(first[("head2", 0)], first[("head2", 1)])
+    assert_same_tensors(first[("late", 0)], first[("late", 1)])
+
+
+def trials_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "trials.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_the_choice_follows_select(runs: dict[str, Any]) -> None:
+    rows = trials_rows(runs["full"])
+    assert [(r["phase"], r["k"]) for r in rows] == [("head2", "0"), ("head2", "1"), ("late", "0"), ("late", "1")]
+    head2 = rows[:2]
+    # lr 1e-8 leaves the head where warm left it; lr 5 blows its logits up: the second wins.
+    assert float(head2[1]["val_loss"]) < float(head2[0]["val_loss"])
+    assert [r["chosen"] for r in head2] == ["false", "true"]
+    late = rows[2:]
+    best = max(range(2), key=lambda i: (float(late[i]["val_top1"]), -i))  # ties: the earlier one
+    assert [r["chosen"] for r in late] == ["true" if i == best else "false" for i in range(2)]
+    # The run went on from the winner's end state: its final model is what the winner left
+    # after the last phase, and keep = "all" kept both end states of `late`.
+    end = torch.load(runs["full"] / "trials" / "late" / str(best) / "end.pt", weights_only=True)
+    assert_same_tensors(end["model"], load_tensors(runs["full"] / "model.pt"))
+    assert (runs["full"] / "trials" / "late" / str(1 - best) / "end.pt").is_file()
+    assert not (runs["full"] / "trials" / "head2" / "0" / "end.pt").exists()  # keep = "winner"
+    assert not (runs["full"] / "trials" / "head2" / "fork.pt").exists()
+
+
+def test_lr_csv_equals_the_trace_with_trial_rows(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    trace = runs["tmp"] / "trace.csv"
+    assert cli(capsys, "plan", runs["recipe"], "--trace", trace).rc == 0
+    assert (runs["full"] / "lr.csv").read_bytes() == trace.read_bytes()
+    trials = [line.split(",")[2] for line in trace.read_text().splitlines()[1:]]
+    assert trials == [""] * 2 + ["0"] * 3 + ["1"] * 3 + ["0"] * 3 + ["1"] * 3
+    steps = [r for r in metrics(runs["full"]) if r["type"] == "step"]
+    assert [r.get("trial") for r in steps] == [None] * 2 + [0] * 3 + [1] * 3 + [0] * 3 + [1] * 3
+
+
+def test_a_cached_trial_phase_computes_features_once(runs: dict[str, Any]) -> None:
+    assert runs["builds"] == 2  # warm, then head2 once for both alternatives
+
+
+def test_kill_inside_the_second_alternative_resumes_bitwise(runs: dict[str, Any]) -> None:
+    full, killed = runs["full"], runs["killed"]
+    assert_same_tensors(load_tensors(full / "model.pt"), load_tensors(killed / "model.pt"))
+    for name in ("lr.csv", "trials.csv", "metrics.jsonl"):
+        assert (full / name).read_bytes() == (killed / name).read_bytes(), name
+
+
+def test_pick_ranks_non_finite_last_and_ties_to_the_earlier() -> None:
+    nan = math.nan
+    assert pick([{"k": 0, "top1": 0.5}, {"k": 1, "top1": 0.5}], "val_top1") == 0
+    assert pick([{"k": 0, "top1": nan}, {"k": 1, "top1": 0.1}], "val_top1") == 1
+    assert pick([{"k": 0, "val_loss": 0.3}, {"k": 1, "val_loss": 0.2}, {"k": 2, "val_loss": math.inf}], "val_loss") == 1
+    assert pick([{"k": 0, "val_loss": nan}, {"k": 1, "val_loss": nan}], "val_loss") is None
