@@ -19,16 +19,33 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torchvision
-from torch import nn
-from torchvision.models import regnet as _regnet
+from functools import lru_cache
 
+import torch
+from torch import nn
+
+from ftcompile import tv_table
 from ftcompile.errors import RecipeError, did_you_mean
 
-ARCHES: list[str] = sorted(torchvision.models.list_models(module=torchvision.models))
-
 POOLS = ("avg", "max", "concat")
+
+
+@lru_cache(maxsize=1)
+def arches() -> list[str]:
+    """Every classification builder in torchvision.models (from the recorded table when there is one)."""
+    recorded = tv_table.table()
+    if recorded is not None:
+        return recorded.arches
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def __getattr__(name: str) -> Any:
+    """`ARCHES`, computed on first use: listing torchvision's models means importing it."""
+    if name == "ARCHES":
+        return arches()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AdaptiveConcatPool2d(nn.Module):
@@ -52,6 +69,8 @@ class AdaptiveConcatPool2d(nn.Module):
 def _regnet_widths_on_cpu() -> Iterator[None]:
     """RegNet computes its block widths with tensors and `.tolist()`, which the meta device
     cannot do; run just that arithmetic on the CPU (not thread-safe: patches a classmethod)."""
+    from torchvision.models import regnet as _regnet
+
     original = _regnet.BlockParams.__dict__["from_init_params"]
 
     def on_cpu(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -198,11 +217,11 @@ _PREFIXES: dict[str, str] = {
 
 def check_arch(arch: str) -> None:
     """Reject names torchvision cannot build, with the nearest real names as the hint."""
-    if arch not in ARCHES:
+    if arch not in arches():
         raise RecipeError(
             f"unknown architecture {arch!r}",
             key="model.arch",
-            suggestion=did_you_mean(arch, ARCHES) or "see torchvision.models.list_models()",
+            suggestion=did_you_mean(arch, arches()) or "see torchvision.models.list_models()",
         )
 
 
@@ -225,8 +244,43 @@ def family(arch: str) -> Family:
 def valid_weights(arch: str) -> list[str]:
     """Names a recipe may give as `model.weights` for this arch (besides a file or "none")."""
     check_arch(arch)
+    recorded = tv_table.table()
+    if recorded is not None:
+        return recorded.weight_names(arch)
+    import torchvision
+
     names = list(torchvision.models.get_model_weights(arch).__members__)
     return names if "DEFAULT" in names else names + ["DEFAULT"]
+
+
+def weights_stats(arch: str, name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of the images a torchvision weights member was trained on (its transforms)."""
+    recorded = tv_table.table()
+    if recorded is not None:
+        return recorded.weight_stats(arch, name)
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)
+    member = enum.DEFAULT if name == "DEFAULT" else enum[name]
+    tf = member.transforms()
+    return tuple(float(x) for x in tf.mean), tuple(float(x) for x in tf.std)
+
+
+def torchvision_model(
+    arch: str, device: str = "meta", weights: object | None = None, builder_args: dict | None = None
+) -> nn.Module:
+    """torchvision's own model with its own head, auxiliary classifiers removed."""
+    import torchvision
+
+    check_arch(arch)
+    row = family(arch)
+    # With weights torchvision forces these kwargs itself (and rejects other values).
+    kwargs = dict(row.build_kwargs) if weights is None else {}
+    kwargs.update(builder_args or {})
+    with torch.device(device), row.build_context():
+        model = torchvision.models.get_model(arch, weights=weights, **kwargs)
+    _strip_aux(model, row)
+    return model
 
 
 def build_model(
@@ -241,14 +295,18 @@ def build_model(
 
     `builder_args` are the recipe's extra builder keywords (checked by `check_builder_args`).
     """
+    return replace_head(torchvision_model(arch, device, weights, builder_args), arch, num_classes, head)
+
+
+def compile_model(arch: str, num_classes: int, head: dict | None, builder_args: dict | None = None) -> nn.Module:
+    """What the compiler resolves a recipe against: the model with our head on the meta
+    device, rebuilt from the recorded table (no torchvision import, no forward code) when
+    there is one for the installed torchvision and no builder arguments, else built by
+    torchvision."""
     check_arch(arch)
-    row = family(arch)
-    # With weights torchvision forces these kwargs itself (and rejects other values).
-    kwargs = dict(row.build_kwargs) if weights is None else {}
-    kwargs.update(builder_args or {})
-    with torch.device(device), row.build_context():
-        model = torchvision.models.get_model(arch, weights=weights, **kwargs)
-    _strip_aux(model, row)
+    model = None if builder_args else tv_table.skeleton(arch)
+    if model is None:
+        model = torchvision_model(arch, builder_args=builder_args)
     return replace_head(model, arch, num_classes, head)
 
 

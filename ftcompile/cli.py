@@ -10,14 +10,32 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ftcompile.errors import RecipeError
+
+DIFF_EPILOG = """examples:
+  ftcompile diff HEAD:recipes/r.toml recipes/r.toml       what the uncommitted edit changes
+  ftcompile diff main:recipes/r.toml HEAD:recipes/r.toml  what a branch changes
+  ftcompile diff runs/r/1-ab12cd34 recipes/r.toml         a finished run against the recipe now
+  ftcompile diff old.json new.json --json                 for machines
+exit status: 0 the plans are equal, 1 they differ, 2 error
+"""
+
+CHECK_EPILOG = """examples:
+  ftcompile check recipes/*.toml                  every recipe; absent data folders get a nominal size
+  ftcompile check --require-data recipes/*.toml   absent data folders are errors
+  ftcompile check --marked-only *.toml            only files starting with '#:schema ...recipe.schema.json'
+  ftcompile check --verify-images recipes/r.toml  also decode every image and list those that cannot be read
+"""
 
 EPILOG = """examples:
   ftcompile plan recipes/quickstart.toml                 show what will happen, step by step
   ftcompile plan r.toml --trace lr.csv --plot lr.png      LR of every param group at every step
   ftcompile plan r.toml -o plan.json                      compile here, run elsewhere
-  ftcompile check recipes/*.toml                          validate many recipes
+  ftcompile check recipes/*.toml                          validate many recipes (no data needed)
+  ftcompile plan r.toml --set phases.layer4.epochs=5      override a field (TOML value)
+  ftcompile diff HEAD:recipes/r.toml recipes/r.toml       what an edit changes in training
   ftcompile run recipes/quickstart.toml                   compile and train
   ftcompile resume runs/quickstart/1-ab12cd34             continue after an interruption
   ftcompile rerun runs/quickstart/1-ab12cd34              repeat a run from its stored plan
@@ -31,8 +49,14 @@ EPILOG = """examples:
 
 
 def _sizes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset-size", type=int, metavar="N", help="train images, when data.train is not on this machine")
-    p.add_argument("--val-size", type=int, metavar="N", help="validation images (with --dataset-size)")
+    p.add_argument("--dataset-size", type=int, metavar="N", help="train images, used only when the data.train folder is not on this machine")
+    p.add_argument("--val-size", type=int, metavar="N", help="validation images, used only when the data.val folder is not on this machine")
+
+
+def _set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help='override a recipe field: dotted key, TOML value (repeatable), e.g. --set phases.layer4.epochs=5 '
+                        "--set 'phases.layer4.lr.layer4=\"head / 30\"'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,15 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-changes", action="store_true", help="list every change, not only the first 200")
     p.add_argument("--wide", action="store_true", help="lines as long as they need (default: at most 100 columns)")
     _sizes(p)
+    _set(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("check", help="validate recipes; one line each",
-                       epilog="examples:\n  ftcompile check recipes/*.toml\n  ftcompile check --verify-images recipes/flowers.toml",
+    p = sub.add_parser("check", help="validate recipes; one line each", epilog=CHECK_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+", help="recipe .toml files")
     p.add_argument("--verify-images", action="store_true", help="decode every image of the data and list all that cannot be read")
+    p.add_argument("--require-data", action="store_true", help="a data folder that is not here is an error (default: check the rest)")
+    p.add_argument("--marked-only", action="store_true",
+                   help="skip .toml files whose first line is not '#:schema ...recipe.schema.json' (for pre-commit)")
     _sizes(p)
+    _set(p)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("diff", help="what a recipe change does to training (exit 0 equal, 1 different)",
+                       epilog=DIFF_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("old", help="recipe .toml, plan .json, run directory, or REV:path (a git revision)")
+    p.add_argument("new", help="the same kinds")
+    p.add_argument("--json", action="store_true", help="print the differences as JSON")
+    p.add_argument("--all-changes", action="store_true", help="list every differing change, not only the first 200")
+    _sizes(p)
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("schema", help="print the recipe JSON Schema", epilog="example: ftcompile schema > recipes/recipe.schema.json")
     p.set_defaults(func=cmd_schema)
@@ -72,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>/<n>-<hash8>)")
     p.add_argument("--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder; for a plan.json, the current folder)")
     p.add_argument("--nproc", type=int, metavar="N", help="train on N processes (GPUs) through torchrun + DDP")
+    _set(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue a run from its newest checkpoint", epilog="example: ftcompile resume runs/quickstart/1-ab12cd34")
@@ -137,10 +175,21 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_runs)
 
 
-def _compile(path: str, args: argparse.Namespace):
-    from ftcompile.compiler import compile_recipe
+def _options(args: argparse.Namespace, **extra: Any) -> Any:
+    from ftcompile.compiler import CompileOptions
 
-    return compile_recipe(path, getattr(args, "dataset_size", None), getattr(args, "val_size", None))
+    return CompileOptions(
+        dataset_size=getattr(args, "dataset_size", None),
+        val_size=getattr(args, "val_size", None),
+        overrides=tuple(getattr(args, "overrides", ())),
+        **extra,
+    )
+
+
+def _compile(path: str, args: argparse.Namespace, **extra: Any):
+    from ftcompile.compiler import compile_checked
+
+    return compile_checked(path, _options(args, **extra)).plan
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -171,15 +220,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Compile each recipe. Where a data folder is absent (a CI runner, a pre-commit hook)
+    everything but the step counts is still checked, against a nominal dataset size."""
+    from ftcompile.compiler import compile_checked
+
+    options = _options(args, nominal_data=not args.require_data)
     failed = 0
     for path in args.recipes:
+        if args.marked_only and not _schema_marked(Path(path)):
+            continue
         try:
-            plan = _compile(path, args)
-            images = _verify_images(plan, Path(path)) if args.verify_images else None
+            compiled = compile_checked(path, options)
+            images = _verify_images(compiled.plan, Path(path)) if args.verify_images and not compiled.nominal_data else None
         except RecipeError as err:
             failed += 1
             first, *rest = str(err).splitlines()
             print(f"FAIL {first}" + "".join(f"\n     {line}" for line in rest))
+            continue
+        plan = compiled.plan
+        if compiled.nominal_data:
+            print(f"ok   {path}: {len(plan.phases)} phases (data not found here: step counts not checked)")
         else:
             verified = f", {images} images verified" if images is not None else ""
             print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}{verified}")
@@ -206,6 +266,28 @@ def _verify_images(plan, recipe: Path) -> int:
         raise err.located(recipe) from None
 
 
+def _schema_marked(path: Path) -> bool:
+    """A recipe announces itself by its first line, `#:schema <path>recipe.schema.json`."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            first = f.readline().strip()
+    except OSError:
+        return True  # let the check report the unreadable file
+    return first.startswith("#:schema") and first.endswith("recipe.schema.json")
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from ftcompile import diff
+
+    options = _options(args)
+    report = diff.compare(diff.read_side(args.old, options), diff.read_side(args.new, options))
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True, allow_nan=False))
+    else:
+        print(diff.render(report, max_changes=10**9 if args.all_changes else 200))
+    return 0 if report["equal"] else 1
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from ftcompile.schema import json_schema
 
@@ -220,14 +302,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ftcompile.runtime.distributed import launch
 
         argv = ["run", args.source] + [f"--{k.replace('_', '-')}={v}" for k, v in (("out", args.out), ("data_root", args.data_root)) if v]
+        argv += [f"--set={o}" for o in args.overrides]
         return launch(args.nproc, argv)
 
     source = Path(args.source)
     if source.suffix == ".json":
+        if args.overrides:
+            raise RecipeError("--set changes a recipe; a plan.json is already compiled", key="--set",
+                              suggestion="run the recipe with --set, or compile a new plan: ftcompile plan RECIPE --set ... -o plan.json")
         plan, recipe_path = Plan.load(source), None
         root = Path(args.data_root) if args.data_root else Path.cwd()
     else:
-        plan, recipe_path = _compile(str(source), args), source
+        # The augment ops are built once here, as the runtime will build them (it imports torchvision anyway).
+        plan, recipe_path = _compile(str(source), args, build_transforms=True), source
         root = Path(args.data_root) if args.data_root else source.parent
     _warn_memory(plan, source)
     from ftcompile.runtime.rundir import start_run

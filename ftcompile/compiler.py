@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ftcompile.changes import build_all_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
-from ftcompile.load import LoadedRecipe, load_recipe
+from ftcompile.load import LoadedRecipe, load_overridden
 from ftcompile.metrics import check_available
 from ftcompile.plan import (FORMAT, Change, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, TrialPlan,
                            TrialsPlan, WeightsSpec)
@@ -24,24 +25,57 @@ from ftcompile.schema import Recipe, validate
 from ftcompile.trace import lr_summary, lr_trace
 
 
+@dataclass(frozen=True)
+class CompileOptions:
+    """What the command line adds to a recipe."""
+
+    dataset_size: int | None = None  # --dataset-size: train images, where data.train is absent
+    val_size: int | None = None  # --val-size: validation images, where data.val is absent
+    nominal_data: bool = False  # `check`: an absent data folder gets a nominal size, not an error
+    build_transforms: bool = False  # build the augment ops once (imports torchvision; `run` does)
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE, in order
+    data_root: Path | None = None  # data folders are relative to this, not to the recipe's folder
+
+
+@dataclass(frozen=True)
+class Compiled:
+    plan: Plan
+    nominal_data: tuple[str, ...] = ()  # recipe keys of absent data folders given nominal sizes
+
+
 def locate(err: RecipeError, loaded: LoadedRecipe) -> RecipeError:
-    """Give an error raised deep in the pipeline its file and line."""
+    """Give an error raised deep in the pipeline its file and line (or its --set)."""
     for e in err.errors if isinstance(err, RecipeErrors) else [err]:
-        e.located(loaded.path, loaded.line_of(e.key) if e.key else None)
+        e.located(loaded.source_of(e.key), loaded.line_of(e.key) if e.key else None)
     return err
 
 
 def compile_recipe(
-    path: str | Path, dataset_size: int | None = None, val_size: int | None = None, _chain: tuple[Path, ...] = ()
+    path: str | Path,
+    dataset_size: int | None = None,
+    val_size: int | None = None,
+    *,
+    options: CompileOptions | None = None,
 ) -> Plan:
-    loaded = load_recipe(path)
+    """The plan of a recipe file; `options` (when given) replaces the two sizes."""
+    return compile_checked(path, options or CompileOptions(dataset_size, val_size)).plan
+
+
+def compile_checked(path: str | Path, options: CompileOptions, _chain: tuple[Path, ...] = ()) -> Compiled:
+    """The plan, and what could not be checked here (data folders that are absent)."""
+    loaded = load_overridden(path, options.overrides)
     try:
         recipe = validate(loaded)
         check_extras(recipe)
         chain = (*_chain, loaded.path.resolve())
-        upstream = compile_upstream(recipe.model.weights, loaded.folder, chain)
-        resolved = resolve(recipe, loaded.folder, dataset_size, val_size, upstream)
-        return build_plan(resolved, recipe, loaded.path.name, loaded.source_hash())
+        root = options.data_root or loaded.folder
+        upstream, upstream_nominal = compile_upstream(recipe.model.weights, loaded.folder, chain, options)
+        resolved = resolve(
+            recipe, root, options.dataset_size, options.val_size, upstream,
+            nominal=options.nominal_data, build_transforms=options.build_transforms,
+        )
+        plan = build_plan(resolved, recipe, loaded.path.name, loaded.source_hash(), options.overrides)
+        return Compiled(plan, upstream_nominal + resolved.nominal_data)
     except RecipeError as err:
         raise locate(err, loaded) from None
 
@@ -65,28 +99,40 @@ def check_extras(recipe: Recipe) -> None:
                 )
 
 
-def compile_upstream(weights: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any] | None:
+def compile_upstream(
+    weights: str, folder: Path, chain: tuple[Path, ...], options: CompileOptions
+) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
     """`weights = "pretrain.toml"`: that recipe's plan (compiled with its own data), or None."""
     if not weights.endswith(".toml"):
-        return None
+        return None, ()
     path = (folder / weights).resolve()
     if not path.is_file():
         raise RecipeError(f"upstream recipe not found: {folder / weights}", key="model.weights",
                           suggestion="the path is relative to this recipe's folder")
     if path in chain:
         raise RecipeError("upstream recipes form a cycle", key="model.weights", suggestion="remove one weights reference")
+    relative = os.path.relpath(path.parent, folder.resolve())
+    # Its own data, its own recipe: neither the sizes nor the --set of this command apply.
+    own = CompileOptions(
+        nominal_data=options.nominal_data,
+        build_transforms=options.build_transforms,
+        data_root=options.data_root / relative if options.data_root else None,
+    )
     try:
-        plan = compile_recipe(path, _chain=chain)
+        compiled = compile_checked(path, own, _chain=chain)
     except RecipeError as err:
         raise RecipeError(f"upstream recipe {weights} fails to compile: {err}", key="model.weights") from None
-    return {"plan": json.loads(plan.to_json()), "root": os.path.relpath(path.parent, folder.resolve())}
+    plan = {"plan": json.loads(compiled.plan.to_json()), "root": relative}
+    return plan, tuple(f"{weights}: {key}" for key in compiled.nominal_data)
 
 
-def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash: str) -> Plan:
+def build_plan(
+    resolved: Resolved, recipe: Recipe, source_name: str, source_hash: str, overrides: tuple[str, ...] = ()
+) -> Plan:
     import torch
-    import torchvision
 
     import ftcompile
+    from ftcompile.tv_table import torchvision_version
 
     pgs = param_groups(resolved)
     total = resolved.model["total_params"]
@@ -117,8 +163,9 @@ def build_plan(resolved: Resolved, recipe: Recipe, source_name: str, source_hash
         check_available(recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best", recipe.run.ema is not None)
     draft = Plan(
         format=FORMAT,
-        recipe={"name": recipe.name, "file": source_name, "source_hash": source_hash},
-        versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__},
+        # --set overrides are part of what was compiled (the key is absent without any).
+        recipe={"name": recipe.name, "file": source_name, "source_hash": source_hash, **({"overrides": list(overrides)} if overrides else {})},
+        versions={"torch": torch.__version__, "torchvision": torchvision_version(), "ftcompile": ftcompile.__version__},
         seed=recipe.seed,
         model=ModelSpec(**{**resolved.model, "weights": WeightsSpec(**resolved.model["weights"])}),
         data=DataSpec(**resolved.data),

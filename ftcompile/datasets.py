@@ -66,6 +66,23 @@ def count_data(data: dict, root: Path) -> DataCounts:
     )
 
 
+def absent_folders(data: dict, root: Path) -> tuple[str, ...]:
+    """Keys ("data.train", "data.val") of the recipe's folders that do not exist here."""
+    if data.get("builtin") is not None:
+        return ()
+    return tuple(f"data.{s}" for s in ("train", "val") if data.get(s) and not (Path(root) / data[s]).exists())
+
+
+def count_folder(data: dict, root: Path, key: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Class names and images per class of one split's folder, when the other is absent."""
+    folder = _existing_folder(data[key.split(".")[1]], Path(root), key)
+    samples, names = list_image_folder(folder, list(data.get("classes") or []), key=key)
+    counts = [0] * len(names)
+    for _, label in samples:
+        counts[label] += 1
+    return tuple(names), tuple(counts)
+
+
 def resolve_splits(data: dict, root: Path) -> Splits:
     """The single source of truth for which samples each split holds, shared with the runtime."""
     builtin = data.get("builtin")
@@ -117,7 +134,21 @@ def _builtin_splits(builtin: str, classes: Sequence[str]) -> Splits:
 
 @lru_cache(maxsize=1)
 def _digits_targets() -> tuple[int, ...]:
-    """Labels of sklearn's digits, in dataset order (loaded once; it ships with sklearn)."""
+    """Labels of sklearn's digits, in dataset order (read once; the data ships with sklearn).
+
+    Read from sklearn's own file (the last column of digits.csv.gz is the label, as
+    `load_digits` reads it) without importing sklearn, which costs half a torch import;
+    `load_digits()` when the file is not where sklearn keeps it.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec and spec.submodule_search_locations else None
+    if csv is not None and csv.is_file():
+        import gzip
+
+        with gzip.open(csv, "rt") as rows:
+            return tuple(int(float(row.rsplit(",", 1)[1])) for row in rows if row.strip())
     from sklearn.datasets import load_digits
 
     return tuple(int(t) for t in load_digits().target)
@@ -327,67 +358,87 @@ def augment_ops() -> dict[str, type]:
     }
 
 
-def validate_augment(augment: list[dict]) -> None:
+def signature_record(cls: type) -> dict[str, Any]:
+    """What binding keyword arguments needs of a class's signature, as plain data:
+    {"params": [[name, required], ...] (keyword-bindable ones), "var_keyword": bool}."""
+    params = inspect.signature(cls).parameters.values()
+    bindable = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return {
+        "params": [[p.name, p.default is p.empty] for p in bindable],
+        "var_keyword": any(p.kind is p.VAR_KEYWORD for p in params),
+    }
+
+
+def augment_signatures() -> dict[str, dict[str, Any]]:
+    """op name -> signature record: from the recorded torchvision table, else from torchvision."""
+    from ftcompile import tv_table
+
+    recorded = tv_table.table()
+    if recorded is not None:
+        return recorded.transforms
+    return {name: signature_record(cls) for name, cls in augment_ops().items()}
+
+
+def validate_augment(augment: list[dict], build: bool = True) -> None:
     """Check every augment op exists and its kwargs bind, before any GPU time is spent.
 
-    Each op is also built once, so a value the transform itself rejects (a negative size, a
-    probability of 2) is reported with its key path too.
+    With `build`, each op is also built once, so a value the transform itself rejects (a
+    negative size, a probability of 2) is reported with its key path too. Building needs
+    torchvision imported, which `ftcompile plan` and `check` avoid (build=False: names and
+    arguments are checked against the recorded signatures) and `run` pays for anyway.
     """
-    ops = augment_ops()
+    ops = augment_ops() if build else {}
+    signatures = {name: signature_record(cls) for name, cls in ops.items()} if build else augment_signatures()
     for i, entry in enumerate(augment):
         key = f"data.augment[{i}]"
         kwargs = {k: v for k, v in entry.items() if k != "op"}
-        cls = _augment_class(entry.get("op"), ops, key)
-        _bind_kwargs(cls, kwargs, key)
+        name = _augment_name(entry.get("op"), signatures, key)
+        _bind_kwargs(name, signatures[name], kwargs, key)
+        if not build:
+            continue
         try:
-            cls(**kwargs)
+            ops[name](**kwargs)
         except (TypeError, ValueError) as err:
             raise RecipeError(
-                f"{cls.__name__}({_format_kwargs(kwargs)}) is invalid: {err}",
+                f"{name}({_format_kwargs(kwargs)}) is invalid: {err}",
                 key=key,
-                suggestion=f"see the torchvision.transforms.v2.{cls.__name__} documentation",
+                suggestion=f"see the torchvision.transforms.v2.{name} documentation",
             ) from None
 
 
-def _augment_class(op: Any, ops: dict[str, type], key: str) -> type:
+def _augment_name(op: Any, signatures: dict[str, Any], key: str) -> str:
     if not isinstance(op, str):
         raise RecipeError(
             "each augment entry needs op = \"<torchvision.transforms.v2 class>\"",
             key=f"{key}.op",
             suggestion='for example { op = "RandomHorizontalFlip" }',
         )
-    if op not in ops:
+    if op not in signatures:
         raise RecipeError(
             f"unknown augment op {op!r}: not a torchvision.transforms.v2 transform",
             key=f"{key}.op",
-            suggestion=did_you_mean(op, ops) or "use a class name from torchvision.transforms.v2",
+            suggestion=did_you_mean(op, signatures) or "use a class name from torchvision.transforms.v2",
         )
-    return ops[op]
+    return op
 
 
-def _bind_kwargs(cls: type, kwargs: dict, key: str) -> None:
-    params = inspect.signature(cls).parameters
-    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for name in kwargs:
-        if name not in valid and not takes_any:
-            hint = did_you_mean(name, valid)
-            listing = f"{cls.__name__} takes: {', '.join(valid) or '(no arguments)'}"
+def _bind_kwargs(name: str, signature: dict[str, Any], kwargs: dict, key: str) -> None:
+    valid = [n for n, _ in signature["params"]]
+    for arg in kwargs:
+        if arg not in valid and not signature["var_keyword"]:
+            hint = did_you_mean(arg, valid)
+            listing = f"{name} takes: {', '.join(valid) or '(no arguments)'}"
             raise RecipeError(
-                f"{cls.__name__} has no argument {name!r}",
-                key=f"{key}.{name}",
+                f"{name} has no argument {arg!r}",
+                key=f"{key}.{arg}",
                 suggestion=f"{hint} {listing}" if hint else listing,
             )
-    missing = [
-        n for n, p in params.items()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and n not in kwargs
-    ]
+    missing = [n for n, required in signature["params"] if required and n not in kwargs]
     if missing:
         raise RecipeError(
-            f"{cls.__name__} needs {', '.join(missing)}",
+            f"{name} needs {', '.join(missing)}",
             key=key,
-            suggestion=f"for example {{ op = \"{cls.__name__}\", {missing[0]} = ... }}",
+            suggestion=f"for example {{ op = \"{name}\", {missing[0]} = ... }}",
         )
 
 

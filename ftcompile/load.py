@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ftcompile.errors import RecipeError
+from ftcompile.overrides import Override, apply_overrides, parse_override
 
 # Keys whose values are paths relative to the recipe that holds them.
 PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "weights"))
@@ -32,13 +34,23 @@ class LoadedRecipe:
     path: Path
     data: dict[str, Any]
     lines: dict[str, int] = field(default_factory=dict)
+    overrides: tuple[Override, ...] = ()  # --set, already applied to `data`
 
     @property
     def folder(self) -> Path:
         return self.path.parent
 
+    def source_of(self, key: str | None) -> str:
+        """Where the value at `key` came from: the file, or the file and the --set that replaced it."""
+        for o in reversed(self.overrides):
+            if o.covers(key):
+                return f"{self.path} --set {o.text}"
+        return str(self.path)
+
     def line_of(self, key: str) -> int | None:
-        """Line of a key path, or of its nearest enclosing key that has one."""
+        """Line of a key path, or of its nearest enclosing key that has one (none for a --set value)."""
+        if any(o.covers(key) for o in self.overrides):
+            return None
         parts = key.replace("[", ".[").split(".")
         while parts:
             found = self.lines.get(".".join(parts).replace(".[", "["))
@@ -233,3 +245,12 @@ def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> LoadedRecipe
     base_data = copy.deepcopy(base.data)
     _rebase_paths(base_data, base_path.parent, path.parent)
     return LoadedRecipe(path, deep_merge(base_data, data), lines)
+
+
+def load_overridden(path: str | Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
+    """A recipe as `load_recipe` reads it, with `--set KEY=VALUE` overrides applied in order."""
+    loaded = load_recipe(path)
+    if not overrides:
+        return loaded
+    parsed = tuple(parse_override(text) for text in overrides)
+    return LoadedRecipe(loaded.path, apply_overrides(loaded.data, parsed), loaded.lines, parsed)

@@ -70,6 +70,7 @@ class Resolved:
     bn_groups: dict[str, str]  # BatchNorm module name -> group
     keep_checkpoints: str = "boundaries"  # [run] keep_checkpoints; checkpoint_every 0 = "never"
     run_extra: dict[str, Any] | None = None  # accumulate / ema (every in steps) / sync_bn for RunSpec
+    nominal_data: tuple[str, ...] = ()  # keys of absent data folders given nominal sizes (`check`)
 
 
 
@@ -133,12 +134,9 @@ def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...]
         data = weights["plan"]["data"]
         return tuple(data["mean"]), tuple(data["std"])
     if weights["kind"] == "torchvision":
-        import torchvision
+        from ftcompile import arch as archs
 
-        enum = torchvision.models.get_model_weights(arch)
-        member = enum.DEFAULT if weights["value"] == "DEFAULT" else enum[weights["value"]]
-        tf = member.transforms()
-        return tuple(float(x) for x in tf.mean), tuple(float(x) for x in tf.std)
+        return archs.weights_stats(arch, weights["value"])
     return IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -152,7 +150,12 @@ def resolve(
     dataset_size: int | None = None,
     val_size: int | None = None,
     upstream: dict[str, Any] | None = None,
+    *,
+    nominal: bool = False,
+    build_transforms: bool = False,
 ) -> Resolved:
+    """`folder` is where data paths start; `dataset_size`/`val_size` stand in for absent
+    folders, `nominal` gives absent folders a nominal size instead (for `check`)."""
     from ftcompile import arch as archs
     from ftcompile import datasets
     from ftcompile.graph import phase_order
@@ -161,8 +164,8 @@ def resolve(
     archs.check_arch(m.arch)
     weights = resolve_weights(m.arch, m.weights, upstream)
     data = recipe.data.model_dump()
-    datasets.validate_augment(data["augment"])
-    counts = _counts(data, folder, dataset_size, val_size, m.num_classes)
+    datasets.validate_augment(data["augment"], build=build_transforms)
+    counts, nominal_data = _counts(data, folder, dataset_size, val_size, m.num_classes, nominal)
     class_names = list(counts.class_names)
     num_classes = len(class_names) if m.num_classes == "auto" else m.num_classes
     if num_classes < len(class_names):
@@ -176,7 +179,7 @@ def resolve(
     head = m.head.model_dump() if m.head else None
     check_builder_args(m.arch, m.builder_args)
     try:
-        model = archs.build_model(m.arch, num_classes, head, device="meta", builder_args=m.builder_args)
+        model = archs.compile_model(m.arch, num_classes, head, m.builder_args)
     except TypeError as exc:  # a keyword the builder sets itself ("got multiple values")
         raise RecipeError(
             f"torchvision's {m.arch} builder rejects model.builder_args: {exc}",
@@ -262,6 +265,7 @@ def resolve(
             "ema": run.ema and {**run.ema.model_dump(), "every": parse_duration(run.ema.every, spe)},
             "sync_bn": run.sync_bn,
         },
+        nominal_data=nominal_data,
     )
 
 
@@ -324,6 +328,11 @@ def resolve_phase(
         scheduler=resolve_scheduler(name, phase, length, spe, lrs),
         cache=cacheability(phase, below, augment),
     )
+
+
+# `check` without the data: a train set of this many full batches. Big enough that every
+# duration of "0.01 epoch" or more is at least one step, small enough to trace quickly.
+NOMINAL_BATCHES = 100
 
 
 # ---------------------------------------------------------------- training knobs
@@ -434,8 +443,7 @@ def check_head_weights(arch: str, model: Any, weights: dict[str, Any], folder: P
         source = weights["value"]
     else:
         up = weights["plan"]["model"]
-        upstream_model = archs.build_model(up["arch"], up["num_classes"], up["head"], device="meta",
-                                           builder_args=up.get("builder_args"))
+        upstream_model = archs.compile_model(up["arch"], up["num_classes"], up["head"], up.get("builder_args"))
         theirs = {k: tuple(v.shape) for k, v in upstream_model.state_dict().items()}
         source = f"the model of {weights['value']}"
     for k, shape in ours.items():
@@ -483,23 +491,68 @@ def resolve_trials(
 
 
 def _counts(
-    data: dict[str, Any], folder: Path, train_size: int | None, val_size: int | None, num_classes: int | str
-) -> Any:
-    """Count the data, or take the sizes given on the command line (data not on this machine)."""
+    data: dict[str, Any],
+    folder: Path,
+    train_size: int | None,
+    val_size: int | None,
+    num_classes: int | str,
+    nominal: bool = False,
+) -> tuple[Any, tuple[str, ...]]:
+    """Count the data; a folder that is absent takes the size given on the command line
+    (or, for `check`, a nominal one). Returns the counts and the keys given nominal sizes."""
     from ftcompile import datasets
 
-    if train_size is None:
-        return datasets.count_data(data, folder)
-    if data["classes"]:
-        names = tuple(sorted(data["classes"]))
-    elif data["builtin"] == "digits":
-        names = tuple(str(i) for i in range(10))
-    elif isinstance(num_classes, int):
-        names = tuple(str(i) for i in range(num_classes))
+    absent = datasets.absent_folders(data, folder)
+    if not absent:
+        return datasets.count_data(data, folder), ()
+    sizes = {"data.train": train_size, "data.val": val_size}
+    used = []
+    for key in absent:
+        if sizes[key] is not None:
+            continue
+        if nominal:
+            sizes[key] = _nominal_size(key, data)
+            used.append(key)
+        elif key == "data.val" and train_size is not None:
+            sizes[key] = 0  # --dataset-size alone: no validation size to show
+        else:
+            _absent_error(data, folder, key)
+    present = {key: datasets.count_folder(data, folder, key) for key in sizes if key not in absent and data[key[5:]]}
+    if "data.train" in present:
+        names, counts = present["data.train"]
     else:
-        raise RecipeError(
-            'num_classes = "auto" counts class folders, which --dataset-size skips',
-            key="model.num_classes",
-            suggestion="set model.num_classes to a number, or list data.classes",
-        )
-    return datasets.DataCounts(train_size, val_size or 0, names, tuple([0] * len(names)))
+        names = present["data.val"][0] if present else _names_without_data(data, num_classes, nominal)
+        counts = (0,) * len(names)
+    size = {key: sum(present[key][1]) if key in present else sizes[key] or 0 for key in sizes}
+    return datasets.DataCounts(size["data.train"], size["data.val"], tuple(names), tuple(counts)), tuple(used)
+
+
+def _absent_error(data: dict[str, Any], folder: Path, key: str) -> None:
+    """The absent folder's own error, with the way to plan without it."""
+    from ftcompile import datasets
+
+    try:
+        datasets.count_folder(data, folder, key)
+    except RecipeError as err:
+        err.suggestion = f"{err.suggestion}; without the data here: --dataset-size N --val-size M"
+        raise
+    raise AssertionError(f"{key} is absent but could be counted")
+
+
+def _nominal_size(key: str, data: dict[str, Any]) -> int:
+    return NOMINAL_BATCHES * data["batch_size"] if key == "data.train" else data["batch_size"]
+
+
+def _names_without_data(data: dict[str, Any], num_classes: int | str, nominal: bool) -> tuple[str, ...]:
+    """Class names when no folder is here to list them."""
+    if data["classes"]:
+        return tuple(sorted(data["classes"]))
+    if isinstance(num_classes, int):
+        return tuple(str(i) for i in range(num_classes))
+    if nominal:
+        return ("0", "1")  # `check` only: the head's width is then not checked either
+    raise RecipeError(
+        'num_classes = "auto" counts class folders, which --dataset-size skips',
+        key="model.num_classes",
+        suggestion="set model.num_classes to a number, or list data.classes",
+    )

@@ -390,7 +390,7 @@ def _to_error(err: dict[str, Any], loaded: LoadedRecipe) -> RecipeError:
         if "input" in err and not isinstance(err["input"], (dict, list)):
             message += f" (got {err['input']!r})"
         suggestion = _hint(kind, err.get("ctx") or {})
-    return RecipeError(message, file=loaded.path, key=key, line=loaded.line_of(key), suggestion=suggestion)
+    return RecipeError(message, file=loaded.source_of(key), key=key, line=loaded.line_of(key), suggestion=suggestion)
 
 
 _HINTS = {

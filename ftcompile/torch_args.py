@@ -8,11 +8,12 @@ torch is imported inside the functions, so importing this module stays cheap.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import inspect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -126,7 +127,28 @@ def dummy_optimizer(opt_type: str, kwargs: dict[str, Any], n_groups: int) -> Any
     import torch
 
     groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in range(n_groups)]
-    return optimizer_class(opt_type)(groups, **kwargs)
+    with _eager_add_param_group():
+        return optimizer_class(opt_type)(groups, **kwargs)
+
+
+@contextlib.contextmanager
+def _eager_add_param_group() -> Iterator[None]:
+    """Build an optimizer without importing torch._dynamo.
+
+    `Optimizer.add_param_group` is wrapped by torch so that torch.compile never traces it;
+    the wrapper imports torch._dynamo on its first call, which takes as long as importing
+    torch itself, a third of a whole `ftcompile plan`. Outside torch.compile the wrapper
+    only calls the function, so the compiler's dummy optimizers call it directly (for the
+    time of their construction; the runtime's real optimizer is built as torch builds it).
+    """
+    from torch.optim import Optimizer
+
+    wrapped = Optimizer.__dict__["add_param_group"]
+    Optimizer.add_param_group = inspect.unwrap(wrapped)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Optimizer.add_param_group = wrapped  # type: ignore[method-assign]
 
 
 def with_valid(hint: str | None, valid: str) -> str:

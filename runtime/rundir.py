@@ -9,8 +9,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,27 +70,12 @@ def _check_inside(path: Path, root: Path) -> None:
         )
 
 
-def git_info(path: Path | None) -> dict[str, Any]:
-    """The commit of the recipe file and whether it has uncommitted changes."""
-    if path is None:
-        return {"commit": None, "dirty": None}
-    try:
-        folder = path.resolve().parent
-        run = lambda *a: subprocess.run(["git", "-C", str(folder), *a], capture_output=True, text=True, timeout=10)  # noqa: E731
-        head = run("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = run("status", "--porcelain", "--", str(path.resolve()))
-        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
 def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> dict[str, Any]:
     import torch
     import torchvision
 
     import ftcompile
+    from ftcompile import provenance
     from ftcompile.runtime.loop import pick_device
 
     return {
@@ -104,9 +87,25 @@ def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> d
         "processes": world,
         "plan_hash": plan.hash,
         "recipe": str(recipe) if recipe else None,
-        "git": git_info(recipe),
         "data_root": str(root.resolve()),
+        # provenance: the recipe's git commit and files, the data, what bitwise equality needs
+        **provenance.recipe_record(recipe, plan.recipe.get("overrides", [])),
+        "data": provenance.data_fingerprint(plan.to_dict()["data"], root),
+        "machine": provenance.machine(),
     }
+
+
+def changed_since(run_dir: Path, plan: Plan, env: dict[str, Any]) -> list[str]:
+    """rerun / resume: what differs from the run's recipe, data and machine, one line each."""
+    from ftcompile import provenance
+    from ftcompile.errors import RecipeError
+
+    lines = provenance.recipe_warnings(run_dir, env, plan.recipe["source_hash"])
+    try:
+        lines += provenance.data_warnings(env, provenance.data_fingerprint(plan.to_dict()["data"], Path(env["data_root"])))
+    except RecipeError:
+        pass  # data that cannot be listed fails the run itself, with its own message
+    return lines + provenance.machine_warnings(env, provenance.machine())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -115,11 +114,11 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_record(run_dir: Path, plan: Plan, recipe: Path | None, env: dict[str, Any]) -> None:
+def _write_record(run_dir: Path, plan: Plan, recipe_text: str | None, env: dict[str, Any]) -> None:
     """recipe.toml, plan.json, env.json; a file system that refuses them is one message."""
     try:
-        if recipe is not None:
-            shutil.copyfile(recipe, run_dir / "recipe.toml")
+        if recipe_text is not None:
+            (run_dir / "recipe.toml").write_text(recipe_text, encoding="utf-8")
         (run_dir / "plan.json").write_text(plan.to_json() + "\n")
         write_json(run_dir / "env.json", env)
     except OSError as err:
@@ -184,7 +183,12 @@ def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Pa
     run_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
     with lock:
         if d.main:
-            _write_record(run_dir, plan, recipe, env_record(plan, recipe, root, d.world))
+            text = None
+            if recipe is not None:
+                from ftcompile.provenance import stored_recipe_text
+
+                text = stored_recipe_text(recipe, plan.recipe.get("overrides", []))
+            _write_record(run_dir, plan, text, env_record(plan, recipe, root, d.world))
         distributed.barrier(d)
         _train(plan, run_dir, root, None, d)
     return run_dir
@@ -225,6 +229,9 @@ def resume_run(run_dir: Path) -> int:
     with lock, blamed(_source(run_dir)):
         root = Path(env.get("data_root") or ".")
         check_data(plan, root, f"data_root in {run_dir / 'env.json'}")
+        if d.main:
+            for line in changed_since(run_dir, plan, env):
+                print(line, file=sys.stderr)
         state = checkpoint.load_newest(run_dir / "checkpoints", move_bad=d.main)
         if state is not None and state.get("plan_hash") != plan.hash:
             raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
@@ -294,25 +301,39 @@ def version_warnings(plan: Plan) -> list[str]:
 
 def rerun_run(run_dir: Path, out: Path | None) -> int:
     plan, env = open_run(run_dir)
-    for line in version_warnings(plan):
-        print(line, file=sys.stderr)
     from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run.device)
     with blamed(_source(run_dir)):
         root = Path(env.get("data_root") or ".")
         check_data(plan, root, f"data_root in {run_dir / 'env.json'}")
+        if d.main:
+            for line in version_warnings(plan) + changed_since(run_dir, plan, env):
+                print(line, file=sys.stderr)
         lock = RunLock()
         new_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
         with lock:
             if d.main:
                 recipe = run_dir / "recipe.toml"
-                _write_record(new_dir, plan, recipe if recipe.is_file() else None,
-                              {**env, "processes": d.world, "rerun_of": str(run_dir)})
+                _write_record(new_dir, plan, recipe.read_text(encoding="utf-8") if recipe.is_file() else None,
+                              {**env, **rerun_record(plan, env), "processes": d.world, "rerun_of": str(run_dir)})
             distributed.barrier(d)
             _train(plan, new_dir, root, None, d)
     distributed.shutdown(d)
     return 0
+
+
+def rerun_record(plan: Plan, env: dict[str, Any]) -> dict[str, Any]:
+    """What a rerun records of its own: the data and machine it runs on (the recipe's
+    provenance stays the original run's: the plan is the original's)."""
+    from ftcompile import provenance
+
+    record: dict[str, Any] = {"machine": provenance.machine()}
+    try:
+        record["data"] = provenance.data_fingerprint(plan.to_dict()["data"], Path(env["data_root"]))
+    except (RecipeError, OSError):
+        pass  # data that cannot be listed fails the run itself, with its own message
+    return record
 
 
 def upstream_model(plan: Plan, root: Path) -> Path | None:
