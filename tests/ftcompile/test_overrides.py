@@ -152,3 +152,12 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.di
 @given(st.dictionaries(keys, values, max_size=5))
 def test_writer_round_trips_any_toml_data(data: dict) -> None:
     assert tomllib.loads(to_toml(data)) == data
+
+
+def test_set_on_a_compiled_plan_is_refused(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    assert main(["plan", str(write(tiny)), "-o", str(plan_file)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(plan_file), "--set", "seed=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set changes a recipe; a plan.json is already compiled" in err and "Traceback" not in err
