@@ -28,7 +28,7 @@ else:  # pragma: no cover
 
 from ftcompile.errors import RecipeError
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _table(lines: list[str], path: tuple[str, ...], table: dict[str, Any]) -> No
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)  # fullmatch: "$" would let "W\\n" through
 
 
 def _string(text: str) -> str:

@@ -161,3 +161,8 @@ def test_set_on_a_compiled_plan_is_refused(capsys: pytest.CaptureFixture[str], w
     assert main(["run", str(plan_file), "--set", "seed=1"]) == 2
     err = capsys.readouterr().err
     assert "--set changes a recipe; a plan.json is already compiled" in err and "Traceback" not in err
+
+
+def test_writer_quotes_a_key_ending_in_a_newline() -> None:
+    # found by hypothesis: a bare-key pattern ending in "$" accepts "W\n"
+    assert tomllib.loads(to_toml({"t": {"W\n": 1, "x": {"y": 2}}})) == {"t": {"W\n": 1, "x": {"y": 2}}}
