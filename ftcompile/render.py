@@ -200,7 +200,7 @@ def render(plan: Plan, max_changes: int = 200, wide: bool = False, summary: bool
     out += [line for text in knob_lines(plan) for line in wrapped(text, width, 7)]
     out += [*wrapped(memory.describe(plan), width, 7), *(wrapped(w, width, 7) if (w := memory.warning(plan)) else []), ""]
     out += [_wide_phases(plan)] if wide else _phases(plan, width)
-    out += trials_text(plan, {g["name"]: g["numel"] for g in plan.groups})
+    out += trials_text(plan, width)
     out += ["", *wrapped(checkpoints_line(plan), width, 13)]
     if summary:
         return "\n".join(out)
@@ -285,8 +285,9 @@ def knob_lines(plan: Plan) -> list[str]:
     return out
 
 
-def trials_text(plan: Plan, numel: dict[str, int]) -> list[str]:
-    """One row per alternative of each trial phase, and what the trials cost in steps."""
+def trials_text(plan: Plan, width: int) -> list[str]:
+    """One row per alternative of each trial phase (a line per trained group), and what the
+    trials cost in steps."""
     phases = [ph for ph in plan.phases if ph.trials]
     if not phases:
         return []
@@ -294,12 +295,14 @@ def trials_text(plan: Plan, numel: dict[str, int]) -> list[str]:
     for ph in phases:
         assert ph.trials is not None
         t = ph.trials
-        out += ["", f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs [{ph.begin}, {ph.end}) "
-                f"from the phase-start state; select {t.select}, keep {t.keep}):"]
-        rows = [["k", "alternative", "train", "lr first / peak / last"]]
+        out += ["", *wrapped(f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs "
+                             f"[{ph.begin}, {ph.end}) from the phase-start state; select {t.select}, keep {t.keep}):",
+                             width, 2)]
+        rows = [["k", "alternative", "trained group: lr first / peak / last"]]
         for a in t.alternatives:
-            lrs = "; ".join(f"{g} {_lr(v['first'])}/{_lr(v['peak'])}/{_lr(v['last'])}" for g, v in a.lr.items())
-            rows.append([str(a.k), a.label, ", ".join(a.train), lrs])
+            lrs = [f"{g}: {_lr(v['first'])} / {_lr(v['peak'])} / {_lr(v['last'])}" for g, v in a.lr.items()]
+            rows.append([str(a.k), a.label, lrs[0] if lrs else ""])
+            rows += [["", "", more] for more in lrs[1:]]
         out += ["  " + line for line in table(rows).splitlines()]
     out += ["", f"cost: {plan.steps_with_trials} optimizer steps ({plan.total_steps} without trials)"]
     return out
