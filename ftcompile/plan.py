@@ -98,6 +98,10 @@ class DataSpec:
     val_resize: int | None = None  # shorter side before the val centre crop; None: image_size / 0.875
     val_crop: int | None = None  # None: image_size
 
+    def sources(self) -> dict[str, Any]:
+        """Where the samples come from, as `datasets.resolve_splits` / `count_data` read it."""
+        return {"builtin": self.builtin, "train": self.train, "val": self.val, "classes": self.classes}
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:

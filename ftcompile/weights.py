@@ -105,7 +105,7 @@ def _read_safetensors(path: Path, key: str, shapes_only: bool) -> dict[str, Any]
         raise RecipeError(
             f"{path} is a .safetensors file, and reading one needs the safetensors package",
             key=key,
-            suggestion="pip install 'ftcompile[safetensors]'",
+            suggestion="pip install safetensors (a dependency of ftcompile: reinstall it with pip install -e .)",
         ) from None
     try:
         if not shapes_only:
@@ -115,7 +115,8 @@ def _read_safetensors(path: Path, key: str, shapes_only: bool) -> dict[str, Any]
         with safe_open(str(path), framework="pt") as f:  # the header only: names, shapes, dtypes
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
     except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
-        raise _not_a_checkpoint(path, _first_line(exc), key) from None
+        raise RecipeError(f"{path} is not a readable safetensors file ({_first_line(exc)})", key=key,
+                          suggestion="write it with safetensors.torch.save_file(model.state_dict(), path)") from None
 
 
 def _first_line(exc: BaseException) -> str:

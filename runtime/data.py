@@ -160,7 +160,7 @@ def _digits_images() -> torch.Tensor:
 
 def build_datasets(data: DataSpec, root: Path, mean: Sequence[float], std: Sequence[float]) -> tuple[Dataset, Dataset, list[str]]:
     """Train and val datasets (transforms attached) and the class names."""
-    splits = resolve_splits({"builtin": data.builtin, "train": data.train, "val": data.val, "classes": data.classes}, Path(root))
+    splits = resolve_splits(data.sources(), Path(root))
     train_tf = build_transforms(data, mean, std, train=True)
     val_tf = build_transforms(data, mean, std, train=False)
     if splits.builtin == "digits":

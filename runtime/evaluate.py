@@ -84,7 +84,7 @@ def eval_dataset(run: LoadedRun, folder: Path | None) -> tuple[Any, str]:
 
         d = plan.data
         root = Path(run.env.get("data_root") or ".")
-        splits = resolve_splits({"builtin": d.builtin, "train": d.train, "val": d.val, "classes": d.classes}, root)
+        splits = resolve_splits(d.sources(), root)
         if splits.builtin == "digits":
             return DigitsImages(_digits_images(), splits.val, tf), "the run's validation split (digits)"
         assert splits.val_dir is not None

@@ -119,6 +119,9 @@ def lr_find(plan: Plan, root: Path, phase_name: str, *, steps: int = 100, start:
     try:
         if state is not None:
             session.load_state(state)
+            # The checkpoint comes before the previous window's end-of-window changes (its
+            # evaluation): do them, as the run did, so both ways reach the same state.
+            session.run(phase.begin, phase.begin)
         else:
             session.run(0, phase.begin)
         session.apply_setup()  # the phase's freezing, BatchNorm mode, LRs (its scheduler is dropped)

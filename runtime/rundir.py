@@ -262,18 +262,18 @@ def check_data(plan: Plan, root: Path, where: str) -> None:
 
     data = plan.data
     try:
-        found = count_data(data, root)
+        found = count_data(data.sources(), root)
     except RecipeError as err:
         err.message += f" (data root {root}, from {where})"
         raise
-    planned_counts = list(data["class_counts"])
+    planned_counts = list(data.class_counts)
     differences = []
-    if (found.train_size, found.val_size) != (data["train_size"], data["val_size"]):
+    if (found.train_size, found.val_size) != (data.train_size, data.val_size):
         differences.append(f"train {found.train_size} / val {found.val_size} images, "
-                           f"the plan counted {data['train_size']} / {data['val_size']}")
+                           f"the plan counted {data.train_size} / {data.val_size}")
     if any(planned_counts):
-        if list(found.class_names) != list(data["class_names"]):
-            differences.append(f"classes {list(found.class_names)[:10]}, the plan has {list(data['class_names'])[:10]}")
+        if list(found.class_names) != list(data.class_names):
+            differences.append(f"classes {list(found.class_names)[:10]}, the plan has {list(data.class_names)[:10]}")
         elif list(found.class_counts) != planned_counts:
             differences.append(f"train images per class {list(found.class_counts)[:10]}, the plan has {planned_counts[:10]}")
     if differences:

@@ -132,7 +132,7 @@ def test_local_state_dict_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ("missing", ["does not fit resnet18", "missing 1 (e.g. layer4.1.bn2.bias)"]),
         ("shape", ["does not fit resnet18", "shape mismatch: conv1.weight (64, 3, 5, 5) vs (64, 3, 7, 7)"]),
         ("not a dict", ["holds a list, not a state_dict"]),
-        ("garbage", ["is not a plain state_dict"]),
+        ("garbage", ["is not a torch checkpoint", "not torch.save's zip or pickle header"]),
     ],
 )
 def test_state_dict_that_does_not_fit(tmp_path: Path, broken: str, words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
