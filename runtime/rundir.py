@@ -218,7 +218,9 @@ def is_finished(run_dir: Path) -> bool:
 
 def resume_run(run_dir: Path) -> int:
     plan, env = open_run(run_dir)
-    if is_finished(run_dir):  # nothing to do, and nothing touched
+    if is_finished(run_dir):  # nothing to do, and nothing touched; what changed since is still said
+        for line in changed_since(run_dir, plan, env):
+            print(line, file=sys.stderr)
         print(f"run is finished: {run_dir}")
         return 0
     from ftcompile.runtime import checkpoint, distributed

@@ -124,6 +124,7 @@ def test_hand_edited_plan(run_a: Recorded, tmp_path: Path, command: str, capsys:
 def test_checkpoint_of_another_plan(run_a: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = copy_run(run_a.run_dir, tmp_path / "run")
     rewrite_plan(run_dir, lambda d: d["versions"].update(torch="9.9"), rehash=True)  # valid, but another hash
+    (run_dir / "model.pt").unlink()  # unfinished: a finished run is not resumed at all
     before = fingerprint(run_dir)
     assert_user_error(cli(capsys, "resume", run_dir), "checkpoint belongs to another plan")
     assert fingerprint(run_dir) == before
