@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def combination_plans(recipe: Path) -> list[tuple[str, Any]]:
     """One plan per combination of the trial phases' alternatives, trials taken out."""
-    from ftcompile.compiler import build_plan, compile_upstream, locate
+    from ftcompile.compiler import CompileOptions, build_plan, compile_upstream, locate
     from ftcompile.errors import RecipeError
     from ftcompile.load import load_recipe
     from ftcompile.resolve import resolve
@@ -47,7 +47,7 @@ def combination_plans(recipe: Path) -> list[tuple[str, Any]]:
         one = replace(loaded, data=data)
         try:
             r = validate(one)
-            upstream = compile_upstream(r.model.weights, one.folder, (one.path.resolve(),))
+            upstream, _ = compile_upstream(r.model.weights, one.folder, (one.path.resolve(),), CompileOptions())
             plan = build_plan(resolve(r, one.folder, upstream=upstream), r, one.path.name, one.source_hash())
         except RecipeError as err:
             raise locate(err, one) from None

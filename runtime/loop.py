@@ -566,8 +566,6 @@ class Session:
             rec.update({f"{k}_ema": v for k, v in ema.items()})
         if self.trials.k is not None:
             rec["trial"] = self.trials.k
-            if self.trials.at_end(self.step):
-                self.trials.running.results.append(trials.result(rec))  # type: ignore[union-attr]
         if self.logs:
             self.logs.record(rec)
         self.evals.append(rec)
@@ -593,8 +591,13 @@ class Session:
                        "best": best.value, "best_step": best.step, "evaluations_without_improvement": best.bad,
                        "next_step": phase.end})
             self._skip_to_end(phase)
-        if self.step == phase.end:
-            self._restore_best(phase)
+        restored = self._restore_best(phase) if self.step == phase.end else None
+        if self.trials.at_end(self.step):
+            # The alternative is over (at its window's end, or stopped early): it is judged on
+            # the evaluation of the state it ends with, its best one after restore_best.
+            judged = next(e for e in reversed(self.evals) if e["step"] == restored and e.get("trial") == rec["trial"]) \
+                if restored is not None else rec
+            self.trials.running.results.append(trials.result(judged))  # type: ignore[union-attr]
         if stop:
             self.checkpoint()  # the phase's end checkpoint, which the jump skipped
 
@@ -610,12 +613,13 @@ class Session:
         self.step, self._batch_iter = phase.end, None
         self.progress.at(self.step)
 
-    def _restore_best(self, phase: PhasePlan) -> None:
+    def _restore_best(self, phase: PhasePlan) -> int | None:
         """restore_best: model and optimizer moments go back to the phase's best evaluation;
-        the param groups' hyperparameters stay (the next phase sets its own)."""
+        the param groups' hyperparameters stay (the next phase sets its own). Returns the
+        step of the evaluation gone back to, None when nothing was restored."""
         best = self.watch.best_state(phase, self.step)
         if best is None:
-            return
+            return None
         self.model.load_state_dict(best["model"])
         current = self.optimizer.state_dict()
         self.optimizer.load_state_dict({**current, "state": best["optimizer"]})
@@ -623,6 +627,7 @@ class Session:
         assert self.watch.current is not None
         self._log({"type": "restore", "step": self.step, "phase": phase.name, "metric": self.watch.current.metric,
                    "value": self.watch.current.value, "from_step": self.watch.current.step})
+        return self.watch.current.step
 
     def _log(self, rec: dict[str, Any]) -> None:
         if self.logs:

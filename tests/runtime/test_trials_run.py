@@ -163,3 +163,54 @@ def test_pick_ranks_non_finite_last_and_ties_to_the_earlier() -> None:
     assert pick([{"k": 0, "top1": nan}, {"k": 1, "top1": 0.1}], "val_top1") == 1
     assert pick([{"k": 0, "val_loss": 0.3}, {"k": 1, "val_loss": 0.2}, {"k": 2, "val_loss": math.inf}], "val_loss") == 1
     assert pick([{"k": 0, "val_loss": nan}, {"k": 1, "val_loss": nan}], "val_loss") is None
+
+
+# tune stops early in each alternative: its evaluations at steps 4 and 6 (eval_every 2) cannot
+# improve val_loss by min_delta 1.0, so with patience 1 it stops at 6 and goes back to step 4.
+STOPPING = """
+[phases.warm]
+train = ["head"]
+steps = 2
+lr = { head = 0.05 }
+bn = "frozen"
+
+[phases.tune]
+after = ["warm"]
+train = ["head"]
+steps = 8
+lr = { head = 0.05 }
+bn = "frozen"
+stop_early = { metric = "val_loss", patience = 1, min_delta = 1.0 }
+restore_best = true
+[phases.tune.trials]
+"lr.head" = [0.05, 0.01]
+select = "val_loss"
+
+[phases.last]
+after = ["tune"]
+train = ["head"]
+steps = 2
+lr = { head = 0.01 }
+bn = "frozen"
+"""
+
+
+@pytest.mark.slow
+def test_an_alternative_that_stops_early_is_judged_on_the_state_it_ends_with(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, recipe_text("trialstop", STOPPING, run='eval_every = "2 steps"\ncheckpoint_every = "2 steps"'))
+    assert cli(None, "run", recipe, "--out", tmp_path / "run").rc == 0
+    recs = metrics(tmp_path / "run")
+    stops = [(r["step"], r.get("trial"), r["next_step"]) for r in recs if r["type"] == "stop"]
+    assert [(s, n) for s, _, n in stops] == [(6, 10), (6, 10)]
+    assert [(r["from_step"]) for r in recs if r["type"] == "restore"] == [4, 4]
+    # Each alternative ran steps 2..5 only; the next phase starts at its planned step 10.
+    rows = list(csv.DictReader((tmp_path / "run" / "lr.csv").open()))
+    assert [(int(r["step"]), r["trial"]) for r in rows] == [
+        (0, ""), (1, ""), (2, "0"), (3, "0"), (4, "0"), (5, "0"), (2, "1"), (3, "1"), (4, "1"), (5, "1"), (10, ""), (11, "")]
+    # Each alternative is judged on its step-4 evaluation: the state restore_best went back to.
+    at4 = {r["trial"]: r["val_loss"] for r in recs if r["type"] == "eval" and r["step"] == 4}
+    table = list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))
+    assert {int(r["k"]): float(r["val_loss"]) for r in table} == pytest.approx(at4, rel=1e-9)
+    winner = min(at4, key=lambda k: (at4[k], k))
+    assert [r["chosen"] for r in table] == ["true" if k == winner else "false" for k in range(2)]
+    assert (tmp_path / "run" / "model.pt").is_file()
