@@ -25,6 +25,7 @@ import torch
 from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.plan import Op, PhasePlan, Plan
 from ftcompile.runtime.loop import END_OF_WINDOW, Hooks, Session, StepInfo
+from ftcompile.runtime.retention import find_phase_start
 
 BETA = 0.98  # smoothing of the loss (fastai's value), bias-corrected
 DIVERGE = 4.0  # stop when the smoothed loss exceeds this many times its minimum so far
@@ -162,8 +163,8 @@ def start_state(run_dir: Path, run_plan: Plan, plan: Plan, phase: PhasePlan) -> 
     """The run's checkpoint at the phase's first step, for this plan (read only)."""
     if run_plan.hash != plan.hash:
         _same_before(run_plan, plan, phase)
-    path = run_dir / "checkpoints" / f"step-{phase.begin:08d}.pt"
-    if not path.is_file():
+    path = find_phase_start(run_dir / "checkpoints", run_plan, phase.begin)
+    if path is None:
         raise RecipeError(f"{run_dir} has no checkpoint at step {phase.begin}, where phase {phase.name} starts",
                           file=run_dir, key="--from",
                           suggestion="leave out --from to train the phases before it here (a run keeps only its newest checkpoints)")

@@ -214,3 +214,16 @@ def test_an_alternative_that_stops_early_is_judged_on_the_state_it_ends_with(tmp
     winner = min(at4, key=lambda k: (at4[k], k))
     assert [r["chosen"] for r in table] == ["true" if k == winner else "false" for k in range(2)]
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_finished_trial_run_keeps_its_phase_start_checkpoints_only(runs: dict[str, Any]) -> None:
+    """keep_checkpoints = "boundaries" with trials: files are numbered by steps taken in all;
+    once finished, what stays is the phase start taken outside any alternative: warm's end,
+    step 2. head2's end (step 5) is only reached inside head2's alternatives; the state the
+    run went on from is trials/head2/<winner>/end.pt."""
+    kept = []
+    for path in sorted((runs["full"] / "checkpoints").glob("step-*.pt")):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        kept.append((state["step"], state["trials"]["running"]))
+    assert kept == [(2, None)]
+    assert (runs["full"] / "trials" / "head2" / "1" / "end.pt").is_file()  # the winner (lr 1e-8)
