@@ -7,12 +7,14 @@ that step, an epoch or more into the run. Whether it does depends on the archite
 image size, the head and which groups a phase freezes (`bn = "frozen"` puts theirs in eval
 mode), so the compiler asks the model itself: one forward pass of a 1-image batch on the
 meta device (shapes only, no memory, no arithmetic), in each affected phase's BatchNorm
-modes. It runs only when an epoch really ends with one image.
+modes. It runs only when an epoch really ends with one image, and only then builds the
+model with its forward code (the compiler's own model, rebuilt from the recorded table,
+has none: torchvision is imported for this case alone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ftcompile.errors import RecipeError
@@ -33,14 +35,22 @@ def one_image_steps(phases: Sequence[Any], spe: int, train_size: int, batch_size
 
 
 def check_one_image_batches(
-    model: Any, phases: Sequence[Any], bn_groups: dict[str, str], image_size: int,
+    make_model: Callable[[], Any], phases: Sequence[Any], bn_groups: dict[str, str], image_size: int,
     spe: int, train_size: int, batch_size: int, drop_last: bool,
 ) -> None:
-    """A RecipeError when a phase would train BatchNorm in train mode on a 1-image batch."""
+    """A RecipeError when a phase would train BatchNorm in train mode on a 1-image batch.
+
+    `make_model()` gives the model on the meta device with its forward code; it is called
+    only when some epoch ends with a 1-image batch.
+    """
     import torch
 
+    steps = one_image_steps(phases, spe, train_size, batch_size, drop_last)
+    if not steps:
+        return
+    model = make_model()
     tried: set[frozenset[str]] = set()
-    for ph, step in one_image_steps(phases, spe, train_size, batch_size, drop_last):
+    for ph, step in steps:
         frozen = frozenset(m for m, g in bn_groups.items() if ph.bn == "frozen" and g not in ph.train)
         if frozen in tried:
             continue

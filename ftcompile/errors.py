@@ -80,6 +80,7 @@ _OS_HINTS = {
     errno.EROFS: "the file system is mounted read-only; choose a writable folder (run --out DIR)",
     errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
     errno.EISDIR: "this path is a folder where a file was expected",
+    errno.EEXIST: "a file is at this path where a folder should be; choose another path",
     errno.ENOENT: "the folder does not exist; check the path",
     errno.EIO: "the disk reported an I/O error; check the device",
 }

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ftcompile.datasets import Splits, resolve_splits
 from ftcompile.errors import RecipeError
+from ftcompile.plan import DataSpec
 
 MAX_THREADS = 32
 
@@ -109,10 +110,11 @@ def _progress(total: int, enabled: bool | None) -> Callable[[int], None]:
     return update
 
 
-def verify_data(data: dict, root: Path, threads: int | None = None, progress: bool | None = None) -> int:
-    """Decode every image of a recipe's data (folders relative to `root`); raises a
-    RecipeError listing every bad file. Returns how many images were checked."""
-    files = image_files(resolve_splits(data, root))
+def verify_data(data: DataSpec, root: Path, threads: int | None = None, progress: bool | None = None) -> int:
+    """Decode every image of a plan's data (folders relative to `root`); raises a
+    RecipeError listing every bad file. Returns how many images were checked (0 for
+    builtin data, which has no files)."""
+    files = image_files(resolve_splits(data.sources(), root))
     bad = verify_images(files, threads, progress)
     if bad:
         raise bad_images_error(bad, len(files))

@@ -361,9 +361,10 @@ def check_fields(body: dict[str, Any], source: str) -> None:
 
     The hash only proves that a plan is intact, not that ftcompile wrote it: anyone can
     recompute a sha256. So a plan.json naming its recipe `../../x` (the run directory is
-    runs/<name>/) or carrying a seed numpy refuses is refused here, before anything is made.
+    runs/<name>/) or a phase `../x` (trials/<phase>/), or carrying a seed numpy refuses, is
+    refused here, before anything is made; so is an upstream plan embedded in it.
     """
-    from ftcompile.schema import MAX_NAME, MAX_SEED, SLUG
+    from ftcompile.schema import MAX_NAME, MAX_SEED, SLUG, folder_name_problem
 
     recipe = body.get("recipe")
     name = recipe.get("name") if isinstance(recipe, dict) else None
@@ -377,6 +378,18 @@ def check_fields(body: dict[str, Any], source: str) -> None:
     seed = body.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise RecipeError(f"seed {seed!r} is not an integer in 0 .. 2**32 - 1", file=source, key="seed")
+    phases = body.get("phases")
+    for i, phase in enumerate(phases if isinstance(phases, list) else []):
+        phase_name = phase.get("name") if isinstance(phase, dict) else None
+        problem = folder_name_problem(phase_name) if isinstance(phase_name, str) else "is not a string"
+        if problem:
+            raise RecipeError(f"phase name {phase_name!r} {problem}", file=source, key=f"phases[{i}].name",
+                              suggestion="compile the recipe with ftcompile plan -o")
+    model = body.get("model")
+    weights = model.get("weights") if isinstance(model, dict) else None
+    upstream = weights.get("plan") if isinstance(weights, dict) else None
+    if isinstance(upstream, dict):
+        check_fields(upstream, f"{source} (the upstream plan in model.weights)")
 
 
 

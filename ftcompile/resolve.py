@@ -223,7 +223,8 @@ def resolve(
     checkpoint_every = 0 if recipe.run.checkpoint_every == "never" else parse_duration(recipe.run.checkpoint_every, spe)
     check_plan_size(phases, eval_every, checkpoint_every, len(groups), len(params))
     bn_groups = {mod: owner[first] for mod, first in bn_modules(model) if first in owner}
-    check_one_image_batches(model, phases, bn_groups, data["image_size"], spe, counts.train_size, data["batch_size"], data["drop_last"])
+    check_one_image_batches(lambda: archs.build_model(m.arch, num_classes, head, device="meta", builder_args=m.builder_args),
+                            phases, bn_groups, data["image_size"], spe, counts.train_size, data["batch_size"], data["drop_last"])
     if m.head_weights == "load":
         check_head_weights(m.arch, model, weights, folder)
     run = recipe.run

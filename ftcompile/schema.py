@@ -22,6 +22,19 @@ SLUG = r"^[a-z0-9][a-z0-9._-]*$"
 MAX_NAME = 128  # the name is a folder name: runs/<name>/
 MAX_SEED = 2**32 - 1  # numpy's seed range; the runtime seeds numpy with it
 
+
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot name one folder inside a run directory, or None. A phase name is
+    one: trials/<phase>/ (`..` or a `/` in it would write outside the run directory)."""
+    if name in ("", ".", ".."):
+        return "is not a folder name"
+    if any(c in name for c in "/\\\0"):
+        return "holds a '/', '\\' or NUL (it names the folder trials/<phase>/)"
+    if len(name) > MAX_NAME:
+        return f"is longer than {MAX_NAME} characters"
+    return None
+
+
 PositiveInt = Annotated[int, Field(ge=1)]
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
 LR = Union[Annotated[float, Field(gt=0.0)], str]
@@ -308,6 +321,15 @@ class Recipe(Strict):
     groups: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
     phases: Annotated[dict[str, Phase], Field(min_length=1)]
     run: Run = Run()
+
+    @field_validator("phases")
+    @classmethod
+    def _phase_names(cls, phases: dict[str, Phase]) -> dict[str, Phase]:
+        for name in phases:
+            problem = folder_name_problem(name)
+            if problem:
+                raise ValueError(f"phase name {name!r} {problem}; use letters, digits, '.', '_' and '-'")
+        return phases
 
     @field_validator("groups")
     @classmethod

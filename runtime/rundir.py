@@ -175,10 +175,12 @@ def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None, sou
 
 
 def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Path:
-    """Create and lock the run directory (rank 0; the others learn its name), record, train."""
+    """Verify the images, create and lock the run directory (rank 0; the others learn its
+    name), record, train."""
     from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run.device)
+    _main_then_all(d, lambda: verify_images(plan, root))
     lock = RunLock()
     run_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
     with lock:
@@ -192,6 +194,16 @@ def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Pa
         distributed.barrier(d)
         _train(plan, run_dir, root, None, d)
     return run_dir
+
+
+def verify_images(plan: Plan, root: Path) -> None:
+    """Decode every image of the plan's data before step 0 (parallel threads, a progress
+    bar on a terminal): a bad file would otherwise stop the run where it is first read, an
+    epoch in for a val image, and alone. All bad files are one error, raised before the
+    run directory is made (or, on resume, before any step)."""
+    from ftcompile.images import verify_data
+
+    verify_data(plan.data, root)
 
 
 def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
@@ -231,6 +243,7 @@ def resume_run(run_dir: Path) -> int:
     with lock, blamed(_source(run_dir)):
         root = Path(env.get("data_root") or ".")
         check_data(plan, root, f"data_root in {run_dir / 'env.json'}")
+        _main_then_all(d, lambda: verify_images(plan, root))
         if d.main:
             for line in changed_since(run_dir, plan, env):
                 print(line, file=sys.stderr)
@@ -312,6 +325,7 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
         if d.main:
             for line in version_warnings(plan) + changed_since(run_dir, plan, env):
                 print(line, file=sys.stderr)
+        _main_then_all(d, lambda: verify_images(plan, root))
         lock = RunLock()
         new_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
         with lock:

@@ -199,13 +199,17 @@ def test_train_val_class_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[
 @pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_unreadable_image_names_the_file_and_the_run_resumes_once_fixed(
-    tmp_path: Path, split: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, split: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An image damaged after the run verified every image (run verification off here):
+    the step that reads it stops the run with a message, and nothing is lost."""
     recipe = folder_recipe(tmp_path, {"ant": 6, "bee": 5}, {"ant": 2, "bee": 2})  # with the bad one: 12 = 3 x 4
     bad = tmp_path / f"data/{split}/bee/garbage.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg" * 10)
     run_dir = tmp_path / "run"
-    assert_user_error(cli(capsys, "run", recipe, "--out", run_dir), str(bad), f"data.{split}")
+    with monkeypatch.context() as m:
+        m.setattr("ftcompile.runtime.rundir.verify_images", lambda plan, root: None)
+        assert_user_error(cli(capsys, "run", recipe, "--out", run_dir), str(bad), f"data.{split}")
     # the run directory is intact: plan, env, logs, only complete checkpoints, no model
     for name in ("plan.json", "env.json", "recipe.toml", "metrics.jsonl", "lr.csv"):
         assert (run_dir / name).is_file()
@@ -219,7 +223,9 @@ def test_unreadable_image_names_the_file_and_the_run_resumes_once_fixed(
 
 
 def test_a_last_batch_of_one_image_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """5 images, batch_size 4: step 1 trains on 1 image, which BatchNorm cannot normalise."""
+    """5 images, batch_size 4: step 1 trains on 1 image, which BatchNorm cannot normalise;
+    the compiler finds it, so no run directory is made."""
     recipe = folder_recipe(tmp_path, {"ant": 3, "bee": 2}, {"ant": 1, "bee": 1})
     assert_user_error(cli(capsys, "run", recipe, "--out", tmp_path / "run"),
-                      "step 1 has 1 image(s)", "data.batch_size", "drop_last = true")
+                      "step 1 (phase all) has 1 image", "data.batch_size", "drop_last = true")
+    assert not (tmp_path / "run").exists()
