@@ -301,10 +301,10 @@ def build_model(
 def compile_model(arch: str, num_classes: int, head: dict | None, builder_args: dict | None = None) -> nn.Module:
     """What the compiler resolves a recipe against: the model with our head on the meta
     device, rebuilt from the recorded table (no torchvision import, no forward code) when
-    there is one for the installed torchvision and no builder arguments, else built by
-    torchvision."""
+    there is one for the installed torchvision and it knows what the builder arguments do,
+    else built by torchvision."""
     check_arch(arch)
-    model = None if builder_args else tv_table.skeleton(arch)
+    model = tv_table.skeleton(arch, builder_args)
     if model is None:
         model = torchvision_model(arch, builder_args=builder_args)
     return replace_head(model, arch, num_classes, head)
@@ -319,6 +319,10 @@ def builder_arg_names(arch: str) -> list[str]:
     """The keywords `model.builder_args` may give for `arch`: the model class's own keyword
     arguments with a plain default (numbers, strings, booleans, None), plus `dropout`, which
     several builders take without a class default."""
+    recorded = tv_table.table()
+    names = recorded.builder_arg_names(arch) if recorded is not None else None
+    if names is not None:
+        return names
     import inspect
 
     model_cls = type(build_model(arch, 2, None, device="meta"))

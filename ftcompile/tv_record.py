@@ -37,6 +37,9 @@ def record() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         "arches": names,
         "weights": {arch: weights_record(arch) for arch in names},
         "transforms": {name: datasets.signature_record(cls) for name, cls in sorted(datasets.augment_ops().items())},
+        "builder_args": {arch: archs.builder_arg_names(arch) for arch in names},
+        "rates": {arch: tv_table.rates_record(lambda args, a=arch: archs.torchvision_model(a, builder_args=args),
+                                              archs.builder_arg_names(arch)) for arch in names},
     }
     models = {arch: tv_table.describe(archs.torchvision_model(arch)) for arch in names}
     return index, models

@@ -83,6 +83,11 @@ class Table:
     def transforms(self) -> dict[str, dict[str, Any]]:
         return self.index["transforms"]
 
+    def builder_arg_names(self, arch: str) -> list[str] | None:
+        """The keywords `model.builder_args` may give (None: a table recorded without them)."""
+        names = self.index.get("builder_args", {}).get(arch)
+        return None if names is None else list(names)
+
     def model(self, arch: str) -> dict[str, Any]:
         with zipfile.ZipFile(self.path) as zf:
             return json.loads(zf.read(f"models/{arch}.json"))
@@ -207,9 +212,54 @@ def rebuild(record: dict[str, Any]) -> Any:
     return built[""]
 
 
-def skeleton(arch: str) -> Any | None:
-    """The arch's model (torchvision's head, auxiliary classifiers removed) from the table, or None."""
+# Builder keywords that change no module, parameter or buffer: rates, whose effect on module
+# attributes (a Dropout's or StochasticDepth's `p`) the table records as linear in the rate,
+# and initial values, which a meta-device model does not have.
+RATE_ARGS = ("dropout", "attention_dropout", "stochastic_depth_prob")
+INIT_ARGS = ("zero_init_residual", "init_weights")
+
+
+def rates_record(build: Any, names: list[str]) -> dict[str, list[list[Any]] | None]:
+    """Per rate keyword the arch takes, every float module attribute it moves, as
+    [module, attribute, value at rate 0, value at rate 1]; None where that is not linear
+    (then the compiler asks torchvision). `build(args)` builds the model on meta."""
+    out: dict[str, list[list[Any]] | None] = {}
+    for arg in (a for a in RATE_ARGS if a in names):
+        try:
+            at = [dict(build({arg: rate}).named_modules()) for rate in (0.0, 0.5, 1.0)]
+        except TypeError:  # a keyword the builder sets itself: torchvision's own error at compile time
+            out[arg] = None
+            continue
+        moved: list[list[Any]] | None = []
+        for name, m in at[0].items():
+            for attr, v0 in vars(m).items():
+                v1, half = getattr(at[2][name], attr, None), getattr(at[1][name], attr, None)
+                if not isinstance(v0, float) or not isinstance(v1, float) or v0 == v1:
+                    continue
+                if not isinstance(half, float) or not math.isclose(half, (v0 + v1) / 2, rel_tol=1e-9, abs_tol=1e-12):
+                    moved = None
+                    break
+                moved.append([name, attr, v0, v1])
+            if moved is None:
+                break
+        out[arg] = moved
+    return out
+
+
+def skeleton(arch: str, builder_args: dict[str, Any] | None = None) -> Any | None:
+    """The arch's model (torchvision's head, auxiliary classifiers removed) from the table,
+    built as with `builder_args`; None when the table cannot say (no table, or a keyword
+    that changes the model's structure or an effect not recorded): then ask torchvision."""
     t = table()
-    if t is None or arch not in t.index["arches"]:
+    args = builder_args or {}
+    if t is None or arch not in t.index["arches"] or not set(args) <= {*RATE_ARGS, *INIT_ARGS}:
         return None
-    return rebuild(t.model(arch))
+    rates = t.index.get("rates", {}).get(arch, {})
+    if any(rates.get(arg) is None for arg in args if arg in RATE_ARGS):
+        return None
+    model = rebuild(t.model(arch))
+    modules = dict(model.named_modules())
+    for arg in (a for a in args if a in RATE_ARGS):
+        for name, attr, v0, v1 in rates[arg]:
+            setattr(modules[name], attr, v0 + args[arg] * (v1 - v0))
+    return model

@@ -137,6 +137,26 @@ def test_builder_args_checked_against_the_signature(tmp_path: Path) -> None:
     assert "zero_init_residual" in err.suggestion  # the valid ones are listed
 
 
+@pytest.mark.parametrize("args, key", [
+    ("stochastic_depth_prob = 1.5", "model.builder_args.stochastic_depth_prob"),
+    ('dropout = "0.1"', "model.builder_args.dropout"),
+    ("zero_init_residual = 1", "model.builder_args.zero_init_residual"),
+])
+def test_builder_args_values_are_checked_without_the_builder(tmp_path: Path, args: str, key: str) -> None:
+    """Shape-neutral builder args plan from the recorded table: their values are checked here."""
+    model = f"builder_args = {{ {args} }}"
+    text = BASE.format(model=model, data="", optimizer="", warmup="", all="", run="")
+    if "stochastic" in args:
+        text = text.replace("resnet18", "efficientnet_b0")
+    if "dropout" in args:
+        text = text.replace("resnet18", "vit_b_16").replace("image_size = 16", "image_size = 224")
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        compile_recipe(path)
+    assert info.value.key == key
+
+
 def test_stochastic_depth_refuses_the_feature_cache(tmp_path: Path) -> None:
     path = tmp_path / "r.toml"
     text = BASE.format(model="", data="", optimizer="", warmup='bn = "frozen"', all="", run="").replace("resnet18", "efficientnet_b0")

@@ -42,6 +42,36 @@ def test_version_is_read_without_importing_torchvision() -> None:
     assert done.stdout.split() == [torchvision.__version__, "False"]
 
 
+
+def _float_attrs(model) -> dict[tuple[str, str], float]:
+    return {(n, k): v for n, m in model.named_modules() for k, v in vars(m).items() if isinstance(v, float)}
+
+
+@needs_table
+@pytest.mark.parametrize("arch, args", [
+    ("efficientnet_b0", {"stochastic_depth_prob": 0.0}),     # every StochasticDepth p = 0: cacheable
+    ("efficientnet_b0", {"stochastic_depth_prob": 0.35, "dropout": 0.1}),
+    ("convnext_tiny", {"stochastic_depth_prob": 0.1}),       # recipes/convnext-mixup-ema.toml
+    ("vit_b_16", {"dropout": 0.1, "attention_dropout": 0.05}),  # vit's default dropout is 0
+    ("resnet18", {"zero_init_residual": True}),
+])
+def test_skeleton_with_rate_builder_args_is_torchvisions_build(arch: str, args: dict) -> None:
+    """Rates move module attributes (Dropout / StochasticDepth p, attention dropout) and no
+    shape: the table rebuilds them, so the feature-cache decision is the live build's."""
+    skeleton = tv_table.skeleton(arch, args)
+    assert skeleton is not None
+    live_model = A.torchvision_model(arch, builder_args=args)
+    want, got = _float_attrs(live_model), _float_attrs(skeleton)
+    assert want.keys() == got.keys()
+    assert all(got[k] == pytest.approx(v, rel=1e-12, abs=1e-15) for k, v in want.items())
+    assert [(n, p.shape) for n, p in skeleton.named_parameters()] == [(n, p.shape) for n, p in live_model.named_parameters()]
+
+
+@needs_table
+def test_builder_args_the_table_cannot_rebuild_go_to_torchvision() -> None:
+    assert tv_table.skeleton("swin_t", {"stochastic_depth_prob": 0.1}) is None  # the builder fixes it itself
+    assert tv_table.skeleton("resnet18", {"width_per_group": 32}) is None  # changes shapes
+
 @needs_table
 def test_table_is_for_the_installed_release() -> None:
     assert TABLE.index["torchvision"].split("+")[0] == torchvision.__version__.split("+")[0]
@@ -127,11 +157,12 @@ def test_plan_and_check_import_neither_torchvision_nor_sklearn() -> None:
     code = (
         "import sys; from ftcompile.cli import main\n"
         "assert main(['plan', sys.argv[1]]) == 0\n"
-        "assert main(['check', sys.argv[1], sys.argv[2]]) == 0\n"
+        "assert main(['check', *sys.argv[2:]]) == 0\n"
         "print(sorted(m for m in ('torchvision', 'sklearn', 'torch._dynamo') if m in sys.modules))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(RECIPES / "quickstart.toml"), str(RECIPES / "resnet50-gradual.toml")],
+        # check: every shipped recipe, builder_args (convnext-mixup-ema) included
+        [sys.executable, "-c", code, str(RECIPES / "quickstart.toml"), *map(str, sorted(RECIPES.glob("*.toml")))],
         capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr
