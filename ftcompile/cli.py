@@ -142,7 +142,7 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
                        epilog="example: ftcompile eval runs/quickstart/1-ab12cd34 --tta")
     p.add_argument("run_dir")
     p.add_argument("--data", metavar="FOLDER", help="another ImageFolder with the run's class names (default: the run's val split)")
-    p.add_argument("--weights", choices=["final", "best", "ema"], default="final", help="model.pt (default), best.pt or model-ema.pt")
+    p.add_argument("--weights", choices=["final", "best", "ema"], default="final", help="model.pt (default), best.pt or model_ema.pt")
     p.add_argument("--tta", action="store_true", help="average the softmax over each image and its horizontal flip")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     p.set_defaults(func=cmd_eval)

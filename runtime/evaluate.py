@@ -34,11 +34,11 @@ from ftcompile.runtime.model import load_state
 from ftcompile.runtime.rundir import open_run
 
 # --weights -> the file in the run directory
-WEIGHTS = {"final": "model.pt", "best": "best.pt", "ema": "model-ema.pt"}
+WEIGHTS = {"final": "model.pt", "best": "best.pt", "ema": "model_ema.pt"}
 WEIGHTS_HINT = {
     "final": "the run has not finished: `ftcompile resume RUN_DIR` completes it",
     "best": "best.pt is written by runs with [run] keep_best = \"val_top1\"",
-    "ema": "model-ema.pt is written by runs with [run] ema = { decay = ... }",
+    "ema": "model_ema.pt is written by runs with [run] ema = { decay = ... }",
 }
 
 

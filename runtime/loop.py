@@ -194,14 +194,21 @@ class Session:
         upstream: Path | None = None,
         hooks: Sequence[Hooks] = (),
     ) -> None:
-        self.plan, self.run_dir, self.d = plan, run_dir, d
+        self.plan, self.run_dir, self.d, self.root = plan, run_dir, d, root
         self.hooks = [*hooks, *_OBSERVERS]
-        run, data = plan.run, plan.data
-        seed_everything(plan.seed, run.deterministic)
-        self.device = distributed.device_for(d, run.device)
+        seed_everything(plan.seed, plan.run.deterministic)
+        self.device = distributed.device_for(d, plan.run.device)
+        # In this order: the model's initial weights are drawn after the data's set-up.
+        self._setup_data()
+        self._setup_model(upstream)
+        self._setup_position()
+        for hook in self.hooks:
+            hook.on_start(self)
 
-        # Data: the same sample lists the compiler counted, checked against the plan.
-        self.train_ds, val_ds, _ = build_datasets(data, root, data.mean, data.std)
+    def _setup_data(self) -> None:
+        """The same sample lists the compiler counted, checked against the plan."""
+        data, d = self.plan.data, self.d
+        self.train_ds, val_ds, _ = build_datasets(data, self.root, data.mean, data.std)
         if len(self.train_ds) != data.train_size or len(val_ds) != data.val_size:
             raise RecipeError(
                 f"the data changed since the plan was made: train {len(self.train_ds)} / val {len(val_ds)} images, "
@@ -210,19 +217,20 @@ class Session:
                 suggestion="compile the recipe again (ftcompile run RECIPE) or restore the data",
             )
         counts = data.class_counts if data.balance == "sampler" else None
-        self.batches = TrainBatches(self.train_ds, data, plan.seed, counts, rank=d.rank, world=d.world)
+        self.batches = TrainBatches(self.train_ds, data, self.plan.seed, counts, rank=d.rank, world=d.world)
         self.val_loader = val_loader(val_ds, data, rank=d.rank, world=d.world)
+        self._phase_data: dict[str, tuple[TrainBatches, Any, BatchMix | None]] = {}
+        self._segment: str | None = None  # the data segment the batch iterator belongs to
 
-        # Model, the one optimizer, and what applies the plan's changes to them.
-        self.model = build(plan.model, root, upstream).to(self.device)
+    def _setup_model(self, upstream: Path | None) -> None:
+        """Model, the one optimizer, and what applies the plan's changes to them."""
+        plan, run, data, d = self.plan, self.plan.run, self.plan.data, self.d
+        self.model = build(plan.model, self.root, upstream).to(self.device)
         if run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if run.sync_bn:  # before the DDP wrapper (one process: no-op)
             self.model = distributed.sync_batchnorm(self.model, d, self.device)
         self.ema = Ema(self.model, run.ema) if run.ema else None
-        self.root = root
-        self._phase_data: dict[str, tuple[TrainBatches, Any, BatchMix | None]] = {}
-        self._segment: str | None = None  # the data segment the batch iterator belongs to
         check_micro_batches(data.batch_size, run.accumulate, d.world, "data.batch_size")
         self.mixer = BatchMix(data.mix, plan.model.num_classes, plan.seed) if data.mix else None
         self.optimizer = build_optimizer(self.model, plan)
@@ -233,7 +241,9 @@ class Session:
         self.autocast = _autocast(run.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
 
-        # Position in the plan, and what follows from it.
+    def _setup_position(self) -> None:
+        """Step 0 of the plan, and what follows from the position: features, wrapper, logs."""
+        plan, d, run_dir = self.plan, self.d, self.run_dir
         self.changes: Sequence[Change] = plan.changes
         self.step, self.next_change = 0, 0
         self.phase = plan.phases[0].name
@@ -253,8 +263,6 @@ class Session:
         has_trials = any(ph.trials for ph in plan.phases)
         self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials) if run_dir else None
         self.progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
-        for hook in self.hooks:
-            hook.on_start(self)
 
     # ------------------------------------------------------------ state
 
@@ -333,20 +341,20 @@ class Session:
             raise ValueError(f"window [{begin}, {end}) outside the plan's [0, {self.plan.total_steps})")
         while True:
             started = time.perf_counter()
-            # Apply the changes due at this step (only the window's own ones at its end, and
-            # at an alternative's end only its own); time spent evaluating and checkpointing
-            # is not the next step's.
-            started += self._apply_due(end)
-            # An alternative has run its window: the next one starts from the phase start,
-            # or the winner's end state continues.
-            if self.trials.at_end(self.step):
-                trials.next_alternative(self)
-                continue
-            if self.step >= end:
-                return
-            # Cached features and the DDP / compile wrapper follow what the changes set.
-            self._prepare()
             try:
+                # Apply the changes due at this step (only the window's own ones at its end,
+                # and at an alternative's end only its own); time spent evaluating and
+                # checkpointing is not the next step's.
+                started += self._apply_due(end)
+                # An alternative has run its window: the next one starts from the phase
+                # start, or the winner's end state continues.
+                if self.trials.at_end(self.step):
+                    trials.next_alternative(self)
+                    continue
+                if self.step >= end:
+                    return
+                # Cached features and the DDP / compile wrapper follow what the changes set.
+                self._prepare()
                 self._train_step(started)
             except Diverged:
                 if self.trials.running is None:
@@ -561,6 +569,9 @@ class Session:
         rec: dict[str, Any] = {"type": "eval", "step": self.step, "epoch": self.step / self.plan.data.steps_per_epoch,
                                "phase": change.target}
         rec.update(self.evaluate())
+        if not math.isfinite(rec["val_loss"]):
+            raise Diverged(f"the validation loss is {rec['val_loss']} at step {self.step}"
+                           + _bad_parameter(self.model), key="phases", suggestion="lower the learning rate")
         if self.ema is not None:  # the EMA weights on the full val set (its frozen part differs from a cache)
             ema = evaluate(self.ema.module, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d)
             rec.update({f"{k}_ema": v for k, v in ema.items()})
@@ -638,7 +649,11 @@ class Session:
 
     def checkpoint(self) -> None:
         """Write the state to the run directory's checkpoints/ (rank 0; atomic)."""
-        if not self.d.main or self.run_dir is None:
+        if self.run_dir is None:
+            return
+        # Every rank checks (their parameters are equal), so all stop together under DDP.
+        check_finite(self.model, self.step, "the checkpoint was not written; the previous one stays")
+        if not self.d.main:
             return
         state = self.state(snapshot=False)
         for hook in self.hooks:
@@ -666,12 +681,35 @@ def train(
         session.run(session.step, plan.total_steps)
     finally:
         session.close()
+    check_finite(session.model, session.step, "model.pt was not written; the last checkpoint stays")
     if d.main:
         checkpoint.atomic_save(session.model.state_dict(), run_dir / "model.pt")
         if session.ema is not None:
             checkpoint.atomic_save(session.ema.module.state_dict(), run_dir / "model_ema.pt")
         retention.prune(run_dir / "checkpoints", plan, finished=True)  # model.pt is safe first
     return {"evals": session.evals, "seconds": time.perf_counter() - session.progress.started}
+
+
+def first_non_finite(model: nn.Module) -> str | None:
+    """The first parameter or floating buffer holding a nan or inf, or None."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _bad_parameter(model: nn.Module) -> str:
+    name = first_non_finite(model)
+    return f"; first non-finite parameter: {name}" if name else ""
+
+
+def check_finite(model: nn.Module, step: int, then: str) -> None:
+    """A model with a nan or inf is a diverged run, not a result: said with the step and
+    the first bad parameter (a finite loss before the last update does not show it)."""
+    name = first_non_finite(model)
+    if name is not None:
+        raise Diverged(f"parameter {name} is not finite after step {step}: {then}", key="phases",
+                       suggestion="lower the learning rate (or clip gradients: optimizer.clip_grad_norm)")
 
 
 def _forward(net: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:

@@ -198,6 +198,20 @@ def test_model_ema_pt_is_saved(tmp_path: Path) -> None:
     assert "fc.weight" in saved and not torch.equal(saved["fc.weight"], torch.load(run_dir / "model.pt")["fc.weight"])
 
 
+@pytest.mark.slow
+def test_eval_reads_the_ema_weights_the_run_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ftcompile eval --weights ema` evaluates the model_ema.pt that `run` writes."""
+    from runtime_helpers import cli, recipe_text, write_recipe
+
+    phases = '[phases.only]\ntrain = ["head"]\nsteps = 3\nlr = { head = 0.05 }\nbn = "frozen"\n'
+    recipe = write_recipe(tmp_path, recipe_text("emaeval", phases, run='ema = { decay = 0.5 }\neval_every = "100 steps"'))
+    assert cli(capsys, "run", recipe, "--out", tmp_path / "run").rc == 0
+    final = cli(capsys, "eval", tmp_path / "run", "--json")
+    ema = cli(capsys, "eval", tmp_path / "run", "--weights", "ema", "--json")
+    assert final.rc == 0 and ema.rc == 0, ema.err
+    assert json.loads(final.out)["loss"] != json.loads(ema.out)["loss"]  # other weights, evaluated
+
+
 # ---------------------------------------------------------------- MixUp / CutMix
 
 
