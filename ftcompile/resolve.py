@@ -158,7 +158,6 @@ def resolve(
     folders, `nominal` gives absent folders a nominal size instead (for `check`)."""
     from ftcompile import arch as archs
     from ftcompile import datasets
-    from ftcompile.graph import phase_order
 
     m = recipe.model
     archs.check_arch(m.arch)
@@ -167,31 +166,9 @@ def resolve(
     datasets.validate_augment(data["augment"], build=build_transforms)
     counts, nominal_data = _counts(data, folder, dataset_size, val_size, m.num_classes, nominal)
     class_names = list(counts.class_names)
-    num_classes = len(class_names) if m.num_classes == "auto" else m.num_classes
-    if num_classes < len(class_names):
-        raise RecipeError(
-            f"num_classes = {num_classes} but the data has {len(class_names)} classes",
-            key="model.num_classes",
-            suggestion=f'set num_classes = {len(class_names)} or "auto"',
-        )
-    if num_classes < 2:
-        raise RecipeError("a classifier needs at least 2 classes", key="model.num_classes", suggestion="add class folders")
+    num_classes = _num_classes(m.num_classes, class_names)
     head = m.head.model_dump() if m.head else None
-    check_builder_args(m.arch, m.builder_args)
-    try:
-        model = archs.compile_model(m.arch, num_classes, head, m.builder_args)
-    except TypeError as exc:  # a keyword the builder sets itself ("got multiple values")
-        raise RecipeError(
-            f"torchvision's {m.arch} builder rejects model.builder_args: {exc}",
-            key="model.builder_args",
-            suggestion=f"valid: {', '.join(archs.builder_arg_names(m.arch))} (some are fixed by the builder)",
-        ) from None
-    except (RuntimeError, ValueError, OverflowError) as exc:  # e.g. a Linear too large to exist
-        raise RecipeError(
-            f"torchvision cannot build {m.arch} with {num_classes} classes and this head: {exc}",
-            key="model.head" if head else "model.num_classes",
-            suggestion="check model.num_classes and the widths in model.head",
-        ) from None
+    model = _meta_model(m.arch, num_classes, head, m.builder_args)
     check_weights_file(weights, folder, model, m.arch)
     opt = recipe.optimizer
     check_optimizer(opt.type, opt.kwargs)
@@ -205,20 +182,9 @@ def resolve(
 
     spe = steps_per_epoch(counts.train_size, data["batch_size"], data["drop_last"], "data.batch_size")
     check_accumulate(data["batch_size"], recipe.run.accumulate, "data.batch_size")
-    order = phase_order({name: list(p.after) for name, p in recipe.phases.items()})
-    phases: list[ResolvedPhase] = []
-    step = 0
-    segments = DataSegments(data, counts.train_size, recipe.run.accumulate)
-    for name in order:
-        ph_data, ph_spe = segments.enter(name, recipe.phases[name], step)
-        augment = ph_data["augment"] if ph_data else data["augment"]
-        mix = ph_data["mix"] if ph_data else data["mix"]
-        resolved_phase = resolve_trials(name, recipe.phases[name], step, ph_spe, group_names, below, augment, num_classes,
-                                        recipe.run.ema is not None)
-        if mix is not None:
-            resolved_phase = replace(resolved_phase, cache=no_cache_with_mix(resolved_phase.cache))
-        phases.append(replace(resolved_phase, data=ph_data))
-        step = phases[-1].end
+    segments = DataSegments(data, counts.train_size, recipe.run.accumulate, build_transforms)
+    phases = _resolve_phases(recipe, segments, group_names, below, num_classes)
+    step = phases[-1].end if phases else 0
     eval_every = parse_duration(recipe.run.eval_every, spe)
     checkpoint_every = 0 if recipe.run.checkpoint_every == "never" else parse_duration(recipe.run.checkpoint_every, spe)
     check_plan_size(phases, eval_every, checkpoint_every, len(groups), len(params))
@@ -269,6 +235,64 @@ def resolve(
         nominal_data=nominal_data,
     )
 
+
+
+def _num_classes(wanted: int | str, class_names: list[str]) -> int:
+    """`model.num_classes` checked against the data ("auto": one per class folder)."""
+    num_classes = len(class_names) if wanted == "auto" else wanted
+    if num_classes < len(class_names):
+        raise RecipeError(
+            f"num_classes = {num_classes} but the data has {len(class_names)} classes",
+            key="model.num_classes",
+            suggestion=f'set num_classes = {len(class_names)} or "auto"',
+        )
+    if num_classes < 2:
+        raise RecipeError("a classifier needs at least 2 classes", key="model.num_classes", suggestion="add class folders")
+    return num_classes
+
+
+def _meta_model(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> Any:
+    """The model with the recipe's head on the meta device; a builder's refusal is a recipe error."""
+    from ftcompile import arch as archs
+
+    check_builder_args(arch, builder_args)
+    try:
+        return archs.compile_model(arch, num_classes, head, builder_args)
+    except TypeError as exc:  # a keyword the builder sets itself ("got multiple values")
+        raise RecipeError(
+            f"torchvision's {arch} builder rejects model.builder_args: {exc}",
+            key="model.builder_args",
+            suggestion=f"valid: {', '.join(archs.builder_arg_names(arch))} (some are fixed by the builder)",
+        ) from None
+    except (RuntimeError, ValueError, OverflowError) as exc:  # e.g. a Linear too large to exist
+        raise RecipeError(
+            f"torchvision cannot build {arch} with {num_classes} classes and this head: {exc}",
+            key="model.head" if head else "model.num_classes",
+            suggestion="check model.num_classes and the widths in model.head",
+        ) from None
+
+
+def _resolve_phases(
+    recipe: Recipe, segments: "DataSegments", group_names: list[str], below: BelowHead, num_classes: int
+) -> list[ResolvedPhase]:
+    """Every phase in graph order, each starting where the one before ends (with its trials,
+    its own data and the feature-cache decision that data allows)."""
+    from ftcompile.graph import phase_order
+
+    order = phase_order({name: list(p.after) for name, p in recipe.phases.items()})
+    phases: list[ResolvedPhase] = []
+    step = 0
+    for name in order:
+        ph_data, ph_spe = segments.enter(name, recipe.phases[name], step)
+        augment = ph_data["augment"] if ph_data else segments.data["augment"]
+        mix = ph_data["mix"] if ph_data else segments.data["mix"]
+        resolved = resolve_trials(name, recipe.phases[name], step, ph_spe, group_names, below, augment, num_classes,
+                                  recipe.run.ema is not None)
+        if mix is not None:
+            resolved = replace(resolved, cache=no_cache_with_mix(resolved.cache))
+        phases.append(replace(resolved, data=ph_data))
+        step = phases[-1].end
+    return phases
 
 
 def check_plan_size(phases: list[ResolvedPhase], eval_every: int, checkpoint_every: int, n_groups: int, n_params: int) -> None:
@@ -368,7 +392,8 @@ class DataSegments:
     A phase in the recipe's own data from step 0 has no data of its own (None), so recipes
     without overrides plan and run exactly as before."""
 
-    def __init__(self, data: dict[str, Any], train_size: int, accumulate: int) -> None:
+    def __init__(self, data: dict[str, Any], train_size: int, accumulate: int, build: bool = False) -> None:
+        self.build = build  # build each augment op (imports torchvision: `run`), else check signatures
         self.base = self._config(data)
         self.data, self.train_size, self.accumulate = data, train_size, accumulate
         self.config, self.begin, self.epoch_base = self.base, 0, 0
@@ -387,7 +412,7 @@ class DataSegments:
                 from ftcompile import datasets
 
                 try:
-                    datasets.validate_augment(over["augment"])
+                    datasets.validate_augment(over["augment"], build=self.build)
                 except RecipeError as err:
                     raise RecipeError(err.message, key=f"phases.{name}.{err.key}", suggestion=err.suggestion) from None
             if over.get("mix") is False:
@@ -424,6 +449,17 @@ def check_builder_args(arch: str, args: dict[str, Any]) -> None:
                 key=f"model.builder_args.{name}",
                 suggestion=with_valid(did_you_mean(name, valid), ", ".join(valid) or "(none)"),
             )
+        value = args[name]
+        # The compiler builds the model from the recorded table with these (no torchvision
+        # call to reject a bad value), so it checks them as the builder would.
+        if name in ("dropout", "attention_dropout", "stochastic_depth_prob") and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+        ):
+            raise RecipeError(f"model.builder_args.{name} = {value!r} is not a probability",
+                              key=f"model.builder_args.{name}", suggestion="a number from 0 to 1, e.g. 0.1")
+        if name in ("zero_init_residual", "init_weights") and not isinstance(value, bool):
+            raise RecipeError(f"model.builder_args.{name} = {value!r} is not true or false",
+                              key=f"model.builder_args.{name}", suggestion="true or false")
 
 
 def check_head_weights(arch: str, model: Any, weights: dict[str, Any], folder: Path) -> None:
