@@ -13,7 +13,7 @@ from typing import Any
 
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.status import read_evals
+from ftcompile.runtime.status import continued_evals
 
 PLOT_HINT = "pip install 'ftcompile[plot]' (matplotlib)"
 
@@ -31,13 +31,13 @@ def pyplot() -> Any:
 
 
 class CurveData:
-    """A run's plan, step records and evaluations (trial alternatives left out)."""
+    """A run's plan, step records and evaluations (of trial phases, the chosen alternative's)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         self.plan = Plan.load(run_dir / "plan.json")
         self.steps = _records(run_dir, "step")
-        self.evals = [r for r in read_evals(run_dir) if not r.get("trial")]
+        self.evals = continued_evals(run_dir)
 
     @property
     def label(self) -> str:

@@ -406,20 +406,14 @@ def _after_run(run_dir: Path) -> None:
     print(f"report: ftcompile report {run_dir} -o {run_dir / 'report.html'}")
 
 
-def logged_evals(run_dir: Path) -> list[dict[str, Any]]:
-    """The evaluation records of metrics.jsonl: the whole run's, across resumes."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    recs = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return [r for r in recs if r.get("type") == "eval"]
-
-
 def print_summary(plan: Plan, result: dict[str, Any], run_dir: Path | None = None) -> None:
     """The last evaluation of each phase, from metrics.jsonl when the run has one (so a
     resumed run shows the phases trained before the resume too)."""
+    from ftcompile.runtime.status import continued_evals
+
     last = {}
-    for rec in (logged_evals(run_dir) if run_dir else []) or result["evals"]:
+    # Of a trial phase, the chosen alternative's evaluations (session.evals keeps only those).
+    for rec in (continued_evals(run_dir) if run_dir else []) or result["evals"]:
         last[rec["phase"]] = rec
     top5 = any("top5" in rec for rec in last.values())
     rows = [("phase", "steps", "val_loss", "top1", *(["top5"] if top5 else []))]

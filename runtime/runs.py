@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile.errors import RecipeError
-from ftcompile.runtime.status import read_evals, status_of
+from ftcompile.runtime.status import continued_evals, status_of
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -46,7 +46,7 @@ def describe(run_dir: Path) -> dict[str, Any]:
     s = summary or {}
     total = len(plan.get("phases", []))
     if summary is None:  # written before summary.json existed: what metrics.jsonl says
-        evals = read_evals(run_dir)
+        evals = continued_evals(run_dir)
         tops = [r["top1"] for r in evals if "top1" in r]
         best = max(tops) if tops else None
         final = tops[-1] if tops and status == "finished" else None

@@ -15,6 +15,7 @@ which adds up over the attempts.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import json
 import math
@@ -71,12 +72,33 @@ def read_evals(run_dir: Path, size: int | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def chosen_alternatives(run_dir: Path) -> dict[str, int]:
+    """phase -> the alternative chosen there (trials.csv), for the trial phases decided so far."""
+    try:
+        with open(run_dir / "trials.csv", newline="") as fh:
+            return {row["phase"]: int(row["k"]) for row in csv.DictReader(fh) if row.get("chosen") == "true"}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def as_continued(evals: list[dict[str, Any]], chosen: dict[str, int]) -> list[dict[str, Any]]:
+    """The evaluations of the run as it went on: those outside trial phases, and in each
+    decided trial phase its chosen alternative's. (The other alternatives, and those of a
+    trial phase still running, are left out; `trial` 0 is an alternative like the others.)"""
+    return [r for r in evals if r.get("trial") in (None, "") or chosen.get(r["phase"]) == r["trial"]]
+
+
+def continued_evals(run_dir: Path, size: int | None = None) -> list[dict[str, Any]]:
+    """read_evals(), as the run went on (see as_continued)."""
+    return as_continued(read_evals(run_dir, size), chosen_alternatives(run_dir))
+
+
 def phase_table(plan: Plan, evals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per phase: its window, and its last evaluation (the one at its end once it is done)."""
+    """Per phase: its window, and its last evaluation (the one at its end once it is done).
+    `evals` as the run went on (as_continued)."""
     last: dict[str, dict[str, Any]] = {}
     for rec in evals:
-        if not rec.get("trial"):
-            last[rec["phase"]] = rec
+        last[rec["phase"]] = rec
     table = {}
     for ph in plan.phases:
         rec = last.get(ph.name)
@@ -91,10 +113,10 @@ def _metrics(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def best_eval(evals: list[dict[str, Any]], key: str = "top1") -> dict[str, Any] | None:
-    """The best evaluation by `key` (ties: the earliest); non-finite values never win."""
+    """The best evaluation by `key` (ties: the earliest); non-finite values never win.
+    `evals` as the run went on (as_continued)."""
     pick = SELECT[key]
-    finite = [r for r in evals if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])
-              and not r.get("trial")]
+    finite = [r for r in evals if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
     if not finite:
         return None
     target = pick(r[key] for r in finite)
@@ -118,9 +140,10 @@ class RunStatus(Hooks):
         self.ends = {ph.end for ph in plan.phases}
 
     def write(self, status: str, error: str | None = None) -> None:
-        final = self.evals[-1] if self.evals else None
-        best = best_eval(self.evals)
-        phases = phase_table(self.plan, self.evals)
+        evals = as_continued(self.evals, chosen_alternatives(self.run_dir))
+        final = evals[-1] if evals else None
+        best = best_eval(evals)
+        phases = phase_table(self.plan, evals)
         write_json(self.run_dir / SUMMARY, {
             "status": status,
             "error": error,
@@ -147,7 +170,7 @@ class RunStatus(Hooks):
 
     def on_evaluate(self, session: Session, record: dict[str, Any]) -> None:
         self.evals.append(record)
-        if record["step"] in self.ends and not record.get("trial"):
+        if record["step"] in self.ends and record.get("trial") in (None, ""):
             self.write("running")
 
     @contextlib.contextmanager
