@@ -312,7 +312,10 @@ class Session:
             if change.op in REPLAYED:
                 self._apply(change)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # A copy: torch's load_state_dict keeps the given state tensors (momentum, Adam
+        # moments) as the optimizer's own, so training would change `state` in place, and a
+        # trial fork loaded again would hold the last alternative's moments.
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.executor.rebind()
         if self.executor.scheduler is not None:
             self.executor.scheduler.load_state_dict(state["scheduler"])
@@ -633,7 +636,7 @@ class Session:
             return None
         self.model.load_state_dict(best["model"])
         current = self.optimizer.state_dict()
-        self.optimizer.load_state_dict({**current, "state": best["optimizer"]})
+        self.optimizer.load_state_dict({**current, "state": copy.deepcopy(best["optimizer"])})  # see load_state
         self.executor.rebind()
         assert self.watch.current is not None
         self._log({"type": "restore", "step": self.step, "phase": phase.name, "metric": self.watch.current.metric,

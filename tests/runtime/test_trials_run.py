@@ -227,3 +227,38 @@ def test_a_finished_trial_run_keeps_its_phase_start_checkpoints_only(runs: dict[
         kept.append((state["step"], state["trials"]["running"]))
     assert kept == [(2, None)]
     assert (runs["full"] / "trials" / "head2" / "1" / "end.pt").is_file()  # the winner (lr 1e-8)
+
+
+# `tune` trains `late` and the head; the head has SGD momentum from `warm` at the fork, so an
+# alternative started from a fork that an earlier alternative changed would show it.
+FORK_PHASES = """
+[phases.warm]
+train = ["head"]
+steps = 2
+lr = { head = 0.05 }
+
+[phases.tune]
+after = ["warm"]
+train = ["late", "head"]
+steps = 3
+lr = { head = 0.05, late = "head / 3" }
+"""
+
+
+@pytest.mark.slow
+def test_every_alternative_equals_its_phase_run_without_trials(tmp_path: Path) -> None:
+    """Alternative k of a trial phase is bitwise the run whose phase has k's values and no
+    trials: same step losses, same final model (the first alternative trivially; the later
+    ones only if the earlier ones left the phase-start state untouched, momentum included)."""
+    trials = FORK_PHASES + '[phases.tune.trials]\n"lr.late" = ["head / 3", "head / 10", "head / 30"]\nkeep = "all"\n'
+    run = 'eval_every = "100 steps"\ncheckpoint_every = "100 steps"'
+    tri = write_recipe(tmp_path / "tri", recipe_text("tri", trials, run=run))
+    assert cli(None, "run", tri, "--out", tmp_path / "tri" / "run").rc == 0
+    for k, cut in enumerate(["head / 3", "head / 10", "head / 30"]):
+        plain = write_recipe(tmp_path / f"plain{k}", recipe_text(f"plain{k}", FORK_PHASES.replace('"head / 3"', f'"{cut}"'), run=run))
+        assert cli(None, "run", plain, "--out", tmp_path / f"plain{k}" / "run").rc == 0
+        got = [(r["step"], r["loss"]) for r in metrics(tmp_path / "tri" / "run") if r["type"] == "step" and r.get("trial", k) == k]
+        want = [(r["step"], r["loss"]) for r in metrics(tmp_path / f"plain{k}" / "run") if r["type"] == "step"]
+        assert got == want, k
+        end = torch.load(tmp_path / "tri" / "run" / "trials" / "tune" / str(k) / "end.pt", weights_only=True)
+        assert_same_tensors(end["model"], load_tensors(tmp_path / f"plain{k}" / "run" / "model.pt"))
