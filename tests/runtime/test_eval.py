@@ -51,6 +51,16 @@ def test_metrics_match_torchmetrics() -> None:
     assert ours["top1"] == pytest.approx((pred == labels).float().mean().item())
 
 
+
+@pytest.mark.parametrize("k", [2, 5, 6])
+def test_top5_only_above_5_classes(k: int) -> None:
+    """With 5 classes or fewer the label is always among the top 5: no top-5 is reported."""
+    labels = torch.arange(12) % k
+    probs = torch.eye(k)[(labels + 1) % k]  # every prediction wrong: top-1 0
+    out = metrics(probs, labels, [str(i) for i in range(k)])
+    assert out["top1"] == 0.0
+    assert ("top5" in out) == (k > 5)
+
 def test_eval_table_json_png(used_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, _ = used_run
     r = cli(capsys, "eval", run_dir)
