@@ -40,10 +40,11 @@ class RecipeError(Exception):
         return self
 
     def __str__(self) -> str:
-        where = self.file or "<recipe>"
-        if self.line is not None:
+        # No file: an error of a command-line option or of a run directory (named in the message).
+        where = str(self.file) if self.file else ""
+        if where and self.line is not None:
             where += f":{self.line}"
-        head = f"{where}: "
+        head = f"{where}: " if where else ""
         if self.key:
             head += f"{self.key}: "
         text = head + self.message

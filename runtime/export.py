@@ -28,6 +28,12 @@ from ftcompile.runtime.data import VAL_CROP_FRACTION
 from ftcompile.runtime.evaluate import load_run
 
 FORMATS = {"torchscript": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
+# The default file in the run directory: never one of the run's own files (model.pt is the
+# run's state_dict, which eval, predict, report and a downstream recipe read).
+DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "safetensors": "model.safetensors", "onnx": "model.onnx"}
+RUN_FILES = ("model.pt", "best.pt", "model_ema.pt", "plan.json", "recipe.toml", "env.json", "summary.json",
+             "metrics.jsonl", "lr.csv", "trials.csv", "eval.json")
+RUN_FOLDERS = ("checkpoints", "trials", "tensorboard")
 ONNX_HINT = "pip install 'ftcompile[onnx]' (onnx, onnxscript, onnxruntime)"
 
 
@@ -69,9 +75,10 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final"
         if missing:
             raise RecipeError(f"ONNX export needs {', '.join(missing)}, not installed", key="--format", suggestion=ONNX_HINT)
     run = load_run(run_dir, weights)
-    path = out or run_dir / f"model{FORMATS[fmt]}"
+    path = out or run_dir / DEFAULT_NAMES[fmt]
     if path.suffix == ".json":
         raise RecipeError("the output file would collide with its own sidecar .json", key="-o", suggestion=f"use a {FORMATS[fmt]} name")
+    _refuse_run_files(run_dir, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = run.plan.data.image_size
     example = torch.zeros(2, 3, size, size)
@@ -90,6 +97,16 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final"
     side = path.with_name(path.name + ".json")
     side.write_text(json.dumps(sidecar(run.plan, fmt, run_dir), indent=1) + "\n")
     return path, side
+
+
+def _refuse_run_files(run_dir: Path, path: Path) -> None:
+    """An export (or its sidecar) never replaces what the run wrote: its model, checkpoints, logs."""
+    run = run_dir.resolve()
+    for p in (path.resolve(), path.resolve().with_name(path.name + ".json")):
+        if (p.parent == run and p.name in RUN_FILES) or any(p.is_relative_to(run / f) for f in RUN_FOLDERS):
+            raise RecipeError(f"{path} would replace the run's own {p.relative_to(run)}", key="-o",
+                              suggestion=f"give another file name, or leave -o out ({DEFAULT_NAMES['torchscript']}, "
+                                         "model.safetensors or model.onnx in the run directory)")
 
 
 def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:

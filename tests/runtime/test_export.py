@@ -57,3 +57,25 @@ def test_export_matches_the_run(used_run: tuple[Path, str], tmp_path: Path, fmt:
 def test_export_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r = cli(capsys, "export", tmp_path, "--format", "safetensors")
     assert r.rc == 2 and "not a run directory" in r.err
+
+
+def test_an_export_never_replaces_the_runs_own_files(used_run: tuple[Path, str], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Without -o each format gets a file of its own beside the run's model.pt, which stays
+    byte for byte (a TorchScript export used to be written over it); -o naming a run file, or
+    a path whose sidecar would be one, is refused with exit 2."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(used_run[0], run_dir)
+    model = (run_dir / "model.pt").read_bytes()
+    for fmt, name in (("torchscript", "model.torchscript.pt"), ("safetensors", "model.safetensors")):
+        r = cli(capsys, "export", run_dir, "--format", fmt)
+        assert r.rc == 0, r.err
+        assert (run_dir / name).is_file() and (run_dir / f"{name}.json").is_file()
+    assert (run_dir / "model.pt").read_bytes() == model
+    assert cli(capsys, "eval", run_dir, "--json").rc == 0  # the run still reads as a run
+    for target in ("model.pt", "checkpoints/x.pt", "eval"):  # eval -> its sidecar eval.json
+        r = cli(capsys, "export", run_dir, "--format", "torchscript", "-o", run_dir / target)
+        assert r.rc == 2 and "would replace the run's own" in r.err, (target, r.err)
+    assert (run_dir / "model.pt").read_bytes() == model and not (run_dir / "checkpoints" / "x.pt").exists()
