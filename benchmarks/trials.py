@@ -70,10 +70,9 @@ def timed_run(plan: Any, recipe: Path, out: Path) -> dict[str, Any]:
     with observe(count):
         rundir.run_new(plan, recipe, recipe.parent, out)
     seconds = time.perf_counter() - started
-    evals = [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"type": "eval"' in line]
-    import json
+    from ftcompile.runtime.status import continued_evals
 
-    last = json.loads(evals[-1])
+    last = continued_evals(out)[-1]  # of a trial phase, the chosen alternative's
     return {"seconds": seconds, "steps": Count.steps, "top1": last["top1"]}
 
 
