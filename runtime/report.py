@@ -136,11 +136,23 @@ def trials_section(runs: list[RunData]) -> str:
             parts.append(f"<p>{html.escape(r.label)}: no trial phases in this run.</p>")
             continue
         header = list(r.trials[0])
-        phases = sorted({t.get("phase", "") for t in r.trials})
+        listed = {t.get("phase", "") for t in r.trials}
+        phases = [ph.name for ph in r.plan.phases if ph.name in listed]  # in the order the run took them
         for phase in phases:
-            rows = [[t.get(h, "") for h in header] for t in r.trials if t.get("phase", "") == phase]
+            rows = [[_cell(h, t.get(h, "")) for h in header] for t in r.trials if t.get("phase", "") == phase]
             parts.append(f"<h3>{html.escape(r.label)}: phase {html.escape(phase)}</h3>" + _table(rows, header))
     return "".join(parts)
+
+
+def _cell(column: str, value: str) -> str:
+    """A trials.csv value as the terminal shows it: loss to 4 places, accuracies in percent."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if column == "val_loss":
+        return f"{number:.4f}"
+    return _pct(number) if column.startswith("val_top") else value
 
 
 def confusion_section(runs: list[RunData]) -> str:
