@@ -22,15 +22,24 @@ from ftcompile.errors import RecipeError
 _BN_MESSAGE = "more than 1 value per channel"  # torch.nn.functional.batch_norm's check
 
 
-def one_image_steps(phases: Sequence[Any], spe: int, train_size: int, batch_size: int, drop_last: bool) -> list[tuple[Any, int]]:
-    """(phase, its first step) for every phase that trains on a 1-image last batch."""
-    if drop_last or train_size - (spe - 1) * batch_size != 1:
+def one_image_steps(
+    phases: Sequence[Any], spe: int, train_size: int, batch_size: int, image_size: int, drop_last: bool
+) -> list[tuple[Any, int, int, int]]:
+    """(phase, its first 1-image step, its batch size, its image size) for every phase that
+    trains on a 1-image last batch. A phase with its own data (`data = {...}`) counts its
+    epochs in its own batches, from where its data segment begins (as the runtime does)."""
+    if drop_last:
         return []
     out = []
     for ph in phases:
-        step = ph.begin + (spe - 1 - ph.begin) % spe  # the first last-batch step at or after begin
+        d = ph.data
+        b, n, start, size = (d["batch_size"], d["steps_per_epoch"], d["data_begin"], d["image_size"]) if d \
+            else (batch_size, spe, 0, image_size)
+        if train_size - (n - 1) * b != 1:
+            continue
+        step = ph.begin + (n - 1 - (ph.begin - start)) % n  # the first last-batch step at or after begin
         if step < ph.end:
-            out.append((ph, step))
+            out.append((ph, step, b, size))
     return out
 
 
@@ -45,30 +54,30 @@ def check_one_image_batches(
     """
     import torch
 
-    steps = one_image_steps(phases, spe, train_size, batch_size, drop_last)
+    steps = one_image_steps(phases, spe, train_size, batch_size, image_size, drop_last)
     if not steps:
         return
     model = make_model()
-    tried: set[frozenset[str]] = set()
-    for ph, step in steps:
+    tried: set[tuple[frozenset[str], int]] = set()
+    for ph, step, batch, size in steps:
         frozen = frozenset(m for m, g in bn_groups.items() if ph.bn == "frozen" and g not in ph.train)
-        if frozen in tried:
+        if (frozen, size) in tried:
             continue
-        tried.add(frozen)
+        tried.add((frozen, size))
         model.train()
         for name in frozen:
             model.get_submodule(name).eval()
         try:
             with torch.no_grad():
-                model(torch.empty(1, 3, image_size, image_size, device="meta"))
+                model(torch.empty(1, 3, size, size, device="meta"))
         except ValueError as exc:
             if _BN_MESSAGE not in str(exc):
                 return  # not BatchNorm's complaint: the run still checks every batch
             raise RecipeError(
-                f"{train_size} training images in batches of {batch_size} leave 1 image in the last batch of "
+                f"{train_size} training images in batches of {batch} leave 1 image in the last batch of "
                 f"every epoch: the batch of step {step} (phase {ph.name}) has 1 image, too few for BatchNorm in train mode",
-                key="data.batch_size",
-                suggestion=f"set data.drop_last = true, or batch_size = {_nearest_batch(train_size, batch_size)}",
+                key=f"phases.{ph.name}.data.batch_size" if ph.data else "data.batch_size",
+                suggestion=f"set data.drop_last = true, or batch_size = {_nearest_batch(train_size, batch)}",
             ) from None
         except Exception:  # noqa: BLE001 - an op the meta device lacks: the run still checks every batch
             return

@@ -282,6 +282,34 @@ def test_a_one_image_last_batch_under_batchnorm_fails_check_exactly_when_run_wou
         assert rc == 0, out
 
 
+
+@pytest.mark.parametrize("batch, fails", [(4, True), (3, False)])
+def test_a_phase_with_its_own_batch_size_is_checked_for_a_one_image_batch(
+    tmp_path: Path, image_folders: Folders, capsys: pytest.CaptureFixture[str], batch: int, fails: bool,
+) -> None:
+    """The recipe's batches (5 images in 5s) are fine; a second phase's own batch size 4
+    leaves 1 image at the end of its epochs (5 in 3s: 3 + 2, fine)."""
+    image_folders(tmp_path / "data/train", {"ant": 3, "bee": 2})
+    image_folders(tmp_path / "data/val", {"ant": 1, "bee": 1})
+    text = FIVE_IMAGES.format(size=16, drop_last="false", train='"body", "head"', bn="train", lr="body = 0.01, head = 0.01")
+    text = text.replace("batch_size = 4", "batch_size = 5").replace("steps = 3", "steps = 2")
+    text = text.replace("[run]", f"""[phases.small]
+after = ["only"]
+train = ["body", "head"]
+steps = 4
+lr = {{ body = 0.01, head = 0.01 }}
+data = {{ batch_size = {batch} }}
+
+[run]""")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    rc, out, _ = cli(capsys, "check", recipe)
+    if fails:
+        assert rc == 2 and "phases.small.data.batch_size" in out, out
+        assert "batches of 4" in out and "the batch of step 3 (phase small) has 1 image" in out, out
+    else:
+        assert rc == 0, out
+
 # ---------------------------------------------------------------- 9. resource bounds
 
 
