@@ -97,11 +97,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             assert cli(None, "run", recipe, "--out", tmp / "full").rc == 0
     finally:
         features_module.FeatureCache.build = real_build  # type: ignore[method-assign]
-    with observe(Kill("late", 1, 7)):  # after its checkpoint at step 7, before its end
-        assert cli(None, "run", recipe, "--out", tmp / "killed").rc == 130
-    assert cli(None, "resume", tmp / "killed").rc == 0
-    return {"tmp": tmp, "recipe": recipe, "full": tmp / "full", "killed": tmp / "killed", "starts": starts.first,
-            "builds": len(builds)}
+    kills = {
+        "killed": Kill("late", 1, 7),  # inside the second alternative, after its checkpoint at step 7
+        "killed-between": Kill("head2", 1, 2),  # the first step of head2's second alternative: the first has ended
+        "killed-after-choice": Kill("late", 0, 5),  # the first step after head2's choice
+    }
+    for name, kill in kills.items():
+        with observe(kill):
+            assert cli(None, "run", recipe, "--out", tmp / name).rc == 130
+        assert cli(None, "resume", tmp / name).rc == 0
+    assert cli(None, "rerun", tmp / "full", "--out", tmp / "rerun").rc == 0
+    return {"tmp": tmp, "recipe": recipe, "full": tmp / "full", "starts": starts.first, "builds": len(builds),
+            **{name: tmp / name for name in (*kills, "rerun")}}
 
 
 def test_alternatives_start_from_the_same_state(runs: dict[str, Any]) -> None:
@@ -149,8 +156,11 @@ def test_a_cached_trial_phase_computes_features_once(runs: dict[str, Any]) -> No
     assert runs["builds"] == 2  # warm, then head2 once for both alternatives
 
 
-def test_kill_inside_the_second_alternative_resumes_bitwise(runs: dict[str, Any]) -> None:
-    full, killed = runs["full"], runs["killed"]
+@pytest.mark.parametrize("other", ["killed", "killed-between", "killed-after-choice", "rerun"])
+def test_resume_at_any_point_of_a_trial_and_rerun_are_bitwise(runs: dict[str, Any], other: str) -> None:
+    """Killed inside an alternative, between two, or right after a choice, then resumed; or
+    rerun from the stored plan: the same choices, model, logs and trials.csv."""
+    full, killed = runs["full"], runs[other]
     assert_same_tensors(load_tensors(full / "model.pt"), load_tensors(killed / "model.pt"))
     for name in ("lr.csv", "trials.csv"):
         assert (full / name).read_bytes() == (killed / name).read_bytes(), name
