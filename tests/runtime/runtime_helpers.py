@@ -8,6 +8,8 @@ in this process (no interpreter start-up) except where a test needs a separate p
 from __future__ import annotations
 
 import copy
+import errno
+import io
 import json
 import os
 import subprocess
@@ -244,3 +246,21 @@ def recipe_a() -> str:
 
 def recipe_b() -> str:
     return recipe_text("tiny-b", PHASES_B, optimizer=OPTIMIZER_B, classes='["0", "1", "2", "3", "4"]', head=HEAD_B)
+
+
+class FullDisk(io.FileIO):
+    """A checkpoint file on a disk that fills up after `budget` bytes: the write that crosses
+    it lands partly, then raises ENOSPC, as a real full disk does."""
+
+    def __init__(self, path: Path, budget: int) -> None:
+        super().__init__(path, "wb")
+        self.budget = budget
+
+    def write(self, data: object) -> int:
+        view = memoryview(data).cast("B")
+        if len(view) > self.budget:
+            super().write(view[: self.budget])
+            self.budget = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.budget -= len(view)
+        return super().write(view)

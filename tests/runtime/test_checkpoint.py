@@ -5,7 +5,6 @@ weights_only=True."""
 from __future__ import annotations
 
 import errno
-import io
 import os
 import random
 import stat
@@ -18,7 +17,7 @@ import torch
 import ftcompile.runtime.checkpoint as checkpoint
 from ftcompile.errors import RecipeError
 from ftcompile.runtime.optim import build_optimizer
-from runtime_helpers import Recorded
+from runtime_helpers import FullDisk, Recorded
 from ftcompile.arch import build_model
 
 
@@ -35,24 +34,6 @@ def test_save_then_load_newest(tmp_path: Path) -> None:
     state = checkpoint.load_newest(folder)
     assert state is not None and state["step"] == 9 and torch.equal(state["model"]["w"], torch.full((64, 64), 9.0))
     assert checkpoint.load_newest(tmp_path / "nothing-here") is None
-
-
-class FullDisk(io.FileIO):
-    """A checkpoint file on a disk that fills up after `budget` bytes: the write that crosses
-    it lands partly, then raises ENOSPC, as a real full disk does."""
-
-    def __init__(self, path: Path, budget: int) -> None:
-        super().__init__(path, "wb")
-        self.budget = budget
-
-    def write(self, data: object) -> int:
-        view = memoryview(data).cast("B")
-        if len(view) > self.budget:
-            super().write(view[: self.budget])
-            self.budget = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.budget -= len(view)
-        return super().write(view)
 
 
 def checkpoint_size(tmp_path: Path) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import io
 import json
 import os
 import pickle
@@ -37,7 +36,7 @@ from ftcompile.runtime import retention
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
 from ftcompile.runtime.loop import Hooks, Session, Trainables, observe
 from ftcompile.runtime.rundir import RUNS, new_run_dir
-from runtime_helpers import assert_same_tensors, child_env, cli, load_tensors, recipe_text, write_recipe
+from runtime_helpers import FullDisk, assert_same_tensors, child_env, cli, load_tensors, recipe_text, write_recipe
 
 TWO_STEPS = """
 [phases.only]
@@ -172,24 +171,6 @@ def test_a_run_directory_the_os_refuses_is_one_message_naming_it(
     monkeypatch.setattr(Path, "mkdir", mkdir)
     recipe = write_recipe(tmp_path, recipe_text("denied", TWO_STEPS))
     assert_user_error(cli(capsys, "run", recipe, "--out", denied / "run"), str(denied / "run"), os.strerror(err))
-
-
-class FullDisk(io.FileIO):
-    """A checkpoint file on a disk that fills after `budget` bytes (the crossing write lands
-    partly, then ENOSPC, as a real full disk does)."""
-
-    def __init__(self, path: Path, budget: int) -> None:
-        super().__init__(path, "wb")
-        self.budget = budget
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        if len(view) > self.budget:
-            super().write(view[: self.budget])
-            self.budget = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.budget -= len(view)
-        return super().write(view)
 
 
 @pytest.mark.slow
