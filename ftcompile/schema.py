@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
 from ftcompile.load import LoadedRecipe
-from ftcompile.metrics import metric
+from ftcompile.metrics import METRICS, metric
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(epoch|epochs|step|steps)\s*$")
+# For the field descriptions (the JSON Schema, the docs' recipe reference).
+METRIC_NAMES = ", ".join(f"`{name}`" for name in METRICS)
+DURATION_HELP = '`"N epoch(s)"` (fractions allowed), `"N step(s)"` or a number of steps'
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
 MAX_NAME = 128  # the name is a folder name: runs/<name>/
 MAX_SEED = 2**32 - 1  # numpy's seed range; the runtime seeds numpy with it
@@ -49,11 +52,15 @@ class Strict(BaseModel):
 class Head(Strict):
     """A new classifier head, fastai style (BatchNorm1d, Dropout, Linear, activation)."""
 
-    pool: Literal["avg", "max", "concat"] | None = None
-    hidden: list[PositiveInt] = []
-    dropout: Union[Prob, list[Prob]] = 0.0
-    batchnorm: bool = False
-    activation: str = "relu"
+    pool: Literal["avg", "max", "concat"] | None = Field(None, description=(
+        "`avg`, `max` or `concat` (max and avg side by side, 2x features); unset: `avg`. CNNs only: "
+        "ViT, Swin and MaxViT pool with their tokens, and `pool` is an error there"))
+    hidden: list[PositiveInt] = Field([], description="widths of hidden Linear layers")
+    dropout: Union[Prob, list[Prob]] = Field(0.0, description=(
+        "one float for every Linear, or one per Linear (`len(hidden) + 1`)"))
+    batchnorm: bool = Field(False, description="BatchNorm1d before each Linear")
+    activation: str = Field("relu", description=(
+        "any elementwise `torch.nn` activation by lower-case name (`gelu`, `silu`, `leaky_relu`, ...)"))
 
     @model_validator(mode="after")
     def _dropout_count(self) -> "Head":
@@ -66,15 +73,25 @@ class Head(Strict):
 
 
 class Model(Strict):
-    arch: str
-    weights: str = "none"
-    num_classes: Union[Annotated[int, Field(ge=2)], Literal["auto"]] = "auto"
-    head: Head | None = None
-    # Extra keyword arguments of the torchvision builder (stochastic_depth_prob, dropout, ...),
-    # checked against the model class's signature in `resolve`.
-    builder_args: dict[str, Any] = {}
-    # "load": the weights file's (or upstream run's) head tensors are loaded too (same classes).
-    head_weights: Literal["new", "load"] = "new"
+    """The torchvision network, its starting weights and its head."""
+
+    arch: str = Field(description=(
+        "any classification builder in `torchvision.models` (`list_models(module=torchvision.models)`)"))
+    weights: str = Field("none", description=(
+        'a weights enum member of the arch (`"IMAGENET1K_V2"`) or `"DEFAULT"`; a state_dict file '
+        "(`.pt`, `.pth`, `.bin`, `.safetensors` or a path with `/`), relative to the recipe; an upstream "
+        'recipe `*.toml` (its run\'s final model.pt, trained first when missing); or `"none"`'))
+    num_classes: Union[Annotated[int, Field(ge=2)], Literal["auto"]] = Field("auto", description=(
+        '`"auto"`: the number of classes in the data'))
+    head: Head | None = Field(None, description=(
+        "a new classifier head; unset: torchvision's last Linear is replaced by `Linear(in, num_classes)`"))
+    # Checked against the model class's signature in `resolve`.
+    builder_args: dict[str, Any] = Field({}, description=(
+        "keyword arguments of the torchvision builder (`stochastic_depth_prob`, `dropout`, ...), "
+        "checked against the model class's signature"))
+    head_weights: Literal["new", "load"] = Field("new", description=(
+        '`"load"`: with weights from a file or an upstream recipe, load the head\'s tensors too '
+        "(continuing a model fine-tuned on the same classes); each is checked against the file's shape"))
 
 
 class Mix(Strict):
@@ -84,10 +101,11 @@ class Mix(Strict):
     all, `switch_prob` the chance of CutMix rather than MixUp when both are on.
     """
 
-    mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
-    cutmix_alpha: Annotated[float, Field(ge=0.0)] = 1.0
-    prob: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-    switch_prob: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(0.8, description="MixUp's Beta(alpha, alpha); 0: no MixUp")
+    cutmix_alpha: Annotated[float, Field(ge=0.0)] = Field(1.0, description="CutMix's Beta(alpha, alpha); 0: no CutMix")
+    prob: Annotated[float, Field(ge=0.0, le=1.0)] = Field(1.0, description="the chance that a batch is mixed at all")
+    switch_prob: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.5, description=(
+        "the chance of CutMix rather than MixUp when both alphas are > 0"))
 
     @model_validator(mode="after")
     def _some_kind(self) -> "Mix":
@@ -113,20 +131,35 @@ def _check_per_image(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class Data(Strict):
-    train: str | None = None
-    val: str | None = None
-    builtin: Literal["digits"] | None = None
-    classes: list[str] = []
-    image_size: Annotated[int, Field(ge=8, le=2048)] = 224
-    batch_size: PositiveInt = 32
-    workers: Annotated[int, Field(ge=0)] = 2
-    augment: list[dict[str, Any]] = []
-    balance: Literal["none", "sampler", "loss"] = "none"
-    label_smoothing: Prob = 0.0
-    drop_last: bool = False
-    mix: Mix | None = None
-    val_resize: Annotated[int, Field(ge=8, le=4096)] | None = None  # shorter side before the centre crop
-    val_crop: Annotated[int, Field(ge=8, le=2048)] | None = None  # default: image_size
+    """The images: ImageFolder folders or a builtin set, and how they are batched and augmented."""
+
+    train: str | None = Field(None, description=(
+        "an ImageFolder folder (one folder per class), relative to the recipe"))
+    val: str | None = Field(None, description="the validation ImageFolder folder, relative to the recipe")
+    builtin: Literal["digits"] | None = Field(None, description=(
+        '`"digits"`: scikit-learn\'s 1797 real 8x8 handwritten digits, upscaled; a fixed stratified '
+        "split (within each class, every 5th image is val)"))
+    classes: list[str] = Field([], description=(
+        'a subset of class folder names (digits: `"0"`..`"9"`); class indices follow the sorted names; '
+        "empty: all"))
+    image_size: Annotated[int, Field(ge=8, le=2048)] = Field(224, description=(
+        "train and val images end as `image_size` squares"))
+    batch_size: PositiveInt = Field(32, description="the global batch (images per optimizer step)")
+    workers: Annotated[int, Field(ge=0)] = Field(2, description="DataLoader workers; results do not depend on it")
+    augment: list[dict[str, Any]] = Field([], description=(
+        '`torchvision.transforms.v2` ops by name: `{ op = "RandomResizedCrop", size = 224 }`; names and '
+        "arguments are checked against the class signatures, and `run` builds each op once before training"))
+    balance: Literal["none", "sampler", "loss"] = Field("none", description=(
+        "`sampler`: each epoch draws `len(train)` samples with replacement, weight 1/class count; "
+        "`loss`: CrossEntropy class weights n / (k * count)"))
+    label_smoothing: Prob = Field(0.0, description="CrossEntropy label smoothing")
+    drop_last: bool = Field(False, description="drop the last short batch of each epoch")
+    mix: Mix | None = Field(None, description="batch-level MixUp / CutMix (timm's parameters)")
+    val_resize: Annotated[int, Field(ge=8, le=4096)] | None = Field(None, description=(
+        "val: resize the shorter side to this, then centre crop; unset: `image_size / 0.875` "
+        "(the builtin digits: `image_size`)"))
+    val_crop: Annotated[int, Field(ge=8, le=2048)] | None = Field(None, description=(
+        "val: the centre crop; unset: `image_size`"))
 
     @field_validator("augment")
     @classmethod
@@ -146,11 +179,16 @@ class Optimizer(BaseModel):
     """`type` names a torch.optim class; every other key is one of its arguments."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    type: str = "AdamW"
-    no_decay: Union[Literal["auto", "none"], list[str]] = "auto"
-    # Gradient clipping over the trainable parameters, after unscaling (fp16), before the step.
-    clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = None
-    clip_grad_value: Annotated[float, Field(gt=0.0)] | None = None
+    type: str = Field("AdamW", description="any `torch.optim` optimizer class")
+    no_decay: Union[Literal["auto", "none"], list[str]] = Field("auto", description=(
+        "`auto`: biases, 1-d parameters and every parameter of a normalisation layer (BatchNorm, LayerNorm, "
+        "GroupNorm, ...) get weight_decay 0; a list of globs over parameter names; or `none`"))
+    # Gradient clipping: over the trainable parameters, after unscaling (fp16), before the step.
+    clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = Field(None, description=(
+        "`torch.nn.utils.clip_grad_norm_` over the parameters that have a gradient, before each step; "
+        "the pre-clip norm is logged as `grad_norm`"))
+    clip_grad_value: Annotated[float, Field(gt=0.0)] | None = Field(None, description=(
+        "`torch.nn.utils.clip_grad_value_` over the parameters that have a gradient, before each step"))
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -161,7 +199,9 @@ class Scheduler(BaseModel):
     """`type` names a torch.optim.lr_scheduler class; other keys are its arguments."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    type: str
+    type: str = Field(description=(
+        "a `torch.optim.lr_scheduler` class; LambdaLR, MultiplicativeLR, ReduceLROnPlateau, SequentialLR "
+        "and ChainedScheduler need functions or metrics a recipe cannot give, and are errors"))
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -171,9 +211,10 @@ class Scheduler(BaseModel):
 class StopEarly(Strict):
     """End the phase after `patience` evaluations without an improvement > `min_delta`."""
 
-    metric: str = "val_loss"
-    patience: PositiveInt = 2
-    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    metric: str = Field("val_loss", description=f"the metric compared at each evaluation: {METRIC_NAMES}")
+    patience: PositiveInt = Field(2, description="evaluations in a row without an improvement that end the phase")
+    min_delta: Annotated[float, Field(ge=0.0)] = Field(0.0, description=(
+        "an evaluation improves only when it beats the phase's best by more than this"))
 
     @field_validator("metric")
     @classmethod
@@ -185,32 +226,42 @@ class StopEarly(Strict):
 class PhaseData(Strict):
     """Per-phase data overrides (progressive resizing, a last phase without mixing)."""
 
-    image_size: Annotated[int, Field(ge=8, le=2048)] | None = None
-    batch_size: PositiveInt | None = None
-    augment: list[dict[str, Any]] | None = None
-    mix: Union[Mix, Literal[False]] | None = None  # false: no mixing in this phase
+    image_size: Annotated[int, Field(ge=8, le=2048)] | None = Field(None, description=(
+        "this phase's train image size; unset: `data.image_size`"))
+    batch_size: PositiveInt | None = Field(None, description=(
+        "this phase's global batch (its `epochs` count its own batches); unset: `data.batch_size`"))
+    augment: list[dict[str, Any]] | None = Field(None, description="this phase's train ops; unset: `data.augment`")
+    mix: Union[Mix, Literal[False]] | None = Field(None, description=(
+        "this phase's MixUp / CutMix; `false`: no mixing in this phase; unset: `data.mix`"))
 
     @field_validator("augment")
     @classmethod
     def _ops_named(cls, ops: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         return None if ops is None else _check_per_image(ops)
 class Trials(BaseModel):
-    """Alternatives of a phase: dotted paths to its fields (`"lr.layer4"`) -> lists of values.
+    """Alternatives of a phase, each run from the phase's start state; the best one continues.
 
-    The keys are checked in `trials.py`, against the phase they belong to. A nested table
-    (`lr = { layer4 = [...] }`, or TOML's unquoted `lr.layer4 = [...]`) reads as dotted keys.
+    Every other key is a dotted path to a field of the phase (`"lr.<group>"`, `lr_decay`,
+    `"weight_decay.<group>"`, `"momentum.<group>"`, `scheduler`, `"scheduler.<arg>"`, `train`,
+    `bn`, `optimizer_state`) with a list of at least 2 values; with several keys, `mode` says
+    how they combine. The keys are checked in `trials.py`, against the phase they belong to. A
+    nested table (`lr = { layer4 = [...] }`, or TOML's unquoted `lr.layer4 = [...]`) reads as
+    dotted keys.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    select: str = "val_top1"  # a metric of ftcompile/metrics.py: val_top1 | val_top5 | val_loss (| *_ema)
+    select: str = Field("val_top1", description=(
+        f"the metric of each alternative's last evaluation that decides: {METRIC_NAMES}"))
 
     @field_validator("select")
     @classmethod
     def _select_metric(cls, name: str) -> str:
         metric(name)
         return name
-    mode: Literal["grid", "zip"] = "grid"
-    keep: Literal["winner", "all"] = "winner"
+    mode: Literal["grid", "zip"] = Field("grid", description=(
+        "`grid`: every combination of the keys' values; `zip`: the lists paired element-wise (same lengths)"))
+    keep: Literal["winner", "all"] = Field("winner", description=(
+        "`winner`: only the winner's end state stays in `trials/<phase>/<k>/end.pt`; `all`: every one's"))
 
     @property
     def keys(self) -> dict[str, Any]:
@@ -228,22 +279,40 @@ class Trials(BaseModel):
 
 
 class Phase(Strict):
-    after: list[str] = []
-    train: Annotated[list[str], Field(min_length=1)]
-    epochs: Annotated[float, Field(gt=0)] | None = None
-    steps: PositiveInt | None = None
-    lr: Union[LR, dict[str, LR]] = {}
-    lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    scheduler: Scheduler | None = None
-    bn: Literal["train", "frozen"] = "train"
-    optimizer_state: Literal["keep", "reset"] = "keep"
-    weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = {}
-    momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
-    cache_features: bool | None = None  # None: cache when provably safe; true: also with augmentation
-    stop_early: StopEarly | None = None  # metric-driven: the window becomes an upper bound
-    restore_best: bool = False  # at the phase end, go back to the phase's best evaluation
-    data: PhaseData | None = None
-    trials: Trials | None = None  # alternatives of this phase, all from the same state (trials.py)
+    """One stage of training: which groups train, for how long, at which learning rates."""
+
+    after: list[str] = Field([], description="phases this one runs after (the edges of the phase graph)")
+    train: Annotated[list[str], Field(min_length=1, description=(
+        "the groups trained in this phase; every other group is frozen"))]
+    epochs: Annotated[float, Field(gt=0)] | None = Field(None, description=(
+        "the phase's length in epochs (fractions allowed; they become steps once); give `epochs` or `steps`"))
+    steps: PositiveInt | None = Field(None, description="the phase's length in optimizer steps")
+    lr: Union[LR, dict[str, LR]] = Field({}, description=(
+        '`{ group = number or expression }` (`"head / 10"`), or one number for every trained group; '
+        "every trained group needs one, unless `lr_decay` gives it"))
+    lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(None, description=(
+        "layer-wise decay: walking `train` from its last group toward its first, each group without an "
+        "explicit LR gets the LR of the group after it times this"))
+    scheduler: Scheduler | None = Field(None, description=(
+        '`{ type = "<torch.optim.lr_scheduler class>", ...its arguments }`; unset: constant LR'))
+    bn: Literal["train", "frozen"] = Field("train", description=(
+        "`frozen`: BatchNorm layers in the phase's frozen groups stay in eval mode (running statistics unchanged)"))
+    optimizer_state: Literal["keep", "reset"] = Field("keep", description=(
+        "`reset`: clear momentum / Adam moments of the trained groups at the phase start"))
+    weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = Field({}, description=(
+        "per-group overrides for this phase (the decayed part only); other phases use `[optimizer]`'s"))
+    momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = Field({}, description=(
+        "per-group overrides (`momentum`, or `betas[0]` for Adam-like optimizers)"))
+    cache_features: bool | None = Field(None, description=(
+        "the feature cache: unset: on when provably safe; `true`: also with random augmentation or dropout "
+        "below the head (applied once); `false`: off"))
+    stop_early: StopEarly | None = Field(None, description=(
+        "end the phase early when a metric stops improving; the window becomes an upper bound"))
+    restore_best: bool = Field(False, description=(
+        "at the phase end (planned or early), model and optimizer moments go back to the phase's best evaluation"))
+    data: PhaseData | None = Field(None, description="this phase's own data settings (progressive resizing)")
+    trials: Trials | None = Field(None, description=(
+        "alternatives of this phase, each from the same start state; the best continues"))
 
     @model_validator(mode="after")
     def _one_duration(self) -> "Phase":
@@ -264,9 +333,10 @@ class Phase(Strict):
 class Ema(Strict):
     """An exponential moving average of the weights (timm's ModelEma): evaluated and saved too."""
 
-    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9998
-    every: Duration = 1  # update every N steps ("N steps" / "N epochs")
-    warmup: bool = False  # decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.9998, description="the average's decay per update")
+    every: Duration = Field(1, description=f"update every: {DURATION_HELP}")
+    warmup: bool = Field(False, description=(
+        "timm's ramp: the decay is `min(decay, (1 + n) / (10 + n))` over the first updates"))
 
     @field_validator("every")
     @classmethod
@@ -277,17 +347,26 @@ class Ema(Strict):
 
 
 class Run(Strict):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    deterministic: bool = True
-    compile: bool = False  # torch.compile the model (recompiles when the trainable set changes)
-    # "never": no periodic checkpoints, only the phase ends that keep_checkpoints keeps.
-    checkpoint_every: Duration = "1 epoch"
-    eval_every: Duration = "1 epoch"
-    # Which checkpoints stay on disk (see README "What a run costs on disk").
-    keep_checkpoints: Literal["boundaries", "all", "last", "none"] = "boundaries"
-    keep_best: str | None = None  # a metric: also write best.pt at the run's best evaluation
+    """How the plan is carried out: device, precision, evaluations, checkpoints, logs."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: CUDA when present")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description=(
+        "`bf16`, `fp16`: autocast (fp16 with a GradScaler)"))
+    channels_last: bool = Field(False, description="NHWC memory format for model and inputs")
+    deterministic: bool = Field(True, description=(
+        "`torch.use_deterministic_algorithms`; `false` turns on cudnn.benchmark"))
+    compile: bool = Field(False, description=(
+        "`torch.compile` the model (it recompiles when the trainable set changes)"))
+    checkpoint_every: Duration = Field("1 epoch", description=(
+        f"{DURATION_HELP}, counted from each phase's start; and always at each phase end. `\"never\"`: "
+        "no periodic checkpoints, only the phase ends `keep_checkpoints` keeps"))
+    eval_every: Duration = Field("1 epoch", description=(
+        f"{DURATION_HELP}, counted from each phase's start; and always at each phase end"))
+    keep_checkpoints: Literal["boundaries", "all", "last", "none"] = Field("boundaries", description=(
+        "which checkpoints stay on disk: `boundaries` (the newest + the phase starts), `all`, `last` "
+        "(the newest) or `none` (none once finished)"))
+    keep_best: str | None = Field(None, description=(
+        f"a metric ({METRIC_NAMES}): also write `best.pt` at the run's best evaluation"))
 
     @field_validator("keep_best")
     @classmethod
@@ -295,11 +374,16 @@ class Run(Strict):
         if name is not None:
             metric(name)
         return name
-    # metrics.jsonl is always written (resume relies on it); "tensorboard" adds event files.
-    log: list[Literal["jsonl", "tensorboard"]] = ["jsonl"]
-    accumulate: PositiveInt = 1  # micro-batches per optimizer step; data.batch_size stays the step's batch
-    ema: Ema | None = None
-    sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under several processes
+    # metrics.jsonl is always written: resume relies on it.
+    log: list[Literal["jsonl", "tensorboard"]] = Field(["jsonl"], description=(
+        '`["jsonl", "tensorboard"]` adds TensorBoard event files in `RUN_DIR/tensorboard/` (needs the '
+        "`tensorboard` extra); metrics.jsonl is always written"))
+    accumulate: PositiveInt = Field(1, description=(
+        "micro-batches per optimizer step; `data.batch_size` stays the images per step"))
+    ema: Ema | None = Field(None, description=(
+        "an exponential moving average of the weights, evaluated beside them and saved as `model_ema.pt`"))
+    sync_bn: bool = Field(False, description=(
+        "BatchNorm becomes SyncBatchNorm when several processes run on GPUs; a no-op with one process"))
 
     @field_validator("checkpoint_every", "eval_every")
     @classmethod
@@ -313,14 +397,22 @@ class Run(Strict):
 
 
 class Recipe(Strict):
-    name: Annotated[str, Field(pattern=SLUG, max_length=MAX_NAME)]
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
-    model: Model
-    data: Data
-    optimizer: Optimizer = Optimizer()
-    groups: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
-    phases: Annotated[dict[str, Phase], Field(min_length=1)]
-    run: Run = Run()
+    """A fine-tuning recipe: model, data, optimizer, parameter groups and the phases of training."""
+
+    name: Annotated[str, Field(pattern=SLUG, max_length=MAX_NAME, description=(
+        "names the run directory `runs/<name>/`"))]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(0, description=(
+        "seeds python, numpy, torch, the data order and the augmentation"))
+    model: Model = Field(description="the network and its weights")
+    data: Data = Field(description="the images")
+    optimizer: Optimizer = Field(Optimizer(), description="the one optimizer that holds every parameter group")
+    groups: dict[str, Annotated[list[str], Field(min_length=1)]] = Field({}, description=(
+        "`name = [selectors]`: an alias (`head`, `stem`, `stage1`.., `backbone`), a module name (`layer4.1`) "
+        'or a glob over module and parameter names; unset: `head = ["head"]`, `backbone = ["backbone"]`; '
+        "parameters no group selects form the group `rest`"))
+    phases: Annotated[dict[str, Phase], Field(min_length=1, description=(
+        "`[phases.<name>]`: the phases of training, in the order their `after` edges give"))]
+    run: Run = Field(Run(), description="how the plan is carried out")
 
     @field_validator("phases")
     @classmethod
@@ -471,5 +563,7 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     schema["title"] = "ftcompile recipe (version 1)"
     props = schema.setdefault("properties", {})
-    props["extends"] = {"type": "string", "description": "path of a base recipe, relative to this file"}
+    props["extends"] = {"type": "string", "description": (
+        "path of a base recipe, relative to this file; this recipe is deep-merged over it: tables merge key "
+        "by key, arrays and values are replaced; the base's data and weights paths are rebased")}
     return schema
