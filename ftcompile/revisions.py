@@ -40,7 +40,23 @@ def split_revision(spec: str) -> tuple[str, str] | None:
     return rev, path
 
 
+def _refuse_options(spec: str, rev: str, path: str) -> None:
+    """A revision or path that begins with '-' would reach git as an option (`--output=FILE`
+    writes a file wherever it says): refused before git runs."""
+    for what, text in (("revision", rev), ("path", path)):
+        if text.startswith("-"):
+            raise RecipeError(
+                f"the {what} {text!r} begins with '-', which git would read as an option",
+                file=spec,
+                key="REV:path",
+                suggestion="give a revision such as HEAD~1 or a commit hash, and a path such as recipes/r.toml "
+                "(for a file whose name begins with '-', write ./-name.toml)",
+            )
+
+
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """git in `repo`. Callers put `--end-of-options` before any text that came from the user
+    (git >= 2.24), so none of it is ever parsed as an option."""
     try:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -63,6 +79,7 @@ def checkout(spec: str, into: Path) -> Checkout:
     split = split_revision(spec)
     assert split is not None, spec
     rev, path = split
+    _refuse_options(spec, rev, path)
     top = _toplevel(Path(path))
     try:
         rel = Path(path).resolve().relative_to(top.resolve()).as_posix()
@@ -76,13 +93,14 @@ def _fetch(top: Path, rev: str, rel: str, into: Path, spec: str, seen: set[str])
     if rel in seen:
         return  # a cycle: the compiler reports it
     seen.add(rel)
-    done = _git(top, "show", f"{rev}:{rel}")
+    done = _git(top, "show", "--end-of-options", f"{rev}:{rel}")
     if done.returncode != 0:
         why = done.stderr.decode(errors="replace").strip().removeprefix("fatal: ")
         raise RecipeError(
             f"cannot read {rel} at revision {rev!r}: {why}",
             file=spec,
-            suggestion="check the revision (git log -- PATH) and that the file existed there",
+            suggestion="ftcompile needs git 2.24 or newer (see git --version)" if "--end-of-options" in why
+            else "check the revision (git log -- PATH) and that the file existed there",
         )
     target = into / rel
     target.parent.mkdir(parents=True, exist_ok=True)

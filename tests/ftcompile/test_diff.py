@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ftcompile.cli import main
 from ftcompile.diff import _phases, compare, leaf_changes, read_side
 from ftcompile.compiler import CompileOptions
+from ftcompile.errors import RecipeError
 
 Writer = Callable[..., Path]
 
@@ -184,3 +188,81 @@ def test_leaf_changes() -> None:
         {"key": "d", "old": None, "new": 2},
     ]
     assert leaf_changes([1, 2], [1, 2, 3], "x") == [{"key": "x", "old": [1, 2], "new": [1, 2, 3]}]
+
+
+# ---------------------------------------------------------------- no user text reaches git as an option
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if ".git" not in p.relative_to(root).parts}
+
+
+@pytest.fixture
+def nested_repo(tmp_path: Path, tiny: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path/outer/repo holding r.toml, committed; cwd is the repository (its parent, outer,
+    and tmp_path are where a `--output=../x` would land)."""
+    top = tmp_path / "outer" / "repo"
+    top.mkdir(parents=True)
+    (top / "r.toml").write_text(tiny)
+    git(top, "init", "-q")
+    git(top, "add", ".")
+    git(top, "commit", "-qm", "tiny")
+    monkeypatch.chdir(top)
+    return top
+
+
+@pytest.mark.parametrize("spec", [
+    "--output=../x:r.toml",  # the issue's case: git show wrote ../x:r.toml
+    "--output=../../x:r.toml",
+    "--output=x:r.toml",
+    "-ox:r.toml",
+    "HEAD:--output=../x",  # a path beginning with '-'
+])
+def test_diff_refuses_option_like_revisions_and_writes_no_file(nested_repo: Path, tmp_path: Path, spec: str) -> None:
+    """The real command in a real repository: exit 2 with a message, and no file anywhere."""
+    before = files_under(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "ftcompile", "diff", "--", spec, "r.toml"],
+                          capture_output=True, text=True, timeout=120)
+    assert files_under(tmp_path) == before  # nothing written in the repository, its parent or above
+    assert done.returncode == 2, done.stderr
+    assert "begins with '-'" in done.stderr and "which git would read as an option" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rest=st.text(alphabet=st.characters(blacklist_characters=":\x00", blacklist_categories=("Cs",)), max_size=30))
+def test_any_revision_beginning_with_a_dash_is_refused_before_git_runs(
+    nested_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rest: str
+) -> None:
+    import ftcompile.revisions as revisions
+
+    calls: list[list[str]] = []
+    real_run = revisions.subprocess.run
+    monkeypatch.setattr(revisions.subprocess, "run", lambda argv, **kw: calls.append(argv) or real_run(argv, **kw))
+    before = files_under(tmp_path)
+    spec = f"-{rest}:r.toml"
+    with pytest.raises(RecipeError) as info:
+        read_side(spec, CompileOptions())
+    assert info.value.key == "REV:path" and info.value.file == spec and "begins with '-'" in info.value.message
+    assert calls == []  # git never ran
+    assert files_under(tmp_path) == before
+
+
+def test_git_show_gets_end_of_options_so_no_revision_is_an_option(nested_repo: Path, tmp_path: Path) -> None:
+    """Behind the refusal: even a revision that reached git could not be an option."""
+    from ftcompile.revisions import _fetch
+
+    before = files_under(tmp_path)
+    with pytest.raises(RecipeError, match="cannot read r.toml at revision '--output=../y'"):
+        _fetch(nested_repo, "--output=../y", "r.toml", tmp_path / "into", "--output=../y:r.toml", set())
+    assert files_under(tmp_path) == before
+
+
+def test_a_path_beginning_with_a_dash_is_read_as_dot_slash(capsys: pytest.CaptureFixture[str], nested_repo: Path) -> None:
+    """The hint's way round the refusal works: ./-name.toml."""
+    (nested_repo / "r.toml").rename(nested_repo / "-r.toml")
+    git(nested_repo, "add", "-A")
+    git(nested_repo, "commit", "-qm", "renamed")
+    rc, out, err = run(capsys, "diff", "HEAD:./-r.toml", "./-r.toml")
+    assert rc == 0, err
+    assert out.splitlines()[-1] == "the plans are equal"
