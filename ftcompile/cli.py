@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile.errors import RecipeError
+from ftcompile.signals import exit_code, raised_as_interrupts
 
 DIFF_EPILOG = """examples:
   ftcompile diff HEAD:recipes/r.toml recipes/r.toml       what the uncommitted edit changes
@@ -420,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        with raised_as_interrupts():  # SIGTERM too: atomic writes clean up, the run says "interrupted"
+            return args.func(args)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -434,4 +436,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # a run says how to continue it (rundir._train)
         print(exc.args[0] if exc.args else "interrupted", file=sys.stderr)
-        return 130
+        return exit_code(exc)  # 130 for SIGINT, 143 for SIGTERM

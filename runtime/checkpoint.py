@@ -40,17 +40,18 @@ _known_good: dict[Path, tuple[int, int]] = {}
 
 
 class _Writer:
-    """The file torch.save writes to, remembering the OSError of a failed write: torch turns
-    it into a RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+    """The file torch.save writes to, remembering what stopped a write: torch turns any
+    exception of a write into a RuntimeError ("unexpected pos ..."), which no longer says that
+    the disk is full, or that Ctrl-C / SIGTERM arrived while the bytes were going out."""
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
             return self.fh.write(data)
-        except OSError as err:
+        except BaseException as err:  # noqa: BLE001 - re-raised by atomic_save as it was
             self.error = err
             raise
 
@@ -80,7 +81,9 @@ def atomic_save(obj: Any, path: Path) -> None:
         if isinstance(exc, OSError):
             raise os_error(exc, path) from None
         if isinstance(exc, RuntimeError) and writer is not None and writer.error is not None:
-            raise os_error(writer.error, path) from None
+            if isinstance(writer.error, OSError):
+                raise os_error(writer.error, path) from None
+            raise writer.error from None  # an interrupt is an interrupt, not a full disk
         if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):  # torch's words for a short write
             raise RecipeError(f"cannot write: {str(exc).splitlines()[0]}", file=path,
                               suggestion="check the free disk space; checkpoints written before are intact") from None

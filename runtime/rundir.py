@@ -17,6 +17,7 @@ from typing import Any
 from ftcompile.errors import RecipeError, os_error
 from ftcompile.plan import Plan
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
+from ftcompile.signals import Interrupted, signum_of
 
 RUNS = Path("runs")
 
@@ -385,9 +386,9 @@ def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, 
     try:
         with status.tracking(), log_hooks(plan, run_dir) as hooks:  # summary.json; TensorBoard when asked
             result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, *hooks])
-    except KeyboardInterrupt:
-        # Ctrl-C: the checkpoints on disk are complete (atomic writes); say how to go on.
-        raise KeyboardInterrupt(f"interrupted; continue with: ftcompile resume {run_dir}") from None
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: the checkpoints on disk are complete (atomic writes); say how to go on.
+        raise Interrupted(signum_of(exc), f"interrupted; continue with `ftcompile resume {run_dir}`") from None
     print_summary(plan, result, run_dir)
     _after_run(run_dir)
     print(run_dir)

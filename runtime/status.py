@@ -29,6 +29,7 @@ from typing import Any
 
 from ftcompile.plan import Plan
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
+from ftcompile.signals import signal_name
 
 SUMMARY = "summary.json"
 LOCK_FILE = ".lock"  # the run-directory lock (runtime/lock.py, when present) holds a flock on it
@@ -179,8 +180,8 @@ class RunStatus(Hooks):
         self.write("running")
         try:
             yield self
-        except KeyboardInterrupt:
-            self.write("interrupted", "interrupted (Ctrl-C / SIGINT)")
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (ftcompile.signals), wherever it came
+            self.write("interrupted", f"interrupted ({signal_name(exc)})")
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised unchanged
             self.write("failed", _error_text(exc))

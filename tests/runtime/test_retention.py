@@ -71,7 +71,7 @@ def test_ctrl_c_says_how_to_continue(tmp_path: Path, capsys: pytest.CaptureFixtu
     with observe(_Interrupt()):
         result = cli(capsys, "run", recipe, "--out", run_dir)
     assert result.rc == 130
-    assert result.err.strip().endswith(f"interrupted; continue with: ftcompile resume {run_dir}")
+    assert result.err.strip().endswith(f"interrupted; continue with `ftcompile resume {run_dir}`")
     assert steps_on_disk(run_dir) == [4]  # "never": the phase end before the interrupt, nothing periodic
     result = cli(capsys, "resume", run_dir)
     assert result.rc == 0, result.err
