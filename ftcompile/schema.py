@@ -95,11 +95,7 @@ class Model(Strict):
 
 
 class Mix(Strict):
-    """Batch-level MixUp / CutMix (torchvision.transforms.v2), trained on soft targets.
-
-    timm's names: an alpha of 0 turns that kind off; `prob` is the chance a batch is mixed at
-    all, `switch_prob` the chance of CutMix rather than MixUp when both are on.
-    """
+    """Batch-level MixUp / CutMix (torchvision.transforms.v2), trained on soft targets; timm's parameters."""
 
     mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(0.8, description="MixUp's Beta(alpha, alpha); 0: no MixUp")
     cutmix_alpha: Annotated[float, Field(ge=0.0)] = Field(1.0, description="CutMix's Beta(alpha, alpha); 0: no CutMix")
