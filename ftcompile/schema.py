@@ -79,7 +79,8 @@ class Model(Strict):
         "any classification builder in `torchvision.models` (`list_models(module=torchvision.models)`)"))
     weights: str = Field("none", description=(
         'a weights enum member of the arch (`"IMAGENET1K_V2"`) or `"DEFAULT"`; a state_dict file '
-        "(`.pt`, `.pth`, `.bin`, `.safetensors` or a path with `/`), relative to the recipe; an upstream "
+        "(`.pt`, `.pth`, `.bin`, `.safetensors` read with safetensors, or a path with `/`), relative to the "
+        "recipe; an upstream "
         'recipe `*.toml` (its run\'s final model.pt, trained first when missing); or `"none"`'))
     num_classes: Union[Annotated[int, Field(ge=2)], Literal["auto"]] = Field("auto", description=(
         '`"auto"`: the number of classes in the data'))
@@ -144,7 +145,8 @@ class Data(Strict):
     workers: Annotated[int, Field(ge=0)] = Field(2, description="DataLoader workers; results do not depend on it")
     augment: list[dict[str, Any]] = Field([], description=(
         '`torchvision.transforms.v2` ops by name: `{ op = "RandomResizedCrop", size = 224 }`; names and '
-        "arguments are checked against the class signatures, and `run` builds each op once before training"))
+        "arguments are checked against the class signatures, and `run` builds each op once before training, "
+        "so a value the transform rejects (`p = 2`) is an error there with its key"))
     balance: Literal["none", "sampler", "loss"] = Field("none", description=(
         "`sampler`: each epoch draws `len(train)` samples with replacement, weight 1/class count; "
         "`loss`: CrossEntropy class weights n / (k * count)"))
@@ -172,7 +174,8 @@ class Data(Strict):
 
 
 class Optimizer(BaseModel):
-    """`type` names a torch.optim class; every other key is one of its arguments."""
+    """`type` names a torch.optim class; every other key is one of its keyword arguments (`momentum`,
+    `weight_decay`, `betas`, `nesterov`, ...), checked against its signature."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str = Field("AdamW", description="any `torch.optim` optimizer class")
@@ -192,7 +195,8 @@ class Optimizer(BaseModel):
 
 
 class Scheduler(BaseModel):
-    """`type` names a torch.optim.lr_scheduler class; other keys are its arguments."""
+    """`type` names a torch.optim.lr_scheduler class; other keys are its arguments, checked against its
+    signature. Arguments that measure the phase default to its length; in them, `lr` is the group's LR."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str = Field(description=(
@@ -373,7 +377,7 @@ class Run(Strict):
     # metrics.jsonl is always written: resume relies on it.
     log: list[Literal["jsonl", "tensorboard"]] = Field(["jsonl"], description=(
         '`["jsonl", "tensorboard"]` adds TensorBoard event files in `RUN_DIR/tensorboard/` (needs the '
-        "`tensorboard` extra); metrics.jsonl is always written"))
+        "`tensorboard` extra; without it, a compile error); metrics.jsonl is always written"))
     accumulate: PositiveInt = Field(1, description=(
         "micro-batches per optimizer step; `data.batch_size` stays the images per step"))
     ema: Ema | None = Field(None, description=(
