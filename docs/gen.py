@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,8 @@ def reference() -> str:
     ]
     for table in tables:
         node = table.schema
-        lines += ["", f'<a id="{table.anchor}"></a>', "", f"## {table.title}", ""]
+        slug = re.sub(r"[^\w\s-]", "", table.title).strip().lower().replace(" ", "-")  # the heading's own id
+        lines += ["", f'<a id="{table.anchor}"></a>'] * (slug != table.anchor) + ["", f"## {table.title}", ""]
         if table.path and node.get("description"):
             lines += [_cell(node["description"]), ""]
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
@@ -179,28 +181,29 @@ def made_with() -> str:
 @functools.lru_cache(maxsize=None)  # several pages show parts of one output
 def run_command(command: str) -> str:
     """`ftcompile ...` run in this process from the repository root, stdout and stderr as one
-    stream, as a terminal shows them; a non-zero exit is shown as `(exit N)`."""
+    stream, as a terminal shows them; a non-zero exit is shown as `(exit N)`. It runs as on a
+    machine whose torch hub cache is empty (what it says about weights does not depend on this
+    one's), shown at its default place, ~/.cache/torch."""
     from ftcompile.cli import main
 
     words = shlex.split(command)
     assert words[0] == "ftcompile", command
     argv = [w for word in words[1:] for w in (sorted(glob.glob(word, root_dir=ROOT)) if "*" in word else [word])]
-    out, cwd, columns = io.StringIO(), os.getcwd(), os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "80"  # argparse wraps --help to the terminal
-    os.chdir(ROOT)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            try:
-                rc = main(argv)
-            except SystemExit as exc:  # --help
-                rc = int(exc.code or 0)
-    finally:
-        os.chdir(cwd)
-        if columns is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = columns
-    text = f"$ {command}\n{out.getvalue()}"
+    out, cwd, saved = io.StringIO(), os.getcwd(), dict(os.environ)
+    with tempfile.TemporaryDirectory() as torch_home:
+        os.environ.update(COLUMNS="80", TORCH_HOME=torch_home)  # argparse wraps --help to COLUMNS
+        os.chdir(ROOT)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                try:
+                    rc = main(argv)
+                except SystemExit as exc:  # --help
+                    rc = int(exc.code or 0)
+        finally:
+            os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(saved)
+    text = f"$ {command}\n{out.getvalue()}".replace(torch_home, "~/.cache/torch")
     return text + (f"(exit {rc})\n" if rc else "")
 
 
