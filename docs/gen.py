@@ -33,8 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference.md"
-FENCED = re.compile(r"^<!-- (output|file): (.*?) -->\n```(\w*)\n.*?^```$", re.M | re.S)
-INCLUDED = re.compile(r"^<!-- include: (.*?) -->\n.*?^<!-- end include -->$", re.M | re.S)
+FENCED = re.compile(r"^<!-- (output|file): (.*?) -->\n```(\w*)\n.*?^```$", re.MULTILINE | re.DOTALL)
+INCLUDED = re.compile(r"^<!-- include: (.*?) -->\n.*?^<!-- end include -->$", re.MULTILINE | re.DOTALL)
 PART = re.compile(r'\s*(from|to|until) "([^"]*)"')
 
 
@@ -178,7 +178,7 @@ def made_with() -> str:
     return f"torch {torch.__version__}, torchvision {torchvision_version()}"
 
 
-@functools.lru_cache(maxsize=None)  # several pages show parts of one output
+@functools.cache  # several pages show parts of one output
 def run_command(command: str) -> str:
     """`ftcompile ...` run in this process from the repository root, stdout and stderr as one
     stream, as a terminal shows them; a non-zero exit is shown as `(exit N)`. It runs as on a
