@@ -38,6 +38,11 @@ class Override:
     value: Any
 
     @property
+    def where(self) -> str:
+        """`--set KEY=VALUE` as messages name it: one line (a newline in a value shows as \\n)."""
+        return shown_set(self.text)
+
+    @property
     def key(self) -> str:
         """The key path as error messages spell it (`phases.layer4.epochs`)."""
         return ".".join(self.path)
@@ -45,6 +50,10 @@ class Override:
     def covers(self, key: str | None) -> bool:
         """Whether an error at `key` is about a value this override gave."""
         return bool(key) and (key == self.key or key.startswith((self.key + ".", self.key + "[")))
+
+
+def shown_set(text: str) -> str:
+    return f"--set {text}" if text.isprintable() else f"--set {text!r}"
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -58,7 +67,7 @@ def _split(text: str) -> tuple[str, str]:
         elif ch == "=":
             return text[:i].strip(), text[i + 1 :].strip()
     raise RecipeError(
-        f"--set {text}: expected KEY=VALUE",
+        f"{shown_set(text)}: expected KEY=VALUE",
         key="--set",
         suggestion="for example --set phases.layer4.epochs=5 or --set 'phases.layer4.lr.layer4=\"head / 30\"'",
     )
@@ -67,9 +76,11 @@ def _split(text: str) -> tuple[str, str]:
 def parse_override(text: str) -> Override:
     """One `--set KEY=VALUE`, its key and value parsed as TOML."""
     key, raw = _split(text)
-    where = f"--set {text}"
+    where = shown_set(text)
     try:
         nested = tomllib.loads(f"{key} = 0")
+        if "\n" in key or "\r" in key:  # "[run]\nseed" parses, as a table header and a key
+            raise tomllib.TOMLDecodeError("a key is one line")
     except tomllib.TOMLDecodeError:
         raise RecipeError(f"{key!r} is not a TOML key", file=where, key="--set",
                           suggestion="a dotted key such as phases.layer4.epochs") from None
@@ -81,7 +92,7 @@ def parse_override(text: str) -> Override:
         raise RecipeError("extends cannot be set from the command line", file=where, key="extends",
                           suggestion="edit the recipe, or give the other recipe to the command")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        doc = tomllib.loads(f"v = {raw}")
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(
             f"the value {raw!r} is not TOML ({exc})",
@@ -89,7 +100,14 @@ def parse_override(text: str) -> Override:
             key=".".join(path),
             suggestion=f"strings need quotes inside the shell's: --set '{key}=\"{raw}\"'",
         ) from None
-    return Override(text, tuple(path), value)
+    if list(doc) != ["v"]:  # `1\n[run]\nseed = 3`: a value, then more TOML that would be dropped
+        raise RecipeError(
+            f"the value {raw!r} is one TOML value followed by more TOML ({', '.join(k for k in doc if k != 'v')})",
+            file=where,
+            key=".".join(path),
+            suggestion="a --set value is exactly one TOML value; give each field its own --set KEY=VALUE",
+        )
+    return Override(text, tuple(path), doc["v"])
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict[str, Any]:
@@ -102,7 +120,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict
             if not isinstance(table, dict):
                 raise RecipeError(
                     f"{'.'.join(o.path[: i + 1])} is not a table, so it has no key {o.path[i + 1]!r}",
-                    file=f"--set {o.text}",
+                    file=o.where,
                     key=o.key,
                     suggestion="set the whole value instead",
                 )
@@ -115,7 +133,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict
 
 def to_toml(data: dict[str, Any], header: Sequence[str] = ()) -> str:
     """TOML that tomllib reads back equal to `data` (tables of scalars become inline tables)."""
-    lines = [f"# {line}" for line in header]
+    lines = [f"# {part}" for line in header for part in line.splitlines() or [""]]  # a --set value may hold a newline
     _table(lines, (), data)
     return "\n".join(lines).strip("\n") + "\n"
 

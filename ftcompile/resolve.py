@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -257,19 +258,70 @@ def _meta_model(arch: str, num_classes: int, head: dict[str, Any] | None, builde
 
     check_builder_args(arch, builder_args)
     try:
+        model = _quiet_build(arch, num_classes, head, builder_args)
+    except _BUILD_ERRORS as exc:  # e.g. a Linear too large to exist, groups = 0
+        raise _build_error(arch, num_classes, head, builder_args, exc) from None
+    empty = next((name for name, p in model.named_parameters() if p.numel() == 0), None)
+    if empty is not None and builder_args:  # e.g. width_per_group = 0: layers of no width
+        raise RecipeError(f"with these arguments {arch} has a layer of width 0 ({empty})",
+                          key=_blamed_builder_arg(arch, num_classes, head, builder_args),
+                          suggestion="give the builder argument a positive value, or leave it out")
+    return model
+
+
+# What a torchvision builder raises for arguments it cannot build with (a wrong type, groups = 0,
+# a negative width, a config object that TOML cannot write).
+_BUILD_ERRORS = (TypeError, RuntimeError, ValueError, OverflowError, AssertionError, AttributeError,
+                 ZeroDivisionError, IndexError, KeyError)
+
+
+def _quiet_build(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> Any:
+    """compile_model without torch's warning about zero-element tensors (reported below instead)."""
+    from ftcompile import arch as archs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         return archs.compile_model(arch, num_classes, head, builder_args)
-    except TypeError as exc:  # a keyword the builder sets itself ("got multiple values")
-        raise RecipeError(
-            f"torchvision's {arch} builder rejects model.builder_args: {exc}",
-            key="model.builder_args",
-            suggestion=f"valid: {', '.join(archs.builder_arg_names(arch))} (some are fixed by the builder)",
-        ) from None
-    except (RuntimeError, ValueError, OverflowError) as exc:  # e.g. a Linear too large to exist
-        raise RecipeError(
-            f"torchvision cannot build {arch} with {num_classes} classes and this head: {exc}",
-            key="model.head" if head else "model.num_classes",
-            suggestion="check model.num_classes and the widths in model.head",
-        ) from None
+
+
+def _builds(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> bool:
+    try:
+        model = _quiet_build(arch, num_classes, head, builder_args)
+    except _BUILD_ERRORS:
+        return False
+    return all(p.numel() > 0 for p in model.parameters())
+
+
+def _blamed_builder_arg(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> str:
+    """model.builder_args.<name> when that argument alone stops the build, else model.builder_args."""
+    if len(builder_args) > 1:
+        for name, value in builder_args.items():
+            if not _builds(arch, num_classes, head, {name: value}):
+                return f"model.builder_args.{name}"
+    return f"model.builder_args.{next(iter(builder_args))}" if len(builder_args) == 1 else "model.builder_args"
+
+
+def _build_error(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any],
+                 exc: Exception) -> RecipeError:
+    """The builder's refusal, blamed on the key that causes it: the builder arguments when the
+    model builds without them (so a --set of one is named), else the head or num_classes."""
+    from ftcompile import arch as archs
+
+    if builder_args and _builds(arch, num_classes, head, {}):
+        key = _blamed_builder_arg(arch, num_classes, head, builder_args)
+        name = key.removeprefix("model.builder_args").lstrip(".")
+        what = f"{name} = {builder_args[name]!r}" if name else "these model.builder_args together"
+        return RecipeError(
+            f"torchvision's {arch} builder cannot build with {what}: {exc or type(exc).__name__}",
+            key=key,
+            suggestion=f"give {name or 'them'} another value or leave {'it' if name else 'one'} out "
+            f"(see the documentation of torchvision.models.{arch})",
+        )
+    return RecipeError(
+        f"torchvision cannot build {arch} with {num_classes} classes and this head: {exc or type(exc).__name__}",
+        key="model.head" if head else "model.num_classes",
+        suggestion="check model.num_classes and the widths in model.head",
+    )
 
 
 def _resolve_phases(

@@ -166,3 +166,90 @@ def test_set_on_a_compiled_plan_is_refused(capsys: pytest.CaptureFixture[str], w
 def test_writer_quotes_a_key_ending_in_a_newline() -> None:
     # found by hypothesis: a bare-key pattern ending in "$" accepts "W\n"
     assert tomllib.loads(to_toml({"t": {"W\n": 1, "x": {"y": 2}}})) == {"t": {"W\n": 1, "x": {"y": 2}}}
+
+
+# ---------------------------------------------------------------- a value is exactly one TOML value
+
+
+def test_a_value_followed_by_more_toml_is_refused(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str) -> None:
+    """The issue's case: `1`, then `[run]\\nseed=3`, which tomllib read and ftcompile dropped."""
+    path = write(tiny)
+    capsys.readouterr()
+    assert main(["plan", str(path), "--set", "phases.warmup.lr.head=1\n[run]\nseed=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "Traceback" not in err  # the message and its hint, each one line
+    assert "--set 'phases.warmup.lr.head=1\\n[run]\\nseed=3': phases.warmup.lr.head:" in err
+    assert "is one TOML value followed by more TOML (run)" in err
+
+
+EXTRA_TOML = st.sampled_from(["[run]\nseed = 3", "x = 1", "[[t]]", "a.b = 2", "[phases.a]\nepochs = 2", "'q' = \"r\""])
+SEPARATORS = st.sampled_from(["\n", "\r\n", "\n\n", "\n# a comment\n", " # c\n"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=values, sep=SEPARATORS, extra=EXTRA_TOML)
+def test_no_value_with_more_toml_after_it_is_accepted(value: object, sep: str, extra: str) -> None:
+    from ftcompile.overrides import _value
+
+    with pytest.raises(RecipeError) as err:
+        parse_override(f"phases.a.lr={_value(value)}{sep}{extra}")
+    assert err.value.key == "phases.a.lr"
+    assert "\n" not in str(err.value).split("\n  hint:")[0]  # the --set shows its newlines escaped
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=st.lists(scalars, max_size=4), sep=SEPARATORS)
+def test_one_value_over_several_lines_is_one_value(items: list, sep: str) -> None:
+    """A multi-line array or string is still exactly one value."""
+    from ftcompile.overrides import _value
+
+    raw = "[" + ("," + sep).join(_value(v) for v in items) + sep + "]"
+    assert parse_override(f"phases.a.x={raw}").value == items
+    assert parse_override('phases.a.x="""line 1\n[run]\nseed = 3"""').value == "line 1\n[run]\nseed = 3"
+
+
+def test_a_key_over_several_lines_is_refused() -> None:
+    with pytest.raises(RecipeError, match="is not a TOML key"):
+        parse_override("[run]\nseed=3")  # a table header and a key: tomllib reads it as run.seed
+
+
+def test_a_header_line_holding_a_newline_stays_a_comment() -> None:
+    """recipe.toml's header names the --set; a multi-line string value must not become TOML."""
+    text = to_toml({"a": 1}, ['r.toml with --set x="""v\n[run]\nseed = 3"""'])
+    assert tomllib.loads(text) == {"a": 1}
+
+
+# ---------------------------------------------------------------- blame the key that was set
+
+
+def test_builder_args_the_model_cannot_build_with_blame_that_key(write: Writer, tiny: str) -> None:
+    """resnet18 builds with groups = 1 only; the error named model.num_classes."""
+    path = write(tiny)
+    with pytest.raises(RecipeError) as err:
+        compiled(path, "model.builder_args={groups=0}")
+    assert err.value.key == "model.builder_args.groups"
+    assert str(err.value).startswith(f"{path} --set model.builder_args={{groups=0}}: model.builder_args.groups: ")
+    assert "cannot build with groups = 0" in str(err.value) and "num_classes" not in str(err.value)
+    with pytest.raises(RecipeError) as err:  # of two arguments, the one that stops the build
+        compiled(path, "model.builder_args={zero_init_residual=true, groups=2}")
+    assert err.value.key == "model.builder_args.groups"
+    inline = write(tiny.replace('num_classes = 10', 'num_classes = 10\nbuilder_args = { groups = 0 }'), "inline.toml")
+    with pytest.raises(RecipeError) as err:  # in the file: the file and the line of builder_args
+        compiled(inline)
+    assert str(err.value).startswith(f"{inline}:7: model.builder_args.groups: ")
+
+
+def test_builder_args_giving_a_layer_of_no_width_are_refused(write: Writer, tiny: str) -> None:
+    """resnet50 with width_per_group = 0 built (on the meta device) with 0-channel convolutions."""
+    path = write(tiny.replace('arch = "resnet18"', 'arch = "resnet50"'))
+    with pytest.raises(RecipeError) as err:
+        compiled(path, "model.builder_args={width_per_group=0}")
+    assert err.value.key == "model.builder_args.width_per_group" and "a layer of width 0" in err.value.message
+
+
+def test_a_builder_that_raises_another_error_type_is_a_message(write: Writer, tiny: str) -> None:
+    """vit's conv_stem_configs = [1] raised AttributeError inside torchvision: a traceback."""
+    path = write(tiny.replace('arch = "resnet18"', 'arch = "vit_b_16"'))
+    with pytest.raises(RecipeError) as err:
+        compiled(path, "model.builder_args={conv_stem_configs=[1]}")
+    assert err.value.key == "model.builder_args.conv_stem_configs"
