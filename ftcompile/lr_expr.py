@@ -64,18 +64,39 @@ def names_in(tree: ast.expr) -> list[str]:
 
 
 def evaluate(tree: ast.expr, env: dict[str, float]) -> float:
+    """The value of an expression; every step must stay a finite real number, so an overflow
+    (`10 ** 10 ** 10`, `1e308 * 10`), a division by zero or a complex power (`(0 - 1) ** 0.5`)
+    is a ValueError naming the part of the expression where it happens."""
     if isinstance(tree, ast.Constant):
-        return float(tree.value)
+        try:
+            return _real(float(tree.value), tree)
+        except OverflowError:  # an integer literal beyond a float
+            raise ValueError(_too_large(tree)) from None
     if isinstance(tree, ast.Name):
         return env[tree.id]
     if isinstance(tree, ast.UnaryOp):
-        return _OPS[type(tree.op)](evaluate(tree.operand, env))
+        return _real(_OPS[type(tree.op)](evaluate(tree.operand, env)), tree)
     if isinstance(tree, ast.BinOp):
+        left, right = evaluate(tree.left, env), evaluate(tree.right, env)
         try:
-            return _OPS[type(tree.op)](evaluate(tree.left, env), evaluate(tree.right, env))
-        except (ZeroDivisionError, OverflowError) as exc:
-            raise ValueError(str(exc)) from None
+            return _real(_OPS[type(tree.op)](left, right), tree)
+        except ZeroDivisionError:
+            raise ValueError(f"{ast.unparse(tree)!r}: division by zero") from None
+        except OverflowError:  # float ** float raises where float * float gives inf
+            raise ValueError(_too_large(tree)) from None
     raise ValueError("unsupported expression")
+
+
+def _too_large(tree: ast.expr) -> str:
+    return f"{ast.unparse(tree)!r} is too large for a number (beyond about 1.8e308)"
+
+
+def _real(value: float | complex, tree: ast.expr) -> float:
+    if isinstance(value, complex):
+        raise ValueError(f"{ast.unparse(tree)!r} is not a real number (a negative number to a fractional power)")
+    if not math.isfinite(value):
+        raise ValueError(_too_large(tree))
+    return value
 
 
 def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
@@ -141,7 +162,8 @@ def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
             )
         visiting.pop()
         if not (lrs[g] > 0 and math.isfinite(lrs[g])):
-            raise RecipeError(f"LR of {g!r} resolves to {lrs[g]!r}; it must be > 0", key=f"{key}.{g}")
+            raise RecipeError(f"LR of {g!r} resolves to {lrs[g]!r}; it must be > 0 and finite", key=f"{key}.{g}",
+                              suggestion="LRs are small positive numbers, e.g. 1e-3 or \"head / 10\"")
         return lrs[g]
 
     return {g: value(g) for g in train}

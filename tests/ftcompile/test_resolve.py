@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from ftcompile import arch
@@ -511,3 +513,39 @@ def test_phase_length_is_capped(write: Writer, tiny: str) -> None:
         compile_recipe(write(tiny.replace("epochs = 1\nlr = { head = 0.1 }", "epochs = 1e12\nlr = { head = 0.1 }")))
     assert info.value.key == "phases.warmup.epochs"
     assert "optimizer steps long" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("10 ** 10 ** 10", "'10 ** 10 ** 10' is too large for a number"),  # OverflowError: (34, 'Numerical result ...')
+        ("2 ** 10000", "'2 ** 10000' is too large for a number"),
+        ("head * 1e308 * 100", "is too large for a number"),  # float * float gives inf, no exception
+        ("1e309", "'1e309' is too large for a number"),  # the literal itself is inf
+        ("(0 - 1) ** 0.5", "is not a real number"),  # Python gives a complex number
+        ("0 ** -1", "division by zero"),
+    ],
+)
+def test_lr_overflow_and_complex_are_messages_with_the_key(expr: str, message: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        lrs(["layer4", "head"], {"head": 0.1, "layer4": expr})
+    assert info.value.key == "phases.p.lr.layer4"
+    assert message in info.value.message and "Numerical result" not in info.value.message
+
+
+LEAVES = st.sampled_from(["0", "1", "2", "10", "0.5", "-1", "1e308", "1e-308", "1e309", "head", "-head"])
+EXPRS = st.recursive(LEAVES, lambda inner: st.builds("({} {} {})".format, inner, st.sampled_from("+-*/") | st.just("**"),
+                                                      inner), max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789e.+-*/() head", max_size=40) | EXPRS)
+def test_any_lr_expression_is_a_positive_finite_lr_or_a_recipe_error(text: str) -> None:
+    """Never a raw errno tuple, a TypeError from a complex number, or an infinite LR."""
+    try:
+        got = lrs(["layer4", "head"], {"head": 0.1, "layer4": text})
+    except RecipeError as err:
+        assert err.key is not None and err.key.startswith("phases.p.lr.")
+        assert not err.message.startswith("(") and "Errno" not in err.message
+        return
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in got.values())
