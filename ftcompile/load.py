@@ -44,7 +44,7 @@ class LoadedRecipe:
         """Where the value at `key` came from: the file, or the file and the --set that replaced it."""
         for o in reversed(self.overrides):
             if o.covers(key):
-                return f"{self.path} --set {o.text}"
+                return f"{self.path} {o.where}"
         return str(self.path)
 
     def line_of(self, key: str) -> int | None:
@@ -81,11 +81,19 @@ MAX_EXTENDS_DEPTH = 32
 MAX_NESTING = 32
 
 
+# How recipe files are decoded, everywhere one is read: UTF-8, and a byte-order mark (which
+# Windows editors write) is not part of the text; tomllib would call it an invalid statement.
+RECIPE_ENCODING = "utf-8-sig"
+
+
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=RECIPE_ENCODING)
     except FileNotFoundError:
         raise RecipeError("file not found", file=path, suggestion="check the path to the recipe") from None
+    except IsADirectoryError:
+        raise RecipeError("is a folder, not a recipe file", file=path,
+                          suggestion="give the path of a recipe (a .toml file)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read the file: {exc}", file=path) from None
     try:
@@ -225,12 +233,14 @@ def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> LoadedRecipe
         raise RecipeError("must be a path string", file=path, key="extends", line=lines.get("extends"))
     base_path = path.parent / parent
     if not base_path.is_file():
+        what = ("is a folder, not a recipe file" if base_path.is_dir()
+                else "is not a regular file" if base_path.exists() else "not found")
         raise RecipeError(
-            f"base recipe not found: {base_path}",
+            f"base recipe {base_path} {what}",
             file=path,
             key="extends",
             line=lines.get("extends"),
-            suggestion="extends is relative to this recipe's folder",
+            suggestion="extends names one recipe file (e.g. extends = \"base.toml\"), relative to this recipe's folder",
         )
     if len(_chain) + 1 >= MAX_EXTENDS_DEPTH:
         raise RecipeError(

@@ -23,6 +23,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ftcompile.load import RECIPE_ENCODING
+
 # What bitwise equality of two runs of one plan depends on, besides the library versions.
 MACHINE_KEYS = ("cpu", "cpu_capability", "threads", "cuda", "cudnn", "gpu")
 
@@ -35,7 +37,7 @@ def recipe_files(recipe: Path) -> list[Path]:
     files = [recipe.resolve()]
     while True:
         try:
-            parent = tomllib.loads(files[-1].read_text(encoding="utf-8")).get("extends")
+            parent = tomllib.loads(files[-1].read_text(encoding=RECIPE_ENCODING)).get("extends")
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return files
         if not isinstance(parent, str):
@@ -154,9 +156,9 @@ def _changed_keys(run_dir: Path, env: dict[str, Any], recipe: Path) -> list[str]
     from ftcompile.load import load_overridden
 
     try:
-        stored = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+        stored = tomllib.loads((run_dir / "recipe.toml").read_text(encoding=RECIPE_ENCODING))
         if "extends" in stored:  # a plain copy of a child recipe: compare that file alone
-            current = tomllib.loads(recipe.read_text(encoding="utf-8"))
+            current = tomllib.loads(recipe.read_text(encoding=RECIPE_ENCODING))
         else:
             current = load_overridden(recipe, env.get("overrides") or []).data
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecipeError):

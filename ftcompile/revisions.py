@@ -21,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ftcompile.errors import RecipeError
+from ftcompile.load import RECIPE_ENCODING
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def _fetch(top: Path, rev: str, rel: str, into: Path, spec: str, seen: set[str])
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(done.stdout)
     try:
-        data = tomllib.loads(done.stdout.decode("utf-8"))
+        data = tomllib.loads(done.stdout.decode(RECIPE_ENCODING))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return  # the compiler reports the syntax error, with its line
     folder = posixpath.dirname(rel)

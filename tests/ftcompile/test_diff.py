@@ -266,3 +266,14 @@ def test_a_path_beginning_with_a_dash_is_read_as_dot_slash(capsys: pytest.Captur
     rc, out, err = run(capsys, "diff", "HEAD:./-r.toml", "./-r.toml")
     assert rc == 0, err
     assert out.splitlines()[-1] == "the plans are equal"
+
+
+def test_a_recipe_with_a_bom_at_a_revision_brings_its_base(capsys: pytest.CaptureFixture[str], nested_repo: Path) -> None:
+    """REV:path reads the recipes a recipe extends from git too; a BOM hid its `extends`."""
+    (nested_repo / "base.toml").write_bytes((nested_repo / "r.toml").read_bytes())
+    (nested_repo / "r.toml").write_bytes('\ufeffextends = "base.toml"\nseed = 3\n'.encode("utf-8"))
+    git(nested_repo, "add", "-A")
+    git(nested_repo, "commit", "-qm", "a child with a BOM")
+    rc, out, err = run(capsys, "diff", "HEAD:r.toml", "r.toml")
+    assert rc == 0, err
+    assert out.splitlines()[-1] == "the plans are equal"

@@ -158,3 +158,55 @@ def test_source_hash_ignores_comments_and_key_order(tmp_path: Path, tiny: str, w
     assert load_recipe(write(reordered, "c.toml")).source_hash() == a.source_hash()
     changed = load_recipe(write(tiny.replace("seed = 0", "seed = 1"), "d.toml"))
     assert changed.source_hash() != a.source_hash()
+
+
+# ---------------------------------------------------------------- a byte-order mark, extends naming a folder
+
+
+BOM = "\ufeff"
+
+
+def test_a_recipe_beginning_with_a_bom_compiles_as_without(tmp_path: Path, tiny: str, write: Writer) -> None:
+    """Windows editors write a UTF-8 BOM; tomllib calls it "Invalid statement" at 1:1."""
+    plain = compile_recipe(write(tiny, "plain/r.toml"))
+    bommed = tmp_path / "bom" / "r.toml"  # the same file name: the plan records it
+    bommed.parent.mkdir()
+    bommed.write_bytes((BOM + tiny).encode("utf-8"))
+    assert bommed.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert compile_recipe(bommed).hash == plain.hash
+    assert load_recipe(bommed).line_of("data.batch_size") == load_recipe(tmp_path / "plain/r.toml").line_of("data.batch_size")
+
+
+def test_a_base_recipe_beginning_with_a_bom_is_extended(tmp_path: Path, tiny: str, write: Writer) -> None:
+    from ftcompile.provenance import recipe_files
+
+    (tmp_path / "base.toml").write_bytes((BOM + tiny).encode("utf-8"))
+    child = tmp_path / "child.toml"
+    child.write_bytes((BOM + 'extends = "base.toml"\nseed = 5\n').encode("utf-8"))
+    loaded = load_recipe(child)
+    assert loaded.data["seed"] == 5 and loaded.data["name"] == "tiny"
+    # env.json's provenance follows the same chain (it read the child as not TOML and stopped)
+    assert recipe_files(child) == [child.resolve(), (tmp_path / "base.toml").resolve()]
+
+
+def test_extends_naming_a_folder_says_it_is_a_folder(tmp_path: Path, write: Writer) -> None:
+    (tmp_path / "bases").mkdir()
+    path = write('name = "x"\nextends = "bases"\n')
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.key == "extends" and info.value.line == 2
+    assert "is a folder, not a recipe file" in info.value.message and "not found" not in info.value.message
+    assert 'extends = "base.toml"' in (info.value.suggestion or "")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_extends_naming_a_fifo_says_it_is_not_a_file(tmp_path: Path, write: Writer) -> None:
+    os.mkfifo(tmp_path / "pipe.toml")
+    with pytest.raises(RecipeError, match="is not a regular file"):
+        load_recipe(write('name = "x"\nextends = "pipe.toml"\n'))
+
+
+def test_a_recipe_path_naming_a_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path)
+    assert info.value.message == "is a folder, not a recipe file" and info.value.file == str(tmp_path)
