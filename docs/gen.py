@@ -100,7 +100,7 @@ def _type(node: dict[str, Any], links: dict[str, Table]) -> str:
         extra = node.get("additionalProperties")
         many = f", at least {node['minProperties']} key" if "minProperties" in node else ""
         return (f"table of {_nested(extra, links)}" if isinstance(extra, dict) else "table") + many
-    bounds = [f"{sign} {node[key]:g}" for key, sign in (
+    bounds = [f"{sign} {node[key]:{'d' if isinstance(node[key], int) else 'g'}}" for key, sign in (
         ("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<")) if key in node]
     if "pattern" in node:
         bounds.append(f"matching `{node['pattern']}`")
