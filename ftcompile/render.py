@@ -225,9 +225,9 @@ def metric_driven_lines(plan: Plan, width: int) -> list[str]:
         parts = []
         if ph.stop_early:
             s = ph.stop_early
-            evals = len([c for c in plan.changes if c.op == "evaluate" and c.target == ph.name])
+            evals = plan.evaluations(ph.name)
             parts.append(f"stop_early {s['metric']} patience {s['patience']} min_delta {s['min_delta']:g} "
-                         f"({evals} evaluations planned)")
+                         f"({evals} evaluations planned{' per alternative' if ph.trials else ''})")
         if ph.restore_best:
             parts.append(f"restore_best {ph.restore_best}")
         out.append(f"  {ph.name:<{width}}  " + "; ".join(parts))

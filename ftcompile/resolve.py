@@ -22,7 +22,7 @@ from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.schema import Phase, Recipe, parse_duration
-from ftcompile.trials import alternatives
+from ftcompile.trials import alternatives, check_distinct_resolved
 from ftcompile.torch_args import with_valid, check_optimizer, resolve_scheduler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -575,6 +575,7 @@ def resolve_trials(
         except RecipeError as err:
             raise RecipeError(f"{err.message} (trial alternative {alt.k}: {alt.label})", key=err.key,
                               suggestion=err.suggestion) from None
+    check_distinct_resolved(name, resolved)
     t = phase.trials
     return replace(resolved[0][1], trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved})
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ftcompile.cli import main
 from ftcompile.compiler import compile_recipe
@@ -125,3 +127,92 @@ def test_zip_lists_of_different_lengths(tiny: str, write: Writer) -> None:
     with pytest.raises(RecipeError) as exc:
         compile_recipe(write(text))
     assert exc.value.key == "phases.full.trials.mode"
+
+
+# ---------------------------------------------------------------- an alternative twice is refused
+
+
+@pytest.mark.parametrize(
+    ("trials", "key", "words"),
+    [
+        ('"lr.head" = [0.001, 1e-3]', "phases.full.trials.lr.head[1]", "0.001 is the same value as [0]"),
+        ('"lr.head" = [0.02, 0.01, "0.01"]', "phases.full.trials.lr.head[2]", "'0.01' is the same value as [1] (0.01)"),
+        ('"lr.body" = ["head / 10", "head/10.0"]', "phases.full.trials.lr.body[1]", "'head/10.0' is the same value as [0]"),
+        ('"lr.head" = [1, 1.0]\n"lr.body" = [1e-3, 1e-4]', "phases.full.trials.lr.head[1]", "is the same value as [0]"),
+        ('bn = ["train", "frozen", "train"]', "phases.full.trials.bn[2]", "'train' is the same value as [0]"),
+        ('train = [["head"], ["body", "head"], ["body", "head"]]', "phases.full.trials.train[2]", "is the same value as [1]"),
+        ('"scheduler" = [{ type = "StepLR", step_size = 1 }, { step_size = 1.0, type = "StepLR" }]',
+         "phases.full.trials.scheduler[1]", "is the same value as [0]"),
+        ('mode = "zip"\n"lr.head" = [0.01, 0.02, 0.01]\n"lr.body" = [1e-3, 1e-3, 0.001]', "phases.full.trials",
+         "alternatives 0 and 2 are the same combination (lr.head = 0.01, lr.body = 0.001)"),
+        ('"lr.body" = ["head / 10", 0.001]', "phases.full.trials",  # head is 0.01: both are 0.001
+         "alternatives 0 (body=head / 10) and 1 (body=0.001) resolve to the same phase"),
+    ],
+    ids=["number-spellings", "number-and-string", "expression-spellings", "int-and-float", "string", "list", "table",
+         "zip-combination", "resolved-lr"],
+)
+def test_an_alternative_given_twice_is_refused(tiny: str, write: Writer, capsys: pytest.CaptureFixture[str],
+                                               trials: str, key: str, words: str) -> None:
+    """Twice the cost for the same result: exit 2 naming the key and the value."""
+    assert_refused(write(tiny_with(tiny, "\n") + "\n[phases.full.trials]\n" + trials + "\n"), key, words, capsys)
+
+
+def assert_refused(path: Path, key: str, words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["check", str(path)]) == 2
+    out = capsys.readouterr()
+    message = out.out + out.err
+    assert f"{key}: " in message and words in message, message
+    assert "Traceback" not in message
+
+
+def test_a_duration_and_its_steps_are_the_same_alternative(tiny: str, write: Writer, capsys: pytest.CaptureFixture[str]) -> None:
+    # 1442 digits / batch 64 = 23 steps per epoch, so "1 epoch" is step_size 23
+    text = tiny_with(tiny, "\n").replace("steps = 3\nlr = { head = 0.01",
+                                         'steps = 3\nscheduler = { type = "StepLR", step_size = 2 }\nlr = { head = 0.01')
+    path = write(text + '\n[phases.full.trials]\n"scheduler.step_size" = [23, "1 epoch"]\n')
+    assert_refused(path, "phases.full.trials", "alternatives 0 (scheduler.step_size=23) and 1 (scheduler.step_size=1 epoch) "
+                   "resolve to the same phase", capsys)
+
+
+def test_distinct_alternatives_are_kept(tiny: str, write: Writer) -> None:
+    """The check compares values, not positions: a value repeated across keys, or in a zip whose
+    other list differs there, is no duplicate."""
+    zipped = tiny_with(tiny, "\n") + '\n[phases.full.trials]\nmode = "zip"\n"lr.head" = [0.01, 0.02, 0.01]\n"lr.body" = [1e-3, 1e-3, 2e-3]\n'
+    assert len(compile_recipe(write(zipped, "zip.toml")).phases[1].trials.alternatives) == 3
+    grid = tiny_with(tiny, "\n") + '\n[phases.full.trials]\n"lr.head" = [0.01, 0.001]\n"lr.body" = [0.01, 0.001]\n'
+    assert len(compile_recipe(write(grid, "grid.toml")).phases[1].trials.alternatives) == 4
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lrs=st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=4, unique=True), data=st.data())
+def test_any_value_spelled_again_is_found(tiny: str, write: Writer, lrs: list[float], data: st.DataObject) -> None:
+    """A value again in another spelling (1e-3 / 0.001 / "0.001" / "0.001 * 1"), anywhere in the list."""
+    i = data.draw(st.integers(0, len(lrs) - 1))
+    spelled = data.draw(st.sampled_from([repr(lrs[i]), f"{lrs[i]:.17e}", f'"{lrs[i]!r}"', f'"{lrs[i]!r} * 1"']))
+    at = data.draw(st.integers(i + 1, len(lrs)))
+    values = [repr(v) for v in lrs]
+    values.insert(at, spelled)
+    path = write(tiny_with(tiny, "\n") + f'\n[phases.full.trials]\n"lr.head" = [{", ".join(values)}]\n')
+    with pytest.raises(RecipeError) as err:
+        compile_recipe(path)
+    first = min(i, at)  # sorted positions: the duplicate is whichever comes second
+    assert err.value.key in (f"phases.full.trials.lr.head[{at}]", "phases.full.trials")
+    assert f"same value as [{first}]" in err.value.message or "resolve to the same phase" in err.value.message
+
+
+def test_a_trial_phase_that_can_stop_early_counts_its_evaluations(tiny: str, write: Writer,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The evaluations of a trial phase are in its alternatives' change lists; the plan said 0."""
+    stop = 'steps = 3\nstop_early = { metric = "val_loss", patience = 1 }\nlr = { head = 0.01'
+    text = tiny_with(tiny).replace("steps = 3\nlr = { head = 0.01", stop) + '\n[run]\neval_every = "1 step"\n'
+    plan = compile_recipe(write(text))
+    assert plan.evaluations("full") == 3  # full is [2, 5): after steps 3, 4 and 5
+    assert plan.evaluations("warmup") == 2  # [0, 2): after steps 1 and 2
+    capsys.readouterr()
+    assert main(["plan", str(write(text))]) == 0
+    out = capsys.readouterr().out
+    assert "stop_early val_loss patience 1 min_delta 0 (3 evaluations planned per alternative)" in out
+    no_trials = text[: text.index("[phases.full.trials]")] + '[run]\neval_every = "1 step"\n'
+    assert main(["plan", str(write(no_trials, "plain.toml"))]) == 0
+    assert "stop_early val_loss patience 1 min_delta 0 (3 evaluations planned)" in capsys.readouterr().out
