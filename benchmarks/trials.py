@@ -70,9 +70,9 @@ def timed_run(plan: Any, recipe: Path, out: Path) -> dict[str, Any]:
     with observe(count):
         rundir.run_new(plan, recipe, recipe.parent, out)
     seconds = time.perf_counter() - started
-    from ftcompile.runtime.status import continued_evals
+    from ftcompile.runtime.runfiles import continued_evals
 
-    last = continued_evals(out)[-1]  # of a trial phase, the chosen alternative's
+    last = continued_evals(out, plan)[-1]  # of a trial phase, the chosen alternative's
     return {"seconds": seconds, "steps": Count.steps, "top1": last["top1"]}
 
 

@@ -72,6 +72,22 @@ class ModelSpec:
     head_weights: str = "new"  # "load": the weights file's head tensors are loaded too
 
 
+# Val images are resized to image_size / 0.875 then centre-cropped: the standard ImageNet
+# evaluation recipe that torchvision's and timm's pretrained weights were measured with.
+VAL_CROP_FRACTION = 0.875
+
+
+@dataclass(frozen=True)
+class ValPreprocessing:
+    """The validation transforms: the shorter side resized to `resize`, a centre crop of
+    `crop` x `crop`, values / 255, then normalised with `mean` / `std` per channel."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """The [data] table as validated, plus what the compiler counted and derived."""
@@ -101,6 +117,25 @@ class DataSpec:
     def sources(self) -> dict[str, Any]:
         """Where the samples come from, as `datasets.resolve_splits` / `count_data` read it."""
         return {"builtin": self.builtin, "train": self.train, "val": self.val, "classes": self.classes}
+
+    @property
+    def val_preprocessing(self) -> ValPreprocessing:
+        """The one home of the validation preprocessing rule, read by the data loading
+        (runtime/data.py), eval and predict, `plan`'s output and export's sidecar.
+
+        `data.val_resize` and `data.val_crop` when the recipe sets them; else photos are
+        resized to image_size / 0.875 and centre-cropped to image_size, and the builtin
+        digits, whose 8x8 images are drawn to the border, are resized to image_size (the
+        crop then cuts nothing, so no stroke is lost and val sees an un-augmented train
+        image's framing)."""
+        if self.val_resize is not None:
+            resize = self.val_resize
+        elif self.builtin is not None:
+            resize = self.image_size
+        else:
+            resize = round(self.image_size / VAL_CROP_FRACTION)
+        return ValPreprocessing(resize, self.val_crop or self.image_size, tuple(self.mean), tuple(self.std))
+
 
 
 @dataclass(frozen=True)

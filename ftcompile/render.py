@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile import memory
-from ftcompile.plan import Change, Plan, WeightsSpec, checkpoints_kept, phase_starts
+from ftcompile.plan import Change, DataSpec, Plan, WeightsSpec, checkpoints_kept, phase_starts
 
 WIDTH = 100  # columns of `ftcompile plan` without --wide
 
@@ -236,14 +236,10 @@ def metric_driven_lines(plan: Plan, width: int) -> list[str]:
     return out
 
 
-def val_pipeline(d: Any) -> str:
-    """The validation transforms, as the runtime builds them (runtime/data.build_transforms)."""
-    crop = d.val_crop or d.image_size
-    if d.val_resize is not None:
-        resize = d.val_resize
-    else:
-        resize = d.image_size if d.builtin is not None else round(d.image_size / 0.875)
-    return f"Resize({resize}) -> CenterCrop({crop})"
+def val_pipeline(d: DataSpec) -> str:
+    """The validation transforms, as the runtime builds them (DataSpec.val_preprocessing)."""
+    val = d.val_preprocessing
+    return f"Resize({val.resize}) -> CenterCrop({val.crop})"
 
 
 def _mix_text(mix: dict[str, Any] | None) -> str:

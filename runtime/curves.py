@@ -7,13 +7,12 @@ end of a run; `ftcompile report` embeds the same figure for one or several runs.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.status import continued_evals
+from ftcompile.runtime.runfiles import as_continued, chosen_alternatives, read_records
 
 PLOT_HINT = "pip install 'ftcompile[plot]' (matplotlib)"
 
@@ -31,33 +30,20 @@ def pyplot() -> Any:
 
 
 class CurveData:
-    """A run's plan, step records and evaluations (of trial phases, the chosen alternative's)."""
+    """A run's plan, step records and evaluations, as the run went on: in a trial phase the
+    chosen alternative's (runfiles.as_continued)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         self.plan = Plan.load(run_dir / "plan.json")
-        self.steps = _records(run_dir, "step")
-        self.evals = continued_evals(run_dir)
+        self.chosen = chosen_alternatives(run_dir, self.plan)  # trial phase -> its chosen alternative
+        records = as_continued(read_records(run_dir), self.chosen)
+        self.steps = [r for r in records if r["type"] == "step"]
+        self.evals = [r for r in records if r["type"] == "eval"]
 
     @property
     def label(self) -> str:
         return f"{self.plan.recipe.get('name')} {self.dir.name}"
-
-
-def _records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("type") == kind and not rec.get("trial"):
-            out.append(rec)
-    return out
 
 
 def shade_phases(ax: Any, plan: Plan, label: bool) -> None:

@@ -30,23 +30,17 @@ from ftcompile.datasets import Splits, resolve_splits, validate_augment
 from ftcompile.errors import RecipeError
 from ftcompile.plan import DataSpec
 
-# Val images are resized to image_size / 0.875 then centre-cropped: the standard ImageNet
-# evaluation recipe that torchvision's and timm's pretrained weights were measured with.
-VAL_CROP_FRACTION = 0.875
-
-
 # ---------------------------------------------------------------- transforms
 
 
 def build_transforms(data: DataSpec, mean: Sequence[float], std: Sequence[float], train: bool) -> Callable:
-    """The train or val pipeline; both end with an image_size square, normalised float image.
+    """The train or val pipeline; both end with a square, normalised float image (train:
+    image_size; val: its crop, image_size unless `data.val_crop` says otherwise).
 
     Train: the recipe's augment ops, then Resize + CenterCrop as a safety net so that a
     recipe without a crop (or with a crop of another size) still batches.
-    Val: Resize(image_size / 0.875) + CenterCrop for photos; for the builtin digits, whose
-    8x8 images are drawn to the border, plain Resize(image_size) so no stroke is cut off and
-    val sees the same framing as an un-augmented train image. `data.val_resize` and
-    `data.val_crop` replace the resize and the crop size.
+    Val: Resize + CenterCrop to the sizes of `data.val_preprocessing` (ftcompile/plan.py, the
+    one home of that rule: export's sidecar and `plan` read it too).
     """
     size = data.image_size
     steps: list[Callable] = [v2.ToImage()]
@@ -54,16 +48,10 @@ def build_transforms(data: DataSpec, mean: Sequence[float], std: Sequence[float]
         steps += _augment_ops(data.augment)
         steps += [v2.Resize(size), v2.CenterCrop(size)]
     else:
-        steps += [v2.Resize(val_resize(data)), v2.CenterCrop(data.val_crop or size)]
+        val = data.val_preprocessing
+        steps += [v2.Resize(val.resize), v2.CenterCrop(val.crop)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
-
-
-def val_resize(data: DataSpec) -> int:
-    """data.val_resize, else image_size / 0.875 (photos) or image_size (the builtin digits)."""
-    if data.val_resize is not None:
-        return data.val_resize
-    return data.image_size if data.builtin is not None else round(data.image_size / VAL_CROP_FRACTION)
 
 
 def _augment_ops(augment: list[dict]) -> list[Callable]:

@@ -32,6 +32,7 @@ from ftcompile.runtime.curves import PLOT_HINT, pyplot
 from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms
 from ftcompile.runtime.model import load_state
 from ftcompile.runtime.rundir import open_run
+from ftcompile.runtime.runfiles import EvalFile, checked
 
 # --weights -> the file in the run directory
 WEIGHTS = {"final": "model.pt", "best": "best.pt", "ema": "model_ema.pt"}
@@ -247,7 +248,7 @@ def eval_command(run_dir: Path, data: Path | None, weights: str, tta: bool, as_j
     result = evaluate_run(run_dir, data, weights, tta)
     from ftcompile.runtime.status import write_json
 
-    write_json(run_dir / "eval.json", result)
+    write_json(run_dir / "eval.json", checked(EvalFile, result))
     note = f"wrote {run_dir / 'eval.json'}"
     try:
         note += f" and {plot_confusion(result, run_dir / 'confusion.png')}"
@@ -289,10 +290,14 @@ def read_image(path: Path) -> Any:
 
 
 def predict_command(run_dir: Path, inputs: Sequence[str], topk: int, as_json: bool, tta: bool = False) -> int:
+    """The top `topk` classes of each image; a `topk` above the class count lists every class."""
+    if topk < 1:
+        raise RecipeError(f"must be at least 1 (the classes shown per image), got {topk}", key="--topk",
+                          suggestion="e.g. --topk 3 (a number above the class count lists every class)")
     run = load_run(run_dir)
     names = run.plan.data.class_names
     tf = val_transform(run.plan)
-    k = max(1, min(topk, len(names)))
+    k = min(topk, len(names))
     paths = image_paths(inputs)
     if not paths:
         raise RecipeError("no images found in " + ", ".join(inputs), suggestion=f"image files end with {', '.join(IMG_EXTENSIONS)}")

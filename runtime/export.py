@@ -24,8 +24,8 @@ import torch
 
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.data import VAL_CROP_FRACTION
 from ftcompile.runtime.evaluate import load_run
+from ftcompile.runtime.runfiles import Sidecar, checked
 
 FORMATS = {"torchscript": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
 # The default file in the run directory: never one of the run's own files (model.pt is the
@@ -38,22 +38,23 @@ ONNX_HINT = "pip install 'ftcompile[onnx]' (onnx, onnxscript, onnxruntime)"
 
 
 def preprocessing(plan: Plan) -> dict[str, Any]:
-    """The run's validation transforms in words and numbers (see data.build_transforms)."""
-    d = plan.data
-    resize = d.image_size if d.builtin is not None else round(d.image_size / VAL_CROP_FRACTION)
+    """The run's validation transforms in words and numbers: DataSpec.val_preprocessing, the
+    rule data.build_transforms builds them by."""
+    val = plan.data.val_preprocessing
     return {
-        "resize": resize,
+        "resize": val.resize,
         "resize_means": "shorter side to `resize` pixels, bilinear, antialiased (torchvision v2.Resize)",
-        "center_crop": d.image_size,
+        "center_crop": val.crop,
         "to_float": "RGB, values / 255 into [0, 1]",
-        "mean": list(d.mean),
-        "std": list(d.std),
+        "mean": list(val.mean),
+        "std": list(val.std),
         "layout": "NCHW float32",
     }
 
 
 def sidecar(plan: Plan, fmt: str, run_dir: Path) -> dict[str, Any]:
-    return {
+    """`<file>.json`, in the shape `runfiles.read_sidecar` reads it back in (runfiles.Sidecar)."""
+    return checked(Sidecar, {
         "format": fmt,
         "classes": list(plan.data.class_names),
         "num_classes": plan.model.num_classes,
@@ -64,7 +65,7 @@ def sidecar(plan: Plan, fmt: str, run_dir: Path) -> dict[str, Any]:
         "plan_hash": plan.hash,
         "recipe": plan.recipe.get("name"),
         "run": str(run_dir),
-    }
+    })
 
 
 def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final") -> tuple[Path, Path]:
@@ -80,7 +81,7 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final"
         raise RecipeError("the output file would collide with its own sidecar .json", key="-o", suggestion=f"use a {FORMATS[fmt]} name")
     _refuse_run_files(run_dir, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = run.plan.data.image_size
+    size = run.plan.data.val_preprocessing.crop  # the input the model was validated on (ONNX keeps it fixed)
     example = torch.zeros(2, 3, size, size)
     if fmt == "torchscript":
         with warnings.catch_warnings():  # torch.jit is deprecated upstream, and still the format asked for

@@ -1,7 +1,9 @@
 """`ftcompile report`: one self-contained HTML page per set of runs, and curves.png.
 
 Everything is read from the run directory (metrics.jsonl, lr.csv, plan.json, env.json,
-summary.json, trials.csv, eval.json); figures are drawn with matplotlib (the plot extra)
+summary.json, trials.csv, eval.json), each checked by runtime/runfiles.py: a damaged or
+hand-edited file stops the report (exit 2) with the file, line and field, trials.csv and
+lr.csv are checked against plan.json too. Figures are drawn with matplotlib (the plot extra)
 and embedded as base64 PNG, so the page needs no network and no other file. Several runs
 share the curve figures (one colour per run) and get one column each in the tables.
 """
@@ -9,16 +11,16 @@ share the curve figures (one colour per run) and get one column each in the tabl
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 from pathlib import Path
 from typing import Any
 
 from ftcompile.errors import RecipeError
+from ftcompile.plan import Plan
 from ftcompile.runtime.curves import PLOT_HINT, CurveData, curves_figure, png, pyplot, shade_phases, write_curves
 from ftcompile.runtime.rundir import open_run
-from ftcompile.runtime.status import status_of
+from ftcompile.runtime.runfiles import EvalFile, as_continued, checked, read_eval, read_lr, read_trials, status_of
 
 __all__ = ["build_report", "report_command", "write_curves"]  # write_curves: curves.png, from curves.py
 SECTIONS = ("summary", "curves", "lr", "trials", "confusion", "plan", "env")
@@ -31,17 +33,18 @@ class RunData(CurveData):
         _, self.env = open_run(run_dir)  # a folder that is not a run is an error here
         super().__init__(run_dir)
         self.status, self.summary = status_of(run_dir)
-        self.lr = _read_csv(run_dir / "lr.csv")
-        self.trials = _read_csv(run_dir / "trials.csv")
-        self.eval = _eval_of(run_dir)
+        # Every file checked (runtime/runfiles.py); lr.csv and trials.csv against the plan too.
+        self.lr = as_continued(read_lr(run_dir, self.plan), self.chosen)
+        self.trials = read_trials(run_dir, self.plan)
+        self.eval = _eval_of(run_dir, self.plan)
 
 
-def _eval_of(run_dir: Path) -> dict[str, Any] | None:
-    """eval.json; for a finished run without one, evaluate now (and keep eval.json)."""
-    try:
-        return json.loads((run_dir / "eval.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        pass
+def _eval_of(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
+    """eval.json; for a finished run without one, evaluate now (and keep eval.json). A
+    damaged one is an error naming its field (read_eval), never silently replaced."""
+    result = read_eval(run_dir, plan)
+    if result is not None:
+        return result
     if not (run_dir / "model.pt").is_file():
         return None
     from ftcompile.runtime.evaluate import evaluate_run
@@ -51,16 +54,8 @@ def _eval_of(run_dir: Path) -> dict[str, Any] | None:
         result = evaluate_run(run_dir, None, "final", False)
     except RecipeError:  # e.g. the data is not on this machine: the section says so
         return None
-    write_json(run_dir / "eval.json", result)
+    write_json(run_dir / "eval.json", checked(EvalFile, result))
     return result
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
-    except OSError:
-        return []
 
 
 # ---------------------------------------------------------------- figures
@@ -70,11 +65,10 @@ def lr_figure(run: RunData) -> Any:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.5))
     shade_phases(ax, run.plan, label=True)
-    if run.lr:
-        names = [k for k in run.lr[0] if k not in ("step", "phase", "trial")]
-        steps = [int(r["step"]) for r in run.lr if not r.get("trial")]
-        for name in names:
-            ax.plot(steps, [float(r[name]) for r in run.lr if not r.get("trial")], label=name, lw=1.2)
+    if run.lr:  # as the run went on: of a trial phase, the chosen alternative's
+        steps = [r["step"] for r in run.lr]
+        for name in run.plan.param_group_names:
+            ax.plot(steps, [r[name] for r in run.lr], label=name, lw=1.2)
         ax.legend(fontsize=7, ncol=4, loc="best")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")

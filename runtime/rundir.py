@@ -17,6 +17,7 @@ from typing import Any
 from ftcompile.errors import RecipeError, os_error
 from ftcompile.plan import Plan
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
+from ftcompile.runtime.runfiles import Env, checked, continued_evals, read_env
 from ftcompile.signals import Interrupted, signum_of
 
 RUNS = Path("runs")
@@ -121,7 +122,7 @@ def _write_record(run_dir: Path, plan: Plan, recipe_text: str | None, env: dict[
         if recipe_text is not None:
             (run_dir / "recipe.toml").write_text(recipe_text, encoding="utf-8")
         (run_dir / "plan.json").write_text(plan.to_json() + "\n")
-        write_json(run_dir / "env.json", env)
+        write_json(run_dir / "env.json", checked(Env, env))
     except OSError as err:
         raise os_error(err, err.filename or run_dir) from None
 
@@ -214,14 +215,7 @@ def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
             file=run_dir,
             suggestion="pass a folder made by ftcompile run, e.g. runs/<name>/1-ab12cd34",
         )
-    plan = Plan.load(run_dir / "plan.json")
-    try:
-        env = json.loads((run_dir / "env.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise RecipeError(f"env.json is damaged: {exc}", file=run_dir / "env.json") from None
-    if not isinstance(env, dict) or not isinstance(env.get("data_root", ""), str):
-        raise RecipeError("env.json is damaged: not the record ftcompile run writes", file=run_dir / "env.json")
-    return plan, env
+    return Plan.load(run_dir / "plan.json"), read_env(run_dir)  # each checked (runtime/runfiles.py)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -410,11 +404,9 @@ def _after_run(run_dir: Path) -> None:
 def print_summary(plan: Plan, result: dict[str, Any], run_dir: Path | None = None) -> None:
     """The last evaluation of each phase, from metrics.jsonl when the run has one (so a
     resumed run shows the phases trained before the resume too)."""
-    from ftcompile.runtime.status import continued_evals
-
     last = {}
     # Of a trial phase, the chosen alternative's evaluations (session.evals keeps only those).
-    for rec in (continued_evals(run_dir) if run_dir else []) or result["evals"]:
+    for rec in (continued_evals(run_dir, plan) if run_dir else []) or result["evals"]:
         last[rec["phase"]] = rec
     top5 = any("top5" in rec for rec in last.values())
     rows = [("phase", "steps", "val_loss", "top1", *(["top5"] if top5 else []))]

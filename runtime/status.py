@@ -4,7 +4,8 @@ Written atomically at the start (status "running", with the PID and host that ho
 at each phase end, and at the end: "finished", "failed" with the error, or "interrupted" on
 Ctrl-C. A run killed outright (SIGKILL, power loss) cannot write anything: its summary stays
 "running", and `ftcompile runs` tells it from a live run by asking whether a live process
-still holds the run directory (`is_live`).
+still holds the run directory (`runfiles.is_live`). summary.json is read back, with the
+run's other files, by runtime/runfiles.py.
 
 Per-phase metrics come from the evaluations themselves (a Session hook). On resume the
 evaluations already in metrics.jsonl (truncated to the checkpoint) are read back first, so a
@@ -15,24 +16,23 @@ which adds up over the attempts.
 from __future__ import annotations
 
 import contextlib
-import csv
-import fcntl
 import json
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
+from ftcompile.runtime.runfiles import SUMMARY, Summary, as_continued, checked, chosen_alternatives, read_evals, read_summary
 from ftcompile.signals import signal_name
 
-SUMMARY = "summary.json"
-LOCK_FILE = ".lock"  # the run-directory lock (runtime/lock.py, when present) holds a flock on it
 SELECT = {"top1": max, "val_loss": min}
 
 
@@ -45,53 +45,6 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n")
     os.replace(tmp, path)
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def read_evals(run_dir: Path, size: int | None = None) -> list[dict[str, Any]]:
-    """The eval records of metrics.jsonl, or of its first `size` bytes (a half-written last
-    line is skipped)."""
-    out = []
-    try:
-        with open(run_dir / "metrics.jsonl", "rb") as fh:
-            lines = fh.read(size if size is not None else -1).decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("type") == "eval":
-            out.append(rec)
-    return out
-
-
-def chosen_alternatives(run_dir: Path) -> dict[str, int]:
-    """phase -> the alternative chosen there (trials.csv), for the trial phases decided so far."""
-    try:
-        with open(run_dir / "trials.csv", newline="") as fh:
-            return {row["phase"]: int(row["k"]) for row in csv.DictReader(fh) if row.get("chosen") == "true"}
-    except (OSError, ValueError, KeyError):
-        return {}
-
-
-def as_continued(evals: list[dict[str, Any]], chosen: dict[str, int]) -> list[dict[str, Any]]:
-    """The evaluations of the run as it went on: those outside trial phases, and in each
-    decided trial phase its chosen alternative's. (The other alternatives, and those of a
-    trial phase still running, are left out; `trial` 0 is an alternative like the others.)"""
-    return [r for r in evals if r.get("trial") in (None, "") or chosen.get(r["phase"]) == r["trial"]]
-
-
-def continued_evals(run_dir: Path, size: int | None = None) -> list[dict[str, Any]]:
-    """read_evals(), as the run went on (see as_continued)."""
-    return as_continued(read_evals(run_dir, size), chosen_alternatives(run_dir))
 
 
 def phase_table(plan: Plan, evals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,12 +77,23 @@ def best_eval(evals: list[dict[str, Any]], key: str = "top1") -> dict[str, Any] 
     return next(r for r in finite if r[key] == target)
 
 
+def _previous(run_dir: Path) -> dict[str, Any]:
+    """The summary an earlier attempt wrote (resume). A damaged one does not stop the run: it
+    is derived state, written again here; only the wall time and attempts start over."""
+    try:
+        return read_summary(run_dir) or {}
+    except RecipeError as err:
+        print(f"warning: {str(err).splitlines()[0]}; writing it again (wall time and attempts start over)",
+              file=sys.stderr)
+        return {}
+
+
 class RunStatus(Hooks):
     """Keeps summary.json up to date while a run trains (rank 0 only)."""
 
     def __init__(self, run_dir: Path, plan: Plan, resume: dict[str, Any] | None = None) -> None:
         self.run_dir, self.plan = run_dir, plan
-        previous = read_summary(run_dir) or {}
+        previous = _previous(run_dir)
         self.before = float(previous.get("wall_s") or 0.0)  # earlier attempts (resume)
         self.attempts = int(previous.get("attempts") or 0) + 1
         self.started_at = previous.get("started") or _now()
@@ -141,11 +105,11 @@ class RunStatus(Hooks):
         self.ends = {ph.end for ph in plan.phases}
 
     def write(self, status: str, error: str | None = None) -> None:
-        evals = as_continued(self.evals, chosen_alternatives(self.run_dir))
+        evals = as_continued(self.evals, chosen_alternatives(self.run_dir, self.plan))
         final = evals[-1] if evals else None
         best = best_eval(evals)
         phases = phase_table(self.plan, evals)
-        write_json(self.run_dir / SUMMARY, {
+        write_json(self.run_dir / SUMMARY, checked(Summary, {
             "status": status,
             "error": error,
             "pid": os.getpid(),
@@ -163,7 +127,7 @@ class RunStatus(Hooks):
             "final": _metrics(final) if final and status == "finished" else None,
             "last": _metrics(final) if final else None,
             "best": {**_metrics(best), "phase": best["phase"]} if best else None,
-        })
+        }))
 
     # Session hooks: the step count, and a new summary at each phase end.
     def on_step(self, session: Session, info: StepInfo) -> None:
@@ -190,64 +154,8 @@ class RunStatus(Hooks):
 
 
 def _error_text(exc: BaseException) -> str:
-    from ftcompile.errors import RecipeError
-
     if isinstance(exc, RecipeError):
         return str(exc)
     if isinstance(exc, SystemExit):
         return f"exited with code {exc.code}"
     return f"{type(exc).__name__}: {exc}"
-
-
-def is_live(run_dir: Path, summary: dict[str, Any] | None) -> bool:
-    """Whether a live process holds the run directory.
-
-    Exact where the run-directory lock exists (`.lock`, flock held by the running process:
-    the kernel drops it when that process dies, however it dies). Otherwise: the PID that
-    summary.json recorded is alive on this host (a recycled PID could fool this fallback).
-    """
-    lock = run_dir / LOCK_FILE
-    if lock.is_file():
-        held = _flock_held(lock)
-        if held is not None:
-            return held
-    if not summary or summary.get("host") != socket.gethostname():
-        return False
-    pid = summary.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _flock_held(lock: Path) -> bool | None:
-    """True / False: another process holds / nobody holds the lock; None: cannot tell."""
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # a file system without flock
-        return None
-    finally:
-        os.close(fd)  # closing drops the shared lock at once
-    return False
-
-
-def status_of(run_dir: Path) -> tuple[str, dict[str, Any] | None]:
-    """finished | running | interrupted | failed | unknown (no summary.json: an older run)."""
-    summary = read_summary(run_dir)
-    if summary is None:
-        return ("finished" if (run_dir / "model.pt").is_file() else "unknown"), None
-    status = summary.get("status", "unknown")
-    if status == "running" and not is_live(run_dir, summary):
-        status = "interrupted"
-    return status, summary

@@ -79,3 +79,38 @@ def test_an_export_never_replaces_the_runs_own_files(used_run: tuple[Path, str],
         r = cli(capsys, "export", run_dir, "--format", "torchscript", "-o", run_dir / target)
         assert r.rc == 2 and "would replace the run's own" in r.err, (target, r.err)
     assert (run_dir / "model.pt").read_bytes() == model and not (run_dir / "checkpoints" / "x.pt").exists()
+
+
+@pytest.mark.parametrize("val", ["", "val_resize = 24\nval_crop = 12"], ids=["default", "val_resize-val_crop"])
+def test_the_sidecar_is_the_runs_validation_preprocessing(tmp_path: Path, val: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The sidecar's resize, crop, mean and std are those of the transform the run validates
+    with (its val dataset's, from data.build_datasets); with val_resize / val_crop set the
+    sidecar used to say 16 / 16 (image_size) while the run validated at Resize(24) -> CenterCrop(12)."""
+    from torchvision.transforms import v2
+
+    from ftcompile.compiler import CompileOptions, compile_checked
+    from ftcompile.runtime.data import build_datasets
+    from runtime_helpers import recipe_text, write_recipe
+
+    phases = '[phases.head]\ntrain = ["head"]\nsteps = 1\nlr = { head = 0.01 }\n'
+    data = f'builtin = "digits"\nclasses = ["0", "1", "2"]\nimage_size = 16\nbatch_size = 16\nworkers = 0\n{val}'
+    plan = compile_checked(write_recipe(tmp_path, recipe_text("side", phases, data=data)), CompileOptions()).plan
+    # A finished run as far as export reads one: plan, env and a model.pt (untrained: the weights do not matter here).
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "plan.json").write_text(plan.to_json() + "\n")
+    (run_dir / "env.json").write_text(json.dumps({"data_root": str(tmp_path)}))
+    torch.save(build_model(plan.model.arch, plan.model.num_classes, plan.model.head, device="cpu").state_dict(),
+               run_dir / "model.pt")
+    r = cli(capsys, "export", run_dir, "--format", "safetensors")
+    assert r.rc == 0, r.err
+    pre = json.loads((run_dir / "model.safetensors.json").read_text())["preprocessing"]
+
+    _, val_ds, _ = build_datasets(plan.data, tmp_path, plan.data.mean, plan.data.std)
+    steps = {type(t): t for t in val_ds.transform.transforms}
+    resize, crop, norm = steps[v2.Resize], steps[v2.CenterCrop], steps[v2.Normalize]
+    assert [pre["resize"]] == list(resize.size) and [pre["center_crop"]] * 2 == list(crop.size)
+    assert pre["mean"] == list(norm.mean) and pre["std"] == list(norm.std)
+    assert val_ds[0][0].shape[-2:] == (pre["center_crop"],) * 2
+    expected = (24, 12) if val else (16, 16)  # the builtin digits: Resize(image_size), no margin to crop
+    assert (pre["resize"], pre["center_crop"]) == expected
