@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="LR.png", help="draw the LR curves (needs matplotlib)")
     p.add_argument("--all-changes", action="store_true", help="list every change, not only the first 200")
     p.add_argument("--wide", action="store_true", help="lines as long as they need (default: at most 100 columns)")
+    p.add_argument("--estimate", action="store_true",
+                   help="add each phase's memory, FLOPs and time (a fake-tensor step per phase; times need `ftcompile calibrate`)")
     _sizes(p)
     _set(p)
     p.set_defaults(func=cmd_plan)
@@ -89,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-data", action="store_true", help="a data folder that is not here is an error (default: check the rest)")
     p.add_argument("--marked-only", action="store_true",
                    help="skip .toml files whose first line is not '#:schema ...recipe.schema.json' (for pre-commit)")
+    p.add_argument("--estimate", action="store_true",
+                   help="estimate each phase's peak memory and warn where it exceeds this device's (the GPU's, else the RAM)")
+    p.add_argument("--device-memory", metavar="SIZE", type=_memory_size,
+                   help="a phase whose estimated peak exceeds SIZE (e.g. 24GB; binary units, as GPUs count) fails the check")
     _sizes(p)
     _set(p)
     p.set_defaults(func=cmd_check)
@@ -134,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR")
     p.set_defaults(func=cmd_rerun)
     _add_use_commands(sub)
+    _add_calibrate(sub)
     return parser
 
 
@@ -208,12 +215,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 fh.writelines(render.trace_lines(plan, rows))
         if args.plot:
             render.plot(plan, rows, Path(args.plot))
+    cost = _estimate(plan, args.recipe) if args.estimate else None
     if args.json:
-        print(plan.to_json())
+        # The estimate rides beside the plan, outside its hash (Plan.from_dict ignores it).
+        print(plan.to_json() if cost is None else
+              json.dumps({**plan.to_dict(), "hash": plan.hash, "estimate": cost.to_dict()}, indent=1, sort_keys=True, allow_nan=False))
     else:
         # With -o the plan is in the file: print the summary, not the change list.
         print(render.render(plan, max_changes=10**9 if args.all_changes else 200, wide=args.wide,
                             summary=bool(args.output) and not args.all_changes))
+        if cost is not None:
+            from ftcompile import estimate
+
+            print(estimate.render(cost))
         for what, path in (("plan", args.output), ("trace", args.trace), ("plot", args.plot)):
             if path:
                 print(f"wrote {what}: {path}")
@@ -245,6 +259,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             verified = f", {images} images verified" if images is not None else ""
             print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}{verified}")
             _warn_memory(plan, path)
+        if args.estimate or args.device_memory:
+            failed += _check_cost(plan, path, args.device_memory)
     return 2 if failed else 0
 
 
@@ -407,6 +423,105 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from ftcompile.runtime.runs import runs_command
 
     return runs_command(Path(args.root), args.json)
+
+
+CALIBRATE_EPILOG = """examples:
+  ftcompile calibrate                              a standard resnet18 on this machine's default device
+  ftcompile calibrate recipes/quickstart.toml      the recipe's model, image size, batch and precision
+  ftcompile calibrate r.toml --device cuda --steps 5
+
+The profile is stored per device, torch version and precision under $XDG_CACHE_HOME/ftcompile/profiles
+(default ~/.cache); `ftcompile plan R --estimate` turns FLOPs into time with it and names the one it used.
+"""
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="time a few training steps to make the device profile plan --estimate uses",
+                       epilog=CALIBRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", nargs="?", help="recipe .toml (default: a standard resnet18)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: the recipe's run.device (auto: cuda when visible)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the recipe's run.precision (fp32)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per phase setup (default 3; one more warms up)")
+    _sizes(p)
+    _set(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _memory_size(text: str) -> int:
+    from ftcompile.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _estimate(plan, where: str | Path, memory: tuple[int | None, str] | None = None):
+    """The plan's cost; warnings about phases that may not fit go to stderr."""
+    # Imported here, not at the top: the estimate imports torchvision and FakeTensorMode
+    # (torch._dynamo) and runs a fake step per phase; plain `plan` never pays for it.
+    from ftcompile import calibrate, estimate
+
+    rates = calibrate.find(estimate.run_device(plan), plan.run.precision, plan.model.arch)
+    cost = estimate.estimate(plan, rates, memory)
+    for line in estimate.warnings(cost):
+        print(f"{where}: {line}", file=sys.stderr)
+    return cost
+
+
+def _check_cost(plan, path: str, device_memory: int | None) -> int:
+    """check --estimate / --device-memory: one line of peaks; with --device-memory, a phase
+    that may not fit is a failure (1), else a warning (0)."""
+    from ftcompile import estimate
+
+    memory = (device_memory, "--device-memory") if device_memory else None
+    cost = _estimate(plan, path, memory)
+    peaks = ", ".join(f"{p.phase}{'' if p.trial is None else f'/{p.trial}'} {estimate.gib(p.peak_range[1])}" for p in cost.phases)
+    over = [p for p in cost.phases if cost.device_memory and p.peak_range[1] > cost.device_memory]
+    if device_memory and over:
+        print(f"FAIL {path}: {len(over)} phase(s) may not fit in {estimate.gib(device_memory)} (estimated peaks: {peaks})")
+        return 1
+    print(f"     {path}: estimated peaks {peaks} of {estimate.gib(cost.device_memory or 0)} ({cost.device_memory_source})")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Time a few steps of the recipe's model (or a standard one) and store the device profile."""
+    import tempfile
+
+    from ftcompile import calibrate, estimate
+
+    if args.steps < 1:
+        raise RecipeError(f"--steps {args.steps}: at least 1", key="--steps", suggestion="e.g. --steps 3")
+    if args.recipe:
+        plan = _compile(args.recipe, args)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "standard.toml"
+            path.write_text(calibrate.STANDARD.format(image_size=128, batch_size=16))
+            plan = _compile(str(path), args)
+    overrides = {"precision": args.precision} if args.precision else {}
+    if args.device:
+        overrides["device"] = args.device
+    if overrides:
+        from dataclasses import replace
+
+        plan = replace(plan, run=replace(plan.run, **overrides))
+    device = estimate.run_device(plan)
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RecipeError("--device cuda: no CUDA device is visible here", key="--device",
+                              suggestion="calibrate on the machine that will run, or use --device cpu")
+    print(f"calibrating {plan.model.arch} on {device} ({calibrate.device_name(device)}), {plan.run.precision}")
+    rates = calibrate.calibrate(plan, device, steps=args.steps)
+    path = calibrate.store(device, plan.run.precision, rates)
+    print(f"forward {rates.fwd_flops_per_s / 1e9:.1f} GFLOP/s, backward {rates.bwd_flops_per_s / 1e9:.1f} GFLOP/s, "
+          f"optimizer {rates.opt_params_per_s / 1e6:.0f} M params/s; predictions within "
+          f"{rates.spread[0]:.2f}-{rates.spread[1]:.2f}x of these steps")
+    print(f"wrote profile: {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,3 +82,19 @@ def warning(plan: Any, available: int | None = None) -> str | None:
         return None
     return (f"warning: parameters, gradients and optimizer state alone need {size(m.total)}, more than this "
             f"machine's {size(available)} of memory (check model.num_classes and model.head)")
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'24GB', '24 GiB', '80G', '512MB' -> bytes. Binary units throughout: a "24 GB" GPU has
+    24 GiB, which is what nvidia-smi and torch.cuda report."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if m is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a memory size; write e.g. 24GB, 80GiB or 512MB")
+    return int(float(m.group(1)) * _UNITS[unit])

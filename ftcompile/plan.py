@@ -356,7 +356,8 @@ class Plan:
                 suggestion="compile the recipe again with this ftcompile: ftcompile plan RECIPE -o plan.json",
             )
         stored = data.get("hash")
-        body = {k: v for k, v in data.items() if k != "hash"}
+        # `plan --json --estimate` prints the cost estimate beside the plan: not part of it.
+        body = {k: v for k, v in data.items() if k not in ("hash", "estimate")}
         if stored != plan_hash(body):
             raise RecipeError(
                 "plan hash does not match its content (edited by hand or damaged)",

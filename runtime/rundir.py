@@ -373,17 +373,20 @@ def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, 
     if not d.main:
         train(plan, run_dir, root, state, d, upstream=upstream)
         return
+    from ftcompile.runtime import cost
     from ftcompile.runtime.status import RunStatus
     from ftcompile.runtime.tensorboard import log_hooks
 
     status = RunStatus(run_dir, plan, state)
     try:
-        with status.tracking(), log_hooks(plan, run_dir) as hooks:  # summary.json; TensorBoard when asked
-            result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, *hooks])
+        # summary.json; TensorBoard when asked; peak memory per phase (runtime/cost.py)
+        with status.tracking(), log_hooks(plan, run_dir) as hooks, cost.metered(plan) as meter:
+            result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, meter, *hooks])
     except KeyboardInterrupt as exc:
         # Ctrl-C or SIGTERM: the checkpoints on disk are complete (atomic writes); say how to go on.
         raise Interrupted(signum_of(exc), f"interrupted; continue with `ftcompile resume {run_dir}`") from None
     print_summary(plan, result, run_dir)
+    print(cost.table(plan, run_dir))  # estimate against measurement, so a wrong estimate is seen
     _after_run(run_dir)
     print(run_dir)
 
