@@ -273,17 +273,47 @@ def _warn(text: str) -> None:
 
 
 def load_newest(
-    folder: Path, map_location: str | torch.device = "cpu", move_bad: bool = True, warn: Callable[[str], None] = _warn
+    folder: Path, map_location: str | torch.device = "cpu", move_bad: bool = True, warn: Callable[[str], None] = _warn,
+    plan_hash: str | None = None,
 ) -> dict[str, Any] | None:
-    """The newest checkpoint that loads and matches its digest, or None.
+    """The newest good checkpoint (see `find_newest`), or None."""
+    found = find_newest(folder, map_location, move_bad, warn, plan_hash)
+    return found[1] if found else None
+
+
+def find_newest(
+    folder: Path, map_location: str | torch.device = "cpu", move_bad: bool = True, warn: Callable[[str], None] = _warn,
+    plan_hash: str | None = None,
+) -> tuple[Path, dict[str, Any]] | None:
+    """(file, checkpoint) of the newest checkpoint that loads, matches its digest and, given
+    `plan_hash`, belongs to that plan; None when there is none.
 
     Each bad file met on the way is named (and, with `move_bad`, moved to damaged/ so it
-    never shadows or outnumbers the checkpoints written from here on).
+    never shadows or outnumbers the checkpoints written from here on). A checkpoint of
+    another plan (copied in from another run) is bad like a damaged one, as long as the run
+    has one of its own to fall back to; when every good checkpoint belongs to another plan,
+    plan.json itself is what changed: that is an error, and nothing is moved.
     """
+    passed: list[tuple[Path, str]] = []  # bad files newer than the one returned
+    foreign: Path | None = None
     for path in reversed(list_checkpoints(folder)):
         state, why = verify(path, map_location)
+        if state is not None and plan_hash is not None and state.get("plan_hash") != plan_hash:
+            why = f"belongs to another plan ({str(state.get('plan_hash'))[:8]}; this run's plan is {plan_hash[:8]})"
+            state, foreign = None, foreign or path
         if state is not None:
-            return state
+            _fall_back(passed, move_bad, warn)
+            return path, state
+        passed.append((path, why))
+    if foreign is not None:
+        raise RecipeError(f"the checkpoint belongs to another plan: it {dict(passed)[foreign]}, and no checkpoint "
+                          f"in {folder} belongs to this run's plan.json", file=foreign,
+                          suggestion="start a new run (ftcompile run RECIPE), or restore the plan.json the run was made with")
+    _fall_back(passed, move_bad, warn)
+    return None
+
+
+def _fall_back(passed: list[tuple[Path, str]], move_bad: bool, warn: Callable[[str], None]) -> None:
+    for path, why in passed:
         where = f"; moved to {set_aside(path)}" if move_bad else ""
         warn(f"checkpoint {path} {why}{where}; falling back to the one before")
-    return None

@@ -1,18 +1,24 @@
 """What a run writes as it goes: metrics.jsonl, lr.csv, and the terminal's progress line.
 
-Only rank 0 writes. The two files are flushed at each checkpoint and their lengths stored in
-it, so a resumed run truncates them to exactly what the checkpoint had seen.
+Only rank 0 writes. The logs are flushed at each checkpoint and their lengths stored in it,
+so a resumed run truncates them to exactly what the checkpoint had seen. The checkpoint also
+stores how many lines each log held then and a sha256 of those bytes: the logs are part of
+the run's state, and a resume first checks that they still hold every record up to its
+checkpoint (`check_logs`) rather than continue a log with a hole in it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from ftcompile.errors import RecipeError, os_error
 
 
 @dataclass
@@ -23,6 +29,7 @@ class Logs:
     names: list[str]
     enabled: bool = True  # only rank 0 writes
     trials: bool = False  # the plan has trial phases: trials.csv too
+    _digests: dict[str, "_Digest"] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.enabled:
@@ -45,21 +52,51 @@ class Logs:
         if self.enabled and self.trial_rows is not None:
             csv.writer(self.trial_rows, lineterminator="\n").writerows(rows)
 
+    def _files(self) -> dict[str, Any]:
+        files = {"metrics.jsonl": self.metrics, "lr.csv": self.lr, "trials.csv": self.trial_rows}
+        return {name: fh for name, fh in files.items() if fh is not None}
+
     def sizes(self) -> dict[str, int]:
         if not self.enabled:
             return {}
-        files = {"metrics.jsonl": self.metrics, "lr.csv": self.lr, "trials.csv": self.trial_rows}
-        for fh in files.values():
-            if fh is not None:
-                fh.flush()
-        return {name: fh.tell() for name, fh in files.items() if fh is not None}
+        for fh in self._files().values():
+            fh.flush()
+        return {name: fh.tell() for name, fh in self._files().items()}
+
+    def digests(self) -> dict[str, dict[str, Any]]:
+        """Per log, {size, lines, sha256} of everything written so far, for a checkpoint:
+        what `check_logs` expects to find again on resume."""
+        out = {}
+        for name, size in self.sizes().items():
+            if name not in self._digests:
+                self._digests[name] = _Digest(open(self.folder / name, "rb"))
+            out[name] = self._digests[name].upto(size)
+        return out
 
     def close(self) -> None:
         if not self.enabled:
             return
-        for fh in (self.metrics, self.lr, self.trial_rows):
-            if fh is not None:
-                fh.close()
+        for fh in (*self._files().values(), *(d.reader for d in self._digests.values())):
+            fh.close()
+
+
+class _Digest:
+    """sha256 and line count of a log's first bytes, carried forward: each checkpoint reads
+    only what was appended since the one before (the whole file is read once per process)."""
+
+    def __init__(self, reader: BinaryIO) -> None:
+        self.reader, self.sha, self.size, self.lines = reader, hashlib.sha256(), 0, 0
+
+    def upto(self, size: int) -> dict[str, Any]:
+        self.reader.seek(self.size)
+        while self.size < size:
+            chunk = self.reader.read(min(1 << 20, size - self.size))
+            if not chunk:
+                break
+            self.sha.update(chunk)
+            self.size += len(chunk)
+            self.lines += chunk.count(b"\n")
+        return {"size": self.size, "lines": self.lines, "sha256": self.sha.hexdigest()}
 
 
 TRIALS_HEADER = ["phase", "k", "label", "val_loss", "val_top1", "val_top5", "chosen"]
@@ -81,6 +118,40 @@ def truncate_logs(folder: Path, sizes: dict[str, int]) -> None:
         if path.exists():
             with open(path, "r+b") as fh:
                 fh.truncate(size)
+
+
+def check_logs(folder: Path, state: dict[str, Any], checkpoint: str) -> None:
+    """Before a resume cuts the logs back to its checkpoint: each log still holds every byte
+    that checkpoint had seen, unchanged (a file missing, cut short or edited before that point
+    is a RecipeError naming it; what follows that point was logged after the checkpoint and is
+    cut, as expected). A checkpoint of an older ftcompile stored only sizes: only they are checked."""
+    step = state["step"]
+    for name, size in state.get("logs", {}).items():
+        path, want = folder / name, state.get("log_digests", {}).get(name)
+        header = 1 if name.endswith(".csv") else 0  # a CSV's first line names its columns
+        try:
+            reader = open(path, "rb")
+        except FileNotFoundError:
+            held = f"{max(want['lines'] - header, 0)} records" if want else f"{size} bytes"
+            raise RecipeError(f"{name} is missing: it held the {held} up to step {step} that checkpoint {checkpoint} "
+                              "expects", file=path, suggestion=_RESTORE) from None
+        except OSError as err:
+            raise os_error(err, path) from None
+        with reader:
+            got = _Digest(reader).upto(size)
+        if got["size"] < size:
+            held = (f"{max(got['lines'] - header, 0)} of the {max(want['lines'] - header, 0)} records" if want
+                    else f"{got['size']} of the {size} bytes")
+            raise RecipeError(f"{name} holds {held} up to step {step} that checkpoint {checkpoint} expects",
+                              file=path, suggestion=_RESTORE)
+        if want and got["sha256"] != want["sha256"]:
+            raise RecipeError(f"{name} was changed before step {step}: its first {max(want['lines'] - header, 0)} "
+                              f"records differ from those checkpoint {checkpoint} recorded (sha256)",
+                              file=path, suggestion=_RESTORE)
+
+
+_RESTORE = ("restore the file as the run left it (resuming now would give a log with a hole in it), "
+            "or repeat the run from its recipe: ftcompile rerun RUN_DIR")
 
 
 class Progress:

@@ -283,6 +283,7 @@ class Session:
             "next_change": self.next_change,  # changes before it are applied; data position = step
             "plan_hash": self.plan.hash,
             "logs": self.logs.sizes() if self.logs else {},
+            "log_digests": self.logs.digests() if self.logs else {},  # resume checks the logs against it
             "watch": copied(self.watch.state()),
             **({"ema": copied(self.ema.state_dict())} if self.ema else {}),
             "trials": self.trials.record(),

@@ -242,17 +242,20 @@ def resume_run(run_dir: Path) -> int:
         if d.main:
             for line in changed_since(run_dir, plan, env):
                 print(line, file=sys.stderr)
-        state = checkpoint.load_newest(run_dir / "checkpoints", move_bad=d.main)
-        if state is not None and state.get("plan_hash") != plan.hash:
-            raise RecipeError("the checkpoint belongs to another plan", file=run_dir, suggestion="start a new run")
-        if state is None:
-            print("no complete checkpoint: starting from step 0", file=sys.stderr)
-            from ftcompile.runtime.logs import truncate_logs
+        # The newest good checkpoint of this plan (damaged ones and other plans' are set aside).
+        found = checkpoint.find_newest(run_dir / "checkpoints", move_bad=d.main, plan_hash=plan.hash)
+        from ftcompile.runtime.logs import check_logs, truncate_logs
 
+        state = found[1] if found else None
+        if found is None:
+            print("no complete checkpoint: starting from step 0", file=sys.stderr)
             if d.main:
                 truncate_logs(run_dir, {"metrics.jsonl": 0, "lr.csv": 0, "trials.csv": 0})
-        elif d.main:
-            print(f"resuming at step {state['step']} of {plan.total_steps}", file=sys.stderr)
+        else:
+            # The logs are part of the state: every record up to the checkpoint is still there.
+            _main_then_all(d, lambda: check_logs(run_dir, found[1], found[0].name))
+            if d.main:
+                print(f"resuming at step {found[1]['step']} of {plan.total_steps}", file=sys.stderr)
         distributed.barrier(d)
         _train(plan, run_dir, root, state, d)
     distributed.shutdown(d)

@@ -135,11 +135,12 @@ def test_run_checkpoint_holds_everything_and_loads_weights_only(run_a: Recorded)
     # keep_checkpoints = "boundaries": once finished, the phase starts; the rest deleted
     assert [int(p.stem.split("-")[1]) for p in files] == [4, 10, 13]
     state = torch.load(files[2], map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs", "digest", "watch", "trials", "executed"}
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs", "log_digests", "digest", "watch", "trials", "executed"}
     assert state["step"] == 13 and state["plan_hash"] == plan.hash
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["scheduler"] is None  # phase `constant` has no scheduler
-    assert set(state["logs"]) == {"metrics.jsonl", "lr.csv"}
+    assert set(state["logs"]) == set(state["log_digests"]) == {"metrics.jsonl", "lr.csv"}
+    assert all(state["log_digests"][name]["size"] == size for name, size in state["logs"].items())
     # the next change to apply is the first one after the checkpoint
     assert plan.changes[state["next_change"] - 1].op == "checkpoint" and plan.changes[state["next_change"] - 1].step == 13
 

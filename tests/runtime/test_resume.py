@@ -3,6 +3,7 @@ model.pt, metrics.jsonl and lr.csv, whether it stopped at a checkpoint or was ki
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import ftcompile.runtime.checkpoint as checkpoint
 from runtime_helpers import (
@@ -142,4 +144,130 @@ def test_sigkill_then_resume_is_bitwise_identical(baseline: Path, tmp_path: Path
     result = cli_process("resume", run_dir, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming at step" in result.stderr
+    assert_same_run(baseline, run_dir)
+
+
+# ---------------------------------------------------------------- issue 17 §4: the logs are part of the state
+
+
+def fingerprint(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes, but the run lock's (.lock, which resume takes first: a run made it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+def cut_lr_csv(run_dir: Path) -> None:
+    """lr.csv cut in the middle of step 3's row: its header, steps 0-2 and half a row remain."""
+    data = (run_dir / "lr.csv").read_bytes()
+    lines = data.splitlines(keepends=True)
+    (run_dir / "lr.csv").write_bytes(b"".join(lines[:4]) + lines[4][:5])
+
+
+def edit_metrics(run_dir: Path) -> None:
+    """One digit of step 1's loss changed: the file keeps its length and stays valid JSON."""
+    data = bytearray((run_dir / "metrics.jsonl").read_bytes())
+    at = data.index(b'"loss": ', data.index(b'"step": 1,')) + len(b'"loss": 0.')
+    data[at] = ord("1") if data[at] != ord("1") else ord("2")
+    (run_dir / "metrics.jsonl").write_bytes(bytes(data))
+
+
+# (what was done to the logs, the words of the message). Checkpoint step 7 had seen 7 step
+# records (steps 0-6) in each log, and metrics.jsonl the evaluation at step 4 (a phase end).
+DAMAGE = {
+    "metrics.jsonl-deleted": (lambda d: (d / "metrics.jsonl").unlink(),
+                              "metrics.jsonl: metrics.jsonl is missing: it held the 8 records up to step 7 that "
+                              "checkpoint step-00000007.pt expects"),
+    "lr.csv-cut-before-the-checkpoint": (cut_lr_csv,
+                                         "lr.csv: lr.csv holds 3 of the 7 records up to step 7 that checkpoint "
+                                         "step-00000007.pt expects"),
+    "metrics.jsonl-edited-before-the-checkpoint": (edit_metrics,
+                                                   "metrics.jsonl: metrics.jsonl was changed before step 7: its first 8 "
+                                                   "records differ from those checkpoint step-00000007.pt recorded"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_resume_refuses_logs_that_lost_records_before_its_checkpoint(
+    baseline: Path, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resuming would continue a log with a hole in it (and `runs` would count the phases
+    the log still shows): exit 2 naming the file, with the checkpoint and the run untouched."""
+    run_dir = stopped_at(baseline, 7, tmp_path / "run")
+    do, words = DAMAGE[damage]
+    do(run_dir)
+    before = fingerprint(run_dir)
+    result = cli(capsys, "resume", run_dir)
+    assert result.rc == 2, result.err
+    assert result.err.startswith(f"error: {run_dir}/{words}"), result.err
+    assert "Traceback" not in result.err and "resuming at step" not in result.err
+    assert fingerprint(run_dir) == before
+
+
+def test_check_logs_covers_trials_csv(tmp_path: Path) -> None:
+    """trials.csv is appended like the others: an edited row before the checkpoint is refused."""
+    from ftcompile.errors import RecipeError
+    from ftcompile.runtime.logs import Logs, check_logs
+
+    logs = Logs(tmp_path, ["head"], trials=True)
+    logs.record({"type": "step", "step": 0})
+    logs.trial_results([{"phase": "p", "k": 0, "label": "a", "val_loss": 0.5, "chosen": "true"}])
+    state = {"step": 1, "logs": logs.sizes(), "log_digests": logs.digests()}
+    logs.close()
+    assert state["log_digests"]["trials.csv"]["lines"] == 2  # the header and one row
+    check_logs(tmp_path, state, "step-00000001.pt")  # as written: accepted
+    data = (tmp_path / "trials.csv").read_bytes()
+    (tmp_path / "trials.csv").write_bytes(data[:-2] + b"X\n")  # the row's last character
+    with pytest.raises(RecipeError, match="trials.csv was changed before step 1: its first 1 records differ"):
+        check_logs(tmp_path, state, "step-00000001.pt")
+
+
+def without_log_digests(path: Path) -> None:
+    """The checkpoint as ftcompile before issue 17 wrote it: log sizes, no log digests."""
+    state = torch.load(path, weights_only=True)
+    state.pop("digest"), state.pop("log_digests")
+    checkpoint.atomic_save({**state, "digest": checkpoint.content_digest(state)}, path)
+
+
+@pytest.mark.slow
+def test_an_older_checkpoint_without_log_digests_resumes_and_its_sizes_are_checked(
+    baseline: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = stopped_at(baseline, 7, tmp_path / "cut")
+    without_log_digests(run_dir / "checkpoints" / "step-00000007.pt")
+    cut_lr_csv(run_dir)
+    recorded = torch.load(run_dir / "checkpoints" / "step-00000007.pt", weights_only=True)["logs"]["lr.csv"]
+    result = cli(capsys, "resume", run_dir)
+    assert result.rc == 2, result.err
+    assert (f"lr.csv: lr.csv holds {(run_dir / 'lr.csv').stat().st_size} of the {recorded} bytes up to step 7 "
+            "that checkpoint step-00000007.pt expects") in result.err
+
+    run_dir = stopped_at(baseline, 7, tmp_path / "run")
+    without_log_digests(run_dir / "checkpoints" / "step-00000007.pt")
+    result = cli(capsys, "resume", run_dir)
+    assert result.rc == 0 and "resuming at step 7 of 17" in result.err, result.err
+    assert_same_run(baseline, run_dir)
+
+
+# ---------------------------------------------------------------- issue 17 §7: a checkpoint of another plan
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_plan_as_the_newest_file_is_set_aside(
+    baseline: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Copied in from another run (a good file: it loads and its digest matches): named, moved
+    to damaged/ like a damaged one, and the run resumes bitwise from its own newest."""
+    run_dir = stopped_at(baseline, 7, tmp_path / "run")
+    state = torch.load(baseline / "checkpoints" / "step-00000010.pt", weights_only=True)
+    state.pop("digest")
+    state["plan_hash"] = "f" * 64
+    foreign = run_dir / "checkpoints" / "step-00000010.pt"
+    checkpoint.atomic_save({**state, "digest": checkpoint.content_digest(state)}, foreign)
+    result = cli(capsys, "resume", run_dir)
+    assert result.rc == 0, result.err
+    assert (f"warning: checkpoint {foreign} belongs to another plan (ffffffff; this run's plan is "
+            f"{json.loads((run_dir / 'plan.json').read_text())['hash'][:8]}); moved to "
+            f"{run_dir / 'checkpoints' / 'damaged' / 'step-00000010.pt'}; falling back to the one before") in result.err
+    assert "resuming at step 7 of 17" in result.err
+    assert (run_dir / "checkpoints" / "damaged" / "step-00000010.pt").is_file()
     assert_same_run(baseline, run_dir)
