@@ -336,6 +336,13 @@ class Plan:
         chosen = {ph.name: 0 for ph in self.phases if ph.name == phase and ph.trials}
         return sum(1 for c in self.trial_changes(chosen) if c.op == Op.EVALUATE and c.target == phase)
 
+    def evaluations(self, phase: str) -> int:
+        """The evaluations the plan holds for a phase. A trial phase's are in its alternatives'
+        change lists (the main list holds one `trial` change): every alternative runs the same
+        window at the same cadence, so the first one's are counted."""
+        chosen = {ph.name: 0 for ph in self.phases if ph.name == phase and ph.trials}
+        return sum(1 for c in self.trial_changes(chosen) if c.op == Op.EVALUATE and c.target == phase)
+
     def phase_at(self, step: int) -> PhasePlan:
         for phase in self.phases:
             if phase.begin <= step < phase.end:
@@ -411,9 +418,11 @@ def check_fields(body: dict[str, Any], source: str) -> None:
 
     recipe = body.get("recipe")
     name = recipe.get("name") if isinstance(recipe, dict) else None
-    if not isinstance(name, str) or not re.fullmatch(SLUG, name) or len(name) > MAX_NAME:
+    slug = isinstance(name, str) and re.fullmatch(SLUG, name) and len(name) <= MAX_NAME
+    problem = folder_name_problem(name) if slug else "is not a slug"  # a slug may still be a Windows device: con
+    if problem:
         raise RecipeError(
-            f"recipe name {name!r} is not a slug (it names the run directory runs/<name>/)",
+            f"recipe name {name!r} {problem} (it names the run directory runs/<name>/)",
             file=source,
             key="recipe.name",
             suggestion="use lower-case letters, digits, '.', '_' and '-'; compile the recipe with ftcompile plan -o",
@@ -426,7 +435,8 @@ def check_fields(body: dict[str, Any], source: str) -> None:
         phase_name = phase.get("name") if isinstance(phase, dict) else None
         problem = folder_name_problem(phase_name) if isinstance(phase_name, str) else "is not a string"
         if problem:
-            raise RecipeError(f"phase name {phase_name!r} {problem}", file=source, key=f"phases[{i}].name",
+            raise RecipeError(f"phase name {phase_name!r} {problem} (it names the folder trials/<phase>/)",
+                              file=source, key=f"phases[{i}].name",
                               suggestion="compile the recipe with ftcompile plan -o")
     model = body.get("model")
     weights = model.get("weights") if isinstance(model, dict) else None

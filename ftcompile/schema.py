@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
 from ftcompile.load import LoadedRecipe
@@ -26,18 +27,48 @@ MAX_NAME = 128  # the name is a folder name: runs/<name>/
 MAX_SEED = 2**32 - 1  # numpy's seed range; the runtime seeds numpy with it
 
 
+# Names Windows keeps for devices: no file or folder can have one, in any case and with any
+# extension (`con`, `NUL`, `aux.txt`, `com1.d`), so a run directory holding one cannot be
+# copied to Windows or made there.
+WINDOWS_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"{port}{n}" for port in ("com", "lpt") for n in "0123456789¹²³")})
+# Characters no Windows file name holds, besides '/', '\\' and the control characters.
+WINDOWS_FORBIDDEN = '<>:"|?*'
+
+
 def folder_name_problem(name: str) -> str | None:
-    """Why `name` cannot name one folder inside a run directory, or None. A phase name is
-    one: trials/<phase>/ (`..` or a `/` in it would write outside the run directory)."""
+    """Why `name` cannot name one folder inside a run directory, on any system, or None.
+    The recipe name is one (runs/<name>/), and a phase name too: trials/<phase>/ (`..` or a
+    `/` in it would write outside the run directory)."""
     if name in ("", ".", ".."):
         return "is not a folder name"
     if any(c in name for c in "/\\\0"):
-        return "holds a '/', '\\' or NUL (it names the folder trials/<phase>/)"
+        return "holds a '/', '\\' or NUL"
     if len(name) > MAX_NAME:
         return f"is longer than {MAX_NAME} characters"
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        return "holds a control character (a newline, a tab ...)"
+    forbidden = sorted({c for c in name if c in WINDOWS_FORBIDDEN})
+    if forbidden:
+        return f"holds {' '.join(forbidden)}, which Windows does not allow in a folder name"
+    if name[-1] in ". ":
+        return "ends with '.' or a space, which Windows drops from a folder name"
+    stem = name.split(".")[0].rstrip(" ")
+    if stem.lower() in WINDOWS_RESERVED:
+        return f"is a name Windows reserves for a device ({stem.upper()}, with any extension): no folder can have it"
     return None
 
 
+def _phase_name(name: str) -> str:
+    """A phase name is a folder name (trials/<phase>/); checked as a key, so the error names
+    phases.<name> and its line."""
+    problem = folder_name_problem(name)
+    if problem:
+        raise PydanticCustomError("folder_name", "{text}", {
+            "text": f"the phase name {problem} (it names the folder trials/<phase>/)"})
+    return name
+
+
+PhaseName = Annotated[str, AfterValidator(_phase_name)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
 LR = Union[Annotated[float, Field(gt=0.0)], str]
@@ -410,18 +441,18 @@ class Recipe(Strict):
         "`name = [selectors]`: an alias (`head`, `stem`, `stage1`.., `backbone`), a module name (`layer4.1`) "
         'or a glob over module and parameter names; unset: `head = ["head"]`, `backbone = ["backbone"]`; '
         "parameters no group selects form the group `rest`"))
-    phases: Annotated[dict[str, Phase], Field(min_length=1, description=(
+    phases: Annotated[dict[PhaseName, Phase], Field(min_length=1, description=(
         "`[phases.<name>]`: the phases of training, in the order their `after` edges give"))]
     run: Run = Field(Run(), description="how the plan is carried out")
 
-    @field_validator("phases")
+    @field_validator("name")
     @classmethod
-    def _phase_names(cls, phases: dict[str, Phase]) -> dict[str, Phase]:
-        for name in phases:
-            problem = folder_name_problem(name)
-            if problem:
-                raise ValueError(f"phase name {name!r} {problem}; use letters, digits, '.', '_' and '-'")
-        return phases
+    def _folder_name(cls, name: str) -> str:
+        problem = folder_name_problem(name)
+        if problem:
+            raise PydanticCustomError("folder_name", "{text}", {
+                "text": f"the recipe name {problem} (it names the run directory runs/<name>/)"})
+        return name
 
     @field_validator("groups")
     @classmethod
@@ -515,6 +546,8 @@ _HINTS = {
     "too_short": "give at least {min_length} item(s)",
     "literal_error": "use one of: {expected}",
     "string_pattern_mismatch": "use lower-case letters, digits, '.', '_' and '-' (a slug)",
+    "folder_name": "choose another name: letters, digits, '.', '_' and '-', and not one Windows reserves "
+    "(con, prn, aux, nul, com0-com9, lpt0-lpt9, also with an extension)",
     "int_parsing": "write a whole number, without quotes",
     "int_type": "write a whole number, without quotes",
     "int_from_float": "write a whole number",

@@ -184,7 +184,7 @@ def test_a_phase_name_is_one_folder_name_in_a_recipe_and_in_a_plan(write: Writer
     with pytest.raises(RecipeError) as info:
         compile_recipe(write(DIGITS.replace("[phases.warm]", f"[phases.{json.dumps(phase)}]")
                              .replace('after = ["warm"]', f"after = [{json.dumps(phase)}]")))
-    assert "phase name" in str(info.value) and info.value.key == "phases"
+    assert "phase name" in str(info.value) and info.value.key == f"phases.{phase}"  # with the line of [phases."<name>"]
 
 
 def test_an_upstream_plan_inside_a_plan_is_checked_too(write: Writer, tmp_path: Path) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import json
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import load_recipe
@@ -181,3 +185,61 @@ def test_json_schema() -> None:
     schema = json_schema()
     assert "phases" in schema["properties"] and "extends" in schema["properties"]
     assert schema["additionalProperties"] is False
+
+
+# ---------------------------------------------------------------- names that become folders, on every system
+
+RESERVED = ["con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stem=st.sampled_from(RESERVED), upper=st.lists(st.booleans(), min_size=4, max_size=4),
+       ext=st.sampled_from(["", ".txt", ".d", ".1.x"]), where=st.sampled_from(["phase", "recipe"]))
+def test_windows_device_names_are_refused(write: Writer, tiny: str, stem: str, upper: list[bool], ext: str,
+                                          where: str) -> None:
+    """CON, nul, Aux.txt, com1.d ... name no folder on Windows: not as runs/<name>/ nor trials/<phase>/."""
+    name = "".join(c.upper() if u else c for c, u in zip(stem, upper)) + stem[len(upper):] + ext
+    if where == "recipe":
+        if name != name.lower():
+            return  # not a slug: refused as before
+        text = tiny.replace('name = "tiny"', f'name = "{name}"')
+        key, line = "name", 1
+    else:
+        text = tiny.replace("[phases.full]", f'[phases."{name}"]')
+        key, line = f"phases.{name}", line_no(text, f'[phases."{name}"]')
+    errors = errors_of(write(text))
+    assert [(e.key, e.line) for e in errors] == [(key, line)]
+    assert f"Windows reserves for a device ({name.split('.')[0].upper()}" in errors[0].message
+    assert "com0-com9, lpt0-lpt9" in (errors[0].suggestion or "")
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("a:b", "holds :, which Windows does not allow"),
+    ("what?", "holds ?, which Windows does not allow"),
+    ("a<b>", "holds < >, which Windows does not allow"),
+    ("end.", "ends with '.' or a space"),
+    ("line\nbreak", "holds a control character"),
+    ("tab\there", "holds a control character"),
+])
+def test_phase_names_windows_cannot_hold_are_refused(write: Writer, tiny: str, name: str, words: str) -> None:
+    quoted = json.dumps(name)
+    text = tiny.replace("[phases.full]", f"[phases.{quoted}]")
+    errors = errors_of(write(text))
+    assert [e.key for e in errors] == [f"phases.{name}"] and words in errors[0].message
+
+
+@pytest.mark.parametrize("name", ["console", "con-1", "com10", "lpt", "nul_", "auxiliary", "a.con"])
+def test_names_that_only_look_like_devices_are_kept(write: Writer, tiny: str, name: str) -> None:
+    text = tiny.replace('name = "tiny"', f'name = "{name}"').replace("[phases.full]", f'[phases."{name}"]')
+    assert validate(load_recipe(write(text))).name == name
+
+
+def test_a_plan_naming_a_windows_device_is_refused_on_load() -> None:
+    from ftcompile.plan import check_fields
+
+    with pytest.raises(RecipeError) as err:
+        check_fields({"recipe": {"name": "nul"}, "seed": 0, "phases": []}, "plan.json")
+    assert err.value.key == "recipe.name" and "Windows reserves for a device (NUL" in err.value.message
+    with pytest.raises(RecipeError) as err:
+        check_fields({"recipe": {"name": "ok"}, "seed": 0, "phases": [{"name": "LPT1.x"}]}, "plan.json")
+    assert err.value.key == "phases[0].name" and "(LPT1" in err.value.message
