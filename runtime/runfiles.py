@@ -53,7 +53,8 @@ STATUSES = ("running", "finished", "failed", "interrupted")  # what summary.json
 
 # What to do about a damaged file, per file: the hint of its error.
 REMEDY = {
-    "summary.json": "it is rewritten by `ftcompile resume`; or restore it from a backup",
+    "summary.json": "an unfinished run writes it again when resumed (`ftcompile resume`); a finished run's can be "
+                    "restored from a backup (nothing else depends on it)",
     "env.json": "restore it from a backup; `ftcompile rerun` needs only plan.json to start the run again",
     "eval.json": "delete it, or write it again with `ftcompile eval RUN_DIR`",
     "metrics.jsonl": "restore it from a backup; the run's own records are never edited",
@@ -302,14 +303,15 @@ class Sidecar(_File):
 # ---------------------------------------------------------------- errors
 
 
-def _damaged(path: Path, exc: ValidationError, prefix: str = "", line: int | None = None) -> RecipeError:
-    """pydantic's errors as ours: the file, the line, the field's path (`per_class[0].f1`)."""
-    errors = []
-    for err in exc.errors(include_url=False)[:5]:
-        key = loc_to_key(tuple(err["loc"]))
-        if prefix:
-            key = f"{prefix}.{key}" if key else prefix
-        errors.append(_error(path, _said(err), key=key or None, line=line))
+def _damaged(path: Path, exc: ValidationError, line: int | None = None, shown: int = 3) -> RecipeError:
+    """pydantic's errors as ours: the file, the line, the field's path (`per_class[0].f1`);
+    the first `shown` of them, the file's hint once, after the last."""
+    found = exc.errors(include_url=False)
+    errors = [_error(path, _said(err), key=loc_to_key(tuple(err["loc"])) or None, line=line) for err in found[:shown]]
+    if len(found) > shown:
+        errors[-1].message += f" (and {len(found) - shown} more fields)"
+    for err in errors[:-1]:
+        err.suggestion = None
     return errors[0] if len(errors) == 1 else RecipeErrors(errors)
 
 
@@ -319,6 +321,8 @@ def _said(err: dict[str, Any]) -> str:
         return "missing"
     if kind == "extra_forbidden":
         return "a field ftcompile does not write"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"not a JSON object (got {type(err.get('input')).__name__}: {str(err.get('input'))[:40]})"
     text = err["msg"].removeprefix("Value error, ")
     if not isinstance(err.get("input"), (dict, list)):
         text += f" (got {err['input']!r})"
@@ -330,11 +334,11 @@ def _error(path: Path, what: str, key: str | None = None, line: int | None = Non
                        suggestion=REMEDY.get(path.name))
 
 
-def _validate(model: type[BaseModel], data: Any, path: Path, prefix: str = "", line: int | None = None) -> Any:
+def _validate(model: type[BaseModel], data: Any, path: Path, line: int | None = None) -> Any:
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        raise _damaged(path, exc, prefix, line) from None
+        raise _damaged(path, exc, line) from None
     return data
 
 
