@@ -78,3 +78,20 @@ def test_alternative_0_chosen_and_a_phase_still_running(tmp_path: Path, plan: Pl
     assert [r["top1"] for r in continued_evals(run, plan)] == [0.5, 0.9, 0.8]
     # undecided (no trials.csv rows yet): no alternative stands for the phase
     assert [r["phase"] for r in as_continued(EVALS, {})] == ["warm", "last"]
+
+
+def test_curves_follow_the_chosen_alternative(tmp_path: Path, plan: Plan) -> None:
+    """curves.png's train loss (and the report's) of a trial phase is the chosen alternative's
+    steps: alternative 0's were drawn whatever was chosen (its `trial` 0 read as "no trial")."""
+    from ftcompile.runtime.curves import CurveData
+
+    run = write_run(tmp_path / "run", plan, chosen=1)
+    (run / "plan.json").write_text(plan.to_json() + "\n")
+    step = {"type": "step", "lr": {}, "seconds": 0.1, "images_per_s": 100.0}
+    steps = [{**step, "step": 0, "phase": "warm", "loss": 1.0}]
+    steps += [{**step, "step": 2, "phase": "tune", "loss": 0.5 + k, "trial": k} for k in range(3)]
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in steps)
+    curves = CurveData(run)
+    assert [(r["phase"], r.get("trial")) for r in curves.steps] == [("warm", None), ("tune", 1)]
+    assert [r["top1"] for r in curves.evals] == [0.5, 0.7, 0.8]
