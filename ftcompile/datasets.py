@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -235,6 +236,8 @@ def class_folders(folder: Path, key: str = "data.train") -> list[str]:
         names = sorted(e.name for e in listing if e.is_dir() and not e.name.startswith("."))
     except OSError as err:
         raise _os_error(err, key) from None
+    for name in names:
+        _check_class_name(folder, name, key)
     if not names:
         loose = any(_is_image(e.name) for e in listing)
         raise RecipeError(
@@ -243,6 +246,23 @@ def class_folders(folder: Path, key: str = "data.train") -> list[str]:
             suggestion=f"use the ImageFolder layout: {folder}/<class name>/<image>.jpg",
         )
     return names
+
+
+def _check_class_name(folder: Path, name: str, key: str) -> None:
+    """A class name is printed one per line (eval's table, predict's results, the plan): a
+    newline, a carriage return, another control character or a line separator in it breaks
+    that output, and a name that is not valid UTF-8 (undecodable bytes) cannot be printed."""
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")), None)
+    if bad is None:
+        return
+    what = ("bytes that are not UTF-8" if unicodedata.category(bad) == "Cs"
+            else f"a control character ({bad!r})")
+    raise RecipeError(
+        f"the class folder {str(Path(folder) / name)!r} has {what} in its name; class names are printed "
+        "one per line by plan, eval and predict",
+        key=key,
+        suggestion="rename the folder (letters, digits, spaces, '-', '_' ...), or move it out of the data folder",
+    )
 
 
 def _check_known(classes: Sequence[str], available: Sequence[str]) -> None:

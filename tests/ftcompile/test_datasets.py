@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from ftcompile.datasets import (
@@ -164,3 +168,59 @@ def test_good_augment_passes() -> None:
             {"op": "TrivialAugmentWide"},
         ]
     )
+
+
+# ---------------------------------------------------------------- class names are one printable line
+
+LINE_BREAKERS = ["\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=st.text(st.characters(categories=("L", "N")), max_size=5), bad=st.sampled_from(LINE_BREAKERS),
+       after=st.text(st.characters(categories=("L", "N")), max_size=5))
+def test_a_class_folder_whose_name_holds_a_control_character_is_refused(before: str, bad: str, after: str) -> None:
+    """eval's table and predict's lines print class names one per line: a newline broke them."""
+    name = before + bad + after
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_folder(root / "data/train", {"ok": 1, name: 1})
+        make_folder(root / "data/val", {"ok": 1, name: 1})
+        with pytest.raises(RecipeError) as err:
+            count_data(folder_data(), root)
+    assert err.value.key == "data.train"
+    assert repr(str(root / "data/train" / name)) in err.value.message  # the path, its newline escaped
+    assert f"a control character ({bad!r})" in err.value.message
+
+
+def test_check_refuses_a_class_folder_with_a_newline(tmp_path: Path, tiny: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from ftcompile.cli import main
+
+    make_folder(tmp_path / "data/train", {"a": 1, "b\nc": 1})
+    make_folder(tmp_path / "data/val", {"a": 1, "b\nc": 1})
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tiny.replace('builtin = "digits"', 'train = "data/train"\nval = "data/val"')
+                      .replace("num_classes = 10", "num_classes = 2"))
+    path = str(tmp_path / "data" / "train" / "b\nc")
+    for command in ("check", "plan"):
+        capsys.readouterr()
+        assert main([command, str(recipe)]) == 2
+        out = capsys.readouterr()
+        assert f"data.train: the class folder {path!r} has a control character ('\\n')" in out.out + out.err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a file name of bytes that are not UTF-8")
+def test_a_class_folder_name_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data/train", {"a": 1})
+    make_folder(tmp_path / "data/val", {"a": 1})
+    for split in ("train", "val"):
+        os.mkdir(os.fsencode(tmp_path / "data" / split) + b"/b\xff")
+        Image.new("RGB", (8, 8)).save(os.fsencode(tmp_path / "data" / split) + b"/b\xff/0.png")
+    with pytest.raises(RecipeError, match="bytes that are not UTF-8"):
+        count_data(folder_data(), tmp_path)
+
+
+def test_names_with_spaces_and_any_script_are_classes(tmp_path: Path) -> None:
+    names = {"a b": 1, "café": 1, "猫": 1, "x-y_z.1": 1}
+    make_folder(tmp_path / "data/train", names)
+    make_folder(tmp_path / "data/val", names)
+    assert count_data(folder_data(), tmp_path).class_names == tuple(sorted(names))
