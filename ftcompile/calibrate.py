@@ -10,8 +10,9 @@ range shown.
 A profile is one JSON file per (device, device name, torch version, precision) in the
 user's cache folder, `$XDG_CACHE_HOME/ftcompile/profiles/` (default `~/.cache/...`); each
 calibration adds an entry (model, image size, batch), and an estimate uses the entry of the
-same model when there is one, else the newest. `ftcompile run` adds an entry from its own
-steps (source "run"), so estimates follow what runs achieve.
+same model and nearest step size (the newest of equals). `ftcompile run` adds an entry from
+its own steps when a profile was used (source "run <dir>"), so estimates follow what runs
+achieve.
 
 Only the functions that measure import torch (inside them): finding a profile is cheap.
 """
@@ -19,6 +20,7 @@ Only the functions that measure import torch (inside them): finding a profile is
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -129,10 +131,12 @@ def load(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
-def find(device: str, precision: str, arch: str | None = None) -> Rates | None:
-    """The profile entry an estimate uses: this device, torch and precision; the entry of
-    `arch` if one was calibrated, else the newest. A cuda device that is not visible here
-    (planning on a laptop) takes the newest cuda profile of this torch and precision."""
+def find(device: str, precision: str, arch: str | None = None, image_size: int | None = None,
+         batch_size: int | None = None) -> Rates | None:
+    """The profile entry an estimate uses: this device, torch and precision; among the
+    entries of `arch` (else all), the one nearest in images x pixels per step, the newest of
+    equals. A cuda device that is not visible here (planning on a laptop) takes the newest
+    cuda profile of this torch and precision."""
     if device == "cuda":
         import torch
 
@@ -148,11 +152,18 @@ def find(device: str, precision: str, arch: str | None = None) -> Rates | None:
         if not data or not data.get("entries"):
             continue
         entries = data["entries"]
-        same = [e for e in entries if e["model"] == arch]
-        entry = (same or entries)[-1]
+        same = [e for e in entries if e["model"] == arch] or entries
+        entry = min(reversed(same), key=lambda e: _distance(e, image_size, batch_size))
         label = f"{data['device']} {data['device_name']!r}, torch {data['torch']}, {data['precision']}"
         return Rates(**{**entry, "spread": tuple(entry["spread"]), "path": str(path), "device": label})
     return None
+
+
+def _distance(entry: dict[str, Any], image_size: int | None, batch_size: int | None) -> float:
+    """How far an entry's step size (batch x pixels) is from the one asked about (log scale)."""
+    if not image_size or not batch_size:
+        return 0.0
+    return abs(math.log((entry["image_size"] ** 2 * entry["batch_size"]) / (image_size**2 * batch_size)))
 
 
 def store(device: str, precision: str, rates: Rates, keep: int = 20) -> Path:
@@ -178,7 +189,7 @@ def now() -> str:
 
 @dataclass(frozen=True)
 class Measured:
-    """Real steps of one setup: median seconds of each part, and tensor bytes."""
+    """Real steps of one setup: seconds of each part (the fastest of the timed steps), and tensor bytes."""
 
     fwd_s: float
     bwd_s: float
@@ -196,19 +207,21 @@ class Measured:
 def measure(ms: Any, setup: Any, steps: int = 3, sync: Callable[[], None] = lambda: None) -> Measured:
     """Real training steps of `setup` on `ms` (estimate.ModelSteps on a real device): one to
     warm up (it creates the optimizer state, as a run's first step does), one counted by
-    LiveTensors (untimed: counting slows it), then `steps` timed ones; median of each part."""
+    LiveTensors (untimed: counting slows it), then `steps` timed ones."""
     import torch
 
     from ftcompile.estimate import LiveTensors, tensor_bytes
 
     net = ms.prepare(setup)
-    ms.run_step(setup, net, sync=sync)
+    ms.run_step(setup, net, sync=sync)  # warm-up: the optimizer state, the allocator's first blocks
     live = LiveTensors(ms.state_keys())
     with live:
         counted = ms.run_step(setup, net, sync=sync)
     state = tensor_bytes([v for s in ms.optimizer().state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0])
     timed = [ms.run_step(setup, net, sync=sync) for _ in range(steps)]
-    fwd, bwd, opt = (statistics.median(getattr(r, part) for r in timed) for part in ("fwd_s", "bwd_s", "opt_s"))
+    # The fastest of the timed steps, part by part: on a shared machine the median measures
+    # the neighbours' load as much as the device.
+    fwd, bwd, opt = (min(getattr(r, part) for r in timed) for part in ("fwd_s", "bwd_s", "opt_s"))
     return Measured(fwd, bwd, opt, live.peak, state, counted.activations, counted.grads)
 
 
@@ -269,7 +282,15 @@ def _spread_out(items: list[Any], n: int) -> list[Any]:
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 
-def from_run(plan: Any, measured_steps: dict[str, float], run_dir: str) -> Rates | None:
-    """Rates that reproduce a finished run's median step times (phase -> seconds): the
-    calibrated rates scaled by how far they were off, stored as a "run" entry."""
-    ...
+def from_run(rates: Rates, predicted: list[float], measured: list[float], source: str,
+             model: str, image_size: int, batch_size: int) -> Rates | None:
+    """Rates that reproduce a run's own steps: `rates` (what the estimate used) scaled by the
+    median of measured / predicted step seconds over the run's phases, as a new entry
+    ("run ..."), so the next estimate of this model and size starts from what runs achieve."""
+    ratios = [m / p for p, m in zip(predicted, measured) if p > 0 and m > 0]
+    if not ratios:
+        return None
+    k = statistics.median(ratios)
+    spread = (round(min(MIN_SPREAD[0], min(ratios) / k * 0.9), 3), round(max(MIN_SPREAD[1], max(ratios) / k * 1.1), 3))
+    return Rates(rates.fwd_flops_per_s / k, rates.bwd_flops_per_s / k, rates.opt_params_per_s / k, spread,
+                 model, image_size, batch_size, now(), source)

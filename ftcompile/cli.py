@@ -462,7 +462,8 @@ def _estimate(plan, where: str | Path, memory: tuple[int | None, str] | None = N
     # (torch._dynamo) and runs a fake step per phase; plain `plan` never pays for it.
     from ftcompile import calibrate, estimate
 
-    rates = calibrate.find(estimate.run_device(plan), plan.run.precision, plan.model.arch)
+    rates = calibrate.find(estimate.run_device(plan), plan.run.precision, plan.model.arch,
+                           plan.data.image_size, plan.data.batch_size)
     cost = estimate.estimate(plan, rates, memory)
     for line in estimate.warnings(cost):
         print(f"{where}: {line}", file=sys.stderr)

@@ -326,16 +326,9 @@ class ModelSteps:
             fwd_s, bwd_s = fwd_s + t1 - t0, bwd_s + time.perf_counter() - t1
         grads = tensor_bytes([p.grad for p in self.model.parameters() if p.grad is not None])
         t2 = time.perf_counter()
-        if self.stepping:
-            try:
-                self.optimizer().step()
-            except Exception as exc:  # noqa: BLE001 - an optimizer that cannot step on fake tensors
-                if self.fake is None:
-                    raise
-                self.stepping = False
-                self.notes.append(f"{self.plan.optimizer.type}.step() does not run on fake tensors "
-                                  f"({type(exc).__name__}): its temporaries are not counted")
-        self.optimizer().zero_grad(set_to_none=True) if self.stepping else self._clear_grads()
+        if self.stepping:  # False: the optimizer refused fake tensors in make_state
+            self.optimizer().step()
+        self._clear_grads()  # zero_grad(set_to_none=True), as the runtime
         sync()
         return StepRecord(fwd_s, bwd_s, time.perf_counter() - t2, fwd_flops, bwd_flops, activations, grads)
 
@@ -348,13 +341,33 @@ class ModelSteps:
         state = self.optimizer().state if self._optimizer is not None else {}
         return {storage_key(t) for t in tensors_in([self.model, state])}
 
+    def make_state(self) -> None:
+        """What a run's first step leaves behind, without its forward and backward: the
+        optimizer's state for the parameters that train now (an optimizer step on zero
+        gradients), so the step counted next is a steady-state one."""
+        if not self.stepping:
+            return
+        with self.context():
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+        try:
+            self.optimizer().step()
+        except Exception as exc:  # noqa: BLE001 - an optimizer that cannot step on fake tensors
+            if self.fake is None:
+                raise
+            self.stepping = False
+            self.notes.append(f"{self.plan.optimizer.type}.step() does not run on fake tensors "
+                              f"({type(exc).__name__}): its temporaries are not counted")
+        self._clear_grads()
+
     def step(self, setup: StepSetup) -> StepCost:
-        """One steady-state step of a setup on fake tensors: a first step creates the
-        optimizer state of its groups (as the run's first step does), the second is counted.
-        Two micro-batches are enough to see the gradients of the first alive in the second."""
+        """One steady-state step of a setup on fake tensors (the optimizer state of its
+        groups made first, as the run's first step makes it). Two micro-batches are enough
+        to see the gradients of the first alive during the second."""
         net = self.prepare(setup)
         small = replace(setup, micro_batches=min(setup.micro_batches, 2))
-        self.run_step(small, net)
+        self.make_state()
         live = LiveTensors(self.state_keys())
         with live:
             rec = self.run_step(small, net, flops=True)

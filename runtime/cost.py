@@ -18,7 +18,10 @@ phase), written at the phase's last step:
 
 At the end, `table()` prints estimate against measurement for each phase, peak memory and
 step time, so an estimate that is wrong is seen. The step time measured is the median of
-the phase's step records (`seconds`: the whole step, data included).
+the seconds the phase's steps spent in forward, backward and optimizer.step() (the loop's
+`StepInfo.compute`, this process's steps; the counted step is left out, counting slows it),
+which is what the estimate predicts; data loading is not in it. When the estimate had a
+device profile, the run's steps add an entry to it (`calibrate.from_run`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class CostMeter(Hooks):
         self.tensor_peak: tuple[int, int] | None = None  # (bytes, step counted)
         self.rss_start: int | None = None
         self.rss_reset = False
+        # Seconds inside forward, backward and optimizer.step() of each step not counted
+        # (counting slows a step), per phase and alternative: the step times measured.
+        self.compute: dict[tuple[str, int | None], list[float]] = {}
 
     # -------------------------------------------------------------- hooks
 
@@ -86,6 +92,8 @@ class CostMeter(Hooks):
             self.key = key
         if self.live is not None:  # kept only if the step counted is the one armed for (not another alternative's)
             self._stop_counting(keep=self.live_step == info.step, step=info.step)
+        else:
+            self.compute.setdefault(key, []).append(info.compute)
         if info.step + 1 == self.plan.phase_at(info.step).end:
             self._flush(session, info.step)
             self._reset()
@@ -183,39 +191,49 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def table(plan: Plan, run_dir: Path) -> str:
-    """Estimate against measurement, per phase (and alternative): peak memory and step time."""
+def table(plan: Plan, run_dir: Path, meter: CostMeter | None = None) -> str:
+    """Estimate against measurement, per phase (and alternative): peak memory, and the
+    median step time (forward, backward, optimizer; from `meter`, this process's steps).
+    When the estimate had a device profile, the run's steps add an entry to it."""
     try:
         from ftcompile import calibrate, estimate
 
-        rates = calibrate.find(estimate.run_device(plan), plan.run.precision, plan.model.arch)
+        device = estimate.run_device(plan)
+        rates = calibrate.find(device, plan.run.precision, plan.model.arch, plan.data.image_size, plan.data.batch_size)
         est = estimate.estimate(plan, rates)
     except Exception as exc:  # noqa: BLE001 - the run is done; a failing estimate only loses the table
         return f"cost: no estimate ({type(exc).__name__}: {exc})"
-    records = _records(run_dir)
-    memory = {(r["phase"], r.get("trial")): r for r in records if r.get("type") == "memory"}
-    seconds: dict[tuple[str, int | None], list[float]] = {}
-    for r in records:
-        if r.get("type") == "step":
-            seconds.setdefault((r["phase"], r.get("trial")), []).append(r["seconds"])
+    memory = {(r["phase"], r.get("trial")): r for r in _records(run_dir) if r.get("type") == "memory"}
+    compute = meter.compute if meter is not None else {}
     rows = [("cost", "peak est.", "measured", "ratio", "step est.", "measured", "ratio")]
+    predicted, measured_s = [], []
     for p in est.phases:
         key = (p.phase, p.trial)
         m = memory.get(key, {})
         peak = m.get("peak_bytes")
         what = {"tensors": f"tensors, step {m.get('tensor_step')}", "cuda.max_memory_allocated": "cuda max allocated"}
-        measured = f"{gib(peak)} ({what.get(m.get('measure'), '?')})" if peak else "-"
-        ratio = f"{peak / p.peak:.2f}" if peak else "-"
-        times = seconds.get(key, [])
+        times = compute.get(key, [])
         step_s = statistics.median(times) if times else None
-        step_est = f"{p.step_seconds[0]:.3g}-{p.step_seconds[1]:.3g} s" if p.step_seconds else "-"
         mid = (p.step_seconds[0] + p.step_seconds[1]) / 2 if p.step_seconds else None
-        rows.append((p.phase if p.trial is None else f"{p.phase}/{p.trial}", gib(p.peak), measured, ratio, step_est,
+        if step_s is not None and mid and len(times) >= 2:
+            predicted.append(mid)
+            measured_s.append(step_s)
+        rows.append((p.phase if p.trial is None else f"{p.phase}/{p.trial}", gib(p.peak),
+                     f"{gib(peak)} ({what.get(m.get('measure'), '?')})" if peak else "-",
+                     f"{peak / p.peak:.2f}" if peak else "-",
+                     f"{p.step_seconds[0]:.3g}-{p.step_seconds[1]:.3g} s" if p.step_seconds else "-",
                      f"{step_s:.3g} s" if step_s is not None else "-",
                      f"{step_s / mid:.2f}" if step_s is not None and mid else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["", "cost: estimate (plan --estimate) against this run (ratio = measured / estimate)"]
+    lines = ["", "cost: estimate (plan --estimate) against this run (ratio = measured / estimate; "
+                 "step: median seconds in forward, backward and optimizer)"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    if not est.profile:
+    if rates is None:
         lines.append("  step est.: no device profile (ftcompile calibrate RECIPE)")
+    else:
+        learned = calibrate.from_run(rates, predicted, measured_s, f"run {run_dir}", plan.model.arch,
+                                     plan.data.image_size, plan.data.batch_size)
+        if learned is not None:
+            path = calibrate.store(device, plan.run.precision, learned)
+            lines.append(f"  device profile updated from this run's steps: {path}")
     return "\n".join(lines)

@@ -389,7 +389,7 @@ def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, 
         # Ctrl-C or SIGTERM: the checkpoints on disk are complete (atomic writes); say how to go on.
         raise Interrupted(signum_of(exc), f"interrupted; continue with `ftcompile resume {run_dir}`") from None
     print_summary(plan, result, run_dir)
-    print(cost.table(plan, run_dir))  # estimate against measurement, so a wrong estimate is seen
+    print(cost.table(plan, run_dir, meter))  # estimate against measurement, so a wrong estimate is seen
     _after_run(run_dir)
     print(run_dir)
 
