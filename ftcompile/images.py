@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ftcompile.datasets import Splits, resolve_splits
 from ftcompile.errors import RecipeError
@@ -33,6 +34,28 @@ class BadImage:
     reason: str
 
 
+def float_grey(image: Any) -> Any:
+    """A float (mode "F") image as uint8 grey (H, W), read by its range.
+
+    A float image says nothing about its scale: most are 0..1 (scientific and HDR tools),
+    some 0..255. PIL's convert("RGB") truncates each value to an integer, so a 0..1 image
+    read as all black. Every value in [0, 1]: scaled by 255; else every value in [0, 255]:
+    as it is; both rounded to the nearest level. Anything else (a negative value, one above
+    255, NaN or inf) has no faithful 8-bit reading: a ValueError that says so.
+    """
+    import numpy as np
+
+    pixels = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(pixels).all():
+        raise ValueError("a float image with NaN or infinite values; export it as 8- or 16-bit")
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if low < 0 or high > 255:
+        raise ValueError(f"a float image with values from {low:g} to {high:g}; only 0..1 and 0..255 are read "
+                         "(export it as 8- or 16-bit, or rescale it)")
+    scale = 255.0 if high <= 1 else 1.0
+    return np.floor(pixels * scale + 0.5).astype(np.uint8)
+
+
 def check_image(path: Path) -> str | None:
     """None when the file decodes as an image; otherwise why not (one line)."""
     from PIL import Image
@@ -45,6 +68,8 @@ def check_image(path: Path) -> str | None:
             if image.format == "JPEG":
                 image.draft(image.mode, (1, 1))  # DCT scaling: the whole stream, 1/64 of the pixels
             image.load()
+            if image.mode == "F":
+                float_grey(image)  # its range decides how it reads, or that it cannot
     except Exception as err:  # PIL raises many types for damaged files (OSError, SyntaxError, struct.error, ...)
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         return text.replace(str(path), "").strip(" '") or type(err).__name__

@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 
 from ftcompile.datasets import Splits, resolve_splits, validate_augment
 from ftcompile.errors import RecipeError
+from ftcompile.images import float_grey
 from ftcompile.plan import DataSpec
 
 # ---------------------------------------------------------------- transforms
@@ -102,7 +103,8 @@ def read_rgb(path: Path) -> torch.Tensor:
     """The image as the camera or the file meant it: uint8 RGB, (3, H, W).
 
     The EXIF orientation is applied (a phone photo stored sideways is seen upright), 16-bit
-    grey is scaled to 8 bits (v / 257, rounded) instead of clipped, CMYK becomes RGB by
+    grey is scaled to 8 bits (v / 257, rounded) instead of clipped, float grey is read by its
+    range (`ftcompile.images.float_grey`: 0..1 scaled by 255), CMYK becomes RGB by
     (255 - c)(255 - k) / 255, palette images are looked up, and an alpha channel is dropped
     (as torchvision's own decoders do for an RGB read).
     """
@@ -112,6 +114,8 @@ def read_rgb(path: Path) -> torch.Tensor:
         wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
         grey = ((wide + 128) // 257).astype(np.uint8)  # == round(v / 257): v / 257 is never k + 1/2
         rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    elif image.mode == "F":  # 32-bit float: 0..1 or 0..255 by its range, else refused (never black)
+        rgb = np.repeat(float_grey(image)[:, :, None], 3, axis=2)
     elif image.mode == "CMYK":
         cmyk = np.asarray(image, dtype=np.int64)
         ink = (255 - cmyk[:, :, :3]) * (255 - cmyk[:, :, 3:])

@@ -29,7 +29,7 @@ from ftcompile.datasets import IMG_EXTENSIONS, class_folders, list_image_folder
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
 from ftcompile.runtime.curves import PLOT_HINT, pyplot
-from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms
+from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms, read_rgb
 from ftcompile.runtime.model import load_state
 from ftcompile.runtime.rundir import open_run
 from ftcompile.runtime.runfiles import EvalFile, checked
@@ -282,11 +282,10 @@ def image_paths(inputs: Sequence[str]) -> list[Path]:
     return out
 
 
-def read_image(path: Path) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def read_image(path: Path) -> torch.Tensor:
+    """The image as training and eval read it (orientation, 16-bit and float ranges, CMYK):
+    predict must see what the model was trained on, not PIL's convert("RGB")."""
+    return read_rgb(path)
 
 
 def predict_command(run_dir: Path, inputs: Sequence[str], topk: int, as_json: bool, tta: bool = False) -> int:

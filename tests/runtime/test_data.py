@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from ftcompile.datasets import count_data
 from ftcompile.errors import RecipeError
+from ftcompile.images import check_image
 from ftcompile.plan import DataSpec
-from ftcompile.runtime.data import TrainBatches, build_datasets, class_weights, val_loader
+from ftcompile.runtime.data import TrainBatches, build_datasets, class_weights, read_rgb, val_loader
+from ftcompile.runtime.evaluate import read_image
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 SIZE = 16
@@ -218,3 +224,56 @@ def test_unreadable_image(tmp_path: Path, workers: int) -> None:
     assert info.value.key == "data.train"
     assert "bee/001.png" in info.value.message
     assert "Traceback" not in str(info.value)
+
+
+# ---------------------------------------------------------------- float (mode F) images read by their range
+
+
+def write_float_tiff(path: Path, pixels: np.ndarray) -> Path:
+    Image.fromarray(pixels.astype(np.float32), mode="F").save(path)
+    with Image.open(path) as image:
+        assert (image.mode, image.format) == ("F", "TIFF")
+    return path
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), seed=st.integers(0, 2**16), top=st.sampled_from([1.0, 255.0]))
+def test_a_float_tiff_reads_by_its_range(h: int, w: int, seed: int, top: float) -> None:
+    """0..1 floats were read as all black (convert("RGB") truncates each value to 0 or 1).
+    0..1 is scaled by 255, 0..255 kept; both rounded: floor(v * scale + 0.5)."""
+    pixels = np.random.default_rng(seed).uniform(0, top, (h, w)).astype(np.float32)
+    pixels.flat[0] = top  # the range's top is in the image
+    scale = 255.0 if top == 1.0 else 1.0
+    expected = np.floor(pixels.astype(np.float64) * scale + 0.5).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_float_tiff(Path(tmp) / "f.tif", pixels)
+        assert check_image(path) is None  # `check --verify-images` accepts it
+        got = read_rgb(path)
+        assert torch.equal(read_image(path), got)  # predict reads it as training and eval do
+    assert tuple(got.shape) == (3, h, w) and got.dtype == torch.uint8
+    assert all(np.array_equal(got[c].numpy(), expected) for c in range(3))
+    assert got.max() == 255  # never black
+
+
+def test_the_issues_float_tiff_is_not_black(tmp_path: Path) -> None:
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32).reshape(16, 16)
+    got = read_rgb(write_float_tiff(tmp_path / "ramp.tif", ramp))[0].numpy()
+    assert np.array_equal(got, np.arange(256, dtype=np.uint8).reshape(16, 16))  # round(i / 255 * 255) = i
+
+
+@pytest.mark.parametrize(("low", "high", "words"), [
+    (-0.5, 0.5, "values from -0.5 to 0.5"),
+    (0.0, 1000.0, "values from 0 to 1000"),
+    (0.0, float("nan"), "NaN or infinite"),
+    (0.0, float("inf"), "NaN or infinite"),
+])
+def test_a_float_tiff_outside_both_ranges_is_refused_naming_the_file(tmp_path: Path, low: float, high: float,
+                                                                     words: str) -> None:
+    from ftcompile.runtime.data import ImageFiles
+
+    path = write_float_tiff(tmp_path / "odd.tif", np.array([[low, high], [0.0, 0.0]]))
+    assert words in (check_image(path) or "")  # check --verify-images lists it
+    files = ImageFiles(tmp_path, [("odd.tif", 0)], lambda x: x, key="data.train")
+    with pytest.raises(RecipeError) as err:
+        files[0]
+    assert err.value.key == "data.train" and f"cannot read image {path}" in err.value.message and words in err.value.message
