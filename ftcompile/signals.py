@@ -63,5 +63,5 @@ def raised_as_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for caught, handler in previous.items():
+            signal.signal(caught, signal.SIG_DFL if handler is None else handler)
