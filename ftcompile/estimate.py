@@ -10,7 +10,9 @@ step:
 - **FLOPs**: `torch.utils.flop_counter.FlopCounterMode`, once around the forward and once
   around the backward. It counts the backward autograd really runs: a frozen layer whose
   input needs no gradient has no backward at all, so a head-only phase's backward is the
-  head's (DeepSpeed's profiler assumes backward = 2 x forward, 2-3x too much here).
+  head's (DeepSpeed's profiler assumes backward = 2 x forward, 2-3x too much here). One
+  formula is corrected (`flop_counter`): torch counts a grouped convolution's weight
+  gradient `groups` times, which made depthwise networks' backward 8-40x their forward.
 - **Activations kept for backward**: `torch.autograd.graph.saved_tensors_hooks` sees exactly
   the tensors autograd saves; the sum of their unique storages (parameters excluded) is the
   memory the trained part keeps from the forward to the backward.
@@ -143,6 +145,37 @@ def saved_for_backward(skip: set[int]) -> Iterator[dict[int, int]]:
         yield saved
 
 
+# ---------------------------------------------------------------- counting FLOPs
+
+
+def _conv_backward_flop(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int], _bias: Any,
+                        _stride: Any, _padding: Any, _dilation: Any, transposed: bool, _output_padding: Any,
+                        groups: int, output_mask: list[bool], out_shape: list[Any], **kwargs: Any) -> int:
+    """torch's formula for aten.convolution_backward, with the weight gradient divided by
+    `groups`: torch (2.14 included) computes it as a convolution of transposed shapes, which
+    lose the group division, so a depthwise convolution's weight gradient counted C times
+    (EfficientNet's backward came out 40x its forward, ConvNeXt's 8x; pytorch/pytorch#183405)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    def t(shape: list[int]) -> list[int]:
+        return [shape[1], shape[0], *shape[2:]]
+
+    flops = 0
+    if output_mask[0]:  # grad_input: a transposed convolution of grad_out with the weight
+        flops += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:  # grad_weight: a convolution of the input with grad_out, per group
+        a, b = (grad_out_shape, x_shape) if transposed else (x_shape, grad_out_shape)
+        flops += conv_flop_count(t(a), t(b), t(out_shape[1]), transposed=False) // groups
+    return flops
+
+
+def flop_counter() -> Any:
+    """FlopCounterMode as autograd runs the step, grouped convolutions' backward corrected."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+
+
 # ---------------------------------------------------------------- one step
 
 
@@ -208,11 +241,15 @@ class ModelSteps:
 
             # Built on the meta device (RegNet's width arithmetic needs real numbers), then fake.
             model = archs.build_model(spec.arch, spec.num_classes, spec.head, device="meta", builder_args=spec.builder_args)
+            if plan.run.channels_last:  # before the fake tensors exist: they cannot be swapped later
+                model.to(memory_format=torch.channels_last)
             self.fake = FakeTensorMode(allow_non_fake_inputs=True)
             with self.fake:
-                model.to_empty(device="cpu")
+                model.to_empty(device="cpu")  # empty_like: keeps the memory format
         else:
             model = archs.build_model(spec.arch, spec.num_classes, spec.head, device=device, builder_args=spec.builder_args)
+            if plan.run.channels_last:
+                model.to(memory_format=torch.channels_last)
         self.model, self.plan, self.device = model, plan, "cpu" if device == "fake" else device
         named = dict(model.named_parameters())
         self.group_params = {g: [] for g in {pg.group for pg in plan.param_groups}}
@@ -247,8 +284,6 @@ class ModelSteps:
         for group in setup.frozen_bn:
             for m in self.group_bn.get(group, []):
                 m.eval()
-        if setup.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         return self.model.get_submodule(setup.cached) if setup.cached else self.model
 
     def inputs(self, setup: StepSetup) -> torch.Tensor:
@@ -298,7 +333,6 @@ class ModelSteps:
         because optimizers read their step counters with .item(), which fake tensors refuse.
         With `flops`, the FLOPs of the forward and the backward; always the seconds of the
         three parts (meaningless on fake tensors) and the bytes saved for the backward."""
-        from torch.utils.flop_counter import FlopCounterMode
 
         fwd_flops = bwd_flops = activations = grads = 0
         fwd_s = bwd_s = 0.0
@@ -309,7 +343,7 @@ class ModelSteps:
             with self.context():
                 x = self.inputs(setup)
                 y = torch.zeros(setup.batch, dtype=torch.long, device=self.device)
-                counter = FlopCounterMode(display=False) if flops else contextlib.nullcontext()
+                counter = flop_counter() if flops else contextlib.nullcontext()
                 with counter, saved_for_backward(skip) as saved, autocast(setup.precision):
                     loss = nn.functional.cross_entropy(net(x).float(), y)
                 fwd_flops += counter.get_total_flops() if flops else 0
@@ -317,7 +351,7 @@ class ModelSteps:
                 del x, y, saved
                 sync()
                 t1 = time.perf_counter()
-                counter = FlopCounterMode(display=False) if flops else contextlib.nullcontext()
+                counter = flop_counter() if flops else contextlib.nullcontext()
                 with counter:
                     loss.backward()
                 bwd_flops += counter.get_total_flops() if flops else 0
@@ -376,15 +410,13 @@ class ModelSteps:
 
     def eval_flops(self, image_size: int, cached: str | None) -> int:
         """FLOPs of one validation image (on cached features: the head alone)."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         with self.context(), torch.no_grad():
             self.model.eval()
             if cached:
                 net, x = self.model.get_submodule(cached), torch.empty(1, *self.head_input(image_size, cached))
             else:
                 net, x = self.model, torch.empty(1, 3, image_size, image_size, device=self.device)
-            counter = FlopCounterMode(display=False)
+            counter = flop_counter()
             with counter:
                 net(x)
             self.model.train()
@@ -643,6 +675,8 @@ def render(est: Estimate) -> str:
             "GFLOP fwd/bwd", "step", "phase time"]
     rows = [head]
     for p in est.phases:
+        if p.trial == 0:  # a trial phase: its name, then one row per alternative
+            rows.append([f"{p.phase} (trials)"] + [""] * (len(head) - 1))
         name = p.phase if p.trial is None else f"  {p.trial}: {p.label}"
         rows.append([name, f"{p.trainable / 1e6:.2f}M", gib(p.params + p.buffers), gib(p.grads), gib(p.state),
                      gib(p.activations), gib(p.ema + p.copies) + (f" +{gib(p.cache)} cache" if p.cache else ""),

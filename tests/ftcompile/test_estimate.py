@@ -123,6 +123,25 @@ def test_flops_equal_flop_counter_mode_over_a_real_step(r18: tuple[Plan, estimat
     assert all(p.flops == p.steps * (p.fwd_flops + p.bwd_flops) + p.other_flops for p in est.phases)
 
 
+def test_grouped_convolution_backward_counts_each_group_once() -> None:
+    """A depthwise convolution's backward is two convolutions the size of its forward
+    (grad_input and grad_weight); torch's own formula counts the weight gradient C times."""
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    with estimate.flop_counter() as fwd:
+        out = conv(x)
+    with estimate.flop_counter() as bwd:
+        out.sum().backward()
+    forward = 2 * 2 * 16 * 16 * 8 * 3 * 3  # 2 FLOPs per multiply-add, one 3x3 filter per channel and pixel
+    assert fwd.get_total_flops() == forward
+    assert bwd.get_total_flops() == 2 * forward
+    # groups = 1: exactly torch's count.
+    dense = torch.nn.Conv2d(8, 8, 3, padding=1)
+    with estimate.flop_counter() as ours, FlopCounterMode(display=False) as theirs:
+        dense(x).sum().backward()
+    assert ours.get_total_flops() == theirs.get_total_flops()
+
+
 def test_peak_adds_up_and_is_a_range(r18: tuple[Plan, estimate.Estimate]) -> None:
     _, est = r18
     for p in est.phases:
