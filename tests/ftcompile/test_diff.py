@@ -231,20 +231,18 @@ def test_diff_refuses_option_like_revisions_and_writes_no_file(nested_repo: Path
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rest=st.text(alphabet=st.characters(blacklist_characters=":\x00", blacklist_categories=("Cs",)), max_size=30))
-def test_any_revision_beginning_with_a_dash_is_refused_before_git_runs(
-    nested_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rest: str
-) -> None:
+def test_any_revision_beginning_with_a_dash_is_refused_before_git_runs(nested_repo: Path, tmp_path: Path, rest: str) -> None:
     import ftcompile.revisions as revisions
 
-    calls: list[list[str]] = []
-    real_run = revisions.subprocess.run
-    monkeypatch.setattr(revisions.subprocess, "run", lambda argv, **kw: calls.append(argv) or real_run(argv, **kw))
+    def no_git(argv: list[str], **kwargs: object) -> None:
+        raise AssertionError(f"git ran: {argv}")
+
     before = files_under(tmp_path)
     spec = f"-{rest}:r.toml"
-    with pytest.raises(RecipeError) as info:
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(RecipeError) as info:
+        mp.setattr(revisions.subprocess, "run", no_git)
         read_side(spec, CompileOptions())
     assert info.value.key == "REV:path" and info.value.file == spec and "begins with '-'" in info.value.message
-    assert calls == []  # git never ran
     assert files_under(tmp_path) == before
 
 
