@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
-from ftcompile.metrics import METRICS, check_available
+from ftcompile.metrics import check_available
 from ftcompile.lr_expr import parse_expr
 from ftcompile.schema import Phase, _hint, loc_to_key
 
@@ -244,9 +244,3 @@ def _label(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def select_metric(select: str) -> tuple[str, bool]:
-    """(the evaluation record's key, True when larger is better) for a `select` value."""
-    m = METRICS[select]
-    return m.key, m.maximise

@@ -5,6 +5,11 @@ record alone, so a resumed run that evaluates the same model decides the same. E
 decision depends on (the phase's best value and step, evaluations since an improvement, the
 best state for `restore_best`, the run's best for best.pt) is in `state()`, which the
 session stores in every checkpoint.
+
+best.pt is the best evaluation of the run as it went on: outside trial phases and in each
+trial phase its chosen alternative. An alternative's improvements go to
+trials/<phase>/<k>/best.pt (each alternative starts from the phase-start state, the run's
+best so far included); the winner's becomes best.pt when it is chosen.
 """
 
 from __future__ import annotations
@@ -77,7 +82,11 @@ class Watch:
             return
         self.run_best = {"step": rec["step"], "metric": name, "value": new}
         if self.writes and self.run_dir is not None:
-            checkpoint.atomic_save({"model": model.state_dict(), **self.run_best}, self.run_dir / "best.pt")
+            path = self.run_dir / "best.pt"
+            if rec.get("trial") is not None:  # an alternative's: best.pt once it is chosen (trials.choose)
+                path = self.run_dir / "trials" / rec["phase"] / str(rec["trial"]) / "best.pt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.atomic_save({"model": model.state_dict(), **self.run_best}, path)
 
     # ------------------------------------------------------------ state
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ftcompile.errors import RecipeError, os_error
+from ftcompile.metrics import METRICS
 
 
 @dataclass
@@ -30,13 +31,14 @@ class Logs:
     enabled: bool = True  # only rank 0 writes
     trials: bool = False  # the plan has trial phases: trials.csv too
     _digests: dict[str, "_Digest"] = field(default_factory=dict, init=False, repr=False)
+    ema: bool = False  # the run keeps an EMA: trials.csv has the EMA's metrics too
 
     def __post_init__(self) -> None:
         if not self.enabled:
             return
         self.metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")
         self.lr = _csv(self.folder / "lr.csv", ["step", "phase", "trial", *self.names])
-        self.trial_rows = _csv(self.folder / "trials.csv", TRIALS_HEADER) if self.trials else None
+        self.trial_rows = _csv(self.folder / "trials.csv", trials_header(self.ema)) if self.trials else None
 
     def record(self, rec: dict[str, Any]) -> None:
         if self.enabled:
@@ -47,10 +49,12 @@ class Logs:
             trial_text = "" if trial is None else str(trial)
             self.lr.write(",".join([str(step), phase, trial_text, *(repr(float(x)) for x in lrs)]) + "\n")
 
-    def trial_results(self, rows: list[list[Any]]) -> None:
-        """One row per alternative of a trial phase (phase, k, label, metrics, chosen)."""
+    def trial_results(self, rows: list[dict[str, Any]]) -> None:
+        """One row per alternative of a trial phase (phase, k, label, metrics, chosen); a
+        column a row lacks (a metric the evaluation did not report) is left empty."""
         if self.enabled and self.trial_rows is not None:
-            csv.writer(self.trial_rows, lineterminator="\n").writerows(rows)
+            header = trials_header(self.ema)
+            csv.writer(self.trial_rows, lineterminator="\n").writerows([[row.get(h, "") for h in header] for row in rows])
 
     def _files(self) -> dict[str, Any]:
         files = {"metrics.jsonl": self.metrics, "lr.csv": self.lr, "trials.csv": self.trial_rows}
@@ -99,7 +103,13 @@ class _Digest:
         return {"size": self.size, "lines": self.lines, "sha256": self.sha.hexdigest()}
 
 
-TRIALS_HEADER = ["phase", "k", "label", "val_loss", "val_top1", "val_top5", "chosen"]
+def trials_header(ema: bool) -> list[str]:
+    """trials.csv's columns: every metric of the METRICS table that the run reports, by the
+    name a recipe gives it (the EMA weights' metrics only when the run keeps an EMA)."""
+    return ["phase", "k", "label", *(m.name for m in METRICS.values() if ema or not m.ema), "chosen"]
+
+
+TRIALS_HEADER = trials_header(ema=False)  # ["phase", "k", "label", "val_loss", "val_top1", "val_top5", "chosen"]
 
 
 def _csv(path: Path, header: list[str]) -> Any:

@@ -261,7 +261,8 @@ class Session:
         self.trials = TrialState(plan)
         self.executed = 0
         has_trials = any(ph.trials for ph in plan.phases)
-        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials) if run_dir else None
+        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials,
+                         ema=plan.run.ema is not None) if run_dir else None
         self.progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
 
     # ------------------------------------------------------------ state

@@ -13,7 +13,7 @@ plan.json has its own reader (`Plan.load`, which checks the plan's hash), checkp
 | env.json       | Env                                     | read_env      |                                  |
 | eval.json      | EvalFile                                | read_eval     | classes, plan hash               |
 | metrics.jsonl  | StepRecord, EvalRecord, ... (by `type`) | read_records  |                                  |
-| trials.csv     | (columns of logs.TRIALS_HEADER)         | read_trials   | trial phases, their alternatives |
+| trials.csv     | (columns of logs.trials_header)         | read_trials   | trial phases, their alternatives |
 | lr.csv         | (step, phase, trial, param groups)      | read_lr       | param groups, phases             |
 | <export>.json  | Sidecar                                 | read_sidecar  |                                  |
 
@@ -45,7 +45,7 @@ from ftcompile.errors import RecipeError, RecipeErrors, os_error
 from ftcompile.metrics import METRICS
 from ftcompile.plan import Plan
 from ftcompile.runtime.lock import LOCK_FILE
-from ftcompile.runtime.logs import TRIALS_HEADER
+from ftcompile.runtime.logs import trials_header
 from ftcompile.schema import loc_to_key
 
 SUMMARY = "summary.json"
@@ -487,8 +487,9 @@ def read_trials(run_dir: Path, plan: Plan) -> list[dict[str, str]]:
     if not lines:
         return []
     (_, header), *body = lines
-    if header != TRIALS_HEADER:
-        raise _error(path, f"the header is {','.join(header)}, ftcompile writes {','.join(TRIALS_HEADER)}", line=1)
+    expected = trials_header(ema=plan.run.ema is not None)  # the EMA's metrics too with [run] ema
+    if header != expected:
+        raise _error(path, f"the header is {','.join(header)}, ftcompile writes {','.join(expected)}", line=1)
     specs = {ph.name: ph.trials for ph in plan.phases if ph.trials}
     rows: list[dict[str, str]] = []
     seen: set[tuple[str, int]] = set()
@@ -513,9 +514,9 @@ def read_trials(run_dir: Path, plan: Plan) -> list[dict[str, str]]:
         if row["label"] != alternatives[k].label:
             raise _error(path, f"{row['label']!r} is not alternative {k}'s label in plan.json ({alternatives[k].label!r})",
                          key="label", line=n)
-        _number(path, n, "val_loss", row["val_loss"], low=0.0)
-        _number(path, n, "val_top1", row["val_top1"], low=0.0, high=1.0)
-        _number(path, n, "val_top5", row["val_top5"], low=0.0, high=1.0)
+        for m in METRICS.values():  # losses are >= 0, accuracies (maximised) in [0, 1]
+            if m.name in row:
+                _number(path, n, m.name, row[m.name], low=0.0, high=1.0 if m.maximise else None)
         if row["chosen"] not in ("true", "false"):
             raise _error(path, f"{row['chosen']!r} is neither true nor false", key="chosen", line=n)
         if row["chosen"] == "true":

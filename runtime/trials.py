@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ftcompile import metrics
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan, TrialsPlan
 from ftcompile.runtime import checkpoint
-from ftcompile.trials import select_metric
 
 if TYPE_CHECKING:
     from ftcompile.runtime.features import FeatureCache
@@ -48,6 +49,7 @@ class Running:
     end: int
     k: int
     results: list[dict[str, Any]] = field(default_factory=list)  # {"k", "val_loss", "top1", ...} per finished one
+    # (every metric of ftcompile/metrics.py the evaluation reported, under its record key)
 
 
 class TrialState:
@@ -130,8 +132,9 @@ def _enter(session: Any, running: Running) -> None:
 
 
 def result(rec: dict[str, Any]) -> dict[str, Any]:
-    """What an alternative's last evaluation scored."""
-    return {"k": rec["trial"], **{m: rec[m] for m in ("val_loss", "top1", "top5") if m in rec}}
+    """What an alternative's last evaluation scored: every metric a recipe can name (the
+    METRICS table) that the evaluation reported, so `select` can be any of them."""
+    return {"k": rec["trial"], **{m.key: rec[m.key] for m in metrics.METRICS.values() if m.key in rec}}
 
 
 def next_alternative(session: Any, diverged: bool = False) -> None:
@@ -157,16 +160,13 @@ def next_alternative(session: Any, diverged: bool = False) -> None:
 
 
 def pick(results: list[dict[str, Any]], select: str) -> int | None:
-    """The best alternative on `select`; ties go to the earlier, a non-finite value ranks last."""
-    metric, larger = select_metric(select)
-    best, best_score = None, -math.inf
+    """The best alternative on `select` (a metric name); ties go to the earlier, a missing or
+    non-finite value ranks last. The comparison is the one keep_best and stop_early use."""
+    best, best_value = None, None
     for res in results:
-        value = res.get(metric)
-        if value is None or not math.isfinite(value):
-            continue
-        score = value if larger else -value
-        if best is None or score > best_score:
-            best, best_score = res["k"], score
+        value = metrics.value(res, select)
+        if metrics.improves(value, best_value, select):
+            best, best_value = res["k"], value
     return best
 
 
@@ -194,17 +194,22 @@ def choose(session: Any) -> None:
     session.changes = ts.changes()
     # The run's evaluations of this phase are the winner's.
     session.evals = [e for e in session.evals if e.get("phase") != r.phase or e.get("trial") == winner]
-    rows = [[r.phase, res["k"], spec.alternatives[res["k"]].label, *(_num(res.get(m)) for m in ("val_loss", "top1", "top5")),
-             str(res["k"] == winner).lower()] for res in r.results]
+    rows = [{"phase": r.phase, "k": res["k"], "label": spec.alternatives[res["k"]].label,
+             **{m.name: _num(res[m.key]) for m in metrics.METRICS.values() if m.key in res},
+             "chosen": str(res["k"] == winner).lower()} for res in r.results]
     if session.logs:
         session.logs.trial_results(rows)
     if session.d.main:
         print_table(r.phase, spec, r.results, winner)
         if where is not None:
             where.joinpath("fork.pt").unlink(missing_ok=True)
+            # keep_best: the winner's improvements (runtime/best.py) are now the run's best.pt.
+            if (where / str(winner) / "best.pt").is_file():
+                os.replace(where / str(winner) / "best.pt", session.run_dir / "best.pt")
             for res in r.results:
                 if res["k"] != winner and spec.keep != "all":
                     (where / str(res["k"]) / "end.pt").unlink(missing_ok=True)
+                    (where / str(res["k"]) / "best.pt").unlink(missing_ok=True)
 
 
 def _num(value: float | None) -> str:
@@ -212,13 +217,20 @@ def _num(value: float | None) -> str:
 
 
 def print_table(phase: str, spec: TrialsPlan, results: list[dict[str, Any]], winner: int) -> None:
-    """A small table per trial phase, the winner marked."""
-    rows = [["", "k", "alternative", "val_loss", "top1", "top5"]]
+    """A small table per trial phase, the winner marked: one column per metric reported
+    (val_loss, top1, top5, and the EMA's with [run] ema)."""
+    shown = [m for m in metrics.METRICS.values() if any(m.key in res for res in results)]
+
+    def cell(res: dict[str, Any], m: metrics.Metric) -> str:
+        value = res.get(m.key)
+        if value is None or not math.isfinite(value):
+            return "diverged" if m.key == "val_loss" else "-"
+        return f"{100 * value:.2f}%" if m.maximise else f"{value:.4f}"
+
+    rows = [["", "k", "alternative", *(m.key for m in shown)]]
     for res in results:
-        pct = lambda m: f"{100 * res[m]:.2f}%" if m in res and math.isfinite(res[m]) else "-"  # noqa: E731
-        loss = f"{res['val_loss']:.4f}" if math.isfinite(res["val_loss"]) else "diverged"
-        rows.append(["*" if res["k"] == winner else "", str(res["k"]), spec.alternatives[res["k"]].label, loss,
-                     pct("top1"), pct("top5")])
+        rows.append(["*" if res["k"] == winner else "", str(res["k"]), spec.alternatives[res["k"]].label,
+                     *(cell(res, m) for m in shown)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print(f"\ntrials of {phase} (select {spec.select}; * = chosen, continues):", file=sys.stdout)
     for row in rows:
