@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ftcompile import outputs
 from ftcompile.errors import RecipeError
 from ftcompile.signals import exit_code, raised_as_interrupts
 
@@ -54,6 +55,12 @@ def _sizes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=int, metavar="N", help="validation images, used only when the data.val folder is not on this machine")
 
 
+def _force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing file that is not an earlier output of this kind (never a folder, "
+                        "a device or a file in a run directory)")
+
+
 def _set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help='override a recipe field: dotted key, TOML value (repeatable), e.g. --set phases.layer4.epochs=5 '
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide", action="store_true", help="lines as long as they need (default: at most 100 columns)")
     p.add_argument("--estimate", action="store_true",
                    help="add each phase's memory, FLOPs and time (a fake-tensor step per phase; times need `ftcompile calibrate`)")
+    _force(p)
     _sizes(p)
     _set(p)
     p.set_defaults(func=cmd_plan)
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, default=1e-4, help="first multiplier of the phase's LRs (default 1e-4)")
     p.add_argument("--end", type=float, default=1e3, help="last multiplier (default 1e3)")
     p.add_argument("-o", "--output", metavar="DIR", default=".", help="folder for lr_find.csv / lr_find.png (default: here)")
+    _force(p)
     p.add_argument("--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder)")
     p.set_defaults(func=cmd_lr_find)
 
@@ -168,12 +177,14 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
     p.add_argument("--format", required=True, choices=["torchscript", "safetensors", "onnx"])
     p.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/model.<ext>")
+    _force(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="one self-contained HTML page about one or several runs",
                        epilog="example: ftcompile report runs/quickstart/1-* -o report.html")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--output", metavar="report.html", help="default: RUN_DIR/report.html (one run) or ./report.html")
+    _force(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("runs", help="one line per run: status, phases done, best and final top-1",
@@ -203,16 +214,20 @@ def _compile(path: str, args: argparse.Namespace, **extra: Any):
 def cmd_plan(args: argparse.Namespace) -> int:
     from ftcompile import render
 
+    # Before compiling: a path that holds something else than an earlier plan, trace or plot is refused.
+    for path, kind, option in ((args.output, outputs.PLAN, "-o"), (args.trace, outputs.TRACE, "--trace"),
+                               (args.plot, outputs.LR_PLOT, "--plot")):
+        if path:
+            outputs.check_output(Path(path), kind, option, force=args.force)
     plan = _compile(args.recipe, args)
     if args.output:
-        Path(args.output).write_text(plan.to_json() + "\n")
+        outputs.write_text(Path(args.output), plan.to_json() + "\n")
     if args.trace or args.plot:
         from ftcompile.trace import lr_trace
 
         rows = lr_trace(plan)
         if args.trace:
-            with open(args.trace, "w") as fh:
-                fh.writelines(render.trace_lines(plan, rows))
+            outputs.write_lines(Path(args.trace), render.trace_lines(plan, rows))
         if args.plot:
             render.plot(plan, rows, Path(args.plot))
     cost = _estimate(plan, args.recipe) if args.estimate else None
@@ -356,9 +371,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         raise RecipeError(f"--start {args.start:g} / --end {args.end:g}: need 0 < start < end", key="--start",
                           suggestion="e.g. --start 1e-4 --end 1e3 (multipliers of the phase's LRs)")
     out = Path(args.output)
-    if (out / "plan.json").is_file() and (out / "env.json").is_file():
-        raise RecipeError(f"{out} is a run directory; lr-find never writes into one", key="--output",
-                          suggestion="give another folder with -o")
+    # Before the test trains: lr-find writes lr_find.csv and lr_find.png, never into a run directory.
+    outputs.check_output(out / "lr_find.csv", outputs.LR_FIND_CSV, "--output", force=args.force)
+    outputs.check_output(out / "lr_find.png", outputs.LR_FIND_PLOT, "--output", force=args.force)
     plan = _compile(args.recipe, args)
     from ftcompile.runtime import lr_find as lrf
     from ftcompile.runtime.rundir import open_run, upstream_model
@@ -410,13 +425,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ftcompile.runtime.export import export_command
 
-    return export_command(Path(args.run_dir), args.format, Path(args.output) if args.output else None)
+    return export_command(Path(args.run_dir), args.format, Path(args.output) if args.output else None, args.force)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ftcompile.runtime.report import report_command
 
-    return report_command([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None)
+    return report_command([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None, args.force)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ftcompile import memory
+from ftcompile import memory, outputs
 from ftcompile.plan import Change, DataSpec, Plan, WeightsSpec, checkpoints_kept, phase_starts
 
 WIDTH = 100  # columns of `ftcompile plan` without --wide
@@ -355,5 +356,7 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path:
     ax.set_title(f"{plan.recipe['name']} ({plan.hash[:8]})", pad=18)
     ax.legend(fontsize="small", ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata=outputs.png_metadata(outputs.LR_PLOT))
     plt.close(fig)
+    outputs.write_bytes(path, buf.getvalue())

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from ftcompile import outputs
 from ftcompile.errors import RecipeError, os_error
 
 KEEP = 2  # newest good checkpoints kept; older ones are deleted after a new one is safe
@@ -65,37 +66,22 @@ def _open_new(path: Path) -> BinaryIO:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save(obj, path), all or nothing; an OS failure is a RecipeError naming `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """torch.save(obj, path) through the one atomic writer (ftcompile.outputs.writing), all or
+    nothing; an OS failure is a RecipeError naming `path`."""
     writer: _Writer | None = None
     try:
-        with _open_new(tmp) as fh:
+        with outputs.writing(path, _open_new) as fh:
             writer = _Writer(fh)
             torch.save(obj, writer)
-            fh.flush()
-            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)  # and the new name is on disk too
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise os_error(exc, path) from None
-        if isinstance(exc, RuntimeError) and writer is not None and writer.error is not None:
+    except RuntimeError as exc:
+        if writer is not None and writer.error is not None:
             if isinstance(writer.error, OSError):
                 raise os_error(writer.error, path) from None
             raise writer.error from None  # an interrupt is an interrupt, not a full disk
-        if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):  # torch's words for a short write
+        if "unexpected pos" in str(exc):  # torch's words for a short write
             raise RecipeError(f"cannot write: {str(exc).splitlines()[0]}", file=path,
                               suggestion="check the free disk space; checkpoints written before are intact") from None
         raise
-
-
-def _fsync_folder(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # ---------------------------------------------------------------- content digest
@@ -174,7 +160,7 @@ def save(folder: Path, step: int, payload: dict[str, Any], keep: int | None = KE
     start for each alternative, so it numbers its files by optimizer steps taken in all."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer (the run lock allows one)
+        for stale in outputs.stale_temps(folder):  # left by a killed writer (the run lock allows one)
             stale.unlink(missing_ok=True)
     except OSError as err:
         raise os_error(err, folder) from None

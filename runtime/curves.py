@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ftcompile import outputs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
 from ftcompile.runtime.runfiles import as_continued, chosen_alternatives, read_records
@@ -85,14 +86,16 @@ def curves_figure(runs: list[CurveData]) -> Any:
     return fig
 
 
-def png(fig: Any) -> bytes:
+def png(fig: Any, kind: outputs.Kind | None = None, dpi: int = 90) -> bytes:
+    """The figure as PNG bytes (closed); a figure written as a file carries its kind
+    (outputs.png_metadata), which lets a later write recognise it."""
     plt = pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=dpi, metadata=outputs.png_metadata(kind) if kind else None)
     plt.close(fig)
     return buf.getvalue()
 
 
 def write_curves(run_dirs: list[Path], path: Path) -> Path:
-    path.write_bytes(png(curves_figure([CurveData(d) for d in run_dirs])))
+    outputs.write_bytes(path, png(curves_figure([CurveData(d) for d in run_dirs]), outputs.CURVES))
     return path

@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from ftcompile import arch as archs
+from ftcompile import outputs
 from ftcompile.datasets import IMG_EXTENSIONS, class_folders, list_image_folder
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.curves import PLOT_HINT, pyplot
+from ftcompile.runtime.curves import PLOT_HINT, png, pyplot
 from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms, read_rgb
 from ftcompile.runtime.model import load_state
 from ftcompile.runtime.rundir import open_run
@@ -239,16 +240,13 @@ def plot_confusion(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix ({result['images']} images, top-1 {100 * result['top1']:.2f}%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    outputs.write_bytes(path, png(fig, outputs.CONFUSION, dpi=100))
     return path
 
 
 def eval_command(run_dir: Path, data: Path | None, weights: str, tta: bool, as_json: bool) -> int:
     result = evaluate_run(run_dir, data, weights, tta)
-    from ftcompile.runtime.status import write_json
-
-    write_json(run_dir / "eval.json", checked(EvalFile, result))
+    outputs.write_json(run_dir / "eval.json", checked(EvalFile, result))
     note = f"wrote {run_dir / 'eval.json'}"
     try:
         note += f" and {plot_confusion(result, run_dir / 'confusion.png')}"

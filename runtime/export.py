@@ -15,6 +15,7 @@ the input layout, the architecture and the plan hash.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import warnings
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 
 import torch
 
-from ftcompile.errors import RecipeError
+from ftcompile import outputs
+from ftcompile.errors import RecipeError, os_error
 from ftcompile.plan import Plan
 from ftcompile.runtime.evaluate import load_run
 from ftcompile.runtime.runfiles import Sidecar, checked
@@ -31,9 +33,6 @@ FORMATS = {"torchscript": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
 # The default file in the run directory: never one of the run's own files (model.pt is the
 # run's state_dict, which eval, predict, report and a downstream recipe read).
 DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "safetensors": "model.safetensors", "onnx": "model.onnx"}
-RUN_FILES = ("model.pt", "best.pt", "model_ema.pt", "plan.json", "recipe.toml", "env.json", "summary.json",
-             "metrics.jsonl", "lr.csv", "trials.csv", "eval.json")
-RUN_FOLDERS = ("checkpoints", "trials", "tensorboard")
 ONNX_HINT = "pip install 'ftcompile[onnx]' (onnx, onnxscript, onnxruntime)"
 
 
@@ -68,7 +67,7 @@ def sidecar(plan: Plan, fmt: str, run_dir: Path) -> dict[str, Any]:
     })
 
 
-def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final") -> tuple[Path, Path]:
+def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final", force: bool = False) -> tuple[Path, Path]:
     if fmt not in FORMATS:
         raise RecipeError(f"unknown format {fmt!r}", key="--format", suggestion=f"one of {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -77,42 +76,45 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final"
             raise RecipeError(f"ONNX export needs {', '.join(missing)}, not installed", key="--format", suggestion=ONNX_HINT)
     run = load_run(run_dir, weights)
     path = out or run_dir / DEFAULT_NAMES[fmt]
+    side = outputs.sidecar_of(path)
     if path.suffix == ".json":
         raise RecipeError("the output file would collide with its own sidecar .json", key="-o", suggestion=f"use a {FORMATS[fmt]} name")
-    _refuse_run_files(run_dir, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Inside a run directory, only this format's default file (and its sidecar) of this run.
+    own = [run_dir / DEFAULT_NAMES[fmt], outputs.sidecar_of(run_dir / DEFAULT_NAMES[fmt])]
+    outputs.check_output(path, outputs.EXPORT, "-o", force=force, own=own)
+    outputs.check_output(side, outputs.SIDECAR, "-o", force=force, own=own)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, path.parent, "create the folder") from None
     size = run.plan.data.val_preprocessing.crop  # the input the model was validated on (ONNX keeps it fixed)
     example = torch.zeros(2, 3, size, size)
     if fmt == "torchscript":
-        with warnings.catch_warnings():  # torch.jit is deprecated upstream, and still the format asked for
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(run.model, example)
-            torch.jit.save(traced, str(path))
+        outputs.write_bytes(path, _torchscript(run.model, example))
     elif fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         state = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
-        save_file(state, str(path), metadata={"arch": run.plan.model.arch, "plan_hash": run.plan.hash})
+        outputs.write_bytes(path, save(state, metadata={"arch": run.plan.model.arch, "plan_hash": run.plan.hash}))
     else:
-        _onnx(run.model, example, path)
-    side = path.with_name(path.name + ".json")
-    side.write_text(json.dumps(sidecar(run.plan, fmt, run_dir), indent=1) + "\n")
+        with outputs.written_by_library(path) as tmp:  # the exporter writes the file itself
+            _onnx(run.model, example, tmp)
+    outputs.write_text(side, json.dumps(sidecar(run.plan, fmt, run_dir), indent=1) + "\n")
     return path, side
 
 
-def _refuse_run_files(run_dir: Path, path: Path) -> None:
-    """An export (or its sidecar) never replaces what the run wrote: its model, checkpoints, logs."""
-    run = run_dir.resolve()
-    for p in (path.resolve(), path.resolve().with_name(path.name + ".json")):
-        if (p.parent == run and p.name in RUN_FILES) or any(p.is_relative_to(run / f) for f in RUN_FOLDERS):
-            raise RecipeError(f"{path} would replace the run's own {p.relative_to(run)}", key="-o",
-                              suggestion=f"give another file name, or leave -o out ({DEFAULT_NAMES['torchscript']}, "
-                                         "model.safetensors or model.onnx in the run directory)")
+def _torchscript(model: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """The traced model's bytes. Saved to memory, then written by ftcompile's atomic writer:
+    torch.jit.save to a file that fails (a full disk) aborts the process from C++."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream, and still the format asked for
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, example), buf)
+    return buf.getvalue()
 
 
 def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     import contextlib
-    import io
     import logging
 
     batch = torch.export.Dim("batch")
@@ -125,8 +127,8 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         program.save(str(path))
 
 
-def export_command(run_dir: Path, fmt: str, out: Path | None) -> int:
-    path, side = export_run(run_dir, fmt, out)
+def export_command(run_dir: Path, fmt: str, out: Path | None, force: bool = False) -> int:
+    path, side = export_run(run_dir, fmt, out, force=force)
     print(f"wrote {path}")
     print(f"wrote {side} (classes and preprocessing)")
     return 0

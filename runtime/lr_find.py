@@ -14,6 +14,7 @@ head in the usual order, the group `lr_decay` and expressions start from).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ftcompile import outputs
 from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.plan import Op, PhasePlan, Plan
+from ftcompile.runtime.curves import png
 from ftcompile.runtime.loop import END_OF_WINDOW, Hooks, Session, StepInfo
 from ftcompile.runtime.retention import find_phase_start
 
@@ -190,12 +193,13 @@ def _same_before(run_plan: Plan, plan: Plan, phase: PhasePlan) -> None:
 
 def write_csv(found: Found, path: Path) -> None:
     groups = list(found.base)
-    with open(path, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["step", "multiplier", *(f"lr_{g}" for g in groups), "loss", "smoothed_loss"])
-        for r in found.rows:
-            out.writerow([r["step"], repr(r["multiplier"]), *(repr(found.base[g] * r["multiplier"]) for g in groups),
-                          repr(r["loss"]), repr(r["smoothed"])])
+    text = io.StringIO()
+    out = csv.writer(text)
+    out.writerow(["step", "multiplier", *(f"lr_{g}" for g in groups), "loss", "smoothed_loss"])
+    for r in found.rows:
+        out.writerow([r["step"], repr(r["multiplier"]), *(repr(found.base[g] * r["multiplier"]) for g in groups),
+                      repr(r["loss"]), repr(r["smoothed"])])
+    outputs.write_text(path, text.getvalue())
 
 
 def plot(found: Found, path: Path) -> bool:
@@ -221,8 +225,7 @@ def plot(found: Found, path: Path) -> bool:
     ax.set_title(f"lr-find: phase {found.phase.name}")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    outputs.write_bytes(path, png(fig, outputs.LR_FIND_PLOT, dpi=100))
     return True
 
 

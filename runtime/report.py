@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ftcompile import outputs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
 from ftcompile.runtime.curves import PLOT_HINT, CurveData, curves_figure, png, pyplot, shade_phases, write_curves
@@ -48,13 +49,12 @@ def _eval_of(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
     if not (run_dir / "model.pt").is_file():
         return None
     from ftcompile.runtime.evaluate import evaluate_run
-    from ftcompile.runtime.status import write_json
 
     try:
         result = evaluate_run(run_dir, None, "final", False)
     except RecipeError:  # e.g. the data is not on this machine: the section says so
         return None
-    write_json(run_dir / "eval.json", checked(EvalFile, result))
+    outputs.write_json(run_dir / "eval.json", checked(EvalFile, result))
     return result
 
 
@@ -222,11 +222,11 @@ def build_report(run_dirs: list[Path]) -> str:
         "env": ("Environment", env_section(runs)),
     }
     body = "".join(f'<section id="{key}"><h2>{html.escape(head)}</h2>{content}</section>' for key, (head, content) in sections.items())
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>{outputs.REPORT_MARK}<title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
 
 
-def report_command(run_dirs: list[Path], out: Path | None) -> int:
+def report_command(run_dirs: list[Path], out: Path | None, force: bool = False) -> int:
     if not run_dirs:
         raise RecipeError("no run directory given", suggestion="ftcompile report runs/<name>/<n>-<hash8>")
     try:
@@ -234,9 +234,8 @@ def report_command(run_dirs: list[Path], out: Path | None) -> int:
     except ImportError:
         raise RecipeError("the report draws its figures with matplotlib, which is not installed", suggestion=PLOT_HINT) from None
     path = out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
-    text = build_report(run_dirs)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    # Inside a run directory only the report beside that run (one of those reported on).
+    outputs.check_output(path, outputs.REPORT, "-o", force=force, own=[d / "report.html" for d in run_dirs])
+    outputs.write_text(path, build_report(run_dirs))
     print(f"wrote {path}")
     return 0

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ftcompile import outputs
 from ftcompile.errors import RecipeError, os_error
 from ftcompile.plan import Plan
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
@@ -110,21 +110,13 @@ def changed_since(run_dir: Path, plan: Plan, env: dict[str, Any]) -> list[str]:
     return lines + provenance.machine_warnings(env, provenance.machine())
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _write_record(run_dir: Path, plan: Plan, recipe_text: str | None, env: dict[str, Any]) -> None:
-    """recipe.toml, plan.json, env.json; a file system that refuses them is one message."""
-    try:
-        if recipe_text is not None:
-            (run_dir / "recipe.toml").write_text(recipe_text, encoding="utf-8")
-        (run_dir / "plan.json").write_text(plan.to_json() + "\n")
-        write_json(run_dir / "env.json", checked(Env, env))
-    except OSError as err:
-        raise os_error(err, err.filename or run_dir) from None
+    """recipe.toml, plan.json, env.json (atomic writes; a file system that refuses them is
+    one message naming the file)."""
+    if recipe_text is not None:
+        outputs.write_text(run_dir / "recipe.toml", recipe_text)
+    outputs.write_text(run_dir / "plan.json", plan.to_json() + "\n")
+    outputs.write_json(run_dir / "env.json", checked(Env, env))
 
 
 @contextlib.contextmanager
@@ -209,7 +201,7 @@ def verify_images(plan: Plan, root: Path) -> None:
 
 
 def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
-    if not (run_dir / "plan.json").is_file() or not (run_dir / "env.json").is_file():
+    if not outputs.is_run_dir(run_dir):
         raise RecipeError(
             f"{run_dir} is not a run directory (no plan.json / env.json)",
             file=run_dir,
@@ -376,6 +368,7 @@ def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, 
     if not d.main:
         train(plan, run_dir, root, state, d, upstream=upstream)
         return
+    outputs.remove_stale_temps(run_dir)  # what a killed writer left (only ftcompile's own temporary names)
     from ftcompile.runtime import cost
     from ftcompile.runtime.status import RunStatus
     from ftcompile.runtime.tensorboard import log_hooks

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile.errors import RecipeError
+from ftcompile.outputs import write_json
 from ftcompile.plan import Plan
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
 from ftcompile.runtime.runfiles import SUMMARY, Summary, as_continued, checked, chosen_alternatives, read_evals, read_summary
@@ -38,13 +39,6 @@ SELECT = {"top1": max, "val_loss": min}
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic: a reader (ftcompile runs, report) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n")
-    os.replace(tmp, path)
 
 
 def phase_table(plan: Plan, evals: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ftcompile import metrics
+from ftcompile import outputs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan, TrialsPlan
 from ftcompile.runtime import checkpoint
@@ -152,7 +153,7 @@ def next_alternative(session: Any, diverged: bool = False) -> None:
             ts.best = (r.k, end)
     if where is not None and session.d.main:
         (where / str(r.k)).mkdir(parents=True, exist_ok=True)
-        (where / str(r.k) / "metrics.json").write_text(json.dumps(r.results[-1], allow_nan=True) + "\n")
+        outputs.write_text(where / str(r.k) / "metrics.json", json.dumps(r.results[-1], allow_nan=True) + "\n")
     if r.k + 1 < len(ts.specs[r.phase].alternatives):
         _enter(session, Running(r.phase, r.begin, r.end, r.k + 1, r.results))
     else:

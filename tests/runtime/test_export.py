@@ -77,7 +77,7 @@ def test_an_export_never_replaces_the_runs_own_files(used_run: tuple[Path, str],
     assert cli(capsys, "eval", run_dir, "--json").rc == 0  # the run still reads as a run
     for target in ("model.pt", "checkpoints/x.pt", "eval"):  # eval -> its sidecar eval.json
         r = cli(capsys, "export", run_dir, "--format", "torchscript", "-o", run_dir / target)
-        assert r.rc == 2 and "would replace the run's own" in r.err, (target, r.err)
+        assert r.rc == 2 and "inside the run directory" in r.err, (target, r.err)
     assert (run_dir / "model.pt").read_bytes() == model and not (run_dir / "checkpoints" / "x.pt").exists()
 
 

@@ -104,7 +104,7 @@ def test_lr_find_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert rows(tmp_path / "from" / "lr_find.csv") == found
     assert digests(run) == before
     res = cli(capsys, *args, "--from", run, "-o", run)
-    assert res.rc == 2 and "lr-find never writes into one" in res.err
+    assert res.rc == 2 and "inside the run directory" in res.err
     assert digests(run) == before
 
 
