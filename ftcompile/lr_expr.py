@@ -91,7 +91,7 @@ def _too_large(tree: ast.expr) -> str:
     return f"{ast.unparse(tree)!r} is too large for a number (beyond about 1.8e308)"
 
 
-def _real(value: float | complex, tree: ast.expr) -> float:
+def _real(value: complex, tree: ast.expr) -> float:  # a float, or the complex a fractional power can give
     if isinstance(value, complex):
         raise ValueError(f"{ast.unparse(tree)!r} is not a real number (a negative number to a fractional power)")
     if not math.isfinite(value):
