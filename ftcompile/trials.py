@@ -13,7 +13,6 @@ phase keeps its window and the plan stays static.
 from __future__ import annotations
 
 import ast
-import ast
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,6 @@ from pydantic import ValidationError
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
 from ftcompile.lr_expr import parse_expr
 from ftcompile.metrics import check_available
-from ftcompile.lr_expr import parse_expr
 from ftcompile.schema import Phase, _hint, loc_to_key
 
 # Trial key -> how many dotted parts it may have (1: the field; 2: field.<group or argument>).
@@ -101,80 +99,6 @@ def _combinations(where: str, keys: dict[str, list[Any]], mode: str) -> list[tup
         raise RecipeError(f"the grid has {len(combos)} alternatives, more than {MAX_ALTERNATIVES}", key=where,
                           suggestion='fewer values, or mode = "zip" to pair them')
     return combos
-
-
-def _check_distinct(where: str, keys: dict[str, list[Any]], combos: list[tuple[Any, ...]], mode: str) -> None:
-    """Two alternatives with the same values run the same training twice, for twice the cost:
-    refused, naming the key and the value. Values are compared as the compiler reads them
-    (`_same`): 1e-3 and 0.001, 1 and 1.0, "head/10" and "head / 10.0" are one value."""
-    if mode == "grid":  # a value twice in one list: every combination with it runs twice
-        for key, values in keys.items():
-            first: dict[Any, int] = {}
-            for i, value in enumerate(values):
-                j = first.setdefault(_same(value), i)
-                if j != i:
-                    same = "" if values[j] == value else f" ({values[j]!r})"
-                    raise RecipeError(
-                        f"{value!r} is the same value as [{j}]{same}: every alternative with it would run twice",
-                        key=f"{where}.{key}[{i}]",
-                        suggestion="remove one of them (values are compared as numbers and expressions: "
-                        "1e-3 is 0.001, \"head/10\" is \"head / 10\")",
-                    )
-    first_combo: dict[tuple[Any, ...], int] = {}
-    for k, combo in enumerate(combos):
-        j = first_combo.setdefault(tuple(_same(v) for v in combo), k)
-        if j != k:
-            pairs = ", ".join(f"{key} = {v!r}" for key, v in zip(keys, combo))
-            raise RecipeError(
-                f"alternatives {j} and {k} are the same combination ({pairs}): it would run twice",
-                key=where,
-                suggestion="remove one position from every list (mode = \"zip\" pairs the lists element-wise)",
-            )
-
-
-def _same(value: Any) -> Any:
-    """A hashable form of a trial value in which values the compiler reads alike are equal."""
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, (int, float)):
-        return ("number", float(value))
-    if isinstance(value, str):
-        try:
-            return _expr_form(parse_expr(value))
-        except ValueError:
-            return ("text", value.strip())
-    if isinstance(value, list):
-        return ("list", tuple(_same(v) for v in value))
-    if isinstance(value, dict):
-        return ("table", tuple(sorted((str(k), _same(v)) for k, v in value.items())))
-    return ("other", repr(value))
-
-
-def _expr_form(tree: ast.expr) -> Any:
-    """An expression's tree with every number a float and no formatting (depth is bounded by parse_expr)."""
-    if isinstance(tree, ast.Constant):
-        return ("number", float(tree.value))
-    if isinstance(tree, ast.Name):
-        return ("name", tree.id)
-    if isinstance(tree, ast.UnaryOp):
-        return (type(tree.op).__name__, _expr_form(tree.operand))
-    if isinstance(tree, ast.BinOp):
-        return (type(tree.op).__name__, _expr_form(tree.left), _expr_form(tree.right))
-    return ("expr", ast.dump(tree))
-
-
-def check_distinct_resolved(name: str, resolved: list[tuple[Alternative, Any]]) -> None:
-    """Alternatives written differently that resolve to the same phase (`"head / 10"` and 0.001
-    when head is 0.01; T_max = "1 epoch" and its number of steps) train the same thing twice."""
-    for j, (b, phase_b) in enumerate(resolved):
-        for a, phase_a in resolved[:j]:
-            if phase_a == phase_b:
-                raise RecipeError(
-                    f"alternatives {a.k} ({a.label}) and {b.k} ({b.label}) resolve to the same phase "
-                    "(the same groups, LRs, schedule and settings): it would run twice",
-                    key=f"phases.{name}.trials",
-                    suggestion="remove one of them, or make them differ",
-                )
 
 
 def _check_distinct(where: str, keys: dict[str, list[Any]], combos: list[tuple[Any, ...]], mode: str) -> None:
