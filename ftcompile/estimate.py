@@ -671,7 +671,7 @@ def _duration(s: float) -> str:
 
 def render(est: Estimate) -> str:
     """The estimate as text: one row per phase (and alternative), then the run."""
-    head = ["phase", "trainable", "params", "grads", "state", "activ.", "ema+copies", "peak (est.)",
+    head = ["phase", "trainable", "params", "grads", "state", "saved", "step peak", "ema+copies", "peak (est.)",
             "GFLOP fwd/bwd", "step", "phase time"]
     rows = [head]
     for p in est.phases:
@@ -679,13 +679,18 @@ def render(est: Estimate) -> str:
             rows.append([f"{p.phase} (trials)"] + [""] * (len(head) - 1))
         name = p.phase if p.trial is None else f"  {p.trial}: {p.label}"
         rows.append([name, f"{p.trainable / 1e6:.2f}M", gib(p.params + p.buffers), gib(p.grads), gib(p.state),
-                     gib(p.activations), gib(p.ema + p.copies) + (f" +{gib(p.cache)} cache" if p.cache else ""),
+                     gib(p.activations), gib(p.step_peak),
+                     gib(p.ema + p.copies) + (f" +{gib(p.cache)} cache" if p.cache else ""),
                      f"{gib(p.peak_range[0])}-{gib(p.peak_range[1])}",
                      f"{_g(p.fwd_flops)} / {_g(p.bwd_flops)}", _span(p.step_seconds), _span(p.seconds)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["", "cost estimate (fake-tensor step per phase; not measured; memory of tensors on the run's device)"]
+    lines = ["", "cost estimate (a fake-tensor step per phase; not measured; tensors on the run's device)"]
     lines += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
               for r in rows]
+    lines += ["  saved: activations kept for the backward. step peak: most bytes alive during a step beyond",
+              "  the model and optimizer state (batch, activations, gradients, the layer being computed).",
+              f"  peak = params + state + ema/copies + step peak (+ cached features on a CPU), "
+              f"{MEMORY_RANGE[0]:g}-{MEMORY_RANGE[1]:g}x."]
     total = f"run: {est.flops / 1e12:,.2f} TFLOP, trials included"
     total += f"; time {_span(est.seconds)}" if est.seconds else ""
     lines.append("  " + total)
