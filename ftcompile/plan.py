@@ -336,13 +336,6 @@ class Plan:
         chosen = {ph.name: 0 for ph in self.phases if ph.name == phase and ph.trials}
         return sum(1 for c in self.trial_changes(chosen) if c.op == Op.EVALUATE and c.target == phase)
 
-    def evaluations(self, phase: str) -> int:
-        """The evaluations the plan holds for a phase. A trial phase's are in its alternatives'
-        change lists (the main list holds one `trial` change): every alternative runs the same
-        window at the same cadence, so the first one's are counted."""
-        chosen = {ph.name: 0 for ph in self.phases if ph.name == phase and ph.trials}
-        return sum(1 for c in self.trial_changes(chosen) if c.op == Op.EVALUATE and c.target == phase)
-
     def phase_at(self, step: int) -> PhasePlan:
         for phase in self.phases:
             if phase.begin <= step < phase.end:
