@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftcompile import outputs
+
 FORMAT = 1
 # On a CPU a calibration step does at most about this much work (its batch is cut to fit),
 # so `calibrate` of a resnet50 recipe takes tens of seconds, not minutes.
@@ -174,9 +176,7 @@ def store(device: str, precision: str, rates: Rates, keep: int = 20) -> Path:
     entry = {k: v for k, v in asdict(rates).items() if k not in ("path", "device")}
     data["entries"] = [*data["entries"], entry][-keep:]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    outputs.write_text(path, json.dumps(data, indent=1) + "\n")
     return path
 
 

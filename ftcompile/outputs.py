@@ -284,6 +284,14 @@ _NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"), (stat.S_
                 (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
 
+def check_new_folder(path: Path, option: str) -> None:
+    """A folder a command makes and fills (`run --out DIR`): never inside a run directory."""
+    run = enclosing_run(where(path).parent)
+    if run is not None:
+        raise RecipeError(f"{path} is inside the run directory {run}: only that run writes there", key=option,
+                          suggestion="give a folder outside any run directory")
+
+
 def check_output(path: Path, kind: Kind, option: str, *, force: bool = False, own: Sequence[Path] = ()) -> None:
     """Refuse a path whose writing would destroy what is not this command's to replace.
 

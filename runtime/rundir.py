@@ -32,6 +32,7 @@ def new_run_dir(plan: Plan, out: Path | None, lock: RunLock) -> Path:
     """
     try:
         if out is not None:
+            outputs.check_new_folder(out, "--out")  # a run never goes inside another run's folder
             out.mkdir(parents=True, exist_ok=True)
             _check_empty(out)
             lock.acquire(out)

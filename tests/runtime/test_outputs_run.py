@@ -140,6 +140,16 @@ def test_lr_find_never_writes_below_a_run_directory(used_run: tuple[Path, str], 
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
+def test_run_out_inside_another_run_is_refused(used_run: tuple[Path, str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`run --out RUN/checkpoints/new` made a run directory inside another run's folder."""
+    run_dir = copy_run(used_run, tmp_path / "run")
+    before = sorted(str(p) for p in run_dir.rglob("*"))
+    refused(cli(capsys, "run", run_dir / "recipe.toml", "--out", run_dir / "tensorboard" / "new"),
+            f"inside the run directory {run_dir.resolve()}")
+    assert sorted(str(p) for p in run_dir.rglob("*")) == before
+
+
 # ---------------------------------------------------------------- 2. atomic, with one message
 
 
