@@ -27,7 +27,6 @@ device profile, the run's steps add an entry to it (`calibrate.from_run`).
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from ftcompile.estimate import LiveTensors, gib, tensor_bytes, tensors_in
 from ftcompile.plan import Plan
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
+from ftcompile.runtime.runfiles import read_records
 
 
 def _proc_status(field: str) -> int | None:
@@ -177,20 +177,6 @@ def metered(plan: Plan) -> Iterator[CostMeter]:
 # ---------------------------------------------------------------- the end-of-run table
 
 
-def _records(run_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def table(plan: Plan, run_dir: Path, meter: CostMeter | None = None) -> str:
     """Estimate against measurement, per phase (and alternative): peak memory, and the
     median step time (forward, backward, optimizer; from `meter`, this process's steps).
@@ -203,7 +189,7 @@ def table(plan: Plan, run_dir: Path, meter: CostMeter | None = None) -> str:
         est = estimate.estimate(plan, rates)
     except Exception as exc:  # noqa: BLE001 - the run is done; a failing estimate only loses the table
         return f"cost: no estimate ({type(exc).__name__}: {exc})"
-    memory = {(r["phase"], r.get("trial")): r for r in _records(run_dir) if r.get("type") == "memory"}
+    memory = {(r["phase"], r.get("trial")): r for r in read_records(run_dir, "memory")}
     compute = meter.compute if meter is not None else {}
     rows = [("cost", "peak est.", "measured", "ratio", "step est.", "measured", "ratio")]
     predicted, measured_s = [], []
