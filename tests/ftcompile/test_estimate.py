@@ -298,3 +298,21 @@ def test_plain_plan_never_imports_the_estimate(write: Callable[..., Path]) -> No
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
+
+
+def test_the_docs_example_is_what_the_estimate_gives_now() -> None:
+    """docs/cost-estimates.md shows a real `plan --estimate` of resnet50-gradual: its memory
+    and FLOP columns are deterministic (fake tensors) and must stay what the code gives; the
+    times came from that machine's profile and are not compared."""
+    page = (REPO / "docs" / "cost-estimates.md").read_text()
+    block = page.split("<!-- estimate example:")[1].split("```text\n", 1)[1].split("```", 1)[0]
+    plan = compile_checked(REPO / "recipes" / "resnet50-gradual.toml",
+                           CompileOptions(dataset_size=1020, val_size=1020)).plan
+    now = estimate.render(estimate.estimate(plan))
+
+    def rows(text: str) -> dict[str, list[str]]:
+        return {line.split()[0]: line.split()[:20] for line in text.splitlines()
+                if line.split() and line.split()[0] in ("warmup", "layer4", "layer3")}
+
+    assert rows(block) == rows(now)
+    assert block.split("run: ")[1].split(",")[0] == now.split("run: ")[1].split(",")[0]  # the run's TFLOP
