@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import socket
 import sys
@@ -27,14 +26,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftcompile import metrics
 from ftcompile.errors import RecipeError
 from ftcompile.outputs import write_json
 from ftcompile.plan import Plan
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
 from ftcompile.runtime.runfiles import SUMMARY, Summary, as_continued, checked, chosen_alternatives, read_evals, read_summary
 from ftcompile.signals import signal_name
-
-SELECT = {"top1": max, "val_loss": min}
 
 
 def _now() -> str:
@@ -60,15 +58,16 @@ def _metrics(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec[k] for k in ("step", "val_loss", "top1", "top5") if k in rec}
 
 
-def best_eval(evals: list[dict[str, Any]], key: str = "top1") -> dict[str, Any] | None:
-    """The best evaluation by `key` (ties: the earliest); non-finite values never win.
-    `evals` as the run went on (as_continued)."""
-    pick = SELECT[key]
-    finite = [r for r in evals if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
-    if not finite:
-        return None
-    target = pick(r[key] for r in finite)
-    return next(r for r in finite if r[key] == target)
+def best_eval(evals: list[dict[str, Any]], name: str = "val_top1") -> dict[str, Any] | None:
+    """The best evaluation on metric `name` (ftcompile/metrics.py), compared as keep_best
+    compares (ties: the earliest; non-finite values never win). `evals` as the run went on
+    (as_continued)."""
+    best, best_value = None, None
+    for rec in evals:
+        value = metrics.value(rec, name)
+        if metrics.improves(value, best_value, name):
+            best, best_value = rec, value
+    return best
 
 
 def _previous(run_dir: Path) -> dict[str, Any]:

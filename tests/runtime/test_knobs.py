@@ -173,6 +173,35 @@ def test_ema_is_the_average_and_resumes_bitwise(tmp_path: Path) -> None:
         assert torch.equal(value, session.ema.state_dict()[key]), key
 
 
+def test_ema_every_3_steps_is_the_average_of_every_third_step(tmp_path: Path) -> None:
+    """every = "3 steps": the EMA takes in the model after optimizer steps 3 and 6 only (the
+    plan's 6 steps), not one step before or after."""
+    plan = make_plan(tmp_path, run='ema = { decay = 0.5, every = "3 steps" }')
+    assert plan.total_steps == 6
+    history: list[dict[str, torch.Tensor]] = []  # history[t]: the model after t optimizer steps
+
+    class Watch(Hooks):
+        def on_start(self, session: Session) -> None:
+            history.append(params(session))
+
+        def on_step(self, session: Session, info: StepInfo) -> None:
+            history.append(params(session))
+
+    session = Session(plan, tmp_path, hooks=[Watch()])
+    session.run(0, plan.total_steps)
+    ema = session.ema.module.state_dict()
+    # e_0 = theta_0; e = e + (1 - 0.5) (theta_t - e) at t = 3 and t = 6:
+    # e = 0.25 theta_0 + 0.25 theta_3 + 0.5 theta_6
+    checked = 0
+    for key, first in history[0].items():
+        if not first.is_floating_point():
+            continue
+        expected = 0.25 * first + 0.25 * history[3][key] + 0.5 * history[6][key]
+        torch.testing.assert_close(ema[key], expected, atol=1e-6, rtol=1e-5)
+        checked += not torch.equal(history[3][key], history[6][key])
+    assert checked > 0  # weights that moved between the two updates
+
+
 def test_ema_of_a_frozen_parameter_stays_equal_and_is_evaluated(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, run="ema = { decay = 0.5, every = \"2 steps\", warmup = true }")
     evals: list[dict[str, Any]] = []

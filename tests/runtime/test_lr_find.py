@@ -120,3 +120,33 @@ def test_lr_find_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     res = cli(capsys, "lr-find", recipe, *extra, "-o", tmp_path / "out")
     assert res.rc == 2 and message in res.err and "Traceback" not in res.err
     assert not (tmp_path / "out" / "lr_find.csv").exists()
+
+
+@pytest.mark.slow
+def test_the_printed_lrs_are_the_curves_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What a user pastes: the printed steepest-descent LR and minimum / 10 LR of the
+    reference group (head) are points of lr_find.csv, found here from the CSV alone."""
+    recipe = write_recipe(tmp_path, recipe_text("lrf", PHASES))
+    res = cli(capsys, "lr-find", recipe, "--phase", "tune", "--steps", "30", "--end", "1e4", "-o", tmp_path / "out")
+    assert res.rc == 0, res.err
+    curve = rows(tmp_path / "out" / "lr_find.csv")
+    # Candidates as documented: without the diverged last point when the test stopped, then
+    # (20 points or more) without the first tenth and the last 5.
+    kept = curve[:-1] if "stopped after" in res.out else curve
+    kept = [r for r in kept if math.isfinite(float(r["smoothed_loss"]))]
+    if len(kept) >= 20:
+        kept = kept[len(kept) // 10 : -5]
+    lr = [float(r["lr_head"]) for r in kept]
+    loss = [float(r["smoothed_loss"]) for r in kept]
+    minimum_10 = lr[loss.index(min(loss))] / 10
+    # steepest: the left point of the segment where the loss falls fastest per log-unit of LR
+    slopes = [(loss[i + 1] - loss[i]) / (math.log(lr[i + 1]) - math.log(lr[i])) for i in range(len(lr) - 1)]
+    steepest = lr[slopes.index(min(slopes))]
+
+    def printed(label: str) -> float:
+        line = next(x for x in res.out.splitlines() if x.strip().startswith(label))
+        return float(line.split(" lr ", 1)[1].split()[0])
+
+    assert printed("minimum / 10") == float(f"{minimum_10:.2g}")  # printed to 2 significant digits
+    assert printed("steepest descent") == float(f"{steepest:.2g}")
+    assert f"lr = {{ head = {steepest:.2g} }}" in res.out

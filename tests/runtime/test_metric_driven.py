@@ -166,3 +166,40 @@ def test_bad_metric_driven_fields_exit_2(tmp_path: Path, capsys: pytest.CaptureF
     res = cli(capsys, "check", write_recipe(tmp_path, text.replace(old, new)))
     assert res.rc == 2
     assert message in res.out and "Traceback" not in res.out + res.err
+
+
+# head learns at lr 0.05 (evaluations at steps 2, 4, 6), then lr 5 spoils it (step 8): on
+# digits 0-2 the best val_loss and the best top-1 are both step 4's, neither the first nor
+# the last evaluation.
+KEEP = """
+[phases.learn]
+train = ["head"]
+steps = 6
+lr = { head = 0.05 }
+cache_features = false
+
+[phases.spoil]
+after = ["learn"]
+train = ["head"]
+steps = 2
+lr = { head = 5.0 }
+cache_features = false
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, key, larger", [("val_loss", "val_loss", False), ("val_top1", "top1", True)])
+def test_best_pt_is_the_best_evaluation_when_it_is_neither_the_first_nor_the_last(
+        tmp_path: Path, name: str, key: str, larger: bool) -> None:
+    run = f'eval_every = "2 steps"\ncheckpoint_every = "100 steps"\nkeep_best = "{name}"'
+    recipe = write_recipe(tmp_path, recipe_text("keep", KEEP, run=run))
+    seen = Seen()
+    with observe(seen):
+        assert cli(None, "run", recipe, "--out", tmp_path / "run").rc == 0
+    evals = [r for r in metrics(tmp_path / "run") if r["type"] == "eval"]
+    values = [r[key] for r in evals]
+    best = values.index(max(values) if larger else min(values))  # ties: the earlier evaluation
+    assert 0 < best < len(evals) - 1, values  # what the test is about
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert (saved["step"], saved["metric"], saved["value"]) == (evals[best]["step"], name, values[best])
+    assert_same(saved["model"], seen.at_eval[evals[best]["step"]]["model"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest

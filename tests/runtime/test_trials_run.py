@@ -272,3 +272,56 @@ def test_every_alternative_equals_its_phase_run_without_trials(tmp_path: Path) -
         assert got == want, k
         end = torch.load(tmp_path / "tri" / "run" / "trials" / "tune" / str(k) / "end.pt", weights_only=True)
         assert_same_tensors(end["model"], load_tensors(tmp_path / f"plain{k}" / "run" / "model.pt"))
+
+
+# How deep to unfreeze, zipped with the head's LR: alternative 0 (late + head at lr 1e-8)
+# leaves the model where warm left it, alternative 1 (head alone at lr 5) blows the head's
+# logits up (a high val loss, as head2 above), so with select = val_loss the winner is the
+# first alternative, not the last one run; it unfreezes two groups where the last unfreezes
+# one, so the two alternatives' change lists differ in length before the phase after them.
+DEPTH = """
+[phases.warm]
+train = ["head"]
+steps = 2
+lr = { head = 0.05 }
+cache_features = false
+
+[phases.depth]
+after = ["warm"]
+train = ["late", "head"]
+steps = 2
+lr = { head = 1e-8, late = "head" }
+cache_features = false
+[phases.depth.trials]
+train = [["late", "head"], ["head"]]
+"lr.head" = [1e-8, 5.0]
+mode = "zip"
+select = "val_loss"
+
+[phases.last]
+after = ["depth"]
+train = ["head"]
+steps = 3
+lr = { head = 0.01 }
+cache_features = false
+scheduler = { type = "LinearLR", start_factor = 0.1 }
+"""
+
+
+@pytest.mark.slow
+def test_the_run_goes_on_with_the_winners_changes_when_it_is_not_the_last_alternative(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The choice is recorded, not only loaded: after it the run follows the winner's change
+    list (lr.csv equals `plan --trace`, so the next phase's first changes and name are
+    there) and a checkpoint written after the choice records the winner."""
+    run = 'eval_every = "100 steps"\ncheckpoint_every = "1 step"\nkeep_checkpoints = "all"'
+    recipe = write_recipe(tmp_path, recipe_text("depth", DEPTH, run=run))
+    assert cli(capsys, "run", recipe, "--out", tmp_path / "run").rc == 0
+    assert [r["chosen"] for r in trials_rows(tmp_path / "run")] == ["true", "false"]  # the first, not the last
+    assert cli(capsys, "plan", recipe, "--trace", tmp_path / "trace.csv").rc == 0
+    assert (tmp_path / "run" / "lr.csv").read_text() == (tmp_path / "trace.csv").read_text()
+    rows = list(csv.DictReader((tmp_path / "run" / "lr.csv").open()))
+    assert [(r["step"], r["phase"]) for r in rows][-3:] == [("4", "last"), ("5", "last"), ("6", "last")]
+    after = [torch.load(p, map_location="cpu", weights_only=True) for p in sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))]
+    after = [s for s in after if s["step"] > 4 and s["trials"]["running"] is None]
+    assert after and all(s["trials"]["chosen"] == {"depth": 0} for s in after)
