@@ -25,7 +25,6 @@ import os
 import platform
 import re
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone

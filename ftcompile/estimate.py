@@ -41,6 +41,7 @@ so plain `ftcompile plan` does not pay for it.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -237,7 +238,9 @@ class ModelSteps:
         spec = plan.model
         self.fake = None
         if device == "fake":
-            from torch._subclasses.fake_tensor import FakeTensorMode  # imports torch._dynamo: only for an estimate
+            from torch._subclasses.fake_tensor import (
+                FakeTensorMode,  # imports torch._dynamo: only for an estimate
+            )
 
             # Built on the meta device (RegNet's width arithmetic needs real numbers), then fake.
             model = archs.build_model(spec.arch, spec.num_classes, spec.head, device="meta", builder_args=spec.builder_args)
@@ -387,7 +390,7 @@ class ModelSteps:
                     p.grad = torch.zeros_like(p)
         try:
             self.optimizer().step()
-        except Exception as exc:  # noqa: BLE001 - an optimizer that cannot step on fake tensors
+        except Exception as exc:
             if self.fake is None:
                 raise
             self.stepping = False
@@ -530,39 +533,37 @@ def _evaluations(plan: Plan, ph: PhasePlan, alt: Any) -> int:
 
 def estimate(plan: Plan, profile: Any = None, memory: tuple[int | None, str] | None = None) -> Estimate:
     """The cost of every phase of `plan` (and of every trial alternative); `profile` is a
-    calibrate.Rates (or None: FLOPs only); `memory` the device memory to compare with."""
+    calibrate.Rates (or None: FLOPs only); `memory` the device memory to compare with
+    (default: this device's, `device_memory`)."""
     device = run_device(plan)
     fm = ModelSteps(plan)
     slots = state_tensors(plan.optimizer.type, plan.optimizer.kwargs)
-    ema = fm.param_bytes + fm.buffer_bytes if plan.run.ema else 0
+    model = fm.param_bytes + fm.buffer_bytes
+    ema = model if plan.run.ema else 0
+    data = plan.data
+    images = data.train_size + data.val_size
+    names = [ph.name for ph in plan.phases]
     steps_cache: dict[StepSetup, StepCost] = {}
-    trained_before: set[str] = set()
     phases = []
-    current = None
     for ph, alt, setup in setups(plan):
-        if ph.name != current:  # the groups trained by the phases before this one
-            if current is not None:
-                trained_before |= set(prev_train)
-            current = ph.name
-        prev_train = ph.train
         if setup not in steps_cache:
             steps_cache[setup] = fm.step(setup)
         cost = steps_cache[setup]
-        state = 4 * slots * fm.numel(trained_before | set(setup.train))
-        copies = (2 if ph.trials else 0) + (1 if ph.restore_best else 0)
-        copies *= fm.param_bytes + fm.buffer_bytes + state
-        data = plan.data
+        # Optimizer state: every group trained now or by an earlier phase (torch keeps it).
+        before = {g for earlier in plan.phases[: names.index(ph.name)] for g in earlier.train}
+        state = 4 * slots * fm.numel(before | setup.train)
+        copies = ((2 if ph.trials else 0) + (1 if ph.restore_best else 0)) * (model + state)
+        evaluations = _evaluations(plan, ph, alt)
+        other = evaluations * data.val_size * fm.eval_flops(data.val_crop or setup.image_size, setup.cached)
         cache = 0
-        other = _evaluations(plan, ph, alt) * data.val_size * fm.eval_flops(data.val_crop or setup.image_size, setup.cached)
-        if setup.cached:
-            per_image = 4 * _prod(fm.head_input(setup.image_size, setup.cached))
-            cache = per_image * (data.train_size + data.val_size)
-            other += (data.train_size + data.val_size) * fm.backbone_flops(setup.image_size, setup.cached)
-        peak = fm.param_bytes + fm.buffer_bytes + ema + copies + state + cost.step_peak + (cache if device == "cpu" else 0)
+        if setup.cached:  # features of every image, computed once at the phase start
+            cache = 4 * math.prod(fm.head_input(setup.image_size, setup.cached)) * images
+            other += images * fm.backbone_flops(setup.image_size, setup.cached)
+        peak = model + ema + copies + state + cost.step_peak + (cache if device == "cpu" else 0)
         steps = ph.end - ph.begin
         phases.append(PhaseCost(
             phase=ph.name, trial=alt.k if alt is not None else None, label=alt.label if alt is not None else None,
-            steps=steps, evaluations=_evaluations(plan, ph, alt),
+            steps=steps, evaluations=evaluations,
             batch_size=setup.batch * setup.micro_batches, image_size=setup.image_size,
             trainable=fm.numel(setup.train), params=fm.param_bytes, buffers=fm.buffer_bytes, grads=cost.grads,
             state=state, activations=cost.activations, ema=ema, copies=copies, cache=cache,
@@ -570,29 +571,19 @@ def estimate(plan: Plan, profile: Any = None, memory: tuple[int | None, str] | N
             fwd_flops=cost.fwd_flops, bwd_flops=cost.bwd_flops, other_flops=other,
             flops=steps * (cost.fwd_flops + cost.bwd_flops) + other,
         ))
-    phases = [_timed(p, plan, fm, profile) for p in phases] if profile is not None else phases
-    est = Estimate(
-        phases=tuple(phases), flops=sum(p.flops for p in phases), device=device,
-        device_memory=(memory or device_memory(device))[0], device_memory_source=(memory or device_memory(device))[1],
-        notes=_notes(plan) + tuple(fm.notes),
-    )
-    if profile is not None:
-        lo = sum(p.seconds[0] for p in phases if p.seconds)
-        hi = sum(p.seconds[1] for p in phases if p.seconds)
-        est = replace(est, seconds=(lo, hi), profile=profile.describe())
-    else:
-        est = replace(est, profile=None)
-    return est
+    memory = memory or device_memory(device)
+    est = Estimate(phases=tuple(phases), flops=sum(p.flops for p in phases), device=device,
+                   device_memory=memory[0], device_memory_source=memory[1], notes=_notes(plan) + tuple(fm.notes))
+    if profile is None:
+        return est
+    timed = tuple(_timed(p, profile) for p in phases)
+    seconds = (sum(p.seconds[0] for p in timed if p.seconds), sum(p.seconds[1] for p in timed if p.seconds))
+    return replace(est, phases=timed, seconds=seconds, profile=profile.describe())
 
 
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
-
-
-def _timed(p: PhaseCost, plan: Plan, fm: ModelSteps, rates: Any) -> PhaseCost:
+def _timed(p: PhaseCost, rates: Any) -> PhaseCost:
+    """The phase's step and whole time: its steps at the profile's rates, its evaluations and
+    cached features at the forward rate; both as the profile's spread."""
     step = rates.step_seconds(p.fwd_flops, p.bwd_flops, p.trainable)
     phase = p.steps * step + rates.forward_seconds(p.other_flops)
     lo, hi = rates.spread
@@ -632,8 +623,8 @@ def warnings(est: Estimate, memory: int | None = None, source: str | None = None
 
 def _cheaper(p: PhaseCost) -> str:
     half = p.step_peak // 2
-    ideas = [f"halve the batch size ({p.batch_size} -> {max(1, p.batch_size // 2)}, or run.accumulate = 2: "
-             f"saves about {gib(half)})"]
+    ideas = [(f"halve the batch size ({p.batch_size} -> {max(1, p.batch_size // 2)}, or run.accumulate = 2: "
+             f"saves about {gib(half)})")]
     ideas.append('precision = "bf16" (activations about half)')
     ideas.append("run.channels_last = true (faster convolutions, same size)")
     if p.grads + p.activations > p.step_peak // 4:
@@ -689,8 +680,8 @@ def render(est: Estimate) -> str:
               for r in rows]
     lines += ["  saved: activations kept for the backward. step peak: most bytes alive during a step beyond",
               "  the model and optimizer state (batch, activations, gradients, the layer being computed).",
-              f"  peak = params + state + ema/copies + step peak (+ cached features on a CPU), "
-              f"{MEMORY_RANGE[0]:g}-{MEMORY_RANGE[1]:g}x."]
+              (f"  peak = params + state + ema/copies + step peak (+ cached features on a CPU), "
+              f"{MEMORY_RANGE[0]:g}-{MEMORY_RANGE[1]:g}x.")]
     total = f"run: {est.flops / 1e12:,.2f} TFLOP, trials included"
     total += f"; time {_span(est.seconds)}" if est.seconds else ""
     lines.append("  " + total)

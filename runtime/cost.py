@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ftcompile.runtime.loop import Hooks, Session, StepInfo
+from ftcompile.runtime.runfiles import read_records
 
 from ftcompile.estimate import LiveTensors, gib, tensor_bytes, tensors_in
 from ftcompile.plan import Plan
-from ftcompile.runtime.loop import Hooks, Session, StepInfo
-from ftcompile.runtime.runfiles import read_records
 
 
 def _proc_status(field: str) -> int | None:
@@ -211,8 +211,8 @@ def table(plan: Plan, run_dir: Path, meter: CostMeter | None = None) -> str:
                      f"{step_s:.3g} s" if step_s is not None else "-",
                      f"{step_s / mid:.2f}" if step_s is not None and mid else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["", "cost: estimate (plan --estimate) against this run (ratio = measured / estimate; "
-                 "step: median seconds in forward, backward and optimizer)"]
+    lines = ["", ("cost: estimate (plan --estimate) against this run (ratio = measured / estimate; "
+                 "step: median seconds in forward, backward and optimizer)")]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if rates is None:
         lines.append("  step est.: no device profile (ftcompile calibrate RECIPE)")

@@ -295,7 +295,7 @@ def test_plain_plan_never_imports_the_estimate(write: Callable[..., Path]) -> No
     path = write(three_phases(image_size=32, batch=4))
     code = ("import sys; from ftcompile.cli import main; main(['plan', sys.argv[1]]); "
             "assert 'ftcompile.estimate' not in sys.modules and 'ftcompile.calibrate' not in sys.modules")
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
 
