@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", help="recipe names (default: every file in recipes/)")
     parser.add_argument("--budget", type=float, default=12.0, help="GFLOP per step on the CPU (default 12)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setup (default 3)")
+    parser.add_argument("--reference-only", action="store_true", help="only the issue's resnet18 reference and the plan timing")
     args = parser.parse_args()
     # Profiles go to a temporary cache: the benchmark never changes the user's.
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ftcompile-estimate-")
@@ -199,7 +200,7 @@ def main() -> None:
     print("memory: params + buffers + optimizer state + step peak (EMA, trial copies, feature cache left out); "
           f"measured by {'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'live tensor storages (dispatch mode)'}")
     print("time: one step (forward, backward, optimizer), predicted from the standard profile\n")
-    names = args.recipes or sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))
+    names = [] if args.reference_only else args.recipes or sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))
     head = ["recipe", "phase", "batch x px", "peak est.", "measured", "ratio", "step est. s", "measured s", "ratio"]
     rows = []
     for name in names:
@@ -207,7 +208,8 @@ def main() -> None:
         got = compare(plan, std_rates, args.device, args.budget * 1e9, args.steps)
         rows += got
         print(f"... {name}: {len(got)} phase(s) done", file=sys.stderr, flush=True)
-    print_table(rows, head)
+    if rows:
+        print_table(rows, head)
 
     print("\nreference (issue 20): resnet18 64 px batch 16; calibrate on this recipe, then fresh steps")
     ref = work / "reference.toml"
