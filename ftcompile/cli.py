@@ -528,7 +528,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise RecipeError("--device cuda: no CUDA device is visible here", key="--device",
+            raise RecipeError("no CUDA device is visible here", key="--device",
                               suggestion="calibrate on the machine that will run, or use --device cpu")
     print(f"calibrating {plan.model.arch} on {device} ({calibrate.device_name(device)}), {plan.run.precision}")
     rates = calibrate.calibrate(plan, device, steps=args.steps)
