@@ -266,6 +266,30 @@ def weights_stats(arch: str, name: str) -> tuple[tuple[float, ...], tuple[float,
     return tuple(float(x) for x in tf.mean), tuple(float(x) for x in tf.std)
 
 
+def weights_url(arch: str, name: str) -> str:
+    """Where a torchvision weights member downloads from; its last part names the hub cache file."""
+    recorded = tv_table.table()
+    url = recorded.weight_url(arch, name) if recorded is not None else None
+    return url if url is not None else _weights_member(arch, name).url
+
+
+def weights_sizes(arch: str, name: str) -> tuple[int, int]:
+    """(resize, crop) of the images a torchvision weights member was evaluated on."""
+    recorded = tv_table.table()
+    sizes = recorded.weight_sizes(arch, name) if recorded is not None else None
+    if sizes is not None:
+        return sizes
+    tf = _weights_member(arch, name).transforms()
+    return int(tf.resize_size[0]), int(tf.crop_size[0])
+
+
+def _weights_member(arch: str, name: str) -> Any:
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)
+    return enum.DEFAULT if name == "DEFAULT" else enum[name]
+
+
 def torchvision_model(
     arch: str, device: str = "meta", weights: object | None = None, builder_args: dict | None = None
 ) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -148,9 +149,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", metavar="DIR")
     p.set_defaults(func=cmd_rerun)
+    _add_start_commands(sub)
     _add_use_commands(sub)
     _add_calibrate(sub)
     return parser
+
+
+INIT_EPILOG = """examples:
+  ftcompile init data/flowers                      class folders (split 85/15 per class) or train/ + val/
+  ftcompile init data/flowers --model convnext_tiny -o flowers.toml
+  ftcompile init data/flowers --lr-find            the head's LR from an LR-finder run (~100 steps)
+  ftcompile init data/flowers --image-size 128     smaller images than the weights' own: faster steps
+
+The recipe passes `check` and `plan` and runs as it is; each line says why and what to change.
+Exit 2 when the folder cannot make one: no class folders, one class, unreadable images, a class
+with fewer training images than one batch.
+"""
+
+WEIGHTS_EPILOG = """examples:
+  ftcompile weights resnet50.IMAGENET1K_V2         where the file goes; download it if it is absent
+  ftcompile weights ResNet50_Weights.DEFAULT       torchvision's own spelling
+  ftcompile weights recipes/resnet50-gradual.toml  the weights a recipe names
+  ftcompile weights resnet50 --no-download         only say which file, from where, to where
+
+exit status: 0 the file is in torch's hub cache (now), 1 absent (--no-download), 2 error
+(no network: the message says where to put the file). FTCOMPILE_NO_DOWNLOAD=1 forbids downloads.
+"""
+
+
+def _add_start_commands(sub: argparse._SubParsersAction) -> None:
+    """init and weights: from a folder of images to a recipe that runs."""
+    p = sub.add_parser("init", help="write a commented recipe for a folder of images", epilog=INIT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", metavar="DATA_FOLDER", help="class folders (FOLDER/<class>/<image>), or FOLDER/train + FOLDER/val")
+    p.add_argument("--model", metavar="NAME", help="a torchvision classifier (default: from the data size and the device)")
+    p.add_argument("-o", "--output", metavar="RECIPE.toml", default="recipe.toml", help="default: recipe.toml")
+    p.add_argument("--lr-find", action="store_true",
+                   help="measure the head's LR with the LR finder; the curve goes beside the recipe (RECIPE.lr_find.csv / .png)")
+    p.add_argument("--image-size", type=int, metavar="N", help="default: the size the weights were trained at")
+    p.add_argument("--batch-size", type=int, metavar="N", help="default: 32 (a class needs at least one batch of training images)")
+    p.add_argument("--force", action="store_true", help="replace an existing recipe file")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("weights", help="where torchvision's pretrained weights go (torch's hub cache); download them",
+                       epilog=WEIGHTS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME", help="ARCH[.WEIGHTS] (resnet50.IMAGENET1K_V2), Enum_Weights.MEMBER, or a recipe .toml")
+    p.add_argument("--no-download", action="store_true", help="only say which file goes where")
+    p.set_defaults(func=cmd_weights)
 
 
 def _add_use_commands(sub: argparse._SubParsersAction) -> None:
@@ -261,6 +306,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         try:
             compiled = compile_checked(path, options)
+            _weights_cached(compiled.plan, path, args.require_data)
             images = _verify_images(compiled.plan, Path(path)) if args.verify_images and not compiled.nominal_data else None
         except RecipeError as err:
             failed += 1
@@ -277,6 +323,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.estimate or args.device_memory:
             failed += _check_cost(plan, path, args.device_memory)
     return 2 if failed else 0
+
+
+def _weights_cached(plan, where: str | Path, required: bool) -> None:
+    """torchvision weights that are not in torch's hub cache: `run` downloads them, or fails on a
+    machine without network. A warning that says which file goes where; an error with --require-data."""
+    from ftcompile import hub
+
+    cached = hub.of_model(plan.model)
+    if cached is None or cached.present():
+        return
+    if required:
+        raise cached.missing().located(where)
+    print(f"warning: {where}: model.weights: {cached.short_note()}", file=sys.stderr)
 
 
 def _warn_memory(plan, where: str | Path) -> None:
@@ -348,6 +407,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The augment ops are built once here, as the runtime will build them (it imports torchvision anyway).
         plan, recipe_path = _compile(str(source), args, build_transforms=True), source
         root = Path(args.data_root) if args.data_root else source.parent
+    restarted = _restart_pinned(plan, args)
+    if restarted is not None:
+        return restarted
     _warn_memory(plan, source)
     from ftcompile.runtime.rundir import start_run
 
@@ -398,16 +460,142 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.rundir import resume_run
+def _restart_pinned(plan: Any, args: argparse.Namespace) -> int | None:
+    """A portable plan runs in a process whose environment pins instruction sets and threads
+    before torch starts: this command again, so pinned (ftcompile/portable.py); None: go on here."""
+    from ftcompile import portable
 
-    return resume_run(Path(args.run_dir))
+    return portable.restart_pinned(plan.run.reproducible, args.argv)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from ftcompile.runtime.rundir import open_run, resume_run
+
+    restarted = _restart_pinned(open_run(Path(args.run_dir))[0], args)
+    return restarted if restarted is not None else resume_run(Path(args.run_dir))
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.rundir import rerun_run
+    from ftcompile.runtime.rundir import open_run, rerun_run
 
-    return rerun_run(Path(args.run_dir), Path(args.out) if args.out else None)
+    restarted = _restart_pinned(open_run(Path(args.run_dir))[0], args)
+    return restarted if restarted is not None else rerun_run(Path(args.run_dir), Path(args.out) if args.out else None)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Survey the folder, choose the model, write the recipe, and compile it as `check` does."""
+    from ftcompile import init, outputs
+    from ftcompile.compiler import CompileOptions, compile_checked
+
+    out = Path(args.output)
+    if args.image_size is not None and not 8 <= args.image_size <= 2048:
+        raise RecipeError(f"--image-size {args.image_size}: use 8 to 2048", key="--image-size")
+    batch_size = init.DEFAULT_BATCH if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise RecipeError(f"--batch-size {batch_size}: use 1 or more", key="--batch-size")
+    if out.is_file() and not args.force:  # a recipe is the user's text, even one init wrote: edits may be in it
+        raise RecipeError(f"{out} exists; init does not replace a recipe", key="-o",
+                          suggestion="give another file with -o, or add --force to replace it")
+    outputs.check_output(out, init.RECIPE, "-o", force=True)  # never a folder, a device, a run directory's file
+    survey = init.survey(Path(args.folder), batch_size)
+    model = init.choose_model(args.model, survey.train_size, init.detect_device())
+    options = init.Options(out, args.image_size, batch_size)
+    if args.lr_find:
+        options = _init_lr_find(survey, model, options, args.force)
+    outputs.write_text(out, init.render(survey, model, options))
+    plan = compile_checked(out, CompileOptions()).plan
+    print(f"wrote {out}: {model.arch} ({model.weights} weights), {len(survey.class_names)} classes, "
+          f"{survey.train_size} train / {survey.val_size} val images; {len(plan.phases)} phases, "
+          f"{plan.steps_with_trials} optimizer steps with trials ({plan.total_steps} without)")
+    from ftcompile import hub
+
+    cached = hub.of_model(plan.model)
+    if cached is not None and not cached.present():
+        print(f"weights: {cached.short_note()}")
+    print(f"next: ftcompile plan {out}\n      ftcompile run {out}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """Which file torchvision's weights are, where torch looks for it, and the download."""
+    from ftcompile import hub
+
+    arch, name = _weights_name(args.name)
+    if arch is None:
+        print(f"{args.name}: model.weights = {name!r} is not a torchvision weights name: nothing to download")
+        return 0
+    cached = hub.locate(arch, name)
+    print("\n".join(hub.describe(cached)))
+    if cached.present():
+        return 0
+    if args.no_download:
+        print(f"to use it: {cached.where_to_put_it()}")
+        return 1
+    try:
+        hub.download(cached, progress=True)
+    except RecipeError as err:  # the hint without "`ftcompile weights` downloads it": this is that command
+        raise RecipeError(err.message, suggestion=cached.where_to_put_it()) from None
+    print("\n".join(hub.describe(cached)[-1:]))
+    return 0
+
+
+def _weights_name(text: str) -> tuple[str | None, str]:
+    """NAME of `ftcompile weights`: ARCH[.WEIGHTS] or a recipe .toml (its model.arch and model.weights)."""
+    from ftcompile import hub
+
+    if not text.endswith(".toml"):
+        return hub.parse_name(text)
+    from ftcompile.compiler import locate
+    from ftcompile.load import load_overridden
+    from ftcompile.schema import validate
+
+    loaded = load_overridden(text, ())
+    try:
+        model = validate(loaded).model
+        from ftcompile import arch as archs
+
+        if model.weights not in archs.valid_weights(model.arch):
+            return None, model.weights
+    except RecipeError as err:
+        raise locate(err, loaded) from None
+    return model.arch, model.weights
+
+
+def _init_lr_find(survey: Any, model: Any, options: Any, force: bool) -> Any:
+    """`init --lr-find`: the recipe as it would be written, its head phase's LR range test
+    (compile stages never import the runtime, so it is wired here), the curve beside the
+    recipe, and the options with the steepest-descent LR for the head."""
+    import dataclasses
+
+    from ftcompile import hub, init, outputs
+    from ftcompile.compiler import CompileOptions, compile_checked
+
+    out = options.recipe
+    csv, png = out.with_name(out.stem + ".lr_find.csv"), out.with_name(out.stem + ".lr_find.png")
+    outputs.check_output(csv, outputs.LR_FIND_CSV, "--lr-find", force=force)
+    outputs.check_output(png, outputs.LR_FIND_PLOT, "--lr-find", force=force)
+    draft = out.with_name(f".{out.name}.lr-find-{os.getpid()}.toml")  # beside it: its data paths hold
+    outputs.write_text(draft, init.render(survey, model, options))
+    try:
+        plan = compile_checked(draft, CompileOptions()).plan
+    finally:
+        draft.unlink(missing_ok=True)
+    cached = hub.of_model(plan.model)
+    if cached is not None:
+        hub.ensure(cached, progress=sys.stderr.isatty())
+    from ftcompile.runtime import lr_find as lrf
+
+    print("lr-find: the head phase's LR range test (100 steps)", file=sys.stderr, flush=True)
+    found = lrf.lr_find(plan, out.parent, "head", steps=100)
+    lrf.write_csv(found, csv)
+    saved = f"{csv}" + (f", {png}" if lrf.plot(found, png) else "")
+    steepest = (found.suggestion or {}).get("steepest")
+    if not steepest:
+        print(f"lr-find suggested nothing (curve in {saved}); the head keeps lr {options.head_lr:g}", file=sys.stderr)
+        return dataclasses.replace(options, head_lr_note=f"lr-find suggested nothing here (see {csv.name}); a default")
+    lr = found.base[found.reference] * steepest
+    print(f"lr-find: head lr {lr:.2g} (steepest descent); curve in {saved}", file=sys.stderr)
+    return dataclasses.replace(options, head_lr=lr, head_lr_note=f"lr-find's steepest descent ({csv.name}, {png.name})")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -551,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = argv  # a portable run starts this command again (None: ftcompile is the program)
     try:
         with raised_as_interrupts():  # SIGTERM too: atomic writes clean up, the run says "interrupted"
             return args.func(args)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftcompile import portable
 from ftcompile.changes import build_all_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_overridden
@@ -70,6 +71,7 @@ def compile_checked(path: str | Path, options: CompileOptions, _chain: tuple[Pat
         chain = (*_chain, loaded.path.resolve())
         root = options.data_root or loaded.folder
         upstream, upstream_nominal = compile_upstream(recipe.model.weights, loaded.folder, chain, options)
+        portable.check_upstream(recipe.run.reproducible, recipe.model.weights, upstream)
         resolved = resolve(
             recipe, root, options.dataset_size, options.val_size, upstream,
             nominal=options.nominal_data, build_transforms=options.build_transforms,

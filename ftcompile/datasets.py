@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ftcompile import split
 from ftcompile.errors import RecipeError, did_you_mean
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -71,12 +72,14 @@ def absent_folders(data: dict, root: Path) -> tuple[str, ...]:
     """Keys ("data.train", "data.val") of the recipe's folders that do not exist here."""
     if data.get("builtin") is not None:
         return ()
+    if split.is_split(data.get("val")):  # data.val = { split }: both sides come from data.train
+        return ("data.train", "data.val") if data.get("train") and not (Path(root) / data["train"]).exists() else ()
     return tuple(f"data.{s}" for s in ("train", "val") if data.get(s) and not (Path(root) / data[s]).exists())
 
 
 def count_folder(data: dict, root: Path, key: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """Class names and images per class of one split's folder, when the other is absent."""
-    folder = _existing_folder(data[key.split(".")[1]], Path(root), key)
+    folder = existing_folder(data[key.split(".")[1]], Path(root), key)
     samples, names = list_image_folder(folder, list(data.get("classes") or []), key=key)
     counts = [0] * len(names)
     for _, label in samples:
@@ -101,8 +104,11 @@ def resolve_splits(data: dict, root: Path) -> Splits:
         raise RecipeError(
             "a folder train set needs a validation folder",
             key="data.val",
-            suggestion='set data.val = "path/to/val" with the same class folders as data.train',
+            suggestion='set data.val = "path/to/val" with the same class folders as data.train, '
+            "or data.val = { split = 0.15, seed = 0 } to take it from data.train",
         )
+    if split.is_split(data["val"]):
+        return _split_folder(data, Path(root))
     return _folder_splits(data["train"], data["val"], classes, Path(root))
 
 
@@ -191,8 +197,8 @@ def digits_split(classes: Sequence[str]) -> tuple[list[int], list[int], list[str
 
 def _folder_splits(train: str, val: str, classes: list[str], root: Path) -> Splits:
     """List both ImageFolder splits and check that they agree on the classes."""
-    train_dir = _existing_folder(train, root, "data.train")
-    val_dir = _existing_folder(val, root, "data.val")
+    train_dir = existing_folder(train, root, "data.train")
+    val_dir = existing_folder(val, root, "data.val")
     train_names = class_folders(train_dir, "data.train")
     val_names = class_folders(val_dir, "data.val")
     if classes:
@@ -212,7 +218,31 @@ def _folder_splits(train: str, val: str, classes: list[str], root: Path) -> Spli
     )
 
 
-def _existing_folder(raw: str, root: Path, key: str) -> Path:
+def _split_folder(data: dict, root: Path) -> Splits:
+    """data.train with `data.val = {split, seed}`: the plan's recorded lists when `data` carries
+    them (`split_files`: run, resume, rerun, eval read exactly these), else split now."""
+    folder = existing_folder(data["train"], root, "data.train")
+    classes = list(data.get("classes") or [])
+    if data.get("split_files") is not None:
+        split.check_present(folder, data["split_files"])
+        train, val, names = split.recorded(data["split_files"], classes)
+    else:
+        samples, names = list_image_folder(folder, classes, key="data.train")
+        train, val = split.stratified(samples, names, float(data["val"]["split"]), int(data["val"].get("seed", 0)))
+    return Splits(builtin=None, train=tuple(train), val=tuple(val), class_names=tuple(names),
+                  train_dir=folder, val_dir=folder)
+
+
+def split_plan_fields(data: dict, root: Path) -> dict[str, Any]:
+    """`{"split_files": ...}` for the plan's data when data.val asks for a split and data.train
+    is here (the lists are then part of what the plan hash covers); `{}` otherwise."""
+    if not split.is_split(data.get("val")) or not data.get("train") or not (Path(root) / data["train"]).exists():
+        return {}
+    splits = _split_folder({k: v for k, v in data.items() if k != "split_files"}, Path(root))
+    return {"split_files": split.files_of(splits.train, splits.val)}
+
+
+def existing_folder(raw: str, root: Path, key: str) -> Path:
     folder = (root / raw).resolve()
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "not found"

@@ -104,11 +104,30 @@ def _sections(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[dict[s
         a, b = old.get(name), new.get(name)
         if name == "model":  # an upstream recipe's plan is compared as a plan of its own, below
             a, b = _without_upstream_plan(a), _without_upstream_plan(b)
-        changes = leaf_changes(a, b, name)
+        changes = leaf_changes(*_split_files_apart(a, b), name) if name == "data" else leaf_changes(a, b, name)
+        if name == "data":
+            changes += _split_files_changes(a, b)
         if name == "recipe":  # the content hash changes with every edit; what changed is shown elsewhere
             changes = [c for c in changes if c["key"] != "recipe.source_hash"]
         if changes:
             out[name] = changes
+    return out
+
+
+def _split_files_apart(a: Any, b: Any) -> tuple[Any, Any]:
+    drop = lambda d: {k: v for k, v in d.items() if k != "split_files"} if isinstance(d, dict) else d  # noqa: E731
+    return drop(a), drop(b)
+
+
+def _split_files_changes(a: Any, b: Any) -> list[dict[str, Any]]:
+    """data.val = { split }: each side's file list as the files it lost and gained (an image
+    added to the folder is one name, not two lists of thousands)."""
+    lists = [(d.get("split_files") or {}) if isinstance(d, dict) else {} for d in (a, b)]
+    out = []
+    for side in ("train", "val"):
+        old, new = set(lists[0].get(side) or []), set(lists[1].get(side) or [])
+        if old != new:
+            out.append({"key": f"data.split_files.{side} removed -> added", "old": sorted(old - new), "new": sorted(new - old)})
     return out
 
 

@@ -113,10 +113,15 @@ class DataSpec:
     mix: dict[str, float] | None = None  # MixUp/CutMix: mixup_alpha, cutmix_alpha, prob, switch_prob
     val_resize: int | None = None  # shorter side before the val centre crop; None: image_size / 0.875
     val_crop: int | None = None  # None: image_size
+    # data.val = { split, seed }: the files of each split, "class/relative/path", as the compiler
+    # chose them (ftcompile/split.py); the runtime reads exactly these. None: no split, or
+    # compiled where the folder is absent (the runtime then makes the split from the folder).
+    split_files: dict[str, list[str]] | None = None
 
     def sources(self) -> dict[str, Any]:
         """Where the samples come from, as `datasets.resolve_splits` / `count_data` read it."""
-        return {"builtin": self.builtin, "train": self.train, "val": self.val, "classes": self.classes}
+        return {"builtin": self.builtin, "train": self.train, "val": self.val, "classes": self.classes,
+                **({"split_files": self.split_files} if self.split_files is not None else {})}
 
     @property
     def val_preprocessing(self) -> ValPreprocessing:
@@ -168,6 +173,7 @@ class RunSpec:
     accumulate: int = 1  # micro-batches per optimizer step
     ema: dict[str, Any] | None = None  # {"decay", "every" (steps), "warmup"}
     sync_bn: bool = False
+    reproducible: str = "machine"  # "portable": pinned instruction sets and threads (ftcompile/portable.py)
 
 
 KEEP_CHECKPOINTS = ("boundaries", "all", "last", "none")
@@ -458,10 +464,11 @@ def _dataclass_fields(obj: Any) -> dict[str, Any]:
 # logging): each is left out of the JSON at its default value, so older plans keep their hash.
 OPTIONAL: dict[type, dict[str, Any]] = {
     ModelSpec: {"builder_args": {}, "head_weights": "new"},
-    DataSpec: {"mix": None, "val_resize": None, "val_crop": None},
+    DataSpec: {"mix": None, "val_resize": None, "val_crop": None, "split_files": None},
     OptimizerSpec: {"clip_grad_norm": None, "clip_grad_value": None},
     RunSpec: {"accumulate": 1, "ema": None, "sync_bn": False,
-              "keep_best": None, "keep_checkpoints": "boundaries", "log": list(DEFAULT_LOG)},
+              "keep_best": None, "keep_checkpoints": "boundaries", "log": list(DEFAULT_LOG),
+              "reproducible": "machine"},
     PhasePlan: {"data": None, "stop_early": None, "restore_best": None, "trials": None},
 }
 

@@ -145,10 +145,15 @@ def checkpoints_line(plan: Plan) -> str:
             f"kept once finished: {after} (keep_checkpoints = \"{policy}\")")
 
 
+def _val_text(val: Any) -> str:
+    """data.val: a folder, or `split 0.15 (seed 0)` for a split made at compile time."""
+    return f"split {val['split']:g} (seed {val.get('seed', 0)})" if isinstance(val, dict) else str(val)
+
+
 def _header(plan: Plan) -> list[list[str]]:
     """The plan, model, data and optimizer lines, as parts joined by two spaces."""
     m, d = plan.model, plan.data
-    source = f"builtin {d.builtin}" if d.builtin else f"{d.train} | {d.val}"
+    source = f"builtin {d.builtin}" if d.builtin else f"{d.train} | {_val_text(d.val)}"
     return [
         [f"plan {plan.hash[:12]}", f"recipe {plan.recipe['name']} ({plan.recipe['file']})", f"seed {plan.seed}"],
         ["model", m.arch, f"weights {weights_text(m.weights)}", f"head {head_layers(m.head)}",

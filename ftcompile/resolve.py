@@ -213,6 +213,7 @@ def resolve(
         steps_per_epoch=spe,
         mean=list(mean),
         std=list(std),
+        **datasets.split_plan_fields(data, folder),  # data.val = { split }: the file lists, in the hash
     )
     return Resolved(
         model=model_info,

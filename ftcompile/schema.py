@@ -158,12 +158,24 @@ def _check_per_image(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ops
 
 
+class ValSplit(Strict):
+    """`data.val = { split = 0.15, seed = 0 }`: validation images taken from data.train's folder,
+    stratified per class, chosen at compile time and listed in the plan (ftcompile/split.py)."""
+
+    split: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(description=(
+        "the share of each class's images that is validation (at least 1, and at least 1 left to train)"))
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(0, description=(
+        "which images: another seed, another split of the same sizes"))
+
+
 class Data(Strict):
     """The images: ImageFolder folders or a builtin set, and how they are batched and augmented."""
 
     train: str | None = Field(None, description=(
         "an ImageFolder folder (one folder per class), relative to the recipe"))
-    val: str | None = Field(None, description="the validation ImageFolder folder, relative to the recipe")
+    val: str | ValSplit | None = Field(None, description=(
+        "the validation ImageFolder folder, relative to the recipe; or `{ split = 0.15, seed = 0 }`: a "
+        "stratified split of data.train made at compile time, its file lists in the plan"))
     builtin: Literal["digits"] | None = Field(None, description=(
         '`"digits"`: scikit-learn\'s 1797 real 8x8 handwritten digits, upscaled; a fixed stratified '
         "split (within each class, every 5th image is val)"))
@@ -415,6 +427,32 @@ class Run(Strict):
         "an exponential moving average of the weights, evaluated beside them and saved as `model_ema.pt`"))
     sync_bn: bool = Field(False, description=(
         "BatchNorm becomes SyncBatchNorm when several processes run on GPUs; a no-op with one process"))
+    reproducible: Literal["machine", "portable"] = Field("machine", description=(
+        '`machine`: bitwise repeatable on the same kind of machine; `"portable"`: oneDNN, ATen and MKL pinned '
+        "to AVX2 and one thread, so the run gives the same bits on any x86-64 CPU with AVX2 (CPU only, fp32; "
+        "slower, see docs/starting.md)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _portable_on_cpu(cls, data: Any) -> Any:
+        """A portable run is a CPU run: device "auto" means the CPU there."""
+        if isinstance(data, dict) and data.get("reproducible") == "portable" and data.get("device", "auto") == "auto":
+            return {**data, "device": "cpu"}
+        return data
+
+    @model_validator(mode="after")
+    def _portable_pins(self) -> "Run":
+        if self.reproducible != "portable":
+            return self
+        clashes = [why for bad, why in (
+            (self.device == "cuda", 'device = "cuda" (GPU kernels are not pinned: use "cpu")'),
+            (self.precision != "fp32", f'precision = "{self.precision}" (use "fp32")'),
+            (self.compile, "compile = true (torch.compile generates kernels for this CPU)"),
+            (not self.deterministic, "deterministic = false"),
+        ) if bad]
+        if clashes:
+            raise ValueError('reproducible = "portable" pins CPU kernels; it cannot go with ' + "; ".join(clashes))
+        return self
 
     @field_validator("checkpoint_every", "eval_every")
     @classmethod

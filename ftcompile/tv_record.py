@@ -22,9 +22,13 @@ _STAMP = (2020, 1, 1, 0, 0, 0)  # fixed member dates: regenerating gives identic
 
 
 def weights_record(arch: str) -> dict[str, Any]:
-    """Every weights name of an arch, with the mean/std its transforms normalise with."""
+    """Every weights name of an arch, with the mean/std its transforms normalise with, the
+    URL its file downloads from (the hub cache's file name; `check` says when it is absent)
+    and its evaluation sizes (`ftcompile init` writes them)."""
     names = archs.valid_weights(arch)
-    return {"names": names, "stats": {name: list(map(list, archs.weights_stats(arch, name))) for name in names}}
+    return {"names": names, "stats": {name: list(map(list, archs.weights_stats(arch, name))) for name in names},
+            "urls": {name: archs.weights_url(arch, name) for name in names},
+            "sizes": {name: list(archs.weights_sizes(arch, name)) for name in names}}
 
 
 def record() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -79,6 +79,15 @@ class Table:
         mean, std = self.index["weights"][arch]["stats"][name]
         return tuple(mean), tuple(std)
 
+    def weight_url(self, arch: str, name: str) -> str | None:
+        """None: a table recorded before URLs were (ask torchvision)."""
+        return self.index["weights"][arch].get("urls", {}).get(name)
+
+    def weight_sizes(self, arch: str, name: str) -> tuple[int, int] | None:
+        """(resize, crop) of the weights' evaluation transforms; None: not recorded."""
+        sizes = self.index["weights"][arch].get("sizes", {}).get(name)
+        return None if sizes is None else (int(sizes[0]), int(sizes[1]))
+
     @property
     def transforms(self) -> dict[str, dict[str, Any]]:
         return self.index["transforms"]

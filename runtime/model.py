@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import sys
-import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +9,7 @@ import torch
 from torch import nn
 
 from ftcompile import arch as archs
+from ftcompile import hub
 from ftcompile.errors import RecipeError
 from ftcompile.plan import ModelSpec
 from ftcompile.weights import check_fits, read_state
@@ -39,9 +37,10 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
     num_classes, head = spec.num_classes, spec.head
     if kind == "torchvision":
         weights = torchvision_weights(arch, value)
-        fetch(weights)
+        cached = hub.locate(arch, value)
+        hub.ensure(cached)  # `run` fetched it before making the run directory; lr-find and eval come here
         # torch.hub loads its cache with weights_only=False: check the file the safe way first.
-        load_state(cache_file(weights))
+        load_state(cached.file)
         return _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", weights=weights,
                                                           builder_args=spec.builder_args))
     model = _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", builder_args=spec.builder_args))
@@ -72,31 +71,6 @@ def _allocated(spec: ModelSpec, make: Any) -> nn.Module:
             key="model.num_classes" if spec.head is None else "model.head",
             suggestion="check model.num_classes and the widths in model.head; `ftcompile plan` shows the memory estimate",
         ) from None
-
-
-DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: a network that drops packets fails, not hangs
-
-
-def fetch(weights: Any) -> None:
-    """Download torchvision weights into the torch.hub cache unless they are there already."""
-    path = cache_file(weights)
-    if path.is_file():
-        return
-    match = torch.hub.HASH_REGEX.search(path.name)  # torchvision's check_hash=True
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {weights.url} to {path}", file=sys.stderr, flush=True)
-        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None, progress=False)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:  # no network, timeout, hash mismatch
-        raise RecipeError(
-            f"weights {weights} are not cached and cannot be downloaded ({type(exc).__name__}: {exc})",
-            key="model.weights",
-            suggestion=f"put the file {path.name} (from {weights.url}) in the folder {path.parent}",
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def load_state(path: Path, key: str = "model.weights") -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile import outputs
+from ftcompile import portable
 from ftcompile.errors import RecipeError, os_error
 from ftcompile.plan import Plan
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
@@ -95,6 +96,7 @@ def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> d
         **provenance.recipe_record(recipe, plan.recipe.get("overrides", [])),
         "data": provenance.data_fingerprint(plan.to_dict()["data"], root),
         "machine": provenance.machine(),
+        "reproducible": portable.record(plan.run.reproducible),
     }
 
 
@@ -108,7 +110,8 @@ def changed_since(run_dir: Path, plan: Plan, env: dict[str, Any]) -> list[str]:
         lines += provenance.data_warnings(env, provenance.data_fingerprint(plan.to_dict()["data"], Path(env["data_root"])))
     except RecipeError:
         pass  # data that cannot be listed fails the run itself, with its own message
-    return lines + provenance.machine_warnings(env, provenance.machine())
+    now = provenance.machine()
+    return lines + portable.machine_warnings(plan.run.reproducible, env, now, provenance.machine_warnings(env, now))
 
 
 def _write_record(run_dir: Path, plan: Plan, recipe_text: str | None, env: dict[str, Any]) -> None:
@@ -174,8 +177,10 @@ def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Pa
     name), record, train."""
     from ftcompile.runtime import distributed
 
+    portable.enter(plan.run.reproducible)  # pinned threads; refused where the environment is not pinned
     d = distributed.init(plan.run.device)
     _main_then_all(d, lambda: verify_images(plan, root))
+    _main_then_all(d, lambda: fetch_weights(plan))
     lock = RunLock()
     run_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
     with lock:
@@ -189,6 +194,17 @@ def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Pa
         distributed.barrier(d)
         _train(plan, run_dir, root, None, d)
     return run_dir
+
+
+def fetch_weights(plan: Plan) -> None:
+    """torchvision weights are in torch's hub cache, downloaded now if need be, before the
+    run directory is made: a machine without network fails here, saying which file to put
+    where, and leaves no failed run behind to shift the run numbers."""
+    from ftcompile import hub
+
+    cached = hub.of_model(plan.model)
+    if cached is not None:
+        hub.ensure(cached, progress=sys.stderr.isatty())
 
 
 def verify_images(plan: Plan, root: Path) -> None:
@@ -225,6 +241,7 @@ def resume_run(run_dir: Path) -> int:
         return 0
     from ftcompile.runtime import checkpoint, distributed
 
+    portable.enter(plan.run.reproducible)
     d = distributed.init(plan.run.device)
     lock = RunLock()
     _main_then_all(d, lambda: lock.acquire(run_dir))
@@ -307,6 +324,7 @@ def version_warnings(plan: Plan) -> list[str]:
 
 def rerun_run(run_dir: Path, out: Path | None) -> int:
     plan, env = open_run(run_dir)
+    portable.enter(plan.run.reproducible)
     from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run.device)
@@ -317,6 +335,7 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
             for line in version_warnings(plan) + changed_since(run_dir, plan, env):
                 print(line, file=sys.stderr)
         _main_then_all(d, lambda: verify_images(plan, root))
+        _main_then_all(d, lambda: fetch_weights(plan))
         lock = RunLock()
         new_dir = _main_then_all(d, lambda: new_run_dir(plan, out, lock))
         with lock:

@@ -121,6 +121,8 @@ def test_weights_and_transforms_are_torchvisions(live: None) -> None:
         assert TABLE.weight_names(arch) == A.valid_weights(arch), arch
         for name in TABLE.weight_names(arch):
             assert TABLE.weight_stats(arch, name) == A.weights_stats(arch, name), (arch, name)
+            assert TABLE.weight_url(arch, name) == A.weights_url(arch, name), (arch, name)
+            assert TABLE.weight_sizes(arch, name) == A.weights_sizes(arch, name), (arch, name)
     assert TABLE.transforms == json.loads(json.dumps(datasets.augment_signatures()))
 
 

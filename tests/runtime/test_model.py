@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-import ftcompile.runtime.model
+from ftcompile import hub
 from ftcompile.arch import build_model
 from ftcompile.errors import RecipeError
 from ftcompile.plan import ModelSpec, WeightsSpec
@@ -97,10 +97,12 @@ def test_weights_not_cached_and_offline(torch_home: Path, tmp_path: Path, capsys
     assert result.rc == 2 and "Traceback" not in result.err
     folder = torch_home / "hub" / "checkpoints"
     assert "resnet18-f37072fd.pth" in result.err and str(folder) in result.err
-    assert "not cached and cannot be downloaded" in result.err
-    assert DOWNLOADS == [ftcompile.runtime.model.DOWNLOAD_TIMEOUT_S]  # tried once, with a timeout
+    assert "are not in torch's hub cache" in result.err and "the download failed (URLError" in result.err
+    assert "sha256 starts with f37072fd" in result.err  # the hash the file must have
+    assert DOWNLOADS == [hub.DOWNLOAD_TIMEOUT_S]  # tried once, with a timeout
     assert socket.getdefaulttimeout() is None  # restored
     assert not list(folder.iterdir())  # nothing half-written
+    assert not (tmp_path / "run").exists()  # failed before the run directory was made
 
 
 def test_cached_weights_with_a_payload_are_refused(torch_home: Path, tmp_path: Path) -> None:
