@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ftcompile
+from ftcompile import datasets
+from ftcompile.datasets import Splits
 from ftcompile.errors import RecipeError
+from ftcompile.images import bad_images_error, image_files, verify_images
 from ftcompile.outputs import Kind
 
 # What `init -o` writes, for the output guard (which `init` asks only for what is never
@@ -91,8 +94,6 @@ def _unusable(message: str, suggestion: str) -> RecipeError:
 
 def survey(folder: Path, batch_size: int = DEFAULT_BATCH, verify: bool = True) -> Survey:
     """Read the folder; a RecipeError (exit 2) for every way it cannot make a recipe that runs."""
-    from ftcompile import datasets
-
     folder = Path(folder)
     if not folder.is_dir():
         raise _unusable(f"{folder} is not a folder" if folder.exists() else f"{folder} not found",
@@ -141,23 +142,19 @@ def _fitting(smallest: int) -> int:
     return 1 << max(0, smallest.bit_length() - 1)
 
 
-def _verify(splits: object) -> None:
-    from ftcompile.images import bad_images_error, image_files, verify_images
-
-    files = image_files(splits)  # type: ignore[arg-type]
+def _verify(splits: Splits) -> None:
+    files = image_files(splits)
     bad = verify_images(files)
     if bad:
         err = bad_images_error(bad, len(files))
         raise _unusable(err.message, err.suggestion or "")
 
 
-def _sizes(splits: object) -> tuple[tuple[int, int], ...]:
+def _sizes(splits: Splits) -> tuple[tuple[int, int], ...]:
     """(width, height) of up to SIZE_SAMPLE images, evenly spread over the listing (headers only)."""
-    from PIL import Image
+    from PIL import Image  # images.py imports PIL lazily too: `plan` and `check` never need it
 
-    from ftcompile.images import image_files
-
-    files = [p for p, _ in image_files(splits)]  # type: ignore[arg-type]
+    files = [p for p, _ in image_files(splits)]
     step = max(1, len(files) // SIZE_SAMPLE)
     out = []
     for path in files[::step][:SIZE_SAMPLE]:
