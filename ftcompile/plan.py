@@ -142,7 +142,6 @@ class DataSpec:
         return ValPreprocessing(resize, self.val_crop or self.image_size, tuple(self.mean), tuple(self.std))
 
 
-
 @dataclass(frozen=True)
 class OptimizerSpec:
     type: str  # a torch.optim class

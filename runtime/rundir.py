@@ -6,7 +6,6 @@ recipe.toml, plan.json, env.json, metrics.jsonl, lr.csv, checkpoints/, model.pt.
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 import sys
 from collections.abc import Callable, Iterator

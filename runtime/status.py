@@ -16,7 +16,6 @@ which adds up over the attempts.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import sys

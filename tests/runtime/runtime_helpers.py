@@ -112,14 +112,17 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def metrics_bytes(run_dir: Path) -> bytes:
-    """metrics.jsonl without the step records' timing fields (which differ between two runs
-    of one plan), re-encoded as the runtime encodes records: the rest compares bitwise."""
+    """metrics.jsonl without the step records' timing fields and without the memory records
+    (runtime/cost.py: what the process measured of itself, which differs between two runs of
+    one plan and is not counted on a step a resume did not see), re-encoded as the runtime encodes records: the rest compares bitwise."""
     out = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec.get("type") == "step":
             assert set(TIMING_FIELDS) <= set(rec), rec  # every step record has its timing
             rec = {k: v for k, v in rec.items() if k not in TIMING_FIELDS}
+        elif rec.get("type") == "memory":
+            continue
         out.append(json.dumps(rec, allow_nan=True) + "\n")
     return "".join(out).encode()
 
