@@ -18,7 +18,9 @@ a kill or a full disk at any moment leaves the old file or the new one, never a 
 failure removes the temporary file (an interrupt too: SIGTERM is raised as an exception, see
 signals.py); only SIGKILL or a power loss can leave one, and `remove_stale_temps` (run and
 resume, for their run directory) and the next write of the same file remove it. An OS error
-is one RecipeError naming the target and the OS's reason.
+is one RecipeError naming the target and the OS's reason. Every file gets the mode a plain
+`open(path, "w")` gives (0666 less the umask, 0644 usually), whatever created its temporary
+file: a library or an opener may make it 0600, and a model exported to share must not be.
 
 No torch here: `plan` writes through this module too.
 """
@@ -46,6 +48,20 @@ TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>[0-9]+)$")
 
 def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def file_mode() -> int:
+    """0o666 less the process's umask: the mode of a file made by `open(path, "w")`. Linux
+    states the umask in /proc; elsewhere it is read by setting it and putting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _alive(pid: int) -> bool:
@@ -109,6 +125,7 @@ def writing(path: Path, opener: Callable[[Path], BinaryIO] | None = None) -> Ite
         with (opener or open_new)(tmp) as fh:
             yield fh
             fh.flush()
+            os.fchmod(fh.fileno(), file_mode())  # not the opener's mode (a temporary file's 0600)
             os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
         fsync_folder(path.parent)  # and the new name is on disk too
@@ -131,6 +148,7 @@ def written_by_library(path: Path) -> Iterator[Path]:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
+            os.fchmod(fd, file_mode())  # the library's own mode may be 0600
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -309,3 +309,27 @@ def test_is_run_dir_needs_both_files(tmp_path: Path) -> None:
     assert not outputs.is_run_dir(tmp_path)
     (tmp_path / "env.json").write_text("{}")
     assert outputs.is_run_dir(tmp_path) and outputs.enclosing_run(tmp_path / "a" / "b") == tmp_path
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_every_output_gets_the_mode_open_gives_whatever_made_its_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    """A model.safetensors came out 0600: the writer sets 0666 less the umask (0644 under
+    022) on what it writes, whether its opener or a library (ONNX) made the file 0600."""
+    def private(p: Path):
+        return os.fdopen(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+    old = os.umask(umask)
+    try:
+        monkeypatch.setattr(outputs, "open_new", private)
+        outputs.write_bytes(tmp_path / "model.safetensors", b"x")
+        with outputs.written_by_library(tmp_path / "model.onnx") as tmp:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+        with outputs.writing(tmp_path / "model.pt", private) as fh:  # checkpoints' own opener
+            fh.write(b"y")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "model.onnx", "model.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    assert outputs.file_mode() == 0o666 & ~old
