@@ -450,7 +450,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
                         upstream=upstream_model(plan, root))
     out.mkdir(parents=True, exist_ok=True)
     lrf.write_csv(found, out / "lr_find.csv")
-    print(lrf.report(found))
+    print(lrf.report(found, _written_phase(args.recipe, args, phase.name)))
     wrote = [out / "lr_find.csv"]
     if lrf.plot(found, out / "lr_find.png"):
         wrote.append(out / "lr_find.png")
@@ -458,6 +458,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         print("no lr_find.png: the plot needs matplotlib (pip install 'ftcompile[plot]')")
     print("wrote " + ", ".join(map(str, wrote)))
     return 0
+
+
+def _written_phase(path: str, args: argparse.Namespace, name: str) -> Any:
+    """The phase as the recipe writes it (its `lr` table with expressions), for lr-find's
+    paste-in line; None for a compiled plan.json, which keeps only numbers."""
+    if Path(path).suffix == ".json":
+        return None
+    from ftcompile.load import load_overridden
+    from ftcompile.schema import validate
+
+    return validate(load_overridden(path, tuple(getattr(args, "overrides", ())))).phases.get(name)
 
 
 def _restart_pinned(plan: Any, args: argparse.Namespace) -> int | None:

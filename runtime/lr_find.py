@@ -8,7 +8,10 @@ expressions, `lr_decay`) are kept. The smoothed loss is recorded until it diverg
 is written but the CSV (and plot) asked for: the session has no run directory.
 
 The suggestion is for the phase's reference group: the last group of its `train` list (the
-head in the usual order, the group `lr_decay` and expressions start from).
+head in the usual order, the group `lr_decay` and expressions start from). It is one
+multiplier of all the phase's LRs, so the line to paste is the phase's whole `lr` table with
+its numbers scaled and its expressions kept (`paste_lr`). A flat curve (`flat`) suggests
+nothing: its steepest point would be noise.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import torch
 
 from ftcompile import outputs
 from ftcompile.errors import RecipeError, did_you_mean
+from ftcompile.lr_expr import resolve_lrs
 from ftcompile.plan import Op, PhasePlan, Plan
+from ftcompile.schema import Phase
 from ftcompile.runtime.curves import png
 from ftcompile.runtime.loop import END_OF_WINDOW, Hooks, Session, StepInfo
 from ftcompile.runtime.retention import find_phase_start
@@ -76,6 +81,48 @@ def suggest(mults: list[float], smoothed: list[float]) -> dict[str, Any]:
             "steepest_slope": float(slopes[steep])}
 
 
+def flat(losses: list[float], smoothed: list[float]) -> dict[str, float] | None:
+    """The curve shows no descent: the smoothed loss never falls, from any point to a later
+    one, by more than the noise of one batch's loss. That noise is the spread of the raw
+    losses' step-to-step differences / sqrt(2), measured robustly (1.4826 x their median
+    absolute deviation: the spikes near divergence do not count). The smoothed loss itself
+    wanders about a tenth of that (an EMA of beta 0.98), so a fall of one batch's noise is a
+    real descent. Same points as `suggest`. Returns the fall and the noise when flat."""
+    points = [(x, s) for x, s in zip(losses, smoothed) if math.isfinite(x) and math.isfinite(s)]
+    if len(points) >= 20:
+        points = points[len(points) // 10 : -5]
+    if len(points) < 3:
+        return None
+    raw, s = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    fall = float(np.max(np.maximum.accumulate(s) - s))
+    steps = np.diff(raw)
+    noise = float(1.4826 * np.median(np.abs(steps - np.median(steps))) / math.sqrt(2))
+    return {"fall": fall, "noise": noise} if fall <= noise else None
+
+
+def _toml_number(x: float) -> str:
+    text = f"{x:.2g}"
+    return text if any(c in text for c in ".en") else text + ".0"  # 5 -> 5.0: a TOML float
+
+
+def paste_lr(name: str, phase: Phase, mult: float) -> str:
+    """The phase's `lr` table with every LR times `mult`: its numbers scaled (2 significant
+    digits), its expressions and `lr_decay` kept, which scales every group when the
+    expressions are ratios ("head / 3"). An expression that does not scale so ("head / 3 +
+    1e-5") makes every trained group a number instead."""
+    written = phase.lr
+    planned = resolve_lrs(name, phase)
+    if isinstance(written, (int, float)):
+        return f"lr = {_toml_number(written * mult)}"
+    if isinstance(written, dict) and written:
+        scaled = {g: v if isinstance(v, str) else v * mult for g, v in written.items()}
+        got = resolve_lrs(name, phase.model_copy(update={"lr": scaled}))
+        if all(math.isclose(got[g], planned[g] * mult, rel_tol=1e-9) for g in planned):  # the expressions scale
+            return "lr = { " + ", ".join(f'{g} = "{v}"' if isinstance(v, str) else f"{g} = {_toml_number(v)}"
+                                          for g, v in scaled.items()) + " }"
+    return "lr = { " + ", ".join(f"{g} = {_toml_number(planned[g] * mult)}" for g in phase.train) + " }"
+
+
 # ------------------------------------------------------------ the run
 
 
@@ -86,7 +133,8 @@ class Found:
     base: dict[str, float]  # recipe group -> the phase's planned lr
     rows: list[dict[str, float]]  # step, multiplier, loss, smoothed
     stopped: bool  # the loss diverged before the last step
-    suggestion: dict[str, Any]
+    suggestion: dict[str, Any] | None  # None: a flat curve, nothing to suggest
+    flat: dict[str, float] | None = None  # {"fall", "noise"} of a flat curve
 
 
 class _Losses(Hooks):
@@ -155,8 +203,10 @@ def lr_find(plan: Plan, root: Path, phase_name: str, *, steps: int = 100, start:
     group_lr = {pg.group: base[pg.name] for pg in reversed(plan.param_groups) if pg.name in base}
     reference = phase.train[-1]
     kept = rows[:-1] if stopped else rows  # the diverged point is not a candidate
+    suggestion = suggest([r["multiplier"] for r in kept], [r["smoothed"] for r in kept])
+    no_descent = flat([r["loss"] for r in kept], [r["smoothed"] for r in kept])
     return Found(phase, reference, {g: group_lr[g] for g in phase.train if g in group_lr}, rows, stopped,
-                 suggest([r["multiplier"] for r in kept], [r["smoothed"] for r in kept]))
+                 None if no_descent else suggestion, no_descent)
 
 
 # ------------------------------------------------------------ --from RUN_DIR
@@ -215,34 +265,43 @@ def plot(found: Found, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([ref * r["multiplier"] for r in found.rows], [r["smoothed"] for r in found.rows], label="smoothed loss")
     ax.plot([ref * r["multiplier"] for r in found.rows], [r["loss"] for r in found.rows], alpha=0.3, label="loss")
-    for key, style in (("steepest", "--"), ("minimum_10", ":")):
+    for key, style in (("steepest", "--"), ("minimum_10", ":")) if found.suggestion else ():
         ax.axvline(ref * found.suggestion[key], ls=style, color="grey", label=f"{key.replace('_10', ' / 10')} {ref * found.suggestion[key]:.2g}")
     smoothed = [r["smoothed"] for r in found.rows if math.isfinite(r["smoothed"])]
     ax.set_ylim(0.95 * min(smoothed), 1.05 * max(smoothed))  # raw spikes would flatten the curve
     ax.set_xscale("log")
     ax.set_xlabel(f"lr of {found.reference}")
     ax.set_ylabel("training loss")
-    ax.set_title(f"lr-find: phase {found.phase.name}")
+    ax.set_title(f"lr-find: phase {found.phase.name}" + ("  (flat: nothing to suggest)" if found.flat else ""))
     ax.legend(fontsize="small")
     fig.tight_layout()
     outputs.write_bytes(path, png(fig, outputs.LR_FIND_PLOT, dpi=100))
     return True
 
 
-def report(found: Found) -> str:
+def report(found: Found, written: Phase | None = None) -> str:
+    """What the test found; `written`: the phase as the recipe writes it, for a paste-in
+    `lr` table that is valid as it stands (without it, every trained group as a number)."""
     ref, sug = found.reference, found.suggestion
     lr = found.base[ref]
     n = len(found.rows)
     end = f"stopped after {n} steps: the smoothed loss passed {DIVERGE:g}x its minimum" if found.stopped else f"{n} steps"
+    head = f"lr-find  phase {found.phase.name} (step {found.phase.begin}); reference group {ref}, planned lr {lr:.3g}; {end}"
+    if sug is None:
+        fall, noise = (found.flat or {}).get("fall", 0.0), (found.flat or {}).get("noise", 0.0)
+        return "\n".join([
+            head,
+            f"  nothing to suggest: the curve is flat (the smoothed loss never fell by more than {fall:.2g},"
+            f" within one batch's noise {noise:.2g})",
+            "  keep the planned LRs, or widen the range (--start / --end) or lengthen it (--steps)",
+        ])
     steep, low = lr * sug["steepest"], lr * sug["minimum_10"]
-    others = ", ".join(f"{g} {v * sug['steepest']:.2g}" for g, v in found.base.items() if g != ref)
-    lines = [
-        f"lr-find  phase {found.phase.name} (step {found.phase.begin}); reference group {ref}, planned lr {lr:.3g}; {end}",
+    table = (paste_lr(found.phase.name, written, sug["steepest"]) if written is not None else
+             "lr = { " + ", ".join(f"{g} = {_toml_number(v * sug['steepest'])}" for g, v in found.base.items()) + " }")
+    return "\n".join([
+        head,
         f"  steepest descent  {ref} lr {steep:.2g}  (x{sug['steepest']:.3g} the planned LRs)",
         f"  minimum / 10      {ref} lr {low:.2g}  (x{sug['minimum_10']:.3g})",
-        f"paste into [phases.{found.phase.name}]:",
-        f"  lr = {{ {ref} = {steep:.2g} }}",
-    ]
-    if others:
-        lines.append(f"  (the other groups keep their ratios through the phase's LR expressions: {others})")
-    return "\n".join(lines)
+        f"paste into [phases.{found.phase.name}] (every LR of the phase x{sug['steepest']:.3g}):",
+        f"  {table}",
+    ])

@@ -91,7 +91,8 @@ def test_lr_find_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert 0 < low < len(smoothed) - 1 and smoothed[0] > smoothed[low] < smoothed[-1]  # falls, then rises
     # The reference group is the last of `train`: head.
     line = next(x for x in res.out.splitlines() if x.strip().startswith("lr = { head = "))
-    lr = float(line.split("=")[2].strip(" }"))
+    lr = float(line.split("=")[2].split(",")[0])
+    assert line.strip().endswith(', late = "head / 10" }')  # the phase's whole table: late follows head
     assert math.isfinite(lr) and 0.01 * 1e-4 <= lr <= 0.01 * 1e3
     assert (tmp_path / "fresh" / "lr_find.png").is_file()
 
@@ -149,4 +150,75 @@ def test_the_printed_lrs_are_the_curves_points(tmp_path: Path, capsys: pytest.Ca
 
     assert printed("minimum / 10") == float(f"{minimum_10:.2g}")  # printed to 2 significant digits
     assert printed("steepest descent") == float(f"{steepest:.2g}")
-    assert f"lr = {{ head = {steepest:.2g} }}" in res.out
+    assert f'lr = {{ head = {steepest:.2g}, late = "head / 10" }}' in res.out
+
+
+def _phase(recipe: str, name: str):
+    from ftcompile.load import load_recipe
+    from ftcompile.schema import validate
+
+    return validate(load_recipe(Path(__file__).parents[2] / "recipes" / recipe)).phases[name]
+
+
+@pytest.mark.parametrize("recipe, phase, mult, line", [
+    # layer4 = "head / 3" follows head: only the number is scaled (0.03 x 0.5)
+    ("quickstart.toml", "layer4", 0.5, 'lr = { head = 0.015, layer4 = "head / 3" }'),
+    ("quickstart.toml", "layer3", 1e-3, 'lr = { head = 3e-05, layer4 = "head / 3", layer3 = "layer4 / 3" }'),
+    ("quickstart.toml", "full", 2.0, "lr = { head = 0.1 }"),  # lr_decay gives the others, kept
+    ("quickstart.toml", "warmup", 20.0, "lr = { head = 1.0 }"),  # a TOML float, not the integer 1
+])
+def test_the_paste_in_line_is_the_phases_whole_lr_table_scaled(recipe: str, phase: str, mult: float, line: str) -> None:
+    """A new user pasted `lr = { layer4 = 5.1e-06 }` from lr-find --phase layer4 into the
+    quickstart: 'group head is trained but has no LR'. The line is now the phase's table."""
+    from ftcompile.runtime.lr_find import paste_lr
+
+    assert paste_lr(phase, _phase(recipe, phase), mult) == line
+
+
+def test_the_paste_in_line_compiles_in_the_quickstart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ftcompile.runtime.lr_find import paste_lr
+
+    recipes = Path(__file__).parents[2] / "recipes"
+    pasted = paste_lr("layer4", _phase("quickstart.toml", "layer4"), 1 / 30).removeprefix("lr = ")
+    res = cli(capsys, "plan", recipes / "quickstart.toml", "--set", f"phases.layer4.lr={pasted}")
+    assert res.rc == 0, res.err
+    assert "layer4  head    0.001 / 0.001" in res.out and "layer4  0.000333 / 0.000333" in res.out
+    # the old line, the reference group alone, does not
+    res = cli(capsys, "plan", recipes / "quickstart.toml", "--set", "phases.layer4.lr={ layer4 = 5.1e-06 }")
+    assert res.rc == 2 and "group 'head' is trained but has no LR" in res.err
+
+
+def test_an_expression_that_does_not_scale_makes_every_group_a_number() -> None:
+    from ftcompile.runtime.lr_find import paste_lr
+
+    phase = _phase("quickstart.toml", "layer4").model_copy(update={"lr": {"head": 0.03, "layer4": "head / 3 + 0.01"}})
+    # planned: head 0.03, layer4 0.02; x 0.1 each
+    assert paste_lr("layer4", phase, 0.1) == "lr = { head = 0.003, layer4 = 0.002 }"
+
+
+def test_a_flat_curve_suggests_nothing_and_a_falling_one_does() -> None:
+    from ftcompile.runtime.lr_find import flat
+
+    import numpy as np
+
+    # Gaussian noise of sd 0.2 around 0.7 with no trend (the noise measured: about 0.2), and
+    # spikes near the end as before a divergence (the robust spread leaves them out): the
+    # smoothed loss moves far less than one batch's noise.
+    noise = np.random.default_rng(0).normal(0.0, 0.2, 100)
+    noisy = [0.7 + e + (3.0 if i in (90, 92) else 0.0) for i, e in enumerate(noise)]
+    found = flat(noisy, smooth(noisy))
+    assert found is not None and found["noise"] == pytest.approx(0.2, rel=0.25)
+    # The same noise on a loss falling from 2.0 to 0.5: a fall of ~1.5 is far beyond it.
+    falling = [2.0 - 1.5 * i / 99 + e for i, e in enumerate(noise)]
+    assert flat(falling, smooth(falling)) is None
+    assert flat([1.0] * 50, [1.0] * 50) == {"fall": 0.0, "noise": 0.0}  # exactly flat
+
+
+def test_a_flat_curves_report_says_it_found_nothing() -> None:
+    from ftcompile.runtime.lr_find import Found, report
+
+    phase = type("P", (), {"name": "layer4", "begin": 23})()
+    found = Found(phase, "layer4", {"head": 0.03, "layer4": 0.01}, [{"step": 0}] * 100, False, None,  # type: ignore[arg-type]
+                  {"fall": 0.01, "noise": 0.2})
+    text = report(found)
+    assert "nothing to suggest: the curve is flat" in text and "paste" not in text
