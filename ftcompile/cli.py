@@ -246,7 +246,7 @@ def _options(args: argparse.Namespace, **extra: Any) -> Any:
         dataset_size=getattr(args, "dataset_size", None),
         val_size=getattr(args, "val_size", None),
         overrides=tuple(getattr(args, "overrides", ())),
-        **extra,
+        **{"needs_data": not hasattr(args, "dataset_size"), **extra},  # run, lr-find: no --dataset-size to suggest
     )
 
 
@@ -299,6 +299,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     everything but the step counts is still checked, against a nominal dataset size."""
     from ftcompile.compiler import compile_checked
 
+    from ftcompile.render import counted
+
     options = _options(args, nominal_data=not args.require_data)
     failed = 0
     for path in args.recipes:
@@ -315,10 +317,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         plan = compiled.plan
         if compiled.nominal_data:
-            print(f"ok   {path}: {len(plan.phases)} phases (data not found here: step counts not checked)")
+            print(f"ok   {path}: {counted(len(plan.phases), 'phase')} (data not found here: step counts not checked)")
         else:
             verified = f", {images} images verified" if images is not None else ""
-            print(f"ok   {path}: {len(plan.phases)} phases, {plan.total_steps} steps, plan {plan.hash[:12]}{verified}")
+            print(f"ok   {path}: {counted(len(plan.phases), 'phase')}, {counted(plan.total_steps, 'step')}, plan {plan.hash[:12]}{verified}")
             _warn_memory(plan, path)
         if args.estimate or args.device_memory:
             failed += _check_cost(plan, path, args.device_memory)
@@ -497,6 +499,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     """Survey the folder, choose the model, write the recipe, and compile it as `check` does."""
     from ftcompile import init, outputs
     from ftcompile.compiler import CompileOptions, compile_checked
+    from ftcompile.render import counted
 
     out = Path(args.output)
     if args.image_size is not None and not 8 <= args.image_size <= 2048:
@@ -516,7 +519,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     outputs.write_text(out, init.render(survey, model, options))
     plan = compile_checked(out, CompileOptions()).plan
     print(f"wrote {out}: {model.arch} ({model.weights} weights), {len(survey.class_names)} classes, "
-          f"{survey.train_size} train / {survey.val_size} val images; {len(plan.phases)} phases, "
+          f"{survey.train_size} train / {survey.val_size} val images; {counted(len(plan.phases), 'phase')}, "
           f"{plan.steps_with_trials} optimizer steps with trials ({plan.total_steps} without)")
     from ftcompile import hub
 

@@ -34,6 +34,7 @@ class CompileOptions:
     val_size: int | None = None  # --val-size: validation images, where data.val is absent
     nominal_data: bool = False  # `check`: an absent data folder gets a nominal size, not an error
     build_transforms: bool = False  # build the augment ops once (imports torchvision; `run` does)
+    needs_data: bool = False  # `run`: an absent data folder is an error whose hint is not --dataset-size
     overrides: tuple[str, ...] = ()  # --set KEY=VALUE, in order
     data_root: Path | None = None  # data folders are relative to this, not to the recipe's folder
 
@@ -75,6 +76,7 @@ def compile_checked(path: str | Path, options: CompileOptions, _chain: tuple[Pat
         resolved = resolve(
             recipe, root, options.dataset_size, options.val_size, upstream,
             nominal=options.nominal_data, build_transforms=options.build_transforms,
+            needs_data=options.needs_data,
         )
         plan = build_plan(resolved, recipe, loaded.path.name, loaded.source_hash(), options.overrides)
         return Compiled(plan, upstream_nominal + resolved.nominal_data)

@@ -14,6 +14,11 @@ from ftcompile.plan import Change, DataSpec, Plan, WeightsSpec, checkpoints_kept
 WIDTH = 100  # columns of `ftcompile plan` without --wide
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 phase`, `4 phases`: a count and its noun, plural unless it is one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith(("s", "sh", "ch", "x")) else f"{n} {noun}s"
+
+
 def _num(n: int) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -137,7 +142,7 @@ def checkpoints_line(plan: Plan) -> str:
         return (f"checkpoints  none written (checkpoint_every = \"never\", keep_checkpoints = \"{policy}\"): "
                 "an interrupted run starts again at step 0")
     every = plan.run.checkpoint_every
-    written = f"every {every} steps and at phase ends" if every else "at phase ends only"
+    written = f"every {counted(every, 'step')} and at phase ends" if every else "at phase ends only"
     final = sorted(checkpoints_kept(steps, phase_starts(plan), policy, finished=True))
     running = {"boundaries": "the newest + phase starts", "all": "all", "last": "the newest", "none": "the newest"}
     after = "steps " + ", ".join(map(str, final)) if final else "none"

@@ -154,9 +154,12 @@ def resolve(
     *,
     nominal: bool = False,
     build_transforms: bool = False,
+    needs_data: bool = False,
 ) -> Resolved:
     """`folder` is where data paths start; `dataset_size`/`val_size` stand in for absent
-    folders, `nominal` gives absent folders a nominal size instead (for `check`)."""
+    folders, `nominal` gives absent folders a nominal size instead (for `check`);
+    `needs_data`: the command trains or evaluates (`run`), so an absent folder's hint is where
+    to put the data, not the sizes that let `plan` go on without it."""
     from ftcompile import arch as archs
     from ftcompile import datasets
 
@@ -165,7 +168,7 @@ def resolve(
     weights = resolve_weights(m.arch, m.weights, upstream)
     data = recipe.data.model_dump()
     datasets.validate_augment(data["augment"], build=build_transforms)
-    counts, nominal_data = _counts(data, folder, dataset_size, val_size, m.num_classes, nominal)
+    counts, nominal_data = _counts(data, folder, dataset_size, val_size, m.num_classes, nominal, needs_data)
     class_names = list(counts.class_names)
     num_classes = _num_classes(m.num_classes, class_names)
     head = m.head.model_dump() if m.head else None
@@ -588,6 +591,7 @@ def _counts(
     val_size: int | None,
     num_classes: int | str,
     nominal: bool = False,
+    needs_data: bool = False,
 ) -> tuple[Any, tuple[str, ...]]:
     """Count the data; a folder that is absent takes the size given on the command line
     (or, for `check`, a nominal one). Returns the counts and the keys given nominal sizes."""
@@ -607,7 +611,7 @@ def _counts(
         elif key == "data.val" and train_size is not None:
             sizes[key] = 0  # --dataset-size alone: no validation size to show
         else:
-            _absent_error(data, folder, key)
+            _absent_error(data, folder, key, needs_data)
     present = {key: datasets.count_folder(data, folder, key) for key in sizes if key not in absent and data[key[5:]]}
     if "data.train" in present:
         names, counts = present["data.train"]
@@ -618,14 +622,16 @@ def _counts(
     return datasets.DataCounts(size["data.train"], size["data.val"], tuple(names), tuple(counts)), tuple(used)
 
 
-def _absent_error(data: dict[str, Any], folder: Path, key: str) -> None:
-    """The absent folder's own error, with the way to plan without it."""
+def _absent_error(data: dict[str, Any], folder: Path, key: str, needs_data: bool = False) -> None:
+    """The absent folder's own error, with the way to go on: for `plan` and `check`, sizes
+    that stand in for the data; for `run`, which needs the images, where they may be."""
     from ftcompile import datasets
 
     try:
         datasets.count_folder(data, folder, key)
     except RecipeError as err:
-        err.suggestion = f"{err.suggestion}; without the data here: --dataset-size N --val-size M"
+        err.suggestion = (f"{err.suggestion}, or give --data-root DIR, the folder they are relative to" if needs_data
+                          else f"{err.suggestion}; without the data here: --dataset-size N --val-size M")
         raise
     raise AssertionError(f"{key} is absent but could be counted")
 

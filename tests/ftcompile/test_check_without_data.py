@@ -125,3 +125,28 @@ def test_marked_only_skips_other_toml_files(capsys: pytest.CaptureFixture[str], 
     assert rc == 0 and out.count("ok   ") == 1 and "pyproject" not in out
     rc, out, _ = run(capsys, "check", recipe, other)  # without the flag every file is a recipe
     assert rc == 2 and "pyproject.toml" in out
+
+
+@pytest.mark.parametrize("command", [["run"], ["lr-find", "--phase", "warmup"]])
+def test_a_command_that_needs_the_data_does_not_suggest_sizes_it_does_not_take(
+        capsys: pytest.CaptureFixture[str], write: Writer, command: list[str]) -> None:
+    """run's hint said --dataset-size, which run does not take: it says --data-root now."""
+    path = write(ABSENT)
+    rc, out, err = run(capsys, command[0], path, *command[1:], *(["-o", path.parent / "lrf"] if command[0] == "lr-find" else []))
+    assert rc == 2 and "data.train: data folder 'not/here/train' not found" in err
+    assert "--dataset-size" not in err and "--data-root DIR" in err
+    rc, _, err = run(capsys, "plan", path)  # plan takes the sizes and still says so
+    assert rc == 2 and "--dataset-size N --val-size M" in err
+
+
+def test_counts_of_one_are_singular(capsys: pytest.CaptureFixture[str], write: Writer) -> None:
+    """'1 phases' in check's line; render.counted is the one rule."""
+    from ftcompile.render import counted
+
+    one = ABSENT.split("[phases.full]")[0]
+    rc, out, _ = run(capsys, "check", write(one))
+    assert rc == 0 and ": 1 phase (data not found here" in out
+    rc, out, _ = run(capsys, "check", write(one), "--dataset-size", "16", "--val-size", "16")
+    assert rc == 0 and ": 1 phase, 1 step, plan " in out  # 16 / 16 = 1 step per epoch, 1 epoch
+    assert [counted(n, "phase") for n in (0, 1, 2)] == ["0 phases", "1 phase", "2 phases"]
+    assert counted(3, "class") == "3 classes"
