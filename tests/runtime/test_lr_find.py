@@ -222,3 +222,24 @@ def test_a_flat_curves_report_says_it_found_nothing() -> None:
                   {"fall": 0.01, "noise": 0.2})
     text = report(found)
     assert "nothing to suggest: the curve is flat" in text and "paste" not in text
+
+
+# The raw losses of `lr-find recipes/quickstart.toml --phase layer4` (default range, stopped
+# after 84 steps), 2026-12-07 on the 2-core AMD EPYC, commit 63396a3, rounded to 2 digits:
+# the curve where the old suggestion was the planned LR / 500. The smoothed loss falls 0.13
+# at most, one batch's noise is 0.17.
+QUICKSTART_LAYER4 = [
+    1.01, 1.04, 1.24, 0.87, 1.03, 1.05, 0.78, 0.71, 0.78, 1.14, 0.76, 0.77, 1.09, 0.69, 0.73, 0.88, 1.08, 0.88,
+    1.09, 0.53, 1.01, 0.92, 0.82, 1.15, 0.81, 0.76, 0.73, 0.94, 0.78, 1.02, 1.08, 0.99, 1.01, 0.74, 1.04, 1.05,
+    0.81, 0.72, 0.57, 0.67, 0.77, 0.66, 0.6, 0.74, 0.99, 0.95, 1.02, 0.78, 0.75, 0.67, 0.6, 0.89, 0.85, 0.87,
+    0.73, 0.57, 0.69, 1.04, 0.59, 0.84, 0.83, 0.86, 0.94, 1.1, 0.76, 1.1, 0.96, 0.96, 1.46, 1.66, 2.85, 2.34,
+    1.85, 1.76, 1.75, 3.59, 1.25, 6.54, 4.61, 1.22, 7.75, 16.44, 19.44, 60.99]
+
+
+def test_the_quickstarts_layer4_curve_is_flat() -> None:
+    from ftcompile.runtime.lr_find import flat
+
+    kept = QUICKSTART_LAYER4[:-1]  # the diverged point is not a candidate
+    found = flat(kept, smooth(QUICKSTART_LAYER4)[:-1])
+    assert found is not None
+    assert found["fall"] == pytest.approx(0.127, abs=0.005) and found["noise"] == pytest.approx(0.168, abs=0.005)
