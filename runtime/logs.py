@@ -210,11 +210,15 @@ class Progress:
             self.bar = None
 
 
-def eval_line(rec: dict[str, Any]) -> str:
+def eval_line(rec: dict[str, Any], note: str | None = None) -> str:
+    """One evaluation; `note`, in brackets after the phase, says what was evaluated when the
+    phase name alone would mislead: a trial phase's alternative (`[k=1 layer4=head / 10]`),
+    the starting state lr-find loaded from a run."""
     top5 = f"  top5 {100 * rec['top5']:6.2f}%" if "top5" in rec else ""
-    return (f"eval  step {rec['step']:>6}  epoch {rec['epoch']:6.2f}  {rec['phase']:<12} val_loss {rec['val_loss']:.4f}  "
+    phase = f"{rec['phase']:<12}" + (f" [{note}]  " if note else "")
+    return (f"eval  step {rec['step']:>6}  epoch {rec['epoch']:6.2f}  {phase} val_loss {rec['val_loss']:.4f}  "
             f"top1 {100 * rec['top1']:6.2f}%{top5}")
 
 
-def print_eval(rec: dict[str, Any], progress: Progress) -> None:
-    progress.write(eval_line(rec))
+def print_eval(rec: dict[str, Any], progress: Progress, note: str | None = None) -> None:
+    progress.write(eval_line(rec, note))

@@ -196,6 +196,9 @@ class Session:
     ) -> None:
         self.plan, self.run_dir, self.d, self.root = plan, run_dir, d, root
         self.hooks = [*hooks, *_OBSERVERS]
+        # What the eval lines add after the phase, when it alone would mislead (lr-find's
+        # evaluation of a state it loaded); a trial's alternative is named by the trials.
+        self.eval_note: str | None = None
         seed_everything(plan.seed, plan.run.deterministic)
         self.device = distributed.device_for(d, plan.run.device)
         # In this order: the model's initial weights are drawn after the data's set-up.
@@ -586,7 +589,7 @@ class Session:
             self.logs.record(rec)
         self.evals.append(rec)
         if self.d.main:
-            print_eval(rec, self.progress)
+            print_eval(rec, self.progress, self.eval_note or self.trials.label())
         for hook in self.hooks:
             hook.on_evaluate(self, rec)
         self._metric_driven(rec)

@@ -171,6 +171,7 @@ def lr_find(plan: Plan, root: Path, phase_name: str, *, steps: int = 100, start:
     try:
         if state is not None:
             session.load_state(state)
+            session.eval_note = "the starting state, loaded from --from: not trained here"
             # The checkpoint comes before the previous window's end-of-window changes (its
             # evaluation): do them, as the run did, so both ways reach the same state.
             session.run(phase.begin, phase.begin)

@@ -69,6 +69,11 @@ class TrialState:
     def k(self) -> int | None:
         return self.running.k if self.running else None
 
+    def label(self) -> str | None:
+        """The running alternative as trials.csv names it (`k=1 layer4=head / 10`), or None."""
+        r = self.running
+        return None if r is None else f"k={r.k} {self.specs[r.phase].alternatives[r.k].label}"
+
     def at_end(self, step: int) -> bool:
         return self.running is not None and step == self.running.end
 

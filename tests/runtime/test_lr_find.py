@@ -102,6 +102,10 @@ def test_lr_find_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     before = digests(run)
     res = cli(capsys, *args, "--from", run, "-o", tmp_path / "from")
     assert res.rc == 0, res.err
+    # Its one evaluation is of the state loaded from the run, and says so (issue 21).
+    assert [x for x in res.out.splitlines() if x.startswith("eval")] == [
+        next(x for x in res.out.splitlines() if x.startswith("eval"))]
+    assert "[the starting state, loaded from --from: not trained here]" in res.out
     assert rows(tmp_path / "from" / "lr_find.csv") == found
     assert digests(run) == before
     res = cli(capsys, *args, "--from", run, "-o", run)

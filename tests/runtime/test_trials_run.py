@@ -206,10 +206,18 @@ bn = "frozen"
 
 
 @pytest.mark.slow
-def test_an_alternative_that_stops_early_is_judged_on_the_state_it_ends_with(tmp_path: Path) -> None:
+def test_an_alternative_that_stops_early_is_judged_on_the_state_it_ends_with(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = write_recipe(tmp_path, recipe_text("trialstop", STOPPING, run='eval_every = "2 steps"\ncheckpoint_every = "2 steps"'))
-    assert cli(None, "run", recipe, "--out", tmp_path / "run").rc == 0
+    res = cli(capsys, "run", recipe, "--out", tmp_path / "run")
+    assert res.rc == 0, res.err
     recs = metrics(tmp_path / "run")
+    # Each eval line of the trial phase names its alternative as trials.csv does (issue 21).
+    evals = [line for line in res.out.splitlines() if line.startswith("eval  step")]
+    labels = {k: next(r["label"] for r in csv.DictReader((tmp_path / "run" / "trials.csv").open()) if r["k"] == str(k))
+              for k in (0, 1)}
+    for r, line in zip([r for r in recs if r["type"] == "eval"], evals, strict=True):
+        assert f"[k={r['trial']} {labels[r['trial']]}]" in line if "trial" in r else "[" not in line
     stops = [(r["step"], r.get("trial"), r["next_step"]) for r in recs if r["type"] == "stop"]
     assert [(s, n) for s, _, n in stops] == [(6, 10), (6, 10)]
     assert [(r["from_step"]) for r in recs if r["type"] == "restore"] == [4, 4]
@@ -325,3 +333,12 @@ def test_the_run_goes_on_with_the_winners_changes_when_it_is_not_the_last_altern
     after = [torch.load(p, map_location="cpu", weights_only=True) for p in sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))]
     after = [s for s in after if s["step"] > 4 and s["trials"]["running"] is None]
     assert after and all(s["trials"]["chosen"] == {"depth": 0} for s in after)
+
+
+def test_an_eval_line_names_what_it_evaluated_when_the_phase_alone_would_mislead() -> None:
+    from ftcompile.runtime.logs import eval_line
+
+    rec = {"step": 46, "epoch": 2.0, "phase": "layer4", "val_loss": 0.5, "top1": 0.9}
+    assert eval_line(rec) == "eval  step     46  epoch   2.00  layer4       val_loss 0.5000  top1  90.00%"
+    assert eval_line(rec, "k=1 layer4=head / 10") == (
+        "eval  step     46  epoch   2.00  layer4       [k=1 layer4=head / 10]   val_loss 0.5000  top1  90.00%")
