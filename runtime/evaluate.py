@@ -33,7 +33,7 @@ from ftcompile.runtime.curves import PLOT_HINT, png, pyplot
 from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms, read_rgb
 from ftcompile.runtime.model import load_state
 from ftcompile.runtime.rundir import open_run
-from ftcompile.runtime.runfiles import EvalFile, checked
+from ftcompile.runtime.runfiles import OWN_DATA, EvalFile, checked, eval_names, eval_variant
 
 # --weights -> the file in the run directory
 WEIGHTS = {"final": "model.pt", "best": "best.pt", "ema": "model_ema.pt"}
@@ -88,9 +88,9 @@ def eval_dataset(run: LoadedRun, folder: Path | None) -> tuple[Any, str]:
         root = Path(run.env.get("data_root") or ".")
         splits = resolve_splits(d.sources(), root)
         if splits.builtin == "digits":
-            return DigitsImages(_digits_images(), splits.val, tf), "the run's validation split (digits)"
+            return DigitsImages(_digits_images(), splits.val, tf), f"{OWN_DATA} (digits)"
         assert splits.val_dir is not None
-        return ImageFiles(splits.val_dir, splits.val, tf, key="data.val"), f"the run's validation split ({splits.val_dir})"
+        return ImageFiles(splits.val_dir, splits.val, tf, key="data.val"), f"{OWN_DATA} ({splits.val_dir})"
     if not folder.is_dir():
         raise RecipeError(f"--data {folder} is not a folder", key="--data", suggestion="give an ImageFolder: FOLDER/<class>/<image>")
     known = list(plan.data.class_names)
@@ -105,7 +105,8 @@ def eval_dataset(run: LoadedRun, folder: Path | None) -> tuple[Any, str]:
     samples, names = list_image_folder(folder, found, key="--data")
     # Labels in the run's class order, whatever subset of classes the folder holds.
     relabel = {i: known.index(name) for i, name in enumerate(names)}
-    return ImageFiles(folder, [(p, relabel[i]) for p, i in samples], tf, key="--data"), str(folder)
+    # Its absolute path: the evaluation's file name holds its hash (eval-data-<hash>.json).
+    return ImageFiles(folder, [(p, relabel[i]) for p, i in samples], tf, key="--data"), str(folder.resolve())
 
 
 # ---------------------------------------------------------------- inference
@@ -207,7 +208,8 @@ def format_eval(result: dict[str, Any], worst: int = 20) -> str:
     for r in rows[:worst]:
         lines.append(f"{r['class']:<{width}}  {pct(r['precision'])}  {pct(r['recall'])}  {r['f1']:.4f}  {r['support']:>7}")
     if len(rows) > worst:
-        lines.append(f"... {len(rows) - worst} more classes in eval.json")
+        name = eval_names(eval_variant(result["weights"], result["tta"], result["data"]))[0]
+        lines.append(f"... {len(rows) - worst} more classes in {name}")
     pairs = most_confused(result)
     lines.append("")
     if pairs:
@@ -245,13 +247,15 @@ def plot_confusion(result: dict[str, Any], path: Path) -> Path:
 
 
 def eval_command(run_dir: Path, data: Path | None, weights: str, tta: bool, as_json: bool) -> int:
+    """One result per variant (runfiles.eval_variant): `eval --tta` after `eval` keeps both."""
     result = evaluate_run(run_dir, data, weights, tta)
-    outputs.write_json(run_dir / "eval.json", checked(EvalFile, result))
-    note = f"wrote {run_dir / 'eval.json'}"
+    name, figure = eval_names(eval_variant(weights, tta, result["data"]))
+    outputs.write_json(run_dir / name, checked(EvalFile, result))
+    note = f"wrote {run_dir / name}"
     try:
-        note += f" and {plot_confusion(result, run_dir / 'confusion.png')}"
+        note += f" and {plot_confusion(result, run_dir / figure)}"
     except RecipeError:
-        note += f"; confusion.png needs matplotlib: {PLOT_HINT}"
+        note += f"; {figure} needs matplotlib: {PLOT_HINT}"
     if as_json:
         print(json.dumps(result, indent=1))
     else:

@@ -1,7 +1,7 @@
 """`ftcompile report`: one self-contained HTML page per set of runs, and curves.png.
 
 Everything is read from the run directory (metrics.jsonl, lr.csv, plan.json, env.json,
-summary.json, trials.csv, eval.json), each checked by runtime/runfiles.py: a damaged or
+summary.json, trials.csv, eval.json: the plain evaluation, the others only named), each checked by runtime/runfiles.py: a damaged or
 hand-edited file stops the report (exit 2) with the file, line and field, trials.csv and
 lr.csv are checked against plan.json too. Figures are drawn with matplotlib (the plot extra)
 and embedded as base64 PNG, so the page needs no network and no other file. Several runs
@@ -21,7 +21,8 @@ from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
 from ftcompile.runtime.curves import PLOT_HINT, CurveData, curves_figure, png, pyplot, shade_phases, write_curves
 from ftcompile.runtime.rundir import open_run
-from ftcompile.runtime.runfiles import EvalFile, as_continued, checked, read_eval, read_lr, read_trials, status_of
+from ftcompile.runtime.runfiles import (EvalFile, as_continued, checked, describe_eval, eval_names, eval_variants, read_eval,
+                                        read_lr, read_trials, status_of)
 
 __all__ = ["build_report", "report_command", "write_curves"]  # write_curves: curves.png, from curves.py
 SECTIONS = ("summary", "curves", "lr", "trials", "confusion", "plan", "env")
@@ -38,6 +39,8 @@ class RunData(CurveData):
         self.lr = as_continued(read_lr(run_dir, self.plan), self.chosen)
         self.trials = read_trials(run_dir, self.plan)
         self.eval = _eval_of(run_dir, self.plan)
+        # The report shows eval.json (final weights, no TTA, the run's split); it names the rest.
+        self.other_evals = [eval_names(v)[0] for v in eval_variants(run_dir) if v]
 
 
 def _eval_of(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
@@ -158,9 +161,12 @@ def confusion_section(runs: list[RunData]) -> str:
             continue
         e = r.eval
         worst = sorted(e["per_class"], key=lambda c: (c["support"] == 0, c["f1"]))[:10]
+        others = (f" Other evaluations in the run folder, not shown: {html.escape(', '.join(r.other_evals))}."
+                  if r.other_evals else "")
         parts.append(
             f"<h3>{html.escape(r.label)}: {html.escape(str(e['data']))}, {e['images']} images, weights {e['weights_file']}"
             f"{', TTA' if e.get('tta') else ''}</h3>"
+            f"<p>Shown: eval.json, the evaluation of {html.escape(describe_eval(e))}.{others}</p>"
             f"<p>loss {e['loss']:.4f}, top-1 {_pct(e['top1'])}, balanced accuracy {_pct(e['balanced_accuracy'])}, "
             f"macro F1 {e['macro_f1']:.4f}</p>"
             + _table([[c["class"], _pct(c["precision"]), _pct(c["recall"]), f"{c['f1']:.4f}", c["support"]] for c in worst],

@@ -11,7 +11,7 @@ plan.json has its own reader (`Plan.load`, which checks the plan's hash), checkp
 |----------------|-----------------------------------------|---------------|----------------------------------|
 | summary.json   | Summary                                 | read_summary  |                                  |
 | env.json       | Env                                     | read_env      |                                  |
-| eval.json      | EvalFile                                | read_eval     | classes, plan hash               |
+| eval*.json     | EvalFile                                | read_eval     | classes, plan hash, its name     |
 | metrics.jsonl  | StepRecord, EvalRecord, ... (by `type`) | read_records  |                                  |
 | trials.csv     | (columns of logs.trials_header)         | read_trials   | trial phases, their alternatives |
 | lr.csv         | (step, phase, trial, param groups)      | read_lr       | param groups, phases             |
@@ -33,8 +33,10 @@ import csv
 import fcntl
 import io
 import json
+import hashlib
 import math
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -170,6 +172,41 @@ class Env(_File):
 
 
 # ---------------------------------------------------------------- eval.json (evaluate.evaluate_run)
+
+# One evaluation per variant, so `eval --tta` does not replace the plain one the report shows:
+# eval.json / confusion.png are the final weights without TTA on the run's validation split;
+# every other variant adds to the name, in this order: -best or -ema (--weights), -tta,
+# -data-<8 hex digits of the sha256 of the --data folder's absolute path>.
+OWN_DATA = "the run's validation split"  # how an evaluation on it starts its `data`
+EVAL_NAME = re.compile(r"^eval(?P<variant>(-best|-ema)?(-tta)?(-data-[0-9a-f]{8})?)\.json$")
+
+
+def eval_variant(weights: str, tta: bool, data: str) -> str:
+    """'' or e.g. '-best-tta': the name's part for an evaluation; `data` as eval.json's field
+    (the folder's absolute path, or a text starting with OWN_DATA)."""
+    own = data.startswith(OWN_DATA)
+    return ("" if weights == "final" else f"-{weights}") + ("-tta" if tta else "") + (
+        "" if own else f"-data-{hashlib.sha256(data.encode()).hexdigest()[:8]}")
+
+
+def eval_names(variant: str) -> tuple[str, str]:
+    """The result's and its figure's file names: eval-tta.json, confusion-tta.png."""
+    return f"eval{variant}.json", f"confusion{variant}.png"
+
+
+def eval_variants(run_dir: Path) -> list[str]:
+    """The variants of the evaluations in a run directory, the plain one ('') first."""
+    try:
+        found = [m["variant"] for p in run_dir.iterdir() if (m := EVAL_NAME.match(p.name)) and p.is_file()]
+    except OSError:
+        return []
+    return sorted(found, key=lambda v: (v != "", v))
+
+
+def describe_eval(result: dict[str, Any]) -> str:
+    """What an evaluation was of, in words: `best.pt, with TTA, on the run's validation split`."""
+    return (f"{result['weights_file']} ({result['weights']} weights), {'with' if result['tta'] else 'no'} TTA, "
+            f"on {result['data']}")
 
 
 class ClassResult(_File):
@@ -330,8 +367,9 @@ def _said(err: dict[str, Any]) -> str:
 
 
 def _error(path: Path, what: str, key: str | None = None, line: int | None = None) -> RecipeError:
+    remedy = REMEDY["eval.json"] if EVAL_NAME.match(path.name) else REMEDY.get(path.name)
     return RecipeError(f"{what}; {path.name} is damaged or was edited by hand", file=path, key=key, line=line,
-                       suggestion=REMEDY.get(path.name))
+                       suggestion=remedy)
 
 
 def _validate(model: type[BaseModel], data: Any, path: Path, line: int | None = None) -> Any:
@@ -381,12 +419,19 @@ def read_env(run_dir: Path) -> dict[str, Any]:
     return env
 
 
-def read_eval(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
-    """eval.json (None when `ftcompile eval` has not written one), for this run's plan."""
-    path = run_dir / "eval.json"
+def read_eval(run_dir: Path, plan: Plan, variant: str = "") -> dict[str, Any] | None:
+    """eval.json, or another variant's (eval-tta.json, ...): None when `ftcompile eval` has
+    not written it; for this run's plan, and what its name says it is."""
+    path = run_dir / eval_names(variant)[0]
     result = _read_json(path, EvalFile)
     if result is None:
         return None
+    held = eval_variant(result["weights"], result["tta"], result["data"])
+    if held != variant:
+        parts = [re.fullmatch(r"(-best|-ema)?(-tta)?(-data-[0-9a-f]{8})?", v).groups() for v in (held, variant)]  # type: ignore[union-attr]
+        key = next(k for k, a, b in zip(("weights", "tta", "data"), *parts) if a != b)
+        raise _error(path, f"it holds the evaluation of {describe_eval(result)}, whose file is {eval_names(held)[0]}",
+                     key=key)
     k = len(plan.data.class_names)
     if result["plan_hash"] != plan.hash:
         raise _error(path, f"the evaluation of plan {result['plan_hash'][:12]}, the run's is {plan.hash[:12]}", key="plan_hash")

@@ -79,6 +79,42 @@ def test_eval_table_json_png(used_run: tuple[Path, str], capsys: pytest.CaptureF
     tta = json.loads(r.out)
     assert r.rc == 0 and tta["tta"] and "horizontal flip" in tta["tta_means"]
     assert tta["confusion"] != saved["confusion"] or tta["loss"] != saved["loss"]
+    # One result per variant: eval --tta after eval kept eval.json (the report's) as it was.
+    assert json.loads((run_dir / "eval.json").read_text()) == saved
+    assert json.loads((run_dir / "eval-tta.json").read_text()) == tta and (run_dir / "confusion-tta.png").is_file()
+
+
+def test_each_variant_has_its_file_and_a_misnamed_one_is_refused(
+        used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """eval, eval --tta, eval --data D: three files; the report shows eval.json and names the
+    others; an eval.json holding a TTA result (what the old eval left) is an error naming tta."""
+    import hashlib
+    import shutil
+
+    from ftcompile.runtime.runfiles import eval_variants
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(used_run[0], run_dir)
+    for f in run_dir.glob("eval*.json"):
+        f.unlink()
+    digits_folder(tmp_path / "d", {"3": [3, 13], "7": [7, 17]})
+    for extra in ((), ("--tta",), ("--data", tmp_path / "d")):
+        assert cli(capsys, "eval", run_dir, *extra).rc == 0
+    folder_hash = hashlib.sha256(str((tmp_path / "d").resolve()).encode()).hexdigest()[:8]
+    assert eval_variants(run_dir) == ["", f"-data-{folder_hash}", "-tta"]
+    assert json.loads((run_dir / f"eval-data-{folder_hash}.json").read_text())["images"] == 4
+    assert (run_dir / f"confusion-data-{folder_hash}.png").is_file()
+    plain = json.loads((run_dir / "eval.json").read_text())
+    r = cli(capsys, "report", run_dir, "-o", tmp_path / "r.html")
+    assert r.rc == 0, r.err
+    page = (tmp_path / "r.html").read_text()
+    assert "Shown: eval.json, the evaluation of model.pt (final weights), no TTA, on the run&#x27;s validation split" in page
+    assert f"not shown: eval-data-{folder_hash}.json, eval-tta.json" in page
+    assert f"top-1 {100 * plain['top1']:.2f}%" in page
+    shutil.copy(run_dir / "eval-tta.json", run_dir / "eval.json")
+    r = cli(capsys, "report", run_dir, "-o", tmp_path / "r.html", "--force")
+    assert r.rc == 2 and "eval.json: tta: it holds the evaluation of model.pt (final weights), with TTA" in r.err
+    assert "whose file is eval-tta.json" in r.err
 
 
 def test_eval_other_folder_and_class_mismatch(used_run: tuple[Path, str], tmp_path: Path,
