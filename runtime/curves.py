@@ -56,6 +56,12 @@ def shade_phases(ax: Any, plan: Plan, label: bool) -> None:
                     va="bottom", fontsize=8, color="0.3")
 
 
+def outside_legend(ax: Any) -> None:
+    """The legend right of the axes, where it covers no data (inside, "best" still covered
+    curves that fill the plot); tight_layout makes room for it."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def curves_figure(runs: list[CurveData]) -> Any:
     """Train loss and val loss (top), val top-1 / top-5 (bottom), phases shaded (first run's)."""
     plt = pyplot()
@@ -80,7 +86,7 @@ def curves_figure(runs: list[CurveData]) -> Any:
     ax_acc.set_ylabel("val accuracy (%)")
     ax_acc.set_xlabel("optimizer step")
     for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize=8, loc="best")
+        outside_legend(ax)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -13,13 +13,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ftcompile import outputs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.curves import PLOT_HINT, CurveData, curves_figure, png, pyplot, shade_phases, write_curves
+from ftcompile.runtime.curves import (PLOT_HINT, CurveData, curves_figure, outside_legend, png, pyplot, shade_phases,
+                                      write_curves)
 from ftcompile.runtime.rundir import open_run
 from ftcompile.runtime.runfiles import (EvalFile, as_continued, checked, describe_eval, eval_names, eval_variants, read_eval,
                                         read_lr, read_trials, status_of)
@@ -64,15 +66,49 @@ def _eval_of(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- figures
 
 
+def lr_lines(plan: Plan, rows: list[dict[str, Any]]) -> list[tuple[str, list[float]]]:
+    """One line per recipe group (`head`), not per param group: a group's `.no_decay` part has
+    its LR, and drawn on top it hid the group's line. A part whose LR differs somewhere keeps
+    its own line. A frozen group's 0 is no LR (NaN: no line, rather than every frozen group
+    on one another at 0)."""
+    lines: list[tuple[str, list[float]]] = []
+    shown: dict[str, list[float]] = {}
+    for pg in plan.param_groups:
+        values = [r[pg.name] if r[pg.name] > 0 else math.nan for r in rows]
+        if (pg.group in shown and _same(shown[pg.group], values)) or all(math.isnan(v) for v in values):
+            continue  # the group's own line shows it; or never trained
+        lines.append((pg.name if pg.group in shown else pg.group, values))
+        shown.setdefault(pg.group, values)
+    return lines
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+
+
+def _broken(steps: list[int], values: list[float]) -> tuple[list[float], list[float]]:
+    """A NaN where steps jump (a phase that stopped early): no straight line across steps
+    without a row."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, (step, value) in enumerate(zip(steps, values)):
+        if i and step != steps[i - 1] + 1:
+            xs.append(math.nan)
+            ys.append(math.nan)
+        xs.append(step)
+        ys.append(value)
+    return xs, ys
+
+
 def lr_figure(run: RunData) -> Any:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.5))
     shade_phases(ax, run.plan, label=True)
     if run.lr:  # as the run went on: of a trial phase, the chosen alternative's
         steps = [r["step"] for r in run.lr]
-        for name in run.plan.param_group_names:
-            ax.plot(steps, [r[name] for r in run.lr], label=name, lw=1.2)
-        ax.legend(fontsize=7, ncol=4, loc="best")
+        for name, values in lr_lines(run.plan, run.lr):
+            ax.plot(*_broken(steps, values), label=name, lw=1.2, drawstyle="steps-post")  # a step's LR holds for it
+        outside_legend(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
