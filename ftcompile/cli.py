@@ -42,7 +42,7 @@ EPILOG = """examples:
   ftcompile run recipes/quickstart.toml                   compile and train
   ftcompile resume runs/quickstart/1-ab12cd34             continue after an interruption
   ftcompile rerun runs/quickstart/1-ab12cd34              repeat a run from its stored plan
-  ftcompile lr-find recipes/quickstart.toml --phase head  LR range test at the start of a phase
+  ftcompile lr-find recipes/quickstart.toml --phase layer4  LR range test at the start of a phase
   ftcompile eval runs/quickstart/1-ab12cd34               per-class metrics, confusion matrix
   ftcompile predict runs/quickstart/1-ab12cd34 img.png    class probabilities
   ftcompile export runs/quickstart/1-ab12cd34 --format onnx
@@ -421,7 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 LR_FIND_EPILOG = """examples:
   ftcompile lr-find r.toml --phase warmup                    train the phases before it, then test
   ftcompile lr-find r.toml --phase layer3 --from runs/r/1-ab12cd34   start from that run's checkpoint
-  ftcompile lr-find r.toml --phase head --steps 200 --start 1e-3 --end 1e2 -o /tmp/lrf
+  ftcompile lr-find r.toml --phase layer4 --steps 200 --start 1e-3 --end 1e2 -o /tmp/lrf
 
 Every group the phase trains gets its planned lr times one multiplier, raised from --start to
 --end (log scale); the suggestion is for the phase's last group in `train` (usually head).

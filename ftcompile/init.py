@@ -1,5 +1,5 @@
 """`ftcompile init FOLDER`: a commented recipe written from the data, in the method this
-project was built for (DESIGN.md, "The questions a recipe must answer").
+project was built for (docs/recipes.md, "The questions a recipe answers").
 
 The folder is read (`survey`): `train/` + `val/` class folders, or one folder of class
 folders that the recipe splits (`data.val = { split = 0.15, seed = 0 }`); the classes, the

@@ -181,6 +181,8 @@ def test_slug() -> None:
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "starting.md"
 EXAMPLE_MARK = "<!-- init example: made by tests/ftcompile/test_init.py::flowers_example, checked by the test below -->"
+README = DOCS.parents[1] / "README.md"
+README_MARK = "<!-- init example, first lines: the start of docs/starting.md's, checked by tests/ftcompile/test_init.py -->"
 
 
 def flowers_example(root: Path) -> Path:
@@ -212,3 +214,6 @@ def test_the_docs_example_is_what_init_writes(tmp_path: Path, monkeypatch: pytes
     today = datetime.date.today().isoformat()
     date = shown.split("` on ", 1)[1].split(",", 1)[0]  # the page's date: when the example was made
     assert made.replace(f"on {today},", f"on {date},") == shown
+    # The README's first screen shows init's own lines of the same example (issue 21 §5).
+    readme = README.read_text().split(README_MARK, 1)[1].split("```text\n", 1)[1].split("```\n", 1)[0]
+    assert readme == made.split("$ cat recipe.toml\n", 1)[0]
