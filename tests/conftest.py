@@ -6,7 +6,8 @@ digits: compiling it takes milliseconds once torch is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,16 @@ def make_image_folders(root: Path, counts: dict[str, int]) -> None:
 def image_folders() -> Callable[[Path, dict[str, int]], None]:
     """image_folders(root, {"cat": 3, "dog": 2}) makes an ImageFolder tree of empty .png files."""
     return make_image_folders
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_is_not_ignored() -> Iterator[None]:
+    """A suite started as a background job (`cmd &`, some CI runners) inherits SIGINT ignored,
+    and ftcompile keeps a signal the process was started to ignore ignored. The interrupt
+    tests send real SIGINTs: give this process (and, through exec, the processes it starts)
+    Python's own Ctrl-C handling, as in a terminal."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -240,7 +240,9 @@ def test_metrics_one_record_per_step_and_per_evaluation(run: Recorded) -> None:
     recs = metrics(run.run_dir)
     steps = [r for r in recs if r["type"] == "step"]
     evals = [r for r in recs if r["type"] == "eval"]
-    assert len(steps) + len(evals) == len(recs)
+    memory = [r for r in recs if r["type"] == "memory"]  # what the run measured (runtime/cost.py)
+    assert len(steps) + len(evals) + len(memory) == len(recs)
+    assert [r["phase"] for r in memory] == [ph.name for ph in plan.phases]  # one per phase
     assert [r["step"] for r in steps] == list(range(plan.total_steps))
     for r in steps:
         assert set(r) == {"type", "step", "phase", "loss", "lr", "seconds", "images_per_s"}
@@ -256,5 +258,5 @@ def test_metrics_one_record_per_step_and_per_evaluation(run: Recorded) -> None:
         assert r["epoch"] == r["step"] / plan.data.steps_per_epoch
         assert 0.0 <= r["top1"] <= r.get("top5", 1.0) <= 1.0 and r["val_loss"] > 0
     # records are in the order things happened: an evaluation after the last step of its phase
-    order = [(r["step"], r["type"] == "step") for r in recs]
+    order = [(r["step"], r["type"] == "step") for r in recs if r["type"] != "memory"]
     assert order == sorted(order, key=lambda t: (t[0], t[1]))

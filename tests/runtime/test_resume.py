@@ -172,16 +172,17 @@ def edit_metrics(run_dir: Path) -> None:
 
 
 # (what was done to the logs, the words of the message). Checkpoint step 7 had seen 7 step
-# records (steps 0-6) in each log, and metrics.jsonl the evaluation at step 4 (a phase end).
+# records (steps 0-6) in each log, and metrics.jsonl the evaluation and the memory record
+# (runtime/cost.py) of the phase that ends at step 4.
 DAMAGE = {
     "metrics.jsonl-deleted": (lambda d: (d / "metrics.jsonl").unlink(),
-                              "metrics.jsonl: metrics.jsonl is missing: it held the 8 records up to step 7 that "
+                              "metrics.jsonl: metrics.jsonl is missing: it held the 9 records up to step 7 that "
                               "checkpoint step-00000007.pt expects"),
     "lr.csv-cut-before-the-checkpoint": (cut_lr_csv,
                                          "lr.csv: lr.csv holds 3 of the 7 records up to step 7 that checkpoint "
                                          "step-00000007.pt expects"),
     "metrics.jsonl-edited-before-the-checkpoint": (edit_metrics,
-                                                   "metrics.jsonl: metrics.jsonl was changed before step 7: its first 8 "
+                                                   "metrics.jsonl: metrics.jsonl was changed before step 7: its first 9 "
                                                    "records differ from those checkpoint step-00000007.pt recorded"),
 }
 
