@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
 import statistics
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ftcompile import outputs
+from ftcompile import outputs, provenance
 
 FORMAT = 1
 # On a CPU a calibration step does at most about this much work (its batch is cut to fit),
@@ -77,13 +76,7 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    return provenance.cpu_model() or "cpu"
 
 
 def torch_version() -> str:

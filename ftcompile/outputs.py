@@ -113,20 +113,21 @@ def open_new(path: Path) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def writing(path: Path, opener: Callable[[Path], BinaryIO] | None = None) -> Iterator[BinaryIO]:
-    """A binary file whose content replaces `path` when the block ends without an error.
-
-    All or nothing (temporary file, fsync, rename, fsync of the folder). Any exception
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`; when the block ends without an error, its file gets the
+    usual mode, is fsynced and renamed over `path`, and the folder is fsynced. Any exception
     removes the temporary file; an OSError becomes a RecipeError naming `path`."""
     tmp = temp_path(path)
     try:
         for stale in stale_temps(path.parent, path.name):  # a killed earlier writer of this file
             stale.unlink(missing_ok=True)
-        with (opener or open_new)(tmp) as fh:
-            yield fh
-            fh.flush()
-            os.fchmod(fh.fileno(), file_mode())  # not the opener's mode (a temporary file's 0600)
-            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, file_mode())  # not the writer's mode (a temporary file's 0600)
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         fsync_folder(path.parent)  # and the new name is on disk too
     except BaseException as exc:
@@ -138,28 +139,19 @@ def writing(path: Path, opener: Callable[[Path], BinaryIO] | None = None) -> Ite
 
 
 @contextlib.contextmanager
+def writing(path: Path, opener: Callable[[Path], BinaryIO] | None = None) -> Iterator[BinaryIO]:
+    """A binary file whose content replaces `path` when the block ends without an error:
+    all or nothing (temporary file, fsync, rename, fsync of the folder)."""
+    with _replacing(path) as tmp, (opener or open_new)(tmp) as fh:
+        yield fh
+
+
+@contextlib.contextmanager
 def written_by_library(path: Path) -> Iterator[Path]:
     """For a library that writes to a file name itself (the ONNX exporter): it writes the
     temporary path, which then replaces `path` as `writing` does."""
-    tmp = temp_path(path)
-    try:
-        for stale in stale_temps(path.parent, path.name):
-            stale.unlink(missing_ok=True)
+    with _replacing(path) as tmp:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fchmod(fd, file_mode())  # the library's own mode may be 0600
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise os_error(exc, path) from None
-        raise
 
 
 def fsync_folder(folder: Path) -> None:

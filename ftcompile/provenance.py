@@ -206,7 +206,7 @@ def data_warnings(env: dict[str, Any], now: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------- machine
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -222,7 +222,7 @@ def machine() -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
