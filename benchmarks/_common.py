@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from ftcompile.runtime.loop import Hooks, Session, StepInfo, train
 
 from ftcompile.plan import Plan
-from ftcompile.runtime.loop import Hooks, Session, StepInfo, train
 from ftcompile.torch_args import optimizer_class
 
 
@@ -54,10 +54,9 @@ def run_runtime(plan: Plan, root: Path, hooks: Sequence[Hooks] = ()) -> StepTime
 def run_hand(plan: Plan, root: Path) -> StepTimes:
     """The loop a person would write by hand for a one-phase OneCycleLR plan, fed exactly
     what the runtime is fed: the same model, batches, param groups, optimizer and schedule."""
-    from torch import nn
-
     from ftcompile.runtime.data import TrainBatches, build_datasets
     from ftcompile.runtime.model import build
+    from torch import nn
 
     assert len(plan.phases) == 1 and plan.phases[0].scheduler and plan.phases[0].scheduler["type"] == "OneCycleLR"
     random.seed(plan.seed), np.random.seed(plan.seed), torch.manual_seed(plan.seed)
@@ -71,11 +70,19 @@ def run_hand(plan: Plan, root: Path) -> StepTimes:
         model = model.to(memory_format=torch.channels_last)
     params = dict(model.named_parameters())
     max_lr = phase.scheduler["args"]["max_lr"]  # per group: the group's lr
-    groups = [{"params": [params[n] for n in pg.params], "lr": max_lr[pg.group],
-               **({} if pg.decay else {"weight_decay": 0.0})} for pg in plan.param_groups]
+    groups = [
+        {
+            "params": [params[n] for n in pg.params],
+            "lr": max_lr[pg.group],
+            **({} if pg.decay else {"weight_decay": 0.0}),
+        }
+        for pg in plan.param_groups
+    ]
     opt = optimizer_class(plan.optimizer.type)(groups, **plan.optimizer.kwargs)
     args = {k: v for k, v in phase.scheduler["args"].items() if k not in ("max_lr", "total_steps")}
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=plan.total_steps, **args)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[g["lr"] for g in groups], total_steps=plan.total_steps, **args
+    )
     net = torch.compile(model) if run.compile else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
     loss_fn = nn.CrossEntropyLoss()
@@ -100,8 +107,15 @@ def run_hand(plan: Plan, root: Path) -> StepTimes:
             value = loss.item()
             compute = time.perf_counter() - compute
             sched.step()
-            info = StepInfo(step, phase.name, value, dict(zip(plan.param_group_names, lrs)), len(y),
-                            time.perf_counter() - started, compute)
+            info = StepInfo(
+                step,
+                phase.name,
+                value,
+                dict(zip(plan.param_group_names, lrs, strict=False)),
+                len(y),
+                time.perf_counter() - started,
+                compute,
+            )
             times.steps.append(info)
             times.lrs.append(lrs)
             step += 1

@@ -134,17 +134,28 @@ def compare(plan: object, rates: object, device: str, budget: float, steps: int)
         measured = torch.cuda.max_memory_allocated() if device == "cuda" else model + m.state + m.step_peak
         est_step = rates.step_seconds(cost.fwd_flops, cost.bwd_flops, real.numel(setup.train))  # type: ignore[attr-defined]
         name = ph.name if alt is None else f"{ph.name}/{alt.k}"
-        rows.append([plan.recipe["name"], name, f"{setup.batch * setup.micro_batches}x{setup.image_size}"  # type: ignore[attr-defined]
-                     + (f" ({note})" if note else "") + (" cached" if setup.cached else ""),
-                     gib(est_peak), gib(measured), f"{measured / est_peak:.2f}",
-                     f"{est_step:.3f}", f"{m.step_s:.3f}", f"{m.step_s / est_step:.2f}"])
+        rows.append(
+            [
+                plan.recipe["name"],
+                name,
+                f"{setup.batch * setup.micro_batches}x{setup.image_size}"  # type: ignore[attr-defined]
+                + (f" ({note})" if note else "")
+                + (" cached" if setup.cached else ""),
+                gib(est_peak),
+                gib(measured),
+                f"{measured / est_peak:.2f}",
+                f"{est_step:.3f}",
+                f"{m.step_s:.3f}",
+                f"{m.step_s / est_step:.2f}",
+            ]
+        )
     return rows
 
 
 def print_table(rows: list[list[str]], head: list[str]) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), flush=True)
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip(), flush=True)
 
 
 def machine(device: str) -> str:
@@ -153,25 +164,58 @@ def machine(device: str) -> str:
     from ftcompile import calibrate
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{calibrate.device_name(device)}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-            f"load average {load:.1f} at start, torch {torch.__version__}, {platform.platform()}")
+    return (
+        f"{calibrate.device_name(device)}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+        f"load average {load:.1f} at start, torch {torch.__version__}, {platform.platform()}"
+    )
 
 
 def estimate_speed() -> None:
     """Wall and CPU seconds of `ftcompile plan resnet50-gradual --estimate` (a new process)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "ftcompile", "plan", str(REPO / "recipes/resnet50-gradual.toml"),
-                           "--dataset-size", "1020", "--val-size", "1020", "--estimate"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftcompile",
+            "plan",
+            str(REPO / "recipes/resnet50-gradual.toml"),
+            "--dataset-size",
+            "1020",
+            "--val-size",
+            "1020",
+            "--estimate",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ftcompile", "plan", str(REPO / "recipes/resnet50-gradual.toml"),
-                    "--dataset-size", "1020", "--val-size", "1020"], capture_output=True, text=True, check=False)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftcompile",
+            "plan",
+            str(REPO / "recipes/resnet50-gradual.toml"),
+            "--dataset-size",
+            "1020",
+            "--val-size",
+            "1020",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     plain = time.perf_counter() - t0
-    print(f"ftcompile plan recipes/resnet50-gradual.toml --estimate: {wall:.1f} s wall, {cpu:.1f} s CPU "
-          f"(exit {done.returncode}); plain plan {plain:.1f} s wall")
+    print(
+        f"ftcompile plan recipes/resnet50-gradual.toml --estimate: {wall:.1f} s wall, {cpu:.1f} s CPU "
+        f"(exit {done.returncode}); plain plan {plain:.1f} s wall"
+    )
 
 
 def main() -> None:
@@ -180,7 +224,9 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", help="recipe names (default: every file in recipes/)")
     parser.add_argument("--budget", type=float, default=12.0, help="GFLOP per step on the CPU (default 12)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setup (default 3)")
-    parser.add_argument("--reference-only", action="store_true", help="only the issue's resnet18 reference and the plan timing")
+    parser.add_argument(
+        "--reference-only", action="store_true", help="only the issue's resnet18 reference and the plan timing"
+    )
     args = parser.parse_args()
     # Profiles go to a temporary cache: the benchmark never changes the user's.
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ftcompile-estimate-")
@@ -194,11 +240,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     standard = work / "standard.toml"
     standard.write_text(calibrate.STANDARD.format(image_size=128, batch_size=16))
-    std_rates = calibrate.calibrate(compile_plan(standard, args.device), args.device, steps=args.steps, say=lambda s: None)
-    print(f"standard profile (resnet18 128 px batch 16): forward {std_rates.fwd_flops_per_s / 1e9:.1f}, backward "
-          f"{std_rates.bwd_flops_per_s / 1e9:.1f} GFLOP/s, optimizer {std_rates.opt_params_per_s / 1e6:.0f} M params/s")
-    print("memory: params + buffers + optimizer state + step peak (EMA, trial copies, feature cache left out); "
-          f"measured by {'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'live tensor storages (dispatch mode)'}")
+    std_rates = calibrate.calibrate(
+        compile_plan(standard, args.device), args.device, steps=args.steps, say=lambda s: None
+    )
+    print(
+        f"standard profile (resnet18 128 px batch 16): forward {std_rates.fwd_flops_per_s / 1e9:.1f}, backward "
+        f"{std_rates.bwd_flops_per_s / 1e9:.1f} GFLOP/s, optimizer {std_rates.opt_params_per_s / 1e6:.0f} M params/s"
+    )
+    print(
+        "memory: params + buffers + optimizer state + step peak (EMA, trial copies, feature cache left out); "
+        f"measured by {'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'live tensor storages (dispatch mode)'}"
+    )
     print("time: one step (forward, backward, optimizer), predicted from the standard profile\n")
     names = [] if args.reference_only else args.recipes or sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))
     head = ["recipe", "phase", "batch x px", "peak est.", "measured", "ratio", "step est. s", "measured s", "ratio"]

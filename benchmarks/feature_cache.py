@@ -81,8 +81,10 @@ def main() -> None:
     (first_u, later_u), (first_c, later_c) = times[False], times[True]
     print(f"{args.arch}, digits (1437 train images) at {args.size}px, batch 64, head-only phase, CPU")
     print(f"  first epoch:            uncached {first_u:.2f} s   cached {first_c:.2f} s (computes the features)")
-    print(f"  per epoch after the 1st: uncached {later_u:.3f} s ({extra[False]} epochs)   "
-          f"cached {later_c:.3f} s ({extra[True]} epochs)   speed-up x{later_u / later_c:.1f}")
+    print(
+        f"  per epoch after the 1st: uncached {later_u:.3f} s ({extra[False]} epochs)   "
+        f"cached {later_c:.3f} s ({extra[True]} epochs)   speed-up x{later_u / later_c:.1f}"
+    )
 
 
 if __name__ == "__main__":

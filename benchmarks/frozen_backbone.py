@@ -62,7 +62,9 @@ def measure(arch: str, config: str, args: argparse.Namespace) -> dict:
     size = 224
     out = subprocess.run(
         [sys.executable, "-c", CHILD, arch, config, str(args.batch), str(size), str(args.steps), args.device],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -81,8 +83,10 @@ def main() -> None:
         rows = {c: measure(arch, c, args) for c in ("full", "last+head", "head")}
         base = rows["full"]
         for config, r in rows.items():
-            print(f"{arch:<10} {config:<10} {r['trainable']:>10,} {r['seconds']:>8.3f} {r['seconds'] / base['seconds']:>7.2f} "
-                  f"{r['peak'] / 2**20:>8.0f} {r['peak'] / base['peak']:>7.2f}")
+            print(
+                f"{arch:<10} {config:<10} {r['trainable']:>10,} {r['seconds']:>8.3f} {r['seconds'] / base['seconds']:>7.2f} "
+                f"{r['peak'] / 2**20:>8.0f} {r['peak'] / base['peak']:>7.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -84,11 +84,19 @@ def make_images(root: Path, n: int, size: int) -> None:
 
 
 def run_one(root: Path, args: argparse.Namespace, precision: str, channels_last: bool) -> float:
-    from ftcompile.compiler import compile_recipe
     from ftcompile.runtime.loop import train
 
-    text = RECIPE.format(size=args.image_size, batch=args.batch, workers=args.workers, third=max(1, args.steps // 3),
-                         device=args.device, precision=precision, channels_last=str(channels_last).lower())
+    from ftcompile.compiler import compile_recipe
+
+    text = RECIPE.format(
+        size=args.image_size,
+        batch=args.batch,
+        workers=args.workers,
+        third=max(1, args.steps // 3),
+        device=args.device,
+        precision=precision,
+        channels_last=str(channels_last).lower(),
+    )
     recipe = root / f"{precision}-{channels_last}.toml"
     recipe.write_text(text)
     plan = compile_recipe(recipe)
@@ -116,7 +124,9 @@ def main() -> None:
         settings = [("fp32", False), ("bf16", False), ("bf16", True)]
         rates = {s: run_one(root, args, *s) for s in settings}
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    print(f"resnet50, {args.steps} steps (3 phases: head, +layer4, all), batch {args.batch}, {args.image_size}px, {device}")
+    print(
+        f"resnet50, {args.steps} steps (3 phases: head, +layer4, all), batch {args.batch}, {args.image_size}px, {device}"
+    )
     base = rates[("fp32", False)]
     for (precision, cl), rate in rates.items():
         name = precision + (" + channels_last" if cl else "")

@@ -57,15 +57,19 @@ checkpoint_every = "100 epochs"
 
 
 def run(folder: Path, name: str, epochs: int, knobs: bool) -> dict[str, float]:
-    from ftcompile.compiler import compile_recipe
     from ftcompile.runtime import loop
 
+    from ftcompile.compiler import compile_recipe
+
     path = folder / f"{name}.toml"
-    path.write_text(RECIPE.format(
-        name=name, epochs=epochs,
-        mix="mix = { mixup_alpha = 0.2, cutmix_alpha = 1.0, prob = 1.0, switch_prob = 0.5 }" if knobs else "",
-        ema="ema = { decay = 0.99, every = 1, warmup = true }" if knobs else "",
-    ))
+    path.write_text(
+        RECIPE.format(
+            name=name,
+            epochs=epochs,
+            mix="mix = { mixup_alpha = 0.2, cutmix_alpha = 1.0, prob = 1.0, switch_prob = 0.5 }" if knobs else "",
+            ema="ema = { decay = 0.99, every = 1, warmup = true }" if knobs else "",
+        )
+    )
     plan = compile_recipe(path)
     run_dir = folder / name
     run_dir.mkdir()

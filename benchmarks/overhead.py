@@ -126,8 +126,10 @@ def main() -> None:
         memory_child(args.memory_child, args.steps)
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet18 32px batch 32, "
-          f"{args.steps} steps x {args.rounds} rounds each, CPU")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet18 32px batch 32, "
+        f"{args.steps} steps x {args.rounds} rounds each, CPU"
+    )
     wall: dict[str, list[float]] = {"runtime": [], "hand": []}
     own: dict[str, list[float]] = {"runtime": [], "hand": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,25 +144,37 @@ def main() -> None:
                 assert len(times.steps) == args.steps, (which, len(times.steps))
                 wall[which].append(step_seconds(times))
                 own[which].append(own_seconds(times))
-            print(f"round {r + 1}: runtime {1000 * wall['runtime'][-1]:.2f} ms/step (own {1000 * own['runtime'][-1]:.2f}), "
-                  f"hand {1000 * wall['hand'][-1]:.2f} ms/step (own {1000 * own['hand'][-1]:.2f})")
+            print(
+                f"round {r + 1}: runtime {1000 * wall['runtime'][-1]:.2f} ms/step (own {1000 * own['runtime'][-1]:.2f}), "
+                f"hand {1000 * wall['hand'][-1]:.2f} ms/step (own {1000 * own['hand'][-1]:.2f})"
+            )
     rt, hd = median(wall["runtime"]), median(wall["hand"])
-    print(f"median time per step: runtime {1000 * rt:.2f} ms, hand {1000 * hd:.2f} ms, ratio runtime/hand {rt / hd:.3f}")
+    print(
+        f"median time per step: runtime {1000 * rt:.2f} ms, hand {1000 * hd:.2f} ms, ratio runtime/hand {rt / hd:.3f}"
+    )
     # Outside forward, backward and optimizer.step(): batch fetch, changes, scheduler, logging.
     own_rt, own_hd = median(own["runtime"]), median(own["hand"])
     extra = own_rt - own_hd
-    print(f"per step outside forward/backward/optimizer.step: runtime {1000 * own_rt:.2f} ms, hand {1000 * own_hd:.2f} ms; "
-          f"the runtime's own cost {1000 * extra:.2f} ms = {100 * extra / rt:.2f}% of its step")
+    print(
+        f"per step outside forward/backward/optimizer.step: runtime {1000 * own_rt:.2f} ms, hand {1000 * own_hd:.2f} ms; "
+        f"the runtime's own cost {1000 * extra:.2f} ms = {100 * extra / rt:.2f}% of its step"
+    )
 
     mem = {}
     for which in ("runtime", "hand"):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", which, "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", which, "--steps", str(args.steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         mem[which] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"peak RSS over the loop (VmHWM since set-up - RSS then, fresh process each): "
-          f"runtime {mem['runtime']['delta_kib'] / 1024:.0f} MiB, hand {mem['hand']['delta_kib'] / 1024:.0f} MiB, "
-          f"ratio {mem['runtime']['delta_kib'] / max(mem['hand']['delta_kib'], 1):.3f} "
-          f"(process peaks {mem['runtime']['peak_kib']} / {mem['hand']['peak_kib']} KiB)")
+    print(
+        f"peak RSS over the loop (VmHWM since set-up - RSS then, fresh process each): "
+        f"runtime {mem['runtime']['delta_kib'] / 1024:.0f} MiB, hand {mem['hand']['delta_kib'] / 1024:.0f} MiB, "
+        f"ratio {mem['runtime']['delta_kib'] / max(mem['hand']['delta_kib'], 1):.3f} "
+        f"(process peaks {mem['runtime']['peak_kib']} / {mem['hand']['peak_kib']} KiB)"
+    )
 
 
 if __name__ == "__main__":

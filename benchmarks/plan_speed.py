@@ -42,7 +42,11 @@ def plan_argv(recipe: Path) -> list[str]:
     from ftcompile.load import load_recipe
 
     loaded = load_recipe(recipe)
-    sizes = ["--dataset-size", "1000", "--val-size", "200"] if absent_folders(loaded.data.get("data", {}), loaded.folder) else []
+    sizes = (
+        ["--dataset-size", "1000", "--val-size", "200"]
+        if absent_folders(loaded.data.get("data", {}), loaded.folder)
+        else []
+    )
     return [sys.executable, "-m", "ftcompile", "plan", str(recipe.relative_to(REPO)), *sizes]
 
 
@@ -57,7 +61,7 @@ def main() -> int:
     torch_argv = [sys.executable, "-c", "import torch"]
     times: dict[str, list[float]] = {name: [] for name in ["import torch", *commands]}
     wall(torch_argv)  # warm the file cache
-    for name, argv in commands.items():
+    for argv in commands.values():
         wall(argv)
     for i in range(args.rounds):
         times["import torch"].append(wall(torch_argv))
@@ -66,7 +70,7 @@ def main() -> int:
         print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
 
     base = statistics.median(times["import torch"])
-    print(f"median of {args.rounds} wall times; python -c \"import torch\": {base:.2f} s\n")
+    print(f'median of {args.rounds} wall times; python -c "import torch": {base:.2f} s\n')
     print(f"{'command':<40} {'median s':>9} {'x torch':>8} {'target':>7}")
     ok = True
     for name in commands:

@@ -86,7 +86,6 @@ def child(size: int, steps: int) -> None:
 
     import torch
     from _common import run_runtime, step_seconds
-
     from ftcompile.runtime.loop import Hooks
 
     class CpuTimes(Hooks):
@@ -106,16 +105,31 @@ def child(size: int, steps: int) -> None:
         times = run_runtime(plan, Path(tmp), hooks=[cpu])
     import statistics
 
-    cpu_steps = [b - a for a, b in zip(cpu.marks, cpu.marks[1:])]  # from the end of step 1: warm-up left out
-    print(json.dumps({"seconds": step_seconds(times), "cpu": statistics.median(cpu_steps),
-                      "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}))
+    cpu_steps = [
+        b - a for a, b in zip(cpu.marks, cpu.marks[1:], strict=False)
+    ]  # from the end of step 1: warm-up left out
+    print(
+        json.dumps(
+            {
+                "seconds": step_seconds(times),
+                "cpu": statistics.median(cpu_steps),
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def measure(setting: str, size: int, steps: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in portable.PINS}
     env.update(SETTINGS[setting])
-    done = subprocess.run([sys.executable, __file__, "--child", str(size), str(steps)], env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(size), str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -132,10 +146,22 @@ def main() -> None:
     import platform
     import statistics
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
-    print(f"{cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; resnet18, batch 32, "
-          f"{args.steps} steps x {args.rounds} rounds per setting (median of the round medians)")
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.machine()
+    )
+    print(
+        f"{cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; resnet18, batch 32, "
+        f"{args.steps} steps x {args.rounds} rounds per setting (median of the round medians)"
+    )
     for size in args.sizes:
         wall: dict[str, list[float]] = {s: [] for s in SETTINGS}
         cpu_s: dict[str, list[float]] = {s: [] for s in SETTINGS}
@@ -150,11 +176,18 @@ def main() -> None:
         cms = {s: 1000 * statistics.median(v) for s, v in cpu_s.items()}
         print(f"\n{size} px            wall ms/step   CPU ms/step")
         for s in SETTINGS:
-            print(f"  {s:<10}  {ms[s]:10.1f}  {cms[s]:12.1f}   ({how[s]}; wall rounds "
-                  + ", ".join(f"{1000 * v:.0f}" for v in wall[s]) + ")")
-        print(f"  wall: portable / default = {ms['portable'] / ms['default']:.2f}x, "
-              f"portable / one thread = {ms['portable'] / ms['one thread']:.2f}x")
-        print(f"  CPU:  portable / one thread = {cms['portable'] / cms['one thread']:.2f}x (the instruction sets alone)")
+            print(
+                f"  {s:<10}  {ms[s]:10.1f}  {cms[s]:12.1f}   ({how[s]}; wall rounds "
+                + ", ".join(f"{1000 * v:.0f}" for v in wall[s])
+                + ")"
+            )
+        print(
+            f"  wall: portable / default = {ms['portable'] / ms['default']:.2f}x, "
+            f"portable / one thread = {ms['portable'] / ms['one thread']:.2f}x"
+        )
+        print(
+            f"  CPU:  portable / one thread = {cms['portable'] / cms['one thread']:.2f}x (the instruction sets alone)"
+        )
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

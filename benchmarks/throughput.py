@@ -34,12 +34,19 @@ from _common import make_images, median, run_hand, run_runtime, step_seconds
 
 # Dense peak TFLOP/s by (device name fragment, precision), from the vendors' data sheets.
 PEAK_TFLOPS = {
-    ("H100", "bf16"): 989.0, ("H100", "fp32"): 67.0,
-    ("H200", "bf16"): 989.0, ("H200", "fp32"): 67.0,
-    ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5,
+    ("H100", "bf16"): 989.0,
+    ("H100", "fp32"): 67.0,
+    ("H200", "bf16"): 989.0,
+    ("H200", "fp32"): 67.0,
+    ("A100", "bf16"): 312.0,
+    ("A100", "fp32"): 19.5,
 }
-MODES = {"fp32": ("fp32", False, False), "bf16": ("bf16", False, False),
-         "bf16+cl": ("bf16", True, False), "compile": ("bf16", True, True)}
+MODES = {
+    "fp32": ("fp32", False, False),
+    "bf16": ("bf16", False, False),
+    "bf16+cl": ("bf16", True, False),
+    "compile": ("bf16", True, True),
+}
 
 RECIPE = """
 name = "throughput"
@@ -128,10 +135,14 @@ def main() -> None:
     modes = args.modes + (["compile"] if args.compile else [])
     from ftcompile.compiler import compile_recipe
 
-    print(f"torch {torch.__version__}, {args.device}"
-          + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else f", {torch.get_num_threads()} threads")
-          + f", batch {args.batch}, 224px, {args.steps} steps x {args.rounds} alternating rounds")
-    print(f"{'arch':<16} {'mode':<8} {'runtime img/s':>13} {'hand img/s':>10} {'ratio':>6} {'TFLOP/s':>8} {'peak':>5} {'data img/s':>10}")
+    print(
+        f"torch {torch.__version__}, {args.device}"
+        + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else f", {torch.get_num_threads()} threads")
+        + f", batch {args.batch}, 224px, {args.steps} steps x {args.rounds} alternating rounds"
+    )
+    print(
+        f"{'arch':<16} {'mode':<8} {'runtime img/s':>13} {'hand img/s':>10} {'ratio':>6} {'TFLOP/s':>8} {'peak':>5} {'data img/s':>10}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_images(root, 10, {"train": max(4 * args.batch, 80) // 10, "val": 2}, 256)
@@ -140,9 +151,18 @@ def main() -> None:
             for mode in modes:
                 precision, cl, comp = MODES[mode]
                 path = root / f"{arch}-{mode}.toml"
-                path.write_text(RECIPE.format(arch=arch, batch=args.batch, workers=args.workers, steps=args.steps,
-                                              device=args.device, precision=precision, channels_last=str(cl).lower(),
-                                              compile=str(comp).lower()))
+                path.write_text(
+                    RECIPE.format(
+                        arch=arch,
+                        batch=args.batch,
+                        workers=args.workers,
+                        steps=args.steps,
+                        device=args.device,
+                        precision=precision,
+                        channels_last=str(cl).lower(),
+                        compile=str(comp).lower(),
+                    )
+                )
                 plan = compile_recipe(path)
                 times: dict[str, list[float]] = {"runtime": [], "hand": []}
                 for _ in range(args.rounds):
@@ -151,8 +171,11 @@ def main() -> None:
                 rt, hd = (median(times[k]) for k in ("runtime", "hand"))
                 rate = args.batch / rt
                 tflops = 3 * flops * rate / 1e12
-                print(f"{arch:<16} {mode:<8} {rate:>13.1f} {args.batch / hd:>10.1f} {rt / hd:>6.3f} {tflops:>8.3f} "
-                      f"{peak(args.device, precision):>5} {data_rate(plan, root, 4):>10.1f}", flush=True)
+                print(
+                    f"{arch:<16} {mode:<8} {rate:>13.1f} {args.batch / hd:>10.1f} {rt / hd:>6.3f} {tflops:>8.3f} "
+                    f"{peak(args.device, precision):>5} {data_rate(plan, root, 4):>10.1f}",
+                    flush=True,
+                )
     print("ratio = runtime time per step / hand-written loop time per step (target <= 1.03 on CPU)")
 
 

@@ -36,8 +36,9 @@ def combination_plans(recipe: Path) -> list[tuple[str, Any]]:
     loaded = load_recipe(recipe)
     base = validate(loaded)
     num_classes = len(base.data.classes) or 10
-    per_phase = [[(name, alt) for alt in alternatives(name, ph, num_classes)]
-                 for name, ph in base.phases.items() if ph.trials]
+    per_phase = [
+        [(name, alt) for alt in alternatives(name, ph, num_classes)] for name, ph in base.phases.items() if ph.trials
+    ]
     plans = []
     for combo in itertools.product(*per_phase):
         data = copy.deepcopy(loaded.data)
@@ -82,17 +83,19 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the run directories (default: a temp folder)")
     args = parser.parse_args()
     import torch
+    from ftcompile.runtime import rundir
 
     from ftcompile.compiler import compile_recipe
-    from ftcompile.runtime import rundir
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     recipe = Path(args.recipe).resolve()
     out = Path(args.out or tempfile.mkdtemp(prefix="trials-bench-"))
     plan = compile_recipe(recipe)
     rundir.upstream_model(plan, recipe.parent)  # trained once, outside the timing
-    print(f"trials: {recipe.name}, {plan.steps_with_trials} optimizer steps planned ({plan.total_steps} without trials)",
-          flush=True)
+    print(
+        f"trials: {recipe.name}, {plan.steps_with_trials} optimizer steps planned ({plan.total_steps} without trials)",
+        flush=True,
+    )
     trials = timed_run(plan, recipe, out / "trials")
     rows = [("trials (greedy, one run)", trials)]
     for label, one in combination_plans(recipe):
@@ -104,12 +107,16 @@ def main() -> None:
     print(f"\n{'run':<{width}}  {'steps':>6}  {'seconds':>8}  top1")
     for label, r in rows:
         print(f"{label:<{width}}  {r['steps']:>6}  {r['seconds']:>8.1f}  {100 * r['top1']:.2f}%")
-    print(f"\ntrials: {trials['steps']} steps, {trials['seconds']:.1f} s; every combination from scratch: "
-          f"{scratch_steps} steps, {scratch_s:.1f} s; saving x{scratch_s / trials['seconds']:.2f} in time, "
-          f"x{scratch_steps / trials['steps']:.2f} in steps")
+    print(
+        f"\ntrials: {trials['steps']} steps, {trials['seconds']:.1f} s; every combination from scratch: "
+        f"{scratch_steps} steps, {scratch_s:.1f} s; saving x{scratch_s / trials['seconds']:.2f} in time, "
+        f"x{scratch_steps / trials['steps']:.2f} in steps"
+    )
     best = max(rows[1:], key=lambda row: row[1]["top1"])
-    print(f"best combination from scratch: {best[0]} ({100 * best[1]['top1']:.2f}%); "
-          f"trials chose {100 * trials['top1']:.2f}% (see {out / 'trials' / 'trials.csv'})")
+    print(
+        f"best combination from scratch: {best[0]} ({100 * best[1]['top1']:.2f}%); "
+        f"trials chose {100 * trials['top1']:.2f}% (see {out / 'trials' / 'trials.csv'})"
+    )
 
 
 if __name__ == "__main__":

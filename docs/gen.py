@@ -40,6 +40,7 @@ PART = re.compile(r'\s*(from|to|until) "([^"]*)"')
 
 # --- the recipe reference ---------------------------------------------------------------------
 
+
 @dataclass
 class Table:
     path: str  # "model.head"; "" is the top level
@@ -100,8 +101,11 @@ def _type(node: dict[str, Any], links: dict[str, Table]) -> str:
         extra = node.get("additionalProperties")
         many = f", at least {node['minProperties']} key" if "minProperties" in node else ""
         return (f"table of {_nested(extra, links)}" if isinstance(extra, dict) else "table") + many
-    bounds = [f"{sign} {node[key]:{'d' if isinstance(node[key], int) else 'g'}}" for key, sign in (
-        ("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<")) if key in node]
+    bounds = [
+        f"{sign} {node[key]:{'d' if isinstance(node[key], int) else 'g'}}"
+        for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
+        if key in node
+    ]
     if "pattern" in node:
         bounds.append(f"matching `{node['pattern']}`")
     if "maxLength" in node:
@@ -163,12 +167,15 @@ def reference() -> str:
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for key, prop in node.get("properties", {}).items():
             meaning = _cell(prop.get("description", ""))
-            lines.append(f"| `{key}` | {_cell(_type(prop, links))} | {_default(key, prop, node.get('required', []))} "
-                         f"| {meaning} |")
+            lines.append(
+                f"| `{key}` | {_cell(_type(prop, links))} | {_default(key, prop, node.get('required', []))} "
+                f"| {meaning} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 # --- command outputs and files shown in the pages ---------------------------------------------
+
 
 def made_with() -> str:
     import torch

@@ -17,9 +17,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,9 +109,7 @@ class Family:
     tokens: str = ""  # for transformers: how they pool tokens (then `pool` is refused)
     aux: tuple[str, ...] = ()  # auxiliary classifiers torchvision keeps with pretrained weights
     build_kwargs: tuple[tuple[str, Any], ...] = ()  # for weights=None, to match the pretrained structure
-    build_context: Callable[[], contextlib.AbstractContextManager[Any]] = field(
-        default=contextlib.nullcontext
-    )
+    build_context: Callable[[], contextlib.AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
 
 
 def _numbered(prefix: str, groups: tuple[tuple[int, ...], ...]) -> tuple[tuple[str, ...], ...]:
@@ -124,46 +121,70 @@ _NO_AUX = (("aux_logits", False), ("init_weights", False))
 
 FAMILIES: dict[str, Family] = {
     "resnet": Family(
-        head="fc", stem=("conv1", "bn1"),
-        stages=(("layer1",), ("layer2",), ("layer3",), ("layer4",)), pool="avgpool",
+        head="fc",
+        stem=("conv1", "bn1"),
+        stages=(("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+        pool="avgpool",
     ),
     "efficientnet": Family(
-        head="classifier", stem=("features.0",), body="features", split="each",
-        tail_groups=1, pool="avgpool",
+        head="classifier",
+        stem=("features.0",),
+        body="features",
+        split="each",
+        tail_groups=1,
+        pool="avgpool",
     ),
     "convnext": Family(
-        head="classifier", stem=("features.0",), stages=_numbered("features", _HIERARCHICAL),
-        keep=2, pool="avgpool",
+        head="classifier",
+        stem=("features.0",),
+        stages=_numbered("features", _HIERARCHICAL),
+        keep=2,
+        pool="avgpool",
     ),
     "mobilenet_v2": Family(
-        head="classifier", stem=("features.0",), body="features", split="stride",
+        head="classifier",
+        stem=("features.0",),
+        body="features",
+        split="stride",
         pool="features.pool",
     ),
     "mobilenet_v3": Family(
-        head="classifier", stem=("features.0",), body="features", split="stride",
+        head="classifier",
+        stem=("features.0",),
+        body="features",
+        split="stride",
         pool="avgpool",
     ),
     "densenet": Family(
-        head="classifier", stem=("features.conv0", "features.norm0"),
-        stages=tuple(
-            (f"features.denseblock{i}", f"features.transition{i}") for i in (1, 2, 3)
-        ) + (("features.denseblock4", "features.norm5"),),
-        pool="features.pool", relu_before_pool=True,
+        head="classifier",
+        stem=("features.conv0", "features.norm0"),
+        stages=tuple((f"features.denseblock{i}", f"features.transition{i}") for i in (1, 2, 3))
+        + (("features.denseblock4", "features.norm5"),),
+        pool="features.pool",
+        relu_before_pool=True,
     ),
     "vgg": Family(head="classifier", body="features", split="maxpool", stem_groups=1, pool="avgpool"),
     "alexnet": Family(head="classifier", body="features", split="maxpool", stem_groups=1, pool="avgpool"),
     "squeezenet": Family(
-        head="classifier", body="features", split="maxpool", stem_groups=1,
-        pool="features.pool", pool_in_head=True,
+        head="classifier",
+        body="features",
+        split="maxpool",
+        stem_groups=1,
+        pool="features.pool",
+        pool_in_head=True,
     ),
     "googlenet": Family(
-        head="fc", stem=("conv1", "conv2", "conv3"),
+        head="fc",
+        stem=("conv1", "conv2", "conv3"),
         stages=(
             ("inception3a", "inception3b"),
             tuple(f"inception4{c}" for c in "abcde"),
             ("inception5a", "inception5b"),
         ),
-        pool="avgpool", drop="dropout", aux=("aux1", "aux2"), build_kwargs=_NO_AUX,
+        pool="avgpool",
+        drop="dropout",
+        aux=("aux1", "aux2"),
+        build_kwargs=_NO_AUX,
     ),
     "inception": Family(
         head="fc",
@@ -173,45 +194,75 @@ FAMILIES: dict[str, Family] = {
             tuple(f"Mixed_6{c}" for c in "abcde"),
             tuple(f"Mixed_7{c}" for c in "abc"),
         ),
-        pool="avgpool", drop="dropout", aux=("AuxLogits",), build_kwargs=_NO_AUX,
+        pool="avgpool",
+        drop="dropout",
+        aux=("AuxLogits",),
+        build_kwargs=_NO_AUX,
     ),
     "shufflenet": Family(
-        head="fc", stem=("conv1",), stages=(("stage2",), ("stage3",), ("stage4", "conv5")),
+        head="fc",
+        stem=("conv1",),
+        stages=(("stage2",), ("stage3",), ("stage4", "conv5")),
         pool="conv5.pool",
     ),
     "mnasnet": Family(
-        head="classifier", stem=tuple(f"layers.{i}" for i in (0, 1, 3, 4, 6, 7)),
+        head="classifier",
+        stem=tuple(f"layers.{i}" for i in (0, 1, 3, 4, 6, 7)),
         stages=_numbered("layers", ((8,), (9,), (10,), (11,), (12,), (13, 14, 15))),
         pool="layers.pool",
     ),
     "regnet": Family(
-        head="fc", stem=("stem",),
+        head="fc",
+        stem=("stem",),
         stages=tuple((f"trunk_output.block{i}",) for i in (1, 2, 3, 4)),
-        pool="avgpool", build_context=_regnet_widths_on_cpu,
+        pool="avgpool",
+        build_context=_regnet_widths_on_cpu,
     ),
     "vit": Family(
-        head="heads", stem=("conv_proj", "class_token", "encoder.pos_embedding"),
-        body="encoder.layers", split="quarters", tail=("encoder.ln",),
+        head="heads",
+        stem=("conv_proj", "class_token", "encoder.pos_embedding"),
+        body="encoder.layers",
+        split="quarters",
+        tail=("encoder.ln",),
         tokens="pools with its class token",
     ),
     "swin": Family(
-        head="head", stem=("features.0",), stages=_numbered("features", _HIERARCHICAL),
-        tail=("norm",), tokens="averages its patch tokens after a LayerNorm",
+        head="head",
+        stem=("features.0",),
+        stages=_numbered("features", _HIERARCHICAL),
+        tail=("norm",),
+        tokens="averages its patch tokens after a LayerNorm",
     ),
     "maxvit": Family(
-        head="classifier", stem=("stem",), stages=_numbered("blocks", ((0,), (1,), (2,), (3,))),
-        keep=3, tokens="averages its last feature map and applies a LayerNorm",
+        head="classifier",
+        stem=("stem",),
+        stages=_numbered("blocks", ((0,), (1,), (2,), (3,))),
+        keep=3,
+        tokens="averages its last feature map and applies a LayerNorm",
     ),
 }
 
 # Longest matching prefix wins, so "mobilenet_v3_small" finds "mobilenet_v3".
 _PREFIXES: dict[str, str] = {
-    "resnet": "resnet", "resnext": "resnet", "wide_resnet": "resnet",
-    "efficientnet": "efficientnet", "convnext": "convnext",
-    "mobilenet_v2": "mobilenet_v2", "mobilenet_v3": "mobilenet_v3",
-    "densenet": "densenet", "vgg": "vgg", "alexnet": "alexnet", "squeezenet": "squeezenet",
-    "googlenet": "googlenet", "inception": "inception", "shufflenet": "shufflenet",
-    "mnasnet": "mnasnet", "regnet": "regnet", "vit": "vit", "swin": "swin", "maxvit": "maxvit",
+    "resnet": "resnet",
+    "resnext": "resnet",
+    "wide_resnet": "resnet",
+    "efficientnet": "efficientnet",
+    "convnext": "convnext",
+    "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3": "mobilenet_v3",
+    "densenet": "densenet",
+    "vgg": "vgg",
+    "alexnet": "alexnet",
+    "squeezenet": "squeezenet",
+    "googlenet": "googlenet",
+    "inception": "inception",
+    "shufflenet": "shufflenet",
+    "mnasnet": "mnasnet",
+    "regnet": "regnet",
+    "vit": "vit",
+    "swin": "swin",
+    "maxvit": "maxvit",
 }
 
 
@@ -413,7 +464,8 @@ def _pool_choice(arch: str, row: Family, head: dict) -> str:
     pool = head.get("pool", "avg")
     if pool not in POOLS:
         raise RecipeError(
-            f"unknown pooling {pool!r}", key="model.head.pool",
+            f"unknown pooling {pool!r}",
+            key="model.head.pool",
             suggestion=did_you_mean(str(pool), POOLS) or "use one of: " + ", ".join(POOLS),
         )
     return pool
@@ -443,7 +495,7 @@ def _mlp(n_in: int, widths: list[int], head: dict) -> list[nn.Module]:
     dropouts = _dropouts(head.get("dropout", 0.0), len(widths))
     activation = _activation(head.get("activation", "relu"))
     layers: list[nn.Module] = []
-    for i, (width, p) in enumerate(zip(widths, dropouts)):
+    for i, (width, p) in enumerate(zip(widths, dropouts, strict=False)):
         if head.get("batchnorm", False):
             layers.append(nn.BatchNorm1d(n_in))
         if p > 0:
@@ -468,12 +520,16 @@ def _dropouts(dropout: float | list[float], n_linear: int) -> list[float]:
 
 
 _NOT_ELEMENTWISE = {
-    "MultiheadAttention", "Softmax", "Softmin", "LogSoftmax", "Softmax2d", "GLU", "Threshold",
+    "MultiheadAttention",
+    "Softmax",
+    "Softmin",
+    "LogSoftmax",
+    "Softmax2d",
+    "GLU",
+    "Threshold",
 }
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    name.lower(): getattr(nn, name)
-    for name in nn.modules.activation.__all__
-    if name not in _NOT_ELEMENTWISE
+    name.lower(): getattr(nn, name) for name in nn.modules.activation.__all__ if name not in _NOT_ELEMENTWISE
 }
 
 
@@ -510,10 +566,7 @@ def _widened(norm: nn.LayerNorm) -> nn.LayerNorm:
 
 def _last_layer(model: nn.Module, head: str) -> str:
     """Path of the classifier's final Linear (or conv) — the only piece `head = None` replaces."""
-    paths = [
-        n for n, m in _get_module(model, head).named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d))
-    ]
+    paths = [n for n, m in _get_module(model, head).named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     return ".".join(p for p in (head, paths[-1]) if p)
 
 
@@ -612,9 +665,7 @@ def _layout(row: Family, model: nn.Module) -> tuple[list[str], list[list[str]]]:
         stem += [p for group in stages[: row.stem_groups] for p in group]
         stages = stages[row.stem_groups :]
     if row.tail_groups:
-        stages = stages[: -row.tail_groups - 1] + [
-            [p for group in stages[-row.tail_groups - 1 :] for p in group]
-        ]
+        stages = stages[: -row.tail_groups - 1] + [[p for group in stages[-row.tail_groups - 1 :] for p in group]]
     stages[-1] += row.tail
     return stem, stages
 

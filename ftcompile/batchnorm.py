@@ -33,8 +33,11 @@ def one_image_steps(
     out = []
     for ph in phases:
         d = ph.data
-        b, n, start, size = (d["batch_size"], d["steps_per_epoch"], d["data_begin"], d["image_size"]) if d \
+        b, n, start, size = (
+            (d["batch_size"], d["steps_per_epoch"], d["data_begin"], d["image_size"])
+            if d
             else (batch_size, spe, 0, image_size)
+        )
         if train_size - (n - 1) * b != 1:
             continue
         step = ph.begin + (n - 1 - (ph.begin - start)) % n  # the first last-batch step at or after begin
@@ -44,8 +47,14 @@ def one_image_steps(
 
 
 def check_one_image_batches(
-    make_model: Callable[[], Any], phases: Sequence[Any], bn_groups: dict[str, str], image_size: int,
-    spe: int, train_size: int, batch_size: int, drop_last: bool,
+    make_model: Callable[[], Any],
+    phases: Sequence[Any],
+    bn_groups: dict[str, str],
+    image_size: int,
+    spe: int,
+    train_size: int,
+    batch_size: int,
+    drop_last: bool,
 ) -> None:
     """A RecipeError when a phase would train BatchNorm in train mode on a 1-image batch.
 

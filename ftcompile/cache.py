@@ -26,7 +26,9 @@ class BelowHead:
 def below_head(model: Any, head: list[str], groups: tuple[GroupInfo, ...]) -> BelowHead:
     inside = lambda name: any(prefix_match(h, name) for h in head)  # noqa: E731
     below = [(n, m) for n, m in model.named_modules() if n and not inside(n)]
-    random = any(type(m).__name__ in ("Dropout", "Dropout2d", "StochasticDepth") and getattr(m, "p", 0) > 0 for _, m in below)
+    random = any(
+        type(m).__name__ in ("Dropout", "Dropout2d", "StochasticDepth") and getattr(m, "p", 0) > 0 for _, m in below
+    )
     return BelowHead(
         head_module=head[0] if len(head) == 1 else None,
         head_only_groups=frozenset(g.name for g in groups if g.params and all(inside(p) for p in g.params)),
@@ -42,6 +44,7 @@ def cacheability(phase: Phase, below: BelowHead, augment: list[dict[str, Any]]) 
     and nothing below it or in the train transforms is random; `cache_features = true`
     accepts random augmentation / dropout applied once, `false` turns the cache off.
     """
+
     def no(why: str) -> dict[str, Any]:
         return {"on": False, "why": why, "module": below.head_module}
 
@@ -59,5 +62,8 @@ def cacheability(phase: Phase, below: BelowHead, augment: list[dict[str, Any]]) 
             return no("train augmentation is random (cache_features = true applies it once)")
         if below.random:
             return no("dropout / stochastic depth below the head (cache_features = true accepts it)")
-    return {"on": True, "why": "opted in" if phase.cache_features else "only the head trains", "module": below.head_module}
-
+    return {
+        "on": True,
+        "why": "opted in" if phase.cache_features else "only the head trains",
+        "module": below.head_module,
+    }

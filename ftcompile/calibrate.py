@@ -113,8 +113,10 @@ class Rates:
         return flops / self.fwd_flops_per_s
 
     def describe(self) -> str:
-        return (f"{self.device}, {self.source} of {self.model} at {self.image_size} px batch {self.batch_size} "
-                f"on {self.date[:10]} ({self.path})")
+        return (
+            f"{self.device}, {self.source} of {self.model} at {self.image_size} px batch {self.batch_size} "
+            f"on {self.date[:10]} ({self.path})"
+        )
 
 
 def load(path: Path) -> dict[str, Any] | None:
@@ -125,8 +127,9 @@ def load(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
-def find(device: str, precision: str, arch: str | None = None, image_size: int | None = None,
-         batch_size: int | None = None) -> Rates | None:
+def find(
+    device: str, precision: str, arch: str | None = None, image_size: int | None = None, batch_size: int | None = None
+) -> Rates | None:
     """The profile entry an estimate uses: this device, torch and precision; among the
     entries of `arch` (else all), the one nearest in images x pixels per step, the newest of
     equals. A cuda device that is not visible here (planning on a laptop) takes the newest
@@ -137,8 +140,11 @@ def find(device: str, precision: str, arch: str | None = None, image_size: int |
         if torch.cuda.is_available():
             paths = [profile_path(device, device_name(device), torch_version(), precision)]
         else:
-            paths = sorted(cache_dir().glob(f"cuda-*-torch{torch_version()}-{precision}.json"),
-                           key=lambda p: p.stat().st_mtime, reverse=True)[:1]
+            paths = sorted(
+                cache_dir().glob(f"cuda-*-torch{torch_version()}-{precision}.json"),
+                key=lambda p: p.stat().st_mtime,
+                reverse=True,
+            )[:1]
     else:
         paths = [profile_path(device, device_name(device), torch_version(), precision)]
     for path in paths:
@@ -163,8 +169,14 @@ def _distance(entry: dict[str, Any], image_size: int | None, batch_size: int | N
 def store(device: str, precision: str, rates: Rates, keep: int = 20) -> Path:
     """Add an entry to the device's profile (the last `keep` entries stay)."""
     path = profile_path(device, device_name(device), torch_version(), precision)
-    data = load(path) or {"format": FORMAT, "device": device, "device_name": device_name(device),
-                          "torch": torch_version(), "precision": precision, "entries": []}
+    data = load(path) or {
+        "format": FORMAT,
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch_version(),
+        "precision": precision,
+        "entries": [],
+    }
     entry = {k: v for k, v in asdict(rates).items() if k not in ("path", "device")}
     data["entries"] = [*data["entries"], entry][-keep:]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +221,9 @@ def measure(ms: Any, setup: Any, steps: int = 3, sync: Callable[[], None] = lamb
     live = LiveTensors(ms.state_keys())
     with live:
         counted = ms.run_step(setup, net, sync=sync)
-    state = tensor_bytes([v for s in ms.optimizer().state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0])
+    state = tensor_bytes(
+        [v for s in ms.optimizer().state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+    )
     timed = [ms.run_step(setup, net, sync=sync) for _ in range(steps)]
     # The fastest of the timed steps, part by part: on a shared machine the median measures
     # the neighbours' load as much as the device.
@@ -240,22 +254,35 @@ def calibrate(plan: Any, device: str, steps: int = 3, say: Callable[[str], None]
 
         chosen = [replace(s, batch=max(2, int(s.batch * scale))) for s in chosen]
         costs = [fake.step(s) for s in chosen]
-        say(f"on the CPU the batch is cut to {chosen[0].batch * chosen[0].micro_batches} images so that a step "
-            f"does about {CPU_STEP_FLOPS / 1e9:.0f} GFLOP (rates hardly depend on the batch)")
+        say(
+            f"on the CPU the batch is cut to {chosen[0].batch * chosen[0].micro_batches} images so that a step "
+            f"does about {CPU_STEP_FLOPS / 1e9:.0f} GFLOP (rates hardly depend on the batch)"
+        )
     real = ModelSteps(plan, device=device)
     rows = []
-    for setup, cost in zip(chosen, costs):
+    for setup, cost in zip(chosen, costs, strict=False):
         m = measure(real, setup, steps=steps, sync=sync)
         rows.append((setup, cost, m, real.numel(setup.train)))
-        say(f"  {len(setup.train)} group(s) trained, batch {setup.batch * setup.micro_batches}, {setup.image_size} px: "
+        say(
+            f"  {len(setup.train)} group(s) trained, batch {setup.batch * setup.micro_batches}, {setup.image_size} px: "
             f"forward {m.fwd_s * 1000:.0f} ms ({cost.fwd_flops / 1e9:.1f} GFLOP), backward {m.bwd_s * 1000:.0f} ms "
-            f"({cost.bwd_flops / 1e9:.1f} GFLOP), optimizer {m.opt_s * 1000:.0f} ms")
+            f"({cost.bwd_flops / 1e9:.1f} GFLOP), optimizer {m.opt_s * 1000:.0f} ms"
+        )
     rate_f = sum(c.fwd_flops for _, c, _, _ in rows) / sum(m.fwd_s for _, _, m, _ in rows)
     with_bwd = [(c, m) for _, c, m, _ in rows if c.bwd_flops > 0.05 * c.fwd_flops] or [(c, m) for _, c, m, _ in rows]
     rate_b = max(sum(c.bwd_flops for c, _ in with_bwd), 1) / max(sum(m.bwd_s for _, m in with_bwd), 1e-9)
     rate_o = max(sum(n for *_, n in rows), 1) / max(sum(m.opt_s for _, _, m, _ in rows), 1e-9)
-    rates = Rates(rate_f, rate_b, rate_o, MIN_SPREAD, plan.model.arch, chosen[0].image_size,
-                  chosen[0].batch * chosen[0].micro_batches, now(), "calibrate")
+    rates = Rates(
+        rate_f,
+        rate_b,
+        rate_o,
+        MIN_SPREAD,
+        plan.model.arch,
+        chosen[0].image_size,
+        chosen[0].batch * chosen[0].micro_batches,
+        now(),
+        "calibrate",
+    )
     ratios = [m.step_s / rates.step_seconds(c.fwd_flops, c.bwd_flops, n) for _, c, m, n in rows]
     spread = (round(min(MIN_SPREAD[0], min(ratios) * 0.9), 3), round(max(MIN_SPREAD[1], max(ratios) * 1.1), 3))
     return Rates(**{**asdict(rates), "spread": spread})
@@ -274,15 +301,31 @@ def _spread_out(items: list[Any], n: int) -> list[Any]:
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 
-def from_run(rates: Rates, predicted: list[float], measured: list[float], source: str,
-             model: str, image_size: int, batch_size: int) -> Rates | None:
+def from_run(
+    rates: Rates,
+    predicted: list[float],
+    measured: list[float],
+    source: str,
+    model: str,
+    image_size: int,
+    batch_size: int,
+) -> Rates | None:
     """Rates that reproduce a run's own steps: `rates` (what the estimate used) scaled by the
     median of measured / predicted step seconds over the run's phases, as a new entry
     ("run ..."), so the next estimate of this model and size starts from what runs achieve."""
-    ratios = [m / p for p, m in zip(predicted, measured) if p > 0 and m > 0]
+    ratios = [m / p for p, m in zip(predicted, measured, strict=False) if p > 0 and m > 0]
     if not ratios:
         return None
     k = statistics.median(ratios)
     spread = (round(min(MIN_SPREAD[0], min(ratios) / k * 0.9), 3), round(max(MIN_SPREAD[1], max(ratios) / k * 1.1), 3))
-    return Rates(rates.fwd_flops_per_s / k, rates.bwd_flops_per_s / k, rates.opt_params_per_s / k, spread,
-                 model, image_size, batch_size, now(), source)
+    return Rates(
+        rates.fwd_flops_per_s / k,
+        rates.bwd_flops_per_s / k,
+        rates.opt_params_per_s / k,
+        spread,
+        model,
+        image_size,
+        batch_size,
+        now(),
+        source,
+    )

@@ -28,7 +28,6 @@ def param_groups(resolved: Resolved) -> tuple[ParamGroup, ...]:
     return tuple(out)
 
 
-
 class _Tracker:
     """Emits a `set` only when the value differs from what the optimizer holds."""
 
@@ -40,7 +39,6 @@ class _Tracker:
         if force or self.values.get((target, field)) != value:
             self.changes.append(Change(step, Op.SET, target, field, value))
         self.values[(target, field)] = value
-
 
 
 def _phase_changes(
@@ -173,4 +171,3 @@ def _forget(state: dict[str, Any], tracker: _Tracker, pgs: tuple[ParamGroup, ...
     the next phase sets every group's trainability, BatchNorm mode, cache, lr and weight decay."""
     state["trained"], state["bn"], state["cache"] = {}, {}, "<after trials>"
     tracker.values = {(pg.name, "weight_decay"): 0.0 for pg in pgs if not pg.decay}
-

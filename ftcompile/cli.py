@@ -52,20 +52,39 @@ EPILOG = """examples:
 
 
 def _sizes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset-size", type=int, metavar="N", help="train images, used only when the data.train folder is not on this machine")
-    p.add_argument("--val-size", type=int, metavar="N", help="validation images, used only when the data.val folder is not on this machine")
+    p.add_argument(
+        "--dataset-size",
+        type=int,
+        metavar="N",
+        help="train images, used only when the data.train folder is not on this machine",
+    )
+    p.add_argument(
+        "--val-size",
+        type=int,
+        metavar="N",
+        help="validation images, used only when the data.val folder is not on this machine",
+    )
 
 
 def _force(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing file that is not an earlier output of this kind (never a folder, "
-                        "a device or a file in a run directory)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing file that is not an earlier output of this kind (never a folder, "
+        "a device or a file in a run directory)",
+    )
 
 
 def _set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help='override a recipe field: dotted key, TOML value (repeatable), e.g. --set phases.layer4.epochs=5 '
-                        "--set 'phases.layer4.lr.layer4=\"head / 30\"'")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a recipe field: dotted key, TOML value (repeatable), e.g. --set phases.layer4.epochs=5 "
+        "--set 'phases.layer4.lr.layer4=\"head / 30\"'",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("plan", help="compile a recipe and show the plan", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "plan",
+        help="compile a recipe and show the plan",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("recipe", help="recipe .toml")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--output", metavar="PLAN.json", help="write the plan to a file")
@@ -86,30 +110,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="LR.png", help="draw the LR curves (needs matplotlib)")
     p.add_argument("--all-changes", action="store_true", help="list every change, not only the first 200")
     p.add_argument("--wide", action="store_true", help="lines as long as they need (default: at most 100 columns)")
-    p.add_argument("--estimate", action="store_true",
-                   help="add each phase's memory, FLOPs and time (a fake-tensor step per phase; times need `ftcompile calibrate`)")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="add each phase's memory, FLOPs and time (a fake-tensor step per phase; times need `ftcompile calibrate`)",
+    )
     _force(p)
     _sizes(p)
     _set(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("check", help="validate recipes; one line each", epilog=CHECK_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "check",
+        help="validate recipes; one line each",
+        epilog=CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("recipes", nargs="+", help="recipe .toml files")
-    p.add_argument("--verify-images", action="store_true", help="decode every image of the data and list all that cannot be read")
-    p.add_argument("--require-data", action="store_true", help="a data folder that is not here is an error (default: check the rest)")
-    p.add_argument("--marked-only", action="store_true",
-                   help="skip .toml files whose first line is not '#:schema ...recipe.schema.json' (for pre-commit)")
-    p.add_argument("--estimate", action="store_true",
-                   help="estimate each phase's peak memory and warn where it exceeds this device's (the GPU's, else the RAM)")
-    p.add_argument("--device-memory", metavar="SIZE", type=_memory_size,
-                   help="a phase whose estimated peak exceeds SIZE (e.g. 24GB; binary units, as GPUs count) fails the check")
+    p.add_argument(
+        "--verify-images", action="store_true", help="decode every image of the data and list all that cannot be read"
+    )
+    p.add_argument(
+        "--require-data",
+        action="store_true",
+        help="a data folder that is not here is an error (default: check the rest)",
+    )
+    p.add_argument(
+        "--marked-only",
+        action="store_true",
+        help="skip .toml files whose first line is not '#:schema ...recipe.schema.json' (for pre-commit)",
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="estimate each phase's peak memory and warn where it exceeds this device's (the GPU's, else the RAM)",
+    )
+    p.add_argument(
+        "--device-memory",
+        metavar="SIZE",
+        type=_memory_size,
+        help="a phase whose estimated peak exceeds SIZE (e.g. 24GB; binary units, as GPUs count) fails the check",
+    )
     _sizes(p)
     _set(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("diff", help="what a recipe change does to training (exit 0 equal, 1 different)",
-                       epilog=DIFF_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "diff",
+        help="what a recipe change does to training (exit 0 equal, 1 different)",
+        epilog=DIFF_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("old", help="recipe .toml, plan .json, run directory, or REV:path (a git revision)")
     p.add_argument("new", help="the same kinds")
     p.add_argument("--json", action="store_true", help="print the differences as JSON")
@@ -117,35 +168,64 @@ def build_parser() -> argparse.ArgumentParser:
     _sizes(p)
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("schema", help="print the recipe JSON Schema", epilog="example: ftcompile schema > recipes/recipe.schema.json")
+    p = sub.add_parser(
+        "schema", help="print the recipe JSON Schema", epilog="example: ftcompile schema > recipes/recipe.schema.json"
+    )
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("run", help="compile (if given a recipe) and train", epilog="example: ftcompile run recipes/quickstart.toml")
+    p = sub.add_parser(
+        "run", help="compile (if given a recipe) and train", epilog="example: ftcompile run recipes/quickstart.toml"
+    )
     p.add_argument("source", help="recipe .toml or plan .json")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>/<n>-<hash8>)")
-    p.add_argument("--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder; for a plan.json, the current folder)")
+    p.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="folder that data paths are relative to (default: the recipe's folder; for a plan.json, the current folder)",
+    )
     p.add_argument("--nproc", type=int, metavar="N", help="train on N processes (GPUs) through torchrun + DDP")
     _set(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("resume", help="continue a run from its newest checkpoint", epilog="example: ftcompile resume runs/quickstart/1-ab12cd34")
+    p = sub.add_parser(
+        "resume",
+        help="continue a run from its newest checkpoint",
+        epilog="example: ftcompile resume runs/quickstart/1-ab12cd34",
+    )
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("lr-find", help="LR range test at the start of a phase (writes lr_find.csv)",
-                       epilog=LR_FIND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "lr-find",
+        help="LR range test at the start of a phase (writes lr_find.csv)",
+        epilog=LR_FIND_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("recipe", help="recipe .toml")
     p.add_argument("--phase", required=True, metavar="NAME", help="the phase whose LRs to test")
-    p.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="start from this run's checkpoint at the phase's first step (read only)")
+    p.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_DIR",
+        help="start from this run's checkpoint at the phase's first step (read only)",
+    )
     p.add_argument("--steps", type=int, default=100, help="steps of the test (default 100)")
     p.add_argument("--start", type=float, default=1e-4, help="first multiplier of the phase's LRs (default 1e-4)")
     p.add_argument("--end", type=float, default=1e3, help="last multiplier (default 1e3)")
-    p.add_argument("-o", "--output", metavar="DIR", default=".", help="folder for lr_find.csv / lr_find.png (default: here)")
+    p.add_argument(
+        "-o", "--output", metavar="DIR", default=".", help="folder for lr_find.csv / lr_find.png (default: here)"
+    )
     _force(p)
-    p.add_argument("--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder)")
+    p.add_argument(
+        "--data-root", metavar="DIR", help="folder that data paths are relative to (default: the recipe's folder)"
+    )
     p.set_defaults(func=cmd_lr_find)
 
-    p = sub.add_parser("rerun", help="repeat a run from its stored plan", epilog="example: ftcompile rerun runs/quickstart/1-ab12cd34 --out /tmp/again")
+    p = sub.add_parser(
+        "rerun",
+        help="repeat a run from its stored plan",
+        epilog="example: ftcompile rerun runs/quickstart/1-ab12cd34 --out /tmp/again",
+    )
     p.add_argument("run_dir")
     p.add_argument("--out", metavar="DIR")
     p.set_defaults(func=cmd_rerun)
@@ -179,61 +259,104 @@ exit status: 0 the file is in torch's hub cache (now), 1 absent (--no-download),
 
 def _add_start_commands(sub: argparse._SubParsersAction) -> None:
     """init and weights: from a folder of images to a recipe that runs."""
-    p = sub.add_parser("init", help="write a commented recipe for a folder of images", epilog=INIT_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", metavar="DATA_FOLDER", help="class folders (FOLDER/<class>/<image>), or FOLDER/train + FOLDER/val")
-    p.add_argument("--model", metavar="NAME", help="a torchvision classifier (default: from the data size and the device)")
+    p = sub.add_parser(
+        "init",
+        help="write a commented recipe for a folder of images",
+        epilog=INIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "folder", metavar="DATA_FOLDER", help="class folders (FOLDER/<class>/<image>), or FOLDER/train + FOLDER/val"
+    )
+    p.add_argument(
+        "--model", metavar="NAME", help="a torchvision classifier (default: from the data size and the device)"
+    )
     p.add_argument("-o", "--output", metavar="RECIPE.toml", default="recipe.toml", help="default: recipe.toml")
-    p.add_argument("--lr-find", action="store_true",
-                   help="measure the head's LR with the LR finder; the curve goes beside the recipe (RECIPE.lr_find.csv / .png)")
+    p.add_argument(
+        "--lr-find",
+        action="store_true",
+        help="measure the head's LR with the LR finder; the curve goes beside the recipe (RECIPE.lr_find.csv / .png)",
+    )
     p.add_argument("--image-size", type=int, metavar="N", help="default: the size the weights were trained at")
-    p.add_argument("--batch-size", type=int, metavar="N", help="default: 32 (a class needs at least one batch of training images)")
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="default: 32 (a class needs at least one batch of training images)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing recipe file")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("weights", help="where torchvision's pretrained weights go (torch's hub cache); download them",
-                       epilog=WEIGHTS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", metavar="NAME", help="ARCH[.WEIGHTS] (resnet50.IMAGENET1K_V2), Enum_Weights.MEMBER, or a recipe .toml")
+    p = sub.add_parser(
+        "weights",
+        help="where torchvision's pretrained weights go (torch's hub cache); download them",
+        epilog=WEIGHTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "name", metavar="NAME", help="ARCH[.WEIGHTS] (resnet50.IMAGENET1K_V2), Enum_Weights.MEMBER, or a recipe .toml"
+    )
     p.add_argument("--no-download", action="store_true", help="only say which file goes where")
     p.set_defaults(func=cmd_weights)
 
 
 def _add_use_commands(sub: argparse._SubParsersAction) -> None:
     """eval, predict, export, report, runs: using and judging a run."""
-    p = sub.add_parser("eval", help="per-class metrics and confusion matrix of a run",
-                       epilog="example: ftcompile eval runs/quickstart/1-ab12cd34 --tta")
+    p = sub.add_parser(
+        "eval",
+        help="per-class metrics and confusion matrix of a run",
+        epilog="example: ftcompile eval runs/quickstart/1-ab12cd34 --tta",
+    )
     p.add_argument("run_dir")
-    p.add_argument("--data", metavar="FOLDER", help="another ImageFolder with the run's class names (default: the run's val split)")
-    p.add_argument("--weights", choices=["final", "best", "ema"], default="final", help="model.pt (default), best.pt or model_ema.pt")
+    p.add_argument(
+        "--data", metavar="FOLDER", help="another ImageFolder with the run's class names (default: the run's val split)"
+    )
+    p.add_argument(
+        "--weights",
+        choices=["final", "best", "ema"],
+        default="final",
+        help="model.pt (default), best.pt or model_ema.pt",
+    )
     p.add_argument("--tta", action="store_true", help="average the softmax over each image and its horizontal flip")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="class probabilities of images, with the run's val transforms",
-                       epilog="example: ftcompile predict runs/quickstart/1-ab12cd34 photo.jpg photos/ --topk 3")
+    p = sub.add_parser(
+        "predict",
+        help="class probabilities of images, with the run's val transforms",
+        epilog="example: ftcompile predict runs/quickstart/1-ab12cd34 photo.jpg photos/ --topk 3",
+    )
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER")
     p.add_argument("--topk", type=int, default=3, metavar="K", help="classes per image (default 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="the run's model as TorchScript, safetensors or ONNX (+ a sidecar .json)",
-                       epilog="example: ftcompile export runs/quickstart/1-ab12cd34 --format onnx -o model.onnx")
+    p = sub.add_parser(
+        "export",
+        help="the run's model as TorchScript, safetensors or ONNX (+ a sidecar .json)",
+        epilog="example: ftcompile export runs/quickstart/1-ab12cd34 --format onnx -o model.onnx",
+    )
     p.add_argument("run_dir")
     p.add_argument("--format", required=True, choices=["torchscript", "safetensors", "onnx"])
     p.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/model.<ext>")
     _force(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="one self-contained HTML page about one or several runs",
-                       epilog="example: ftcompile report runs/quickstart/1-* -o report.html")
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about one or several runs",
+        epilog="example: ftcompile report runs/quickstart/1-* -o report.html",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("-o", "--output", metavar="report.html", help="default: RUN_DIR/report.html (one run) or ./report.html")
+    p.add_argument(
+        "-o", "--output", metavar="report.html", help="default: RUN_DIR/report.html (one run) or ./report.html"
+    )
     _force(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("runs", help="one line per run: status, phases done, best and final top-1",
-                       epilog="example: ftcompile runs            (looks in runs/)")
+    p = sub.add_parser(
+        "runs",
+        help="one line per run: status, phases done, best and final top-1",
+        epilog="example: ftcompile runs            (looks in runs/)",
+    )
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
@@ -260,8 +383,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ftcompile import render
 
     # Before compiling: a path that holds something else than an earlier plan, trace or plot is refused.
-    for path, kind, option in ((args.output, outputs.PLAN, "-o"), (args.trace, outputs.TRACE, "--trace"),
-                               (args.plot, outputs.LR_PLOT, "--plot")):
+    for path, kind, option in (
+        (args.output, outputs.PLAN, "-o"),
+        (args.trace, outputs.TRACE, "--trace"),
+        (args.plot, outputs.LR_PLOT, "--plot"),
+    ):
         if path:
             outputs.check_output(Path(path), kind, option, force=args.force)
     plan = _compile(args.recipe, args)
@@ -278,12 +404,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cost = _estimate(plan, args.recipe) if args.estimate else None
     if args.json:
         # The estimate rides beside the plan, outside its hash (Plan.from_dict ignores it).
-        print(plan.to_json() if cost is None else
-              json.dumps({**plan.to_dict(), "hash": plan.hash, "estimate": cost.to_dict()}, indent=1, sort_keys=True, allow_nan=False))
+        print(
+            plan.to_json()
+            if cost is None
+            else json.dumps(
+                {**plan.to_dict(), "hash": plan.hash, "estimate": cost.to_dict()},
+                indent=1,
+                sort_keys=True,
+                allow_nan=False,
+            )
+        )
     else:
         # With -o the plan is in the file: print the summary, not the change list.
-        print(render.render(plan, max_changes=10**9 if args.all_changes else 200, wide=args.wide,
-                            summary=bool(args.output) and not args.all_changes))
+        print(
+            render.render(
+                plan,
+                max_changes=10**9 if args.all_changes else 200,
+                wide=args.wide,
+                summary=bool(args.output) and not args.all_changes,
+            )
+        )
         if cost is not None:
             from ftcompile import estimate
 
@@ -298,7 +438,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Compile each recipe. Where a data folder is absent (a CI runner, a pre-commit hook)
     everything but the step counts is still checked, against a nominal dataset size."""
     from ftcompile.compiler import compile_checked
-
     from ftcompile.render import counted
 
     options = _options(args, nominal_data=not args.require_data)
@@ -309,7 +448,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             compiled = compile_checked(path, options)
             _weights_cached(compiled.plan, path, args.require_data)
-            images = _verify_images(compiled.plan, Path(path)) if args.verify_images and not compiled.nominal_data else None
+            images = (
+                _verify_images(compiled.plan, Path(path)) if args.verify_images and not compiled.nominal_data else None
+            )
         except RecipeError as err:
             failed += 1
             first, *rest = str(err).splitlines()
@@ -320,7 +461,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"ok   {path}: {counted(len(plan.phases), 'phase')} (data not found here: step counts not checked)")
         else:
             verified = f", {images} images verified" if images is not None else ""
-            print(f"ok   {path}: {counted(len(plan.phases), 'phase')}, {counted(plan.total_steps, 'step')}, plan {plan.hash[:12]}{verified}")
+            print(
+                f"ok   {path}: {counted(len(plan.phases), 'phase')}, {counted(plan.total_steps, 'step')}, plan {plan.hash[:12]}{verified}"
+            )
             _warn_memory(plan, path)
         if args.estimate or args.device_memory:
             failed += _check_cost(plan, path, args.device_memory)
@@ -394,15 +537,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1:
         from ftcompile.runtime.distributed import launch
 
-        argv = ["run", args.source] + [f"--{k.replace('_', '-')}={v}" for k, v in (("out", args.out), ("data_root", args.data_root)) if v]
+        argv = ["run", args.source] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in (("out", args.out), ("data_root", args.data_root)) if v
+        ]
         argv += [f"--set={o}" for o in args.overrides]
         return launch(args.nproc, argv)
 
     source = Path(args.source)
     if source.suffix == ".json":
         if args.overrides:
-            raise RecipeError("--set changes a recipe; a plan.json is already compiled", key="--set",
-                              suggestion="run the recipe with --set, or compile a new plan: ftcompile plan RECIPE --set ... -o plan.json")
+            raise RecipeError(
+                "--set changes a recipe; a plan.json is already compiled",
+                key="--set",
+                suggestion="run the recipe with --set, or compile a new plan: ftcompile plan RECIPE --set ... -o plan.json",
+            )
         plan, recipe_path = Plan.load(source), None
         root = Path(args.data_root) if args.data_root else Path.cwd()
     else:
@@ -430,10 +578,15 @@ Every group the phase trains gets its planned lr times one multiplier, raised fr
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     if args.steps < 2:
-        raise RecipeError(f"--steps {args.steps}: the test needs at least 2 steps", key="--steps", suggestion="e.g. --steps 100")
+        raise RecipeError(
+            f"--steps {args.steps}: the test needs at least 2 steps", key="--steps", suggestion="e.g. --steps 100"
+        )
     if not 0 < args.start < args.end:
-        raise RecipeError(f"--start {args.start:g} / --end {args.end:g}: need 0 < start < end", key="--start",
-                          suggestion="e.g. --start 1e-4 --end 1e3 (multipliers of the phase's LRs)")
+        raise RecipeError(
+            f"--start {args.start:g} / --end {args.end:g}: need 0 < start < end",
+            key="--start",
+            suggestion="e.g. --start 1e-4 --end 1e3 (multipliers of the phase's LRs)",
+        )
     out = Path(args.output)
     # Before the test trains: lr-find writes lr_find.csv and lr_find.png, never into a run directory.
     outputs.check_output(out / "lr_find.csv", outputs.LR_FIND_CSV, "--output", force=args.force)
@@ -448,8 +601,16 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if args.from_run and phase.begin > 0:
         run_plan, _ = open_run(Path(args.from_run))
         state = lrf.start_state(Path(args.from_run), run_plan, plan, phase)
-    found = lrf.lr_find(plan, root, phase.name, steps=args.steps, start=args.start, end=args.end, state=state,
-                        upstream=upstream_model(plan, root))
+    found = lrf.lr_find(
+        plan,
+        root,
+        phase.name,
+        steps=args.steps,
+        start=args.start,
+        end=args.end,
+        state=state,
+        upstream=upstream_model(plan, root),
+    )
     out.mkdir(parents=True, exist_ok=True)
     lrf.write_csv(found, out / "lr_find.csv")
     print(lrf.report(found, _written_phase(args.recipe, args, phase.name)))
@@ -508,8 +669,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     if batch_size < 1:
         raise RecipeError(f"--batch-size {batch_size}: use 1 or more", key="--batch-size")
     if out.is_file() and not args.force:  # a recipe is the user's text, even one init wrote: edits may be in it
-        raise RecipeError(f"{out} exists; init does not replace a recipe", key="-o",
-                          suggestion="give another file with -o, or add --force to replace it")
+        raise RecipeError(
+            f"{out} exists; init does not replace a recipe",
+            key="-o",
+            suggestion="give another file with -o, or add --force to replace it",
+        )
     outputs.check_output(out, init.RECIPE, "-o", force=True)  # never a folder, a device, a run directory's file
     survey = init.survey(Path(args.folder), batch_size)
     model = init.choose_model(args.model, survey.train_size, init.detect_device())
@@ -518,9 +682,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         options = _init_lr_find(survey, model, options, args.force)
     outputs.write_text(out, init.render(survey, model, options))
     plan = compile_checked(out, CompileOptions()).plan
-    print(f"wrote {out}: {model.arch} ({model.weights} weights), {len(survey.class_names)} classes, "
-          f"{survey.train_size} train / {survey.val_size} val images; {counted(len(plan.phases), 'phase')}, "
-          f"{plan.steps_with_trials} optimizer steps with trials ({plan.total_steps} without)")
+    print(
+        f"wrote {out}: {model.arch} ({model.weights} weights), {len(survey.class_names)} classes, "
+        f"{survey.train_size} train / {survey.val_size} val images; {counted(len(plan.phases), 'phase')}, "
+        f"{plan.steps_with_trials} optimizer steps with trials ({plan.total_steps} without)"
+    )
     from ftcompile import hub
 
     cached = hub.of_model(plan.model)
@@ -653,10 +819,16 @@ The profile is stored per device, torch version and precision under $XDG_CACHE_H
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="time a few training steps to make the device profile plan --estimate uses",
-                       epilog=CALIBRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "calibrate",
+        help="time a few training steps to make the device profile plan --estimate uses",
+        epilog=CALIBRATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("recipe", nargs="?", help="recipe .toml (default: a standard resnet18)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: the recipe's run.device (auto: cuda when visible)")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], help="default: the recipe's run.device (auto: cuda when visible)"
+    )
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the recipe's run.precision (fp32)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per phase setup (default 3; one more warms up)")
     _sizes(p)
@@ -679,8 +851,9 @@ def _estimate(plan, where: str | Path, memory: tuple[int | None, str] | None = N
     # (torch._dynamo) and runs a fake step per phase; plain `plan` never pays for it.
     from ftcompile import calibrate, estimate
 
-    rates = calibrate.find(estimate.run_device(plan), plan.run.precision, plan.model.arch,
-                           plan.data.image_size, plan.data.batch_size)
+    rates = calibrate.find(
+        estimate.run_device(plan), plan.run.precision, plan.model.arch, plan.data.image_size, plan.data.batch_size
+    )
     cost = estimate.estimate(plan, rates, memory)
     for line in estimate.warnings(cost):
         print(f"{where}: {line}", file=sys.stderr)
@@ -694,12 +867,18 @@ def _check_cost(plan, path: str, device_memory: int | None) -> int:
 
     memory = (device_memory, "--device-memory") if device_memory else None
     cost = _estimate(plan, path, memory)
-    peaks = ", ".join(f"{p.phase}{'' if p.trial is None else f'/{p.trial}'} {estimate.gib(p.peak_range[1])}" for p in cost.phases)
+    peaks = ", ".join(
+        f"{p.phase}{'' if p.trial is None else f'/{p.trial}'} {estimate.gib(p.peak_range[1])}" for p in cost.phases
+    )
     over = [p for p in cost.phases if cost.device_memory and p.peak_range[1] > cost.device_memory]
     if device_memory and over:
-        print(f"FAIL {path}: {len(over)} phase(s) may not fit in {estimate.gib(device_memory)} (estimated peaks: {peaks})")
+        print(
+            f"FAIL {path}: {len(over)} phase(s) may not fit in {estimate.gib(device_memory)} (estimated peaks: {peaks})"
+        )
         return 1
-    print(f"     {path}: estimated peaks {peaks} of {estimate.gib(cost.device_memory or 0)} ({cost.device_memory_source})")
+    print(
+        f"     {path}: estimated peaks {peaks} of {estimate.gib(cost.device_memory or 0)} ({cost.device_memory_source})"
+    )
     return 0
 
 
@@ -730,14 +909,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise RecipeError("no CUDA device is visible here", key="--device",
-                              suggestion="calibrate on the machine that will run, or use --device cpu")
+            raise RecipeError(
+                "no CUDA device is visible here",
+                key="--device",
+                suggestion="calibrate on the machine that will run, or use --device cpu",
+            )
     print(f"calibrating {plan.model.arch} on {device} ({calibrate.device_name(device)}), {plan.run.precision}")
     rates = calibrate.calibrate(plan, device, steps=args.steps)
     path = calibrate.store(device, plan.run.precision, rates)
-    print(f"forward {rates.fwd_flops_per_s / 1e9:.1f} GFLOP/s, backward {rates.bwd_flops_per_s / 1e9:.1f} GFLOP/s, "
-          f"optimizer {rates.opt_params_per_s / 1e6:.0f} M params/s; predictions within "
-          f"{rates.spread[0]:.2f}-{rates.spread[1]:.2f}x of these steps")
+    print(
+        f"forward {rates.fwd_flops_per_s / 1e9:.1f} GFLOP/s, backward {rates.bwd_flops_per_s / 1e9:.1f} GFLOP/s, "
+        f"optimizer {rates.opt_params_per_s / 1e6:.0f} M params/s; predictions within "
+        f"{rates.spread[0]:.2f}-{rates.spread[1]:.2f}x of these steps"
+    )
     print(f"wrote profile: {path}")
     return 0
 

@@ -19,8 +19,19 @@ from ftcompile.changes import build_all_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_overridden
 from ftcompile.metrics import check_available
-from ftcompile.plan import (FORMAT, Change, DataSpec, ModelSpec, OptimizerSpec, PhasePlan, Plan, RunSpec, TrialPlan,
-                           TrialsPlan, WeightsSpec)
+from ftcompile.plan import (
+    FORMAT,
+    Change,
+    DataSpec,
+    ModelSpec,
+    OptimizerSpec,
+    PhasePlan,
+    Plan,
+    RunSpec,
+    TrialPlan,
+    TrialsPlan,
+    WeightsSpec,
+)
 from ftcompile.resolve import Resolved, ResolvedPhase, resolve
 from ftcompile.schema import Recipe, validate
 from ftcompile.trace import lr_summary, lr_trace
@@ -74,8 +85,13 @@ def compile_checked(path: str | Path, options: CompileOptions, _chain: tuple[Pat
         upstream, upstream_nominal = compile_upstream(recipe.model.weights, loaded.folder, chain, options)
         portable.check_upstream(recipe.run.reproducible, recipe.model.weights, upstream)
         resolved = resolve(
-            recipe, root, options.dataset_size, options.val_size, upstream,
-            nominal=options.nominal_data, build_transforms=options.build_transforms,
+            recipe,
+            root,
+            options.dataset_size,
+            options.val_size,
+            upstream,
+            nominal=options.nominal_data,
+            build_transforms=options.build_transforms,
             needs_data=options.needs_data,
         )
         plan = build_plan(resolved, recipe, loaded.path.name, loaded.source_hash(), options.overrides)
@@ -111,10 +127,15 @@ def compile_upstream(
         return None, ()
     path = (folder / weights).resolve()
     if not path.is_file():
-        raise RecipeError(f"upstream recipe not found: {folder / weights}", key="model.weights",
-                          suggestion="the path is relative to this recipe's folder")
+        raise RecipeError(
+            f"upstream recipe not found: {folder / weights}",
+            key="model.weights",
+            suggestion="the path is relative to this recipe's folder",
+        )
     if path in chain:
-        raise RecipeError("upstream recipes form a cycle", key="model.weights", suggestion="remove one weights reference")
+        raise RecipeError(
+            "upstream recipes form a cycle", key="model.weights", suggestion="remove one weights reference"
+        )
     relative = os.path.relpath(path.parent, folder.resolve())
     # Its own data, its own recipe: neither the sizes nor the --set of this command apply.
     own = CompileOptions(
@@ -164,11 +185,18 @@ def build_plan(
         for ph in resolved.phases
     )
     if recipe.run.keep_best:
-        check_available(recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best", recipe.run.ema is not None)
+        check_available(
+            recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best", recipe.run.ema is not None
+        )
     draft = Plan(
         format=FORMAT,
         # --set overrides are part of what was compiled (the key is absent without any).
-        recipe={"name": recipe.name, "file": source_name, "source_hash": source_hash, **({"overrides": list(overrides)} if overrides else {})},
+        recipe={
+            "name": recipe.name,
+            "file": source_name,
+            "source_hash": source_hash,
+            **({"overrides": list(overrides)} if overrides else {}),
+        },
         versions={"torch": torch.__version__, "torchvision": torchvision_version(), "ftcompile": ftcompile.__version__},
         seed=recipe.seed,
         model=ModelSpec(**{**resolved.model, "weights": WeightsSpec(**resolved.model["weights"])}),
@@ -200,18 +228,22 @@ def metric_driven(recipe: Recipe, name: str, num_classes: int) -> dict[str, Any]
     phase = recipe.phases[name]
     out: dict[str, Any] = {}
     if phase.stop_early is not None:
-        check_available(phase.stop_early.metric, num_classes, f"phases.{name}.stop_early.metric", recipe.run.ema is not None)
+        check_available(
+            phase.stop_early.metric, num_classes, f"phases.{name}.stop_early.metric", recipe.run.ema is not None
+        )
         out["stop_early"] = phase.stop_early.model_dump()
     if phase.restore_best:
         out["restore_best"] = phase.stop_early.metric if phase.stop_early else recipe.run.keep_best or "val_loss"
     return out
+
+
 def _trials_plan(ph: ResolvedPhase, changes: list[tuple[Change, ...]]) -> TrialsPlan | None:
     """The alternatives of a trial phase; their LR summaries come from the trace."""
     if ph.trials is None:
         return None
     alts = tuple(
         TrialPlan(k=alt.k, label=alt.label, values=alt.values, train=rp.train, lr={}, changes=alt_changes)
-        for (alt, rp), alt_changes in zip(ph.trials["alternatives"], changes)
+        for (alt, rp), alt_changes in zip(ph.trials["alternatives"], changes, strict=False)
     )
     return TrialsPlan(select=ph.trials["select"], mode=ph.trials["mode"], keep=ph.trials["keep"], alternatives=alts)
 

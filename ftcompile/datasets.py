@@ -150,7 +150,11 @@ def _digits_targets() -> tuple[int, ...]:
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
-    csv = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec and spec.submodule_search_locations else None
+    csv = (
+        Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+        if spec and spec.submodule_search_locations
+        else None
+    )
     if csv is not None and csv.is_file():
         import gzip
 
@@ -178,8 +182,7 @@ def digits_split(classes: Sequence[str]) -> tuple[list[int], list[int], list[str
             raise RecipeError(
                 f"unknown class {name!r} for builtin 'digits'",
                 key="data.classes",
-                suggestion=did_you_mean(str(name), DIGIT_CLASSES)
-                or 'digits classes are "0" .. "9" (strings)',
+                suggestion=did_you_mean(str(name), DIGIT_CLASSES) or 'digits classes are "0" .. "9" (strings)',
             )
     names = sorted(classes) if classes else list(DIGIT_CLASSES)
     wanted = {int(n) for n in names}
@@ -229,8 +232,9 @@ def _split_folder(data: dict, root: Path) -> Splits:
     else:
         samples, names = list_image_folder(folder, classes, key="data.train")
         train, val = split.stratified(samples, names, float(data["val"]["split"]), int(data["val"].get("seed", 0)))
-    return Splits(builtin=None, train=tuple(train), val=tuple(val), class_names=tuple(names),
-                  train_dir=folder, val_dir=folder)
+    return Splits(
+        builtin=None, train=tuple(train), val=tuple(val), class_names=tuple(names), train_dir=folder, val_dir=folder
+    )
 
 
 def split_plan_fields(data: dict, root: Path) -> dict[str, Any]:
@@ -285,8 +289,7 @@ def _check_class_name(folder: Path, name: str, key: str) -> None:
     bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")), None)
     if bad is None:
         return
-    what = ("bytes that are not UTF-8" if unicodedata.category(bad) == "Cs"
-            else f"a control character ({bad!r})")
+    what = "bytes that are not UTF-8" if unicodedata.category(bad) == "Cs" else f"a control character ({bad!r})"
     raise RecipeError(
         f"the class folder {str(Path(folder) / name)!r} has {what} in its name; class names are printed "
         "one per line by plan, eval and predict",
@@ -341,8 +344,7 @@ def list_image_folder(
         files = _images_below(folder / name, key)
         if not files:
             raise RecipeError(
-                f"class folder {name!r} in {folder} holds no images "
-                f"(looked for {', '.join(IMG_EXTENSIONS)})",
+                f"class folder {name!r} in {folder} holds no images (looked for {', '.join(IMG_EXTENSIONS)})",
                 key=key,
                 suggestion="add images, remove the folder, or leave the class out with data.classes",
             )
@@ -459,7 +461,7 @@ def validate_augment(augment: list[dict], build: bool = True) -> None:
 def _augment_name(op: Any, signatures: dict[str, Any], key: str) -> str:
     if not isinstance(op, str):
         raise RecipeError(
-            "each augment entry needs op = \"<torchvision.transforms.v2 class>\"",
+            'each augment entry needs op = "<torchvision.transforms.v2 class>"',
             key=f"{key}.op",
             suggestion='for example { op = "RandomHorizontalFlip" }',
         )
@@ -488,7 +490,7 @@ def _bind_kwargs(name: str, signature: dict[str, Any], kwargs: dict, key: str) -
         raise RecipeError(
             f"{name} needs {', '.join(missing)}",
             key=key,
-            suggestion=f"for example {{ op = \"{name}\", {missing[0]} = ... }}",
+            suggestion=f'for example {{ op = "{name}", {missing[0]} = ... }}',
         )
 
 

@@ -46,8 +46,11 @@ def read_side(spec: str, options: Any) -> Side:
     path = Path(spec)
     if path.is_dir():
         if not (path / "plan.json").is_file():
-            raise RecipeError(f"{spec} is a folder without plan.json", file=spec,
-                              suggestion="give a recipe, a plan.json, a run directory or REV:path")
+            raise RecipeError(
+                f"{spec} is a folder without plan.json",
+                file=spec,
+                suggestion="give a recipe, a plan.json, a run directory or REV:path",
+            )
         path = path / "plan.json"
     if path.suffix == ".json":
         plan = Plan.load(path)
@@ -94,7 +97,7 @@ def leaf_changes(old: Any, new: Any, key: str = "") -> list[dict[str, Any]]:
                 out += leaf_changes(old[k], new[k], sub)
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and old != new:
-        return [c for i, (a, b) in enumerate(zip(old, new)) for c in leaf_changes(a, b, f"{key}[{i}]")]
+        return [c for i, (a, b) in enumerate(zip(old, new, strict=False)) for c in leaf_changes(a, b, f"{key}[{i}]")]
     return [] if old == new else [{"key": key, "old": old, "new": new}]
 
 
@@ -127,7 +130,9 @@ def _split_files_changes(a: Any, b: Any) -> list[dict[str, Any]]:
     for side in ("train", "val"):
         old, new = set(lists[0].get(side) or []), set(lists[1].get(side) or [])
         if old != new:
-            out.append({"key": f"data.split_files.{side} removed -> added", "old": sorted(old - new), "new": sorted(new - old)})
+            out.append(
+                {"key": f"data.split_files.{side} removed -> added", "old": sorted(old - new), "new": sorted(new - old)}
+            )
     return out
 
 
@@ -161,7 +166,10 @@ def _trials(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]] | 
     if "trials" not in old and "trials" not in new:
         return None
     labels = [[t.get("label") if isinstance(t, dict) else t for t in p.get("trials") or []] for p in (old, new)]
-    out = {"added": [t for t in labels[1] if t not in labels[0]], "removed": [t for t in labels[0] if t not in labels[1]]}
+    out = {
+        "added": [t for t in labels[1] if t not in labels[0]],
+        "removed": [t for t in labels[0] if t not in labels[1]],
+    }
     return out if out["added"] or out["removed"] else None
 
 
@@ -175,7 +183,8 @@ def _phases(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         "reordered": {"old": list(a), "new": list(b)} if common_old != common_new else None,
         "moved": [
             {"name": n, "old": [a[n]["begin"], a[n]["end"]], "new": [b[n]["begin"], b[n]["end"]]}
-            for n in common_new if (a[n]["begin"], a[n]["end"]) != (b[n]["begin"], b[n]["end"])
+            for n in common_new
+            if (a[n]["begin"], a[n]["end"]) != (b[n]["begin"], b[n]["end"])
         ],
         "changed": [
             c
@@ -234,7 +243,7 @@ def _lr_traces(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]
 
 
 def _trace_difference(a: list[float], b: list[float]) -> dict[str, Any] | None:
-    first = next((s for s, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    first = next((s for s, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
     if first is None and len(a) == len(b):
         return None
     if first is None:
@@ -318,7 +327,9 @@ def _lines(r: dict[str, Any], max_changes: int) -> Iterator[str]:
             yield f"{field.replace('_', ' ')}:"
             yield from (f"  added    {n}" for n in g.get("added", []))
             yield from (f"  removed  {n}" for n in g.get("removed", []))
-            yield from (f"  changed  {c['key']}: {_short(c['old'])} -> {_short(c['new'])}" for c in g.get("changed", []))
+            yield from (
+                f"  changed  {c['key']}: {_short(c['old'])} -> {_short(c['new'])}" for c in g.get("changed", [])
+            )
     p = r.get("phases")
     if p:
         yield ""
@@ -327,7 +338,10 @@ def _lines(r: dict[str, Any], max_changes: int) -> Iterator[str]:
         yield from (f"  removed  {x['name']}  [{x['window'][0]}, {x['window'][1]})" for x in p.get("removed", []))
         if p.get("reordered"):
             yield f"  order    {' -> '.join(p['reordered']['old'])}  became  {' -> '.join(p['reordered']['new'])}"
-        yield from (f"  moved    {x['name']}  [{x['old'][0]}, {x['old'][1]}) -> [{x['new'][0]}, {x['new'][1]})" for x in p.get("moved", []))
+        yield from (
+            f"  moved    {x['name']}  [{x['old'][0]}, {x['old'][1]}) -> [{x['new'][0]}, {x['new'][1]})"
+            for x in p.get("moved", [])
+        )
         yield from (f"  changed  {c['key']}: {_short(c['old'])} -> {_short(c['new'])}" for c in p.get("changed", []))
         for t in p.get("trials", []):
             yield from (f"  trials   {t['phase']}: added {label!r}" for label in t["added"])

@@ -31,7 +31,7 @@ class RecipeError(Exception):
         self.line = line
         self.suggestion = suggestion
 
-    def located(self, file: str | Path | None = None, line: int | None = None) -> "RecipeError":
+    def located(self, file: str | Path | None = None, line: int | None = None) -> RecipeError:
         """Fill in the file/line when the raiser did not know them."""
         if self.file is None and file is not None:
             self.file = str(file)

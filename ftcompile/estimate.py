@@ -149,9 +149,21 @@ def saved_for_backward(skip: set[int]) -> Iterator[dict[int, int]]:
 # ---------------------------------------------------------------- counting FLOPs
 
 
-def _conv_backward_flop(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int], _bias: Any,
-                        _stride: Any, _padding: Any, _dilation: Any, transposed: bool, _output_padding: Any,
-                        groups: int, output_mask: list[bool], out_shape: list[Any], **kwargs: Any) -> int:
+def _conv_backward_flop(
+    grad_out_shape: list[int],
+    x_shape: list[int],
+    w_shape: list[int],
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    groups: int,
+    output_mask: list[bool],
+    out_shape: list[Any],
+    **kwargs: Any,
+) -> int:
     """torch's formula for aten.convolution_backward, with the weight gradient divided by
     `groups`: torch (2.14 included) computes it as a convolution of transposed shapes, which
     lose the group division, so a depthwise convolution's weight gradient counted C times
@@ -243,14 +255,18 @@ class ModelSteps:
             )
 
             # Built on the meta device (RegNet's width arithmetic needs real numbers), then fake.
-            model = archs.build_model(spec.arch, spec.num_classes, spec.head, device="meta", builder_args=spec.builder_args)
+            model = archs.build_model(
+                spec.arch, spec.num_classes, spec.head, device="meta", builder_args=spec.builder_args
+            )
             if plan.run.channels_last:  # before the fake tensors exist: they cannot be swapped later
                 model.to(memory_format=torch.channels_last)
             self.fake = FakeTensorMode(allow_non_fake_inputs=True)
             with self.fake:
                 model.to_empty(device="cpu")  # empty_like: keeps the memory format
         else:
-            model = archs.build_model(spec.arch, spec.num_classes, spec.head, device=device, builder_args=spec.builder_args)
+            model = archs.build_model(
+                spec.arch, spec.num_classes, spec.head, device=device, builder_args=spec.builder_args
+            )
             if plan.run.channels_last:
                 model.to(memory_format=torch.channels_last)
         self.model, self.plan, self.device = model, plan, "cpu" if device == "fake" else device
@@ -323,13 +339,16 @@ class ModelSteps:
             from ftcompile.torch_args import optimizer_class
 
             named = dict(self.model.named_parameters())
-            groups = [{"params": [named[n] for n in pg.params], **({} if pg.decay else {"weight_decay": 0.0})}
-                      for pg in self.plan.param_groups]
+            groups = [
+                {"params": [named[n] for n in pg.params], **({} if pg.decay else {"weight_decay": 0.0})}
+                for pg in self.plan.param_groups
+            ]
             self._optimizer = optimizer_class(self.plan.optimizer.type)(groups, **self.plan.optimizer.kwargs)
         return self._optimizer
 
-    def run_step(self, setup: StepSetup, net: nn.Module, flops: bool = False,
-                 sync: Callable[[], None] = lambda: None) -> StepRecord:
+    def run_step(
+        self, setup: StepSetup, net: nn.Module, flops: bool = False, sync: Callable[[], None] = lambda: None
+    ) -> StepRecord:
         """One optimizer step as the runtime takes it: forward and backward of each
         micro-batch, optimizer step, gradients set to None. The forward and backward run in
         the fake mode (if any); the optimizer steps outside it, on the fake parameters,
@@ -394,8 +413,10 @@ class ModelSteps:
             if self.fake is None:
                 raise
             self.stepping = False
-            self.notes.append(f"{self.plan.optimizer.type}.step() does not run on fake tensors "
-                              f"({type(exc).__name__}): its temporaries are not counted")
+            self.notes.append(
+                f"{self.plan.optimizer.type}.step() does not run on fake tensors "
+                f"({type(exc).__name__}): its temporaries are not counted"
+            )
         self._clear_grads()
 
     def step(self, setup: StepSetup) -> StepCost:
@@ -409,7 +430,9 @@ class ModelSteps:
         with live:
             rec = self.run_step(small, net, flops=True)
         per_micro = setup.micro_batches / small.micro_batches
-        return StepCost(rec.activations, live.peak, rec.grads, int(rec.fwd_flops * per_micro), int(rec.bwd_flops * per_micro))
+        return StepCost(
+            rec.activations, live.peak, rec.grads, int(rec.fwd_flops * per_micro), int(rec.bwd_flops * per_micro)
+        )
 
     def eval_flops(self, image_size: int, cached: str | None) -> int:
         """FLOPs of one validation image (on cached features: the head alone)."""
@@ -506,12 +529,27 @@ def setups(plan: Plan) -> list[tuple[PhasePlan, Any, StepSetup]]:
         for alt in alternatives:
             train = alt.train if alt is not None else ph.train
             cached = _cached(ph, alt)
-            frozen_bn = frozenset(g["name"] for g in plan.groups if g["name"] not in train) if ph.bn == "frozen" else frozenset()
-            out.append((ph, alt, StepSetup(
-                train=frozenset(train), frozen_bn=frozen_bn,
-                batch=data["batch_size"] // plan.run.accumulate, micro_batches=plan.run.accumulate,
-                image_size=data["image_size"], precision=plan.run.precision,
-                channels_last=plan.run.channels_last, cached=cached)))
+            frozen_bn = (
+                frozenset(g["name"] for g in plan.groups if g["name"] not in train)
+                if ph.bn == "frozen"
+                else frozenset()
+            )
+            out.append(
+                (
+                    ph,
+                    alt,
+                    StepSetup(
+                        train=frozenset(train),
+                        frozen_bn=frozen_bn,
+                        batch=data["batch_size"] // plan.run.accumulate,
+                        micro_batches=plan.run.accumulate,
+                        image_size=data["image_size"],
+                        precision=plan.run.precision,
+                        channels_last=plan.run.channels_last,
+                        cached=cached,
+                    ),
+                )
+            )
     return out
 
 
@@ -561,19 +599,42 @@ def estimate(plan: Plan, profile: Any = None, memory: tuple[int | None, str] | N
             other += images * fm.backbone_flops(setup.image_size, setup.cached)
         peak = model + ema + copies + state + cost.step_peak + (cache if device == "cpu" else 0)
         steps = ph.end - ph.begin
-        phases.append(PhaseCost(
-            phase=ph.name, trial=alt.k if alt is not None else None, label=alt.label if alt is not None else None,
-            steps=steps, evaluations=evaluations,
-            batch_size=setup.batch * setup.micro_batches, image_size=setup.image_size,
-            trainable=fm.numel(setup.train), params=fm.param_bytes, buffers=fm.buffer_bytes, grads=cost.grads,
-            state=state, activations=cost.activations, ema=ema, copies=copies, cache=cache,
-            step_peak=cost.step_peak, peak=peak, peak_range=(int(peak * MEMORY_RANGE[0]), int(peak * MEMORY_RANGE[1])),
-            fwd_flops=cost.fwd_flops, bwd_flops=cost.bwd_flops, other_flops=other,
-            flops=steps * (cost.fwd_flops + cost.bwd_flops) + other,
-        ))
+        phases.append(
+            PhaseCost(
+                phase=ph.name,
+                trial=alt.k if alt is not None else None,
+                label=alt.label if alt is not None else None,
+                steps=steps,
+                evaluations=evaluations,
+                batch_size=setup.batch * setup.micro_batches,
+                image_size=setup.image_size,
+                trainable=fm.numel(setup.train),
+                params=fm.param_bytes,
+                buffers=fm.buffer_bytes,
+                grads=cost.grads,
+                state=state,
+                activations=cost.activations,
+                ema=ema,
+                copies=copies,
+                cache=cache,
+                step_peak=cost.step_peak,
+                peak=peak,
+                peak_range=(int(peak * MEMORY_RANGE[0]), int(peak * MEMORY_RANGE[1])),
+                fwd_flops=cost.fwd_flops,
+                bwd_flops=cost.bwd_flops,
+                other_flops=other,
+                flops=steps * (cost.fwd_flops + cost.bwd_flops) + other,
+            )
+        )
     memory = memory or device_memory(device)
-    est = Estimate(phases=tuple(phases), flops=sum(p.flops for p in phases), device=device,
-                   device_memory=memory[0], device_memory_source=memory[1], notes=_notes(plan) + tuple(fm.notes))
+    est = Estimate(
+        phases=tuple(phases),
+        flops=sum(p.flops for p in phases),
+        device=device,
+        device_memory=memory[0],
+        device_memory_source=memory[1],
+        notes=_notes(plan) + tuple(fm.notes),
+    )
     if profile is None:
         return est
     timed = tuple(_timed(p, profile) for p in phases)
@@ -595,7 +656,9 @@ def _notes(plan: Plan) -> tuple[str, ...]:
     if plan.run.compile:
         notes.append("run.compile: counted as eager; torch.compile usually needs less activation memory")
     if plan.run.precision != "fp32":
-        notes.append(f"{plan.run.precision}: counted with CPU autocast's op list (CUDA's lowers the same convolutions and matmuls)")
+        notes.append(
+            f"{plan.run.precision}: counted with CPU autocast's op list (CUDA's lowers the same convolutions and matmuls)"
+        )
     return tuple(notes)
 
 
@@ -615,16 +678,22 @@ def warnings(est: Estimate, memory: int | None = None, source: str | None = None
             continue
         name = p.phase if p.trial is None else f"{p.phase} (alternative {p.trial}: {p.label})"
         verb = "does not fit" if p.peak_range[0] > memory else "may not fit"
-        out.append(f"warning: phase {name} {verb} in {gib(memory)} ({source}): estimated peak "
-                   f"{gib(p.peak_range[0])}-{gib(p.peak_range[1])}, of which activations {gib(p.activations)} "
-                   f"and step peak {gib(p.step_peak)}; " + _cheaper(p))
+        out.append(
+            f"warning: phase {name} {verb} in {gib(memory)} ({source}): estimated peak "
+            f"{gib(p.peak_range[0])}-{gib(p.peak_range[1])}, of which activations {gib(p.activations)} "
+            f"and step peak {gib(p.step_peak)}; " + _cheaper(p)
+        )
     return out
 
 
 def _cheaper(p: PhaseCost) -> str:
     half = p.step_peak // 2
-    ideas = [(f"halve the batch size ({p.batch_size} -> {max(1, p.batch_size // 2)}, or run.accumulate = 2: "
-             f"saves about {gib(half)})")]
+    ideas = [
+        (
+            f"halve the batch size ({p.batch_size} -> {max(1, p.batch_size // 2)}, or run.accumulate = 2: "
+            f"saves about {gib(half)})"
+        )
+    ]
     ideas.append('precision = "bf16" (activations about half)')
     ideas.append("run.channels_last = true (faster convolutions, same size)")
     if p.grads + p.activations > p.step_peak // 4:
@@ -662,34 +731,66 @@ def _duration(s: float) -> str:
 
 def render(est: Estimate) -> str:
     """The estimate as text: one row per phase (and alternative), then the run."""
-    head = ["phase", "trainable", "params", "grads", "state", "saved", "step peak", "ema+copies", "peak (est.)",
-            "GFLOP fwd/bwd", "step", "phase time"]
+    head = [
+        "phase",
+        "trainable",
+        "params",
+        "grads",
+        "state",
+        "saved",
+        "step peak",
+        "ema+copies",
+        "peak (est.)",
+        "GFLOP fwd/bwd",
+        "step",
+        "phase time",
+    ]
     rows = [head]
     for p in est.phases:
         if p.trial == 0:  # a trial phase: its name, then one row per alternative
             rows.append([f"{p.phase} (trials)"] + [""] * (len(head) - 1))
         name = p.phase if p.trial is None else f"  {p.trial}: {p.label}"
-        rows.append([name, f"{p.trainable / 1e6:.2f}M", gib(p.params + p.buffers), gib(p.grads), gib(p.state),
-                     gib(p.activations), gib(p.step_peak),
-                     gib(p.ema + p.copies) + (f" +{gib(p.cache)} cache" if p.cache else ""),
-                     f"{gib(p.peak_range[0])}-{gib(p.peak_range[1])}",
-                     f"{_g(p.fwd_flops)} / {_g(p.bwd_flops)}", _span(p.step_seconds), _span(p.seconds)])
+        rows.append(
+            [
+                name,
+                f"{p.trainable / 1e6:.2f}M",
+                gib(p.params + p.buffers),
+                gib(p.grads),
+                gib(p.state),
+                gib(p.activations),
+                gib(p.step_peak),
+                gib(p.ema + p.copies) + (f" +{gib(p.cache)} cache" if p.cache else ""),
+                f"{gib(p.peak_range[0])}-{gib(p.peak_range[1])}",
+                f"{_g(p.fwd_flops)} / {_g(p.bwd_flops)}",
+                _span(p.step_seconds),
+                _span(p.seconds),
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["", "cost estimate (a fake-tensor step per phase; not measured; tensors on the run's device)"]
-    lines += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-              for r in rows]
-    lines += ["  saved: activations kept for the backward. step peak: most bytes alive during a step beyond",
-              "  the model and optimizer state (batch, activations, gradients, the layer being computed).",
-              (f"  peak = params + state + ema/copies + step peak (+ cached features on a CPU), "
-              f"{MEMORY_RANGE[0]:g}-{MEMORY_RANGE[1]:g}x.")]
+    lines += [
+        "  "
+        + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))).rstrip()
+        for r in rows
+    ]
+    lines += [
+        "  saved: activations kept for the backward. step peak: most bytes alive during a step beyond",
+        "  the model and optimizer state (batch, activations, gradients, the layer being computed).",
+        (
+            f"  peak = params + state + ema/copies + step peak (+ cached features on a CPU), "
+            f"{MEMORY_RANGE[0]:g}-{MEMORY_RANGE[1]:g}x."
+        ),
+    ]
     total = f"run: {est.flops / 1e12:,.2f} TFLOP, trials included"
     total += f"; time {_span(est.seconds)}" if est.seconds else ""
     lines.append("  " + total)
     if est.profile:
         lines.append(f"  time from the device profile {est.profile}")
     else:
-        lines.append("  time: no device profile for this device and precision; measure one with "
-                     "`ftcompile calibrate RECIPE` (a few timed steps), then plan --estimate again")
+        lines.append(
+            "  time: no device profile for this device and precision; measure one with "
+            "`ftcompile calibrate RECIPE` (a few timed steps), then plan --estimate again"
+        )
     if est.device_memory:
         lines.append(f"  device memory: {gib(est.device_memory)} ({est.device_memory_source})")
     lines += [f"  note: {n}" for n in est.notes]

@@ -59,9 +59,6 @@ def bn_modules(model: Any) -> list[tuple[str, str]]:
     return out
 
 
-
-
-
 def prefix_match(prefix: str, name: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
@@ -115,4 +112,3 @@ def resolve_groups(
     if rest:
         out.append(GroupInfo("rest", (), rest, sum(numel[n] for n in rest)))
     return tuple(out)
-

@@ -72,13 +72,17 @@ class HubWeights:
     def where_to_put_it(self) -> str:
         """The lines that say what to download and where to put it."""
         digest = f" (its sha256 starts with {self.hash_prefix})" if self.hash_prefix else ""
-        return (f"download {self.url}{digest} and put it in {self.file.parent}/ as {self.file.name} "
-                "(that folder is $TORCH_HOME/hub/checkpoints; TORCH_HOME defaults to ~/.cache/torch)")
+        return (
+            f"download {self.url}{digest} and put it in {self.file.parent}/ as {self.file.name} "
+            "(that folder is $TORCH_HOME/hub/checkpoints; TORCH_HOME defaults to ~/.cache/torch)"
+        )
 
     def short_note(self) -> str:
         """One line: absent, and the command that fetches it or says where it goes."""
-        return (f"{self.label} not in torch's hub cache ({self.file}); "
-                f"`ftcompile weights {self.arch}.{self.name}` downloads it or says where to put it")
+        return (
+            f"{self.label} not in torch's hub cache ({self.file}); "
+            f"`ftcompile weights {self.arch}.{self.name}` downloads it or says where to put it"
+        )
 
     def missing(self) -> RecipeError:
         return RecipeError(
@@ -160,12 +164,18 @@ def parse_name(text: str) -> tuple[str, str]:
     try:
         valid = archs.valid_weights(arch)
     except RecipeError as err:
-        raise RecipeError(f"{text!r}: {err.message}", key="NAME",
-                          suggestion="ARCH or ARCH.WEIGHTS, e.g. resnet50.IMAGENET1K_V2, or a recipe .toml") from None
+        raise RecipeError(
+            f"{text!r}: {err.message}",
+            key="NAME",
+            suggestion="ARCH or ARCH.WEIGHTS, e.g. resnet50.IMAGENET1K_V2, or a recipe .toml",
+        ) from None
     name = member or "DEFAULT"
     if name not in valid:
-        raise RecipeError(f"{arch} has no weights {name!r}", key="NAME",
-                          suggestion=did_you_mean(name, valid) or f"{arch} has: {', '.join(valid)}")
+        raise RecipeError(
+            f"{arch} has no weights {name!r}",
+            key="NAME",
+            suggestion=did_you_mean(name, valid) or f"{arch} has: {', '.join(valid)}",
+        )
     return arch, name
 
 

@@ -50,8 +50,10 @@ def float_grey(image: Any) -> Any:
         raise ValueError("a float image with NaN or infinite values; export it as 8- or 16-bit")
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if low < 0 or high > 255:
-        raise ValueError(f"a float image with values from {low:g} to {high:g}; only 0..1 and 0..255 are read "
-                         "(export it as 8- or 16-bit, or rescale it)")
+        raise ValueError(
+            f"a float image with values from {low:g} to {high:g}; only 0..1 and 0..255 are read "
+            "(export it as 8- or 16-bit, or rescale it)"
+        )
     scale = 255.0 if high <= 1 else 1.0
     return np.floor(pixels * scale + 0.5).astype(np.uint8)
 
@@ -102,7 +104,9 @@ def verify_images(
                 bar(1)
     finally:
         bar(0)
-    return [BadImage(path, key, reason) for (path, key), reason in zip(files, reasons) if reason is not None]
+    return [
+        BadImage(path, key, reason) for (path, key), reason in zip(files, reasons, strict=False) if reason is not None
+    ]
 
 
 def bad_images_error(bad: list[BadImage], total: int) -> RecipeError:

@@ -96,23 +96,32 @@ def survey(folder: Path, batch_size: int = DEFAULT_BATCH, verify: bool = True) -
     """Read the folder; a RecipeError (exit 2) for every way it cannot make a recipe that runs."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise _unusable(f"{folder} is not a folder" if folder.exists() else f"{folder} not found",
-                        "give a folder of class folders (FOLDER/<class>/<image>), or one with train/ and val/ in it")
+        raise _unusable(
+            f"{folder} is not a folder" if folder.exists() else f"{folder} not found",
+            "give a folder of class folders (FOLDER/<class>/<image>), or one with train/ and val/ in it",
+        )
     train, val = _layout(folder)
-    data = {"train": str(train.resolve()), "val": str(val.resolve()) if val else {"split": SPLIT, "seed": 0},
-            "classes": []}
+    data = {
+        "train": str(train.resolve()),
+        "val": str(val.resolve()) if val else {"split": SPLIT, "seed": 0},
+        "classes": [],
+    }
     try:
         splits = datasets.resolve_splits(data, Path("/"))
     except RecipeError as err:
-        raise _unusable(err.message, err.suggestion or "use the ImageFolder layout: FOLDER/<class>/<image>.jpg") from None
+        raise _unusable(
+            err.message, err.suggestion or "use the ImageFolder layout: FOLDER/<class>/<image>.jpg"
+        ) from None
     names = splits.class_names
     if len(names) < 2:
-        raise _unusable(f"{train} holds one class ({names[0]!r}): a classifier needs at least 2",
-                        "add a folder of images for each other class")
+        raise _unusable(
+            f"{train} holds one class ({names[0]!r}): a classifier needs at least 2",
+            "add a folder of images for each other class",
+        )
     if verify:
         _verify(splits)
     train_counts, val_counts = _per_class(splits.train, len(names)), _per_class(splits.val, len(names))
-    small = [(n, c) for n, c in zip(names, train_counts) if c < batch_size]
+    small = [(n, c) for n, c in zip(names, train_counts, strict=False) if c < batch_size]
     if small:
         listed = ", ".join(f"{n!r} {c}" for n, c in small[:10]) + (" ..." if len(small) > 10 else "")
         raise _unusable(
@@ -259,25 +268,33 @@ class Options:
 def render(s: Survey, m: ModelChoice, o: Options) -> str:
     """The recipe's text: what it was made from, then each table, every value commented."""
     size = o.image_size or m.crop
-    return "\n".join([
-        *_header(s, o),
-        f'name = "{slug(s.folder.resolve().name)}"',
-        _c("seed = 0", "the data order, augmentation, the new head's init"),
-        "",
-        *_model(m),
-        *_data(s, o, size, round(size * m.resize / m.crop)),
-        *_optimizer(),
-        *_groups(m),
-        *_phases(m, o.head_lr, o.head_lr_note),
-        *_run(),
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                *_header(s, o),
+                f'name = "{slug(s.folder.resolve().name)}"',
+                _c("seed = 0", "the data order, augmentation, the new head's init"),
+                "",
+                *_model(m),
+                *_data(s, o, size, round(size * m.resize / m.crop)),
+                *_optimizer(),
+                *_groups(m),
+                *_phases(m, o.head_lr, o.head_lr_note),
+                *_run(),
+            ]
+        )
+        + "\n"
+    )
 
 
 def _header(s: Survey, o: Options) -> list[str]:
     date = o.date or _dt.date.today().isoformat()
-    layout = ("train/ and val/ folders" if s.val is not None
-              else f"one folder, split {1 - SPLIT:.0%} / {SPLIT:.0%} per class (data.val)")
-    counts = ", ".join(f"{n} {t}+{v}" for n, t, v in zip(s.class_names, s.train_counts, s.val_counts))
+    layout = (
+        "train/ and val/ folders"
+        if s.val is not None
+        else f"one folder, split {1 - SPLIT:.0%} / {SPLIT:.0%} per class (data.val)"
+    )
+    counts = ", ".join(f"{n} {t}+{v}" for n, t, v in zip(s.class_names, s.train_counts, s.val_counts, strict=False))
     if len(counts) > 300:
         counts = counts[:300].rsplit(",", 1)[0] + ", ..."
     return [
@@ -297,8 +314,13 @@ def _model(m: ModelChoice) -> list[str]:
         weights = _c(f'weights = "{m.weights}"', f"ImageNet's; `ftcompile weights {m.arch}.{m.weights}`")
     else:
         weights = _c('weights = "none"', "torchvision has no pretrained weights for it: from scratch")
-    return ["[model]", _c(f'arch = "{m.arch}"', m.why), weights,
-            _c('num_classes = "auto"', "one output per class folder"), ""]
+    return [
+        "[model]",
+        _c(f'arch = "{m.arch}"', m.why),
+        weights,
+        _c('num_classes = "auto"', "one output per class folder"),
+        "",
+    ]
 
 
 def _data(s: Survey, o: Options, size: int, val_resize: int) -> list[str]:
@@ -308,9 +330,11 @@ def _data(s: Survey, o: Options, size: int, val_resize: int) -> list[str]:
     if s.val is not None:
         lines.append(f'val = "{rel(s.val)}"')
     else:
-        lines.append(_c(f"val = {{ split = {SPLIT}, seed = 0 }}", "per class, at compile time; the plan lists the files"))
+        lines.append(
+            _c(f"val = {{ split = {SPLIT}, seed = 0 }}", "per class, at compile time; the plan lists the files")
+        )
     if s.imbalance > IMBALANCE:
-        balance = _c('balance = "sampler"', f'largest class {s.imbalance:.1f}x the smallest: draw them equally')
+        balance = _c('balance = "sampler"', f"largest class {s.imbalance:.1f}x the smallest: draw them equally")
     else:
         balance = _c('balance = "none"', f'classes within {IMBALANCE:g}x of each other; "sampler" when one is rare')
     return lines + [
@@ -345,7 +369,9 @@ def _groups(m: ModelChoice) -> list[str]:
     if early:
         lines.append(_c(f"early = {_toml_list(early)}", "edges and textures: trained last, if at all"))
     for i, stage in enumerate(last):
-        lines.append(_c(f'{stage} = ["{stage}"]', "the last block: the most task-specific" if i == len(last) - 1 else ""))
+        lines.append(
+            _c(f'{stage} = ["{stage}"]', "the last block: the most task-specific" if i == len(last) - 1 else "")
+        )
     return lines + [_c('head = ["head"]', "the new classifier"), ""]
 
 
@@ -367,9 +393,14 @@ def _phases(m: ModelChoice, h: float, note: str) -> list[str]:
     if len(m.stages) < 3:
         return lines + [
             "# 2. Everything, with layer-wise LR decay (too few blocks to unfreeze one at a time).",
-            "[phases.full]", 'after = ["head"]', f"train = {_toml_list(early + list(m.stages) + ['head'])}",
-            "epochs = 4", f"lr = {{ head = {_lr(h / 3)} }}", "lr_decay = 0.5",
-            'scheduler = { type = "OneCycleLR", pct_start = 0.2 }', "",
+            "[phases.full]",
+            'after = ["head"]',
+            f"train = {_toml_list(early + list(m.stages) + ['head'])}",
+            "epochs = 4",
+            f"lr = {{ head = {_lr(h / 3)} }}",
+            "lr_decay = 0.5",
+            'scheduler = { type = "OneCycleLR", pct_start = 0.2 }',
+            "",
         ]
     third, prev, last = m.stages[-3:]
     shallow, deep = [third, prev, last, "head"], early + [third, prev, last, "head"]

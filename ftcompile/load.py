@@ -92,8 +92,9 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     except FileNotFoundError:
         raise RecipeError("file not found", file=path, suggestion="check the path to the recipe") from None
     except IsADirectoryError:
-        raise RecipeError("is a folder, not a recipe file", file=path,
-                          suggestion="give the path of a recipe (a .toml file)") from None
+        raise RecipeError(
+            "is a folder, not a recipe file", file=path, suggestion="give the path of a recipe (a .toml file)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read the file: {exc}", file=path) from None
     try:
@@ -233,14 +234,19 @@ def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> LoadedRecipe
         raise RecipeError("must be a path string", file=path, key="extends", line=lines.get("extends"))
     base_path = path.parent / parent
     if not base_path.is_file():
-        what = ("is a folder, not a recipe file" if base_path.is_dir()
-                else "is not a regular file" if base_path.exists() else "not found")
+        what = (
+            "is a folder, not a recipe file"
+            if base_path.is_dir()
+            else "is not a regular file"
+            if base_path.exists()
+            else "not found"
+        )
         raise RecipeError(
             f"base recipe {base_path} {what}",
             file=path,
             key="extends",
             line=lines.get("extends"),
-            suggestion="extends names one recipe file (e.g. extends = \"base.toml\"), relative to this recipe's folder",
+            suggestion='extends names one recipe file (e.g. extends = "base.toml"), relative to this recipe\'s folder',
         )
     if len(_chain) + 1 >= MAX_EXTENDS_DEPTH:
         raise RecipeError(

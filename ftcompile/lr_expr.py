@@ -33,14 +33,15 @@ MAX_EXPR_DEPTH = 16
 
 def parse_expr(text: str) -> ast.expr:
     if len(text) > MAX_EXPR_CHARS:
-        raise ValueError(f"an expression of {len(text)} characters is too long (at most {MAX_EXPR_CHARS}); "
-                         "write e.g. \"head / 10\"")
+        raise ValueError(
+            f'an expression of {len(text)} characters is too long (at most {MAX_EXPR_CHARS}); write e.g. "head / 10"'
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except (SyntaxError, RecursionError, MemoryError):
-        raise ValueError(f"cannot parse {text!r}; write e.g. \"head / 10\" or \"layer4 * 0.1\"") from None
+        raise ValueError(f'cannot parse {text!r}; write e.g. "head / 10" or "layer4 * 0.1"') from None
     if _depth(tree) > MAX_EXPR_DEPTH:
-        raise ValueError(f"{text!r} nests more than {MAX_EXPR_DEPTH} operations deep; write e.g. \"head / 10\"")
+        raise ValueError(f'{text!r} nests more than {MAX_EXPR_DEPTH} operations deep; write e.g. "head / 10"')
     for node in ast.walk(tree):
         if not isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load, *_OPS)):
             raise ValueError(f"{text!r}: only numbers, group names and + - * / ** are allowed")
@@ -140,8 +141,10 @@ def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
         if g in lrs:
             return lrs[g]
         if g in visiting:
-            cycle = " -> ".join([*visiting[visiting.index(g):], g])
-            raise RecipeError(f"circular LR reference: {cycle}", key=f"{key}.{g}", suggestion="give one of them a number")
+            cycle = " -> ".join([*visiting[visiting.index(g) :], g])
+            raise RecipeError(
+                f"circular LR reference: {cycle}", key=f"{key}.{g}", suggestion="give one of them a number"
+            )
         visiting.append(g)
         if g in trees:
             env = {ref: value(ref) for ref in names_in(trees[g])}
@@ -157,14 +160,16 @@ def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
             raise RecipeError(
                 f"group {g!r} is trained but has no LR",
                 key=f"{key}.{g}",
-                suggestion=f"add {g} = 1e-3 (or an expression like \"{train[-1]} / 10\") to phases.{phase_name}.lr"
+                suggestion=f'add {g} = 1e-3 (or an expression like "{train[-1]} / 10") to phases.{phase_name}.lr'
                 + ("" if phase.lr_decay else ", or set lr_decay"),
             )
         visiting.pop()
         if not (lrs[g] > 0 and math.isfinite(lrs[g])):
-            raise RecipeError(f"LR of {g!r} resolves to {lrs[g]!r}; it must be > 0 and finite", key=f"{key}.{g}",
-                              suggestion="LRs are small positive numbers, e.g. 1e-3 or \"head / 10\"")
+            raise RecipeError(
+                f"LR of {g!r} resolves to {lrs[g]!r}; it must be > 0 and finite",
+                key=f"{key}.{g}",
+                suggestion='LRs are small positive numbers, e.g. 1e-3 or "head / 10"',
+            )
         return lrs[g]
 
     return {g: value(g) for g in train}
-

@@ -70,8 +70,10 @@ def size(n: float) -> str:
 
 def describe(plan: Any) -> str:
     m = estimate(plan)
-    return (f"memory params {size(m.params)} + gradients {size(m.grads)} + {m.optimizer} state {size(m.state)}"
-            f" = {size(m.total)} before activations")
+    return (
+        f"memory params {size(m.params)} + gradients {size(m.grads)} + {m.optimizer} state {size(m.state)}"
+        f" = {size(m.total)} before activations"
+    )
 
 
 def warning(plan: Any, available: int | None = None) -> str | None:
@@ -80,12 +82,28 @@ def warning(plan: Any, available: int | None = None) -> str | None:
     m = estimate(plan)
     if available is None or m.total <= available:
         return None
-    return (f"warning: parameters, gradients and optimizer state alone need {size(m.total)}, more than this "
-            f"machine's {size(available)} of memory (check model.num_classes and model.head)")
+    return (
+        f"warning: parameters, gradients and optimizer state alone need {size(m.total)}, more than this "
+        f"machine's {size(available)} of memory (check model.num_classes and model.head)"
+    )
 
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 2**10,
+    "KB": 2**10,
+    "KIB": 2**10,
+    "M": 2**20,
+    "MB": 2**20,
+    "MIB": 2**20,
+    "G": 2**30,
+    "GB": 2**30,
+    "GIB": 2**30,
+    "T": 2**40,
+    "TB": 2**40,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:

@@ -23,14 +23,17 @@ class Metric:
     ema: bool = False  # the EMA weights' metric: needs [run] ema
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("val_loss", "val_loss", maximise=False),
-    Metric("val_top1", "top1", maximise=True),
-    Metric("val_top5", "top5", maximise=True, min_classes=6),
-    Metric("val_loss_ema", "val_loss_ema", maximise=False, ema=True),
-    Metric("val_top1_ema", "top1_ema", maximise=True, ema=True),
-    Metric("val_top5_ema", "top5_ema", maximise=True, min_classes=6, ema=True),
-)}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("val_loss", "val_loss", maximise=False),
+        Metric("val_top1", "top1", maximise=True),
+        Metric("val_top5", "top5", maximise=True, min_classes=6),
+        Metric("val_loss_ema", "val_loss_ema", maximise=False, ema=True),
+        Metric("val_top1_ema", "top1_ema", maximise=True, ema=True),
+        Metric("val_top5_ema", "top5_ema", maximise=True, min_classes=6, ema=True),
+    )
+}
 
 
 def metric(name: str) -> Metric:
@@ -45,11 +48,17 @@ def check_available(name: str, num_classes: int, key: str, ema: bool = False) ->
     """A metric the evaluation will not report for this model is a compile error."""
     m = metric(name)
     if num_classes < m.min_classes:
-        raise RecipeError(f"{name} needs at least {m.min_classes} classes; the model has {num_classes}", key=key,
-                          suggestion="use val_top1 or val_loss")
+        raise RecipeError(
+            f"{name} needs at least {m.min_classes} classes; the model has {num_classes}",
+            key=key,
+            suggestion="use val_top1 or val_loss",
+        )
     if m.ema and not ema:
-        raise RecipeError(f"{name} is the EMA weights' metric, and this recipe keeps no EMA", key=key,
-                          suggestion="add [run] ema = { decay = 0.999 }, or use the metric without _ema")
+        raise RecipeError(
+            f"{name} is the EMA weights' metric, and this recipe keeps no EMA",
+            key=key,
+            suggestion="add [run] ema = { decay = 0.999 }, or use the metric without _ema",
+        )
 
 
 def value(record: dict[str, Any], name: str) -> float:

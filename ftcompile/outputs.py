@@ -86,8 +86,13 @@ def stale_temps(folder: Path, target: str | None = None) -> list[Path]:
     found = []
     for p in entries:
         m = TEMP_NAME.match(p.name)
-        if m and (target is None or m["target"] == target) and p.is_file() and not p.is_symlink() \
-                and not _alive(int(m["pid"])):
+        if (
+            m
+            and (target is None or m["target"] == target)
+            and p.is_file()
+            and not p.is_symlink()
+            and not _alive(int(m["pid"]))
+        ):
             found.append(p)
     return found
 
@@ -290,16 +295,24 @@ def where(path: Path) -> Path:
     return p.parent.resolve() / p.name
 
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
-                (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def check_new_folder(path: Path, option: str) -> None:
     """A folder a command makes and fills (`run --out DIR`): never inside a run directory."""
     run = enclosing_run(where(path).parent)
     if run is not None:
-        raise RecipeError(f"{path} is inside the run directory {run}: only that run writes there", key=option,
-                          suggestion="give a folder outside any run directory")
+        raise RecipeError(
+            f"{path} is inside the run directory {run}: only that run writes there",
+            key=option,
+            suggestion="give a folder outside any run directory",
+        )
 
 
 def check_output(path: Path, kind: Kind, option: str, *, force: bool = False, own: Sequence[Path] = ()) -> None:
@@ -316,13 +329,26 @@ def check_output(path: Path, kind: Kind, option: str, *, force: bool = False, ow
         raise os_error(err, path, "check the output path") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         what = next((text for test, text in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
-        raise RecipeError(f"{path} is {what}; writing {kind.name} there would replace it with a file",
-                          key=option, suggestion="give the path of a file (ftcompile writes only regular files)")
+        raise RecipeError(
+            f"{path} is {what}; writing {kind.name} there would replace it with a file",
+            key=option,
+            suggestion="give the path of a file (ftcompile writes only regular files)",
+        )
     run = enclosing_run(target.parent)
     if run is not None and target not in {where(p) for p in own}:
-        harm = f"it would replace the run's own {target.relative_to(run)}" if st is not None else "only the run writes there"
-        raise RecipeError(f"{path} is inside the run directory {run}: {harm}", key=option,
-                          suggestion="give a path outside the run directory")
+        harm = (
+            f"it would replace the run's own {target.relative_to(run)}"
+            if st is not None
+            else "only the run writes there"
+        )
+        raise RecipeError(
+            f"{path} is inside the run directory {run}: {harm}",
+            key=option,
+            suggestion="give a path outside the run directory",
+        )
     if st is not None and not force and not kind.looks_like(target):
-        raise RecipeError(f"{path} exists and is not {kind.name} written by ftcompile; writing would destroy it",
-                          key=option, suggestion="give another path, or add --force to replace the file")
+        raise RecipeError(
+            f"{path} exists and is not {kind.name} written by ftcompile; writing would destroy it",
+            key=option,
+            suggestion="give another path, or add --force to replace the file",
+        )

@@ -82,15 +82,23 @@ def parse_override(text: str) -> Override:
         if "\n" in key or "\r" in key:  # "[run]\nseed" parses, as a table header and a key
             raise tomllib.TOMLDecodeError("a key is one line")
     except tomllib.TOMLDecodeError:
-        raise RecipeError(f"{key!r} is not a TOML key", file=where, key="--set",
-                          suggestion="a dotted key such as phases.layer4.epochs") from None
+        raise RecipeError(
+            f"{key!r} is not a TOML key",
+            file=where,
+            key="--set",
+            suggestion="a dotted key such as phases.layer4.epochs",
+        ) from None
     path: list[str] = []
     while isinstance(nested, dict):
-        (name, nested), = nested.items()
+        ((name, nested),) = nested.items()
         path.append(name)
     if path[0] == "extends":
-        raise RecipeError("extends cannot be set from the command line", file=where, key="extends",
-                          suggestion="edit the recipe, or give the other recipe to the command")
+        raise RecipeError(
+            "extends cannot be set from the command line",
+            file=where,
+            key="extends",
+            suggestion="edit the recipe, or give the other recipe to the command",
+        )
     try:
         doc = tomllib.loads(f"v = {raw}")
     except tomllib.TOMLDecodeError as exc:
@@ -162,7 +170,9 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        return (
+            repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        )
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, (list, tuple)):

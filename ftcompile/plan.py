@@ -120,8 +120,13 @@ class DataSpec:
 
     def sources(self) -> dict[str, Any]:
         """Where the samples come from, as `datasets.resolve_splits` / `count_data` read it."""
-        return {"builtin": self.builtin, "train": self.train, "val": self.val, "classes": self.classes,
-                **({"split_files": self.split_files} if self.split_files is not None else {})}
+        return {
+            "builtin": self.builtin,
+            "train": self.train,
+            "val": self.val,
+            "classes": self.classes,
+            **({"split_files": self.split_files} if self.split_files is not None else {}),
+        }
 
     @property
     def val_preprocessing(self) -> ValPreprocessing:
@@ -178,7 +183,7 @@ class RunSpec:
 KEEP_CHECKPOINTS = ("boundaries", "all", "last", "none")
 
 
-def phase_starts(plan: "Plan") -> set[int]:
+def phase_starts(plan: Plan) -> set[int]:
     """Steps where a phase other than the first begins (= where the one before it ends):
     the states trials and `lr-find --from` start from."""
     return {ph.begin for ph in plan.phases[1:]}
@@ -238,10 +243,15 @@ class TrialsPlan:
     alternatives: tuple[TrialPlan, ...]
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "TrialsPlan":
+    def from_dict(data: dict[str, Any]) -> TrialsPlan:
         alts = tuple(
-            TrialPlan(**{**a, "train": tuple(a["train"]),
-                         "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in a["changes"])})
+            TrialPlan(
+                **{
+                    **a,
+                    "train": tuple(a["train"]),
+                    "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in a["changes"]),
+                }
+            )
             for a in data["alternatives"]
         )
         return TrialsPlan(**{**data, "alternatives": alts})
@@ -307,8 +317,9 @@ class Plan:
         """canonical(asdict(self) without "hash"), without asdict's deep copy of every value:
         a plan of 1000 phases holds ~10^5 changes. `plan_hash(self.to_dict())` hashes this string."""
         body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hash"}
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
-                          default=_dataclass_fields)
+        return json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_dataclass_fields
+        )
 
     def to_json(self) -> str:
         return json.dumps({**self.to_dict(), "hash": self.hash}, indent=1, sort_keys=True, allow_nan=False)
@@ -352,7 +363,7 @@ class Plan:
         return [pg.name for pg in self.param_groups]
 
     @staticmethod
-    def from_dict(data: dict[str, Any], source: str = "plan.json") -> "Plan":
+    def from_dict(data: dict[str, Any], source: str = "plan.json") -> Plan:
         if data.get("format") != FORMAT:
             raise RecipeError(
                 f"plan format {data.get('format')!r} is not {FORMAT}",
@@ -380,10 +391,18 @@ class Plan:
                     "optimizer": OptimizerSpec(**body["optimizer"]),
                     "run": RunSpec(**body["run"]),
                     "groups": tuple(body["groups"]),
-                    "param_groups": tuple(ParamGroup(**{**p, "params": tuple(p["params"])}) for p in body["param_groups"]),
+                    "param_groups": tuple(
+                        ParamGroup(**{**p, "params": tuple(p["params"])}) for p in body["param_groups"]
+                    ),
                     "phases": tuple(
-                        PhasePlan(**{**p, "after": tuple(p["after"]), "train": tuple(p["train"]),
-                                     "trials": TrialsPlan.from_dict(p["trials"]) if p.get("trials") else None})
+                        PhasePlan(
+                            **{
+                                **p,
+                                "after": tuple(p["after"]),
+                                "train": tuple(p["train"]),
+                                "trials": TrialsPlan.from_dict(p["trials"]) if p.get("trials") else None,
+                            }
+                        )
                         for p in body["phases"]
                     ),
                     "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in body["changes"]),
@@ -391,14 +410,18 @@ class Plan:
                 }
             )
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
-            raise RecipeError(f"not a plan: {exc}", file=source, suggestion="pass a file written by ftcompile plan -o") from None
+            raise RecipeError(
+                f"not a plan: {exc}", file=source, suggestion="pass a file written by ftcompile plan -o"
+            ) from None
 
     @staticmethod
-    def load(path: str | Path) -> "Plan":
+    def load(path: str | Path) -> Plan:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise RecipeError(f"cannot read plan: {exc}", file=path, suggestion="pass a file written by ftcompile plan -o") from None
+            raise RecipeError(
+                f"cannot read plan: {exc}", file=path, suggestion="pass a file written by ftcompile plan -o"
+            ) from None
         if not isinstance(data, dict):
             raise RecipeError("not a plan", file=path)
         return Plan.from_dict(data, str(path))
@@ -433,9 +456,12 @@ def check_fields(body: dict[str, Any], source: str) -> None:
         phase_name = phase.get("name") if isinstance(phase, dict) else None
         problem = folder_name_problem(phase_name) if isinstance(phase_name, str) else "is not a string"
         if problem:
-            raise RecipeError(f"phase name {phase_name!r} {problem} (it names the folder trials/<phase>/)",
-                              file=source, key=f"phases[{i}].name",
-                              suggestion="compile the recipe with ftcompile plan -o")
+            raise RecipeError(
+                f"phase name {phase_name!r} {problem} (it names the folder trials/<phase>/)",
+                file=source,
+                key=f"phases[{i}].name",
+                suggestion="compile the recipe with ftcompile plan -o",
+            )
     model = body.get("model")
     weights = model.get("weights") if isinstance(model, dict) else None
     upstream = weights.get("plan") if isinstance(weights, dict) else None
@@ -443,14 +469,20 @@ def check_fields(body: dict[str, Any], source: str) -> None:
         check_fields(upstream, f"{source} (the upstream plan in model.weights)")
 
 
-
-
 def _dataclass_fields(obj: Any) -> dict[str, Any]:
     """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
     fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
     if type(obj) in OPTIONAL:  # fields added later are left out at their default: older plans keep their hash
         return {k: v for k, v in vars(obj).items() if k not in OPTIONAL[type(obj)] or v != OPTIONAL[type(obj)][k]}
-    if type(obj) in (Change, ParamGroup, PhasePlan, ModelSpec, DataSpec, OptimizerSpec, RunSpec):  # __dict__ is their fields
+    if type(obj) in (
+        Change,
+        ParamGroup,
+        PhasePlan,
+        ModelSpec,
+        DataSpec,
+        OptimizerSpec,
+        RunSpec,
+    ):  # __dict__ is their fields
         return vars(obj)
     if hasattr(obj, "json_fields"):
         return obj.json_fields()
@@ -465,9 +497,15 @@ OPTIONAL: dict[type, dict[str, Any]] = {
     ModelSpec: {"builder_args": {}, "head_weights": "new"},
     DataSpec: {"mix": None, "val_resize": None, "val_crop": None, "split_files": None},
     OptimizerSpec: {"clip_grad_norm": None, "clip_grad_value": None},
-    RunSpec: {"accumulate": 1, "ema": None, "sync_bn": False,
-              "keep_best": None, "keep_checkpoints": "boundaries", "log": list(DEFAULT_LOG),
-              "reproducible": "machine"},
+    RunSpec: {
+        "accumulate": 1,
+        "ema": None,
+        "sync_bn": False,
+        "keep_best": None,
+        "keep_checkpoints": "boundaries",
+        "log": list(DEFAULT_LOG),
+        "reproducible": "machine",
+    },
     PhasePlan: {"data": None, "stop_early": None, "restore_best": None, "trials": None},
 }
 
@@ -478,7 +516,6 @@ def canonical(obj: Any) -> str:
 
 def plan_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(body).encode()).hexdigest()
-
 
 
 def change_dict(change: Change) -> dict[str, Any]:
@@ -501,4 +538,3 @@ def _copied(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_copied(v) for v in value)
     return value
-

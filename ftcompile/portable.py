@@ -75,7 +75,7 @@ def restart_pinned(mode: str, argv: list[str] | None) -> int | None:
         return None
     env = pinned_environment()
     pins = " ".join(f"{k}={v}" for k, v in PINS.items() if k != "DNNL_MAX_CPU_ISA")
-    print(f"run.reproducible = \"portable\": restarting with {pins}", file=sys.stderr, flush=True)
+    print(f'run.reproducible = "portable": restarting with {pins}', file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "ftcompile", *(sys.argv[1:] if argv is None else argv)]
     if argv is None:
         sys.stdout.flush()
@@ -104,8 +104,11 @@ def enter(mode: str) -> None:
     torch.set_num_threads(THREADS)
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX2":
-        print(f"warning: run.reproducible = \"portable\" pins AVX2, but torch runs {capability} kernels here "
-              "(a CPU without AVX2): the bits can differ from other machines", file=sys.stderr)
+        print(
+            f'warning: run.reproducible = "portable" pins AVX2, but torch runs {capability} kernels here '
+            "(a CPU without AVX2): the bits can differ from other machines",
+            file=sys.stderr,
+        )
 
 
 def record(mode: str) -> dict[str, Any]:
@@ -137,16 +140,22 @@ def machine_warnings(mode: str, env: dict[str, Any], now: dict[str, Any], generi
     if mode == PORTABLE:
         if differs:
             what = "; ".join(f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in differs)
-            return [f"warning: portable run, but the pinned kernels or threads differ ({what}): "
-                    "bitwise equality cannot be expected (a CPU without AVX2 on one side?)"]
+            return [
+                f"warning: portable run, but the pinned kernels or threads differ ({what}): "
+                "bitwise equality cannot be expected (a CPU without AVX2 on one side?)"
+            ]
         if then.get("cpu") != now.get("cpu"):
-            return [f"note: portable run: another CPU ({then.get('cpu')} -> {now.get('cpu')}), the same pinned "
-                    f"kernels (AVX2, {THREADS} thread): bitwise equality is expected"]
+            return [
+                f"note: portable run: another CPU ({then.get('cpu')} -> {now.get('cpu')}), the same pinned "
+                f"kernels (AVX2, {THREADS} thread): bitwise equality is expected"
+            ]
         return []
     if not differs or not generic:
         return generic
-    verdict = (" — bitwise equality cannot be expected: oneDNN and ATen pick kernels by instruction set and the "
-               "thread count changes the order of sums; run.reproducible = \"portable\" pins both")
+    verdict = (
+        " — bitwise equality cannot be expected: oneDNN and ATen pick kernels by instruction set and the "
+        'thread count changes the order of sums; run.reproducible = "portable" pins both'
+    )
     return [generic[0] + verdict, *generic[1:]]
 
 

@@ -90,7 +90,9 @@ def recipe_record(recipe: Path | None, overrides: list[str]) -> dict[str, Any]:
     """env.json's provenance of the recipe (see `recipe_warnings`)."""
     return {
         "git": git_info(recipe),
-        "recipe_files": [{"path": f, "sha256": h} for f, h in file_hashes(recipe_files(recipe)).items()] if recipe else [],
+        "recipe_files": [{"path": f, "sha256": h} for f, h in file_hashes(recipe_files(recipe)).items()]
+        if recipe
+        else [],
         "overrides": list(overrides),
     }
 
@@ -184,8 +186,12 @@ def data_fingerprint(data: dict[str, Any], root: Path) -> dict[str, Any]:
             digest.update(f"{split}/{sample}\t{size}\n".encode())
             per_class[splits.class_names[label]] += 1
         counts[split] = per_class
-    return {"fingerprint": digest.hexdigest(), "train": counts["train"], "val": counts["val"],
-            "builtin": splits.builtin}
+    return {
+        "fingerprint": digest.hexdigest(),
+        "train": counts["train"],
+        "val": counts["val"],
+        "builtin": splits.builtin,
+    }
 
 
 def data_warnings(env: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -199,8 +205,14 @@ def data_warnings(env: dict[str, Any], now: dict[str, Any]) -> list[str]:
         for name in [*then[split], *(n for n in now[split] if n not in then[split])]
         if then[split].get(name, 0) != now[split].get(name, 0)
     ]
-    what = "; ".join(diffs[:8]) + (" ..." if len(diffs) > 8 else "") if diffs else "same counts per class, but file names or sizes differ"
-    return [f"warning: the data differs from the run's (fingerprint {then['fingerprint'][:12]} -> {now['fingerprint'][:12]}): {what}"]
+    what = (
+        "; ".join(diffs[:8]) + (" ..." if len(diffs) > 8 else "")
+        if diffs
+        else "same counts per class, but file names or sizes differ"
+    )
+    return [
+        f"warning: the data differs from the run's (fingerprint {then['fingerprint'][:12]} -> {now['fingerprint'][:12]}): {what}"
+    ]
 
 
 # ----------------------------------------------------------------------------- machine

@@ -51,7 +51,7 @@ def weights_text(weights: WeightsSpec) -> str:
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -139,15 +139,19 @@ def checkpoints_line(plan: Plan) -> str:
     steps = sorted({c.step for c in plan.changes if c.op == "checkpoint"})
     policy = plan.run.keep_checkpoints
     if not steps:
-        return (f"checkpoints  none written (checkpoint_every = \"never\", keep_checkpoints = \"{policy}\"): "
-                "an interrupted run starts again at step 0")
+        return (
+            f'checkpoints  none written (checkpoint_every = "never", keep_checkpoints = "{policy}"): '
+            "an interrupted run starts again at step 0"
+        )
     every = plan.run.checkpoint_every
     written = f"every {counted(every, 'step')} and at phase ends" if every else "at phase ends only"
     final = sorted(checkpoints_kept(steps, phase_starts(plan), policy, finished=True))
     running = {"boundaries": "the newest + phase starts", "all": "all", "last": "the newest", "none": "the newest"}
     after = "steps " + ", ".join(map(str, final)) if final else "none"
-    return (f"checkpoints  {len(steps)} written ({written}); kept while running: {running[policy]}; "
-            f"kept once finished: {after} (keep_checkpoints = \"{policy}\")")
+    return (
+        f"checkpoints  {len(steps)} written ({written}); kept while running: {running[policy]}; "
+        f'kept once finished: {after} (keep_checkpoints = "{policy}")'
+    )
 
 
 def _val_text(val: Any) -> str:
@@ -161,12 +165,29 @@ def _header(plan: Plan) -> list[list[str]]:
     source = f"builtin {d.builtin}" if d.builtin else f"{d.train} | {_val_text(d.val)}"
     return [
         [f"plan {plan.hash[:12]}", f"recipe {plan.recipe['name']} ({plan.recipe['file']})", f"seed {plan.seed}"],
-        ["model", m.arch, f"weights {weights_text(m.weights)}", f"head {head_layers(m.head)}",
-         f"classes {m.num_classes}", f"params {_num(m.total_params)}"],
-        ["data ", source, f"train {d.train_size}", f"val {d.val_size}", f"batch {d.batch_size}",
-         f"steps/epoch {d.steps_per_epoch}", f"drop_last {str(d.drop_last).lower()}"],
-        ["optim", f"{plan.optimizer.type}({', '.join(f'{k}={_short(v)}' for k, v in plan.optimizer.kwargs.items())})",
-         f"no_decay {plan.optimizer.no_decay}", f"param groups {len(plan.param_groups)}"],
+        [
+            "model",
+            m.arch,
+            f"weights {weights_text(m.weights)}",
+            f"head {head_layers(m.head)}",
+            f"classes {m.num_classes}",
+            f"params {_num(m.total_params)}",
+        ],
+        [
+            "data ",
+            source,
+            f"train {d.train_size}",
+            f"val {d.val_size}",
+            f"batch {d.batch_size}",
+            f"steps/epoch {d.steps_per_epoch}",
+            f"drop_last {str(d.drop_last).lower()}",
+        ],
+        [
+            "optim",
+            f"{plan.optimizer.type}({', '.join(f'{k}={_short(v)}' for k, v in plan.optimizer.kwargs.items())})",
+            f"no_decay {plan.optimizer.no_decay}",
+            f"param groups {len(plan.param_groups)}",
+        ],
     ]
 
 
@@ -188,8 +209,16 @@ def _phases(plan: Plan, width: int) -> list[str]:
     rows = [["phase", "after", "steps", "epochs", "train (% of model)", "scheduler"]]
     for ph in plan.phases:
         sched = ph.scheduler["type"] if ph.scheduler else "constant"
-        rows.append([ph.name, ",".join(ph.after) or "-", f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}",
-                     ", ".join(ph.train) + f" ({ph.trainable_pct:.1f}%)", sched])
+        rows.append(
+            [
+                ph.name,
+                ",".join(ph.after) or "-",
+                f"[{ph.begin}, {ph.end})",
+                f"{ph.epochs:g}",
+                ", ".join(ph.train) + f" ({ph.trainable_pct:.1f}%)",
+                sched,
+            ]
+        )
     out = [wrap_table(rows, width, column=4), ""]
     sizes = ", ".join(f"{g['name']} {_num(g['numel'])}" for g in plan.groups)
     out += wrapped(f"group params: {sizes}", width, 2)
@@ -209,7 +238,11 @@ def render(plan: Plan, max_changes: int = 200, wide: bool = False, summary: bool
     width = 10**9 if wide else WIDTH
     out = [line for parts in _header(plan) for line in fit(parts, width, indent=7)]
     out += [line for text in knob_lines(plan) for line in wrapped(text, width, 7)]
-    out += [*wrapped(memory.describe(plan), width, 7), *(wrapped(w, width, 7) if (w := memory.warning(plan)) else []), ""]
+    out += [
+        *wrapped(memory.describe(plan), width, 7),
+        *(wrapped(w, width, 7) if (w := memory.warning(plan)) else []),
+        "",
+    ]
     out += [_wide_phases(plan)] if wide else _phases(plan, width)
     out += trials_text(plan, width)
     out += ["", *wrapped(checkpoints_line(plan), width, 13)]
@@ -218,7 +251,9 @@ def render(plan: Plan, max_changes: int = 200, wide: bool = False, summary: bool
     names = max(len(ph.name) for ph in plan.phases)
     out += ["", "feature cache (frozen part computed once, head trained on its output):"]
     for ph in plan.phases:
-        out += wrapped(f"  {ph.name:<{names}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}", width, names + 9)
+        out += wrapped(
+            f"  {ph.name:<{names}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}", width, names + 9
+        )
     out += metric_driven_lines(plan, names)
     out += ["", f"changes ({len(plan.changes)}; at step S = after S optimizer steps):"]
     for c in plan.changes[:max_changes]:
@@ -237,8 +272,10 @@ def metric_driven_lines(plan: Plan, width: int) -> list[str]:
         if ph.stop_early:
             s = ph.stop_early
             evals = plan.evaluations(ph.name)
-            parts.append(f"stop_early {s['metric']} patience {s['patience']} min_delta {s['min_delta']:g} "
-                         f"({evals} evaluations planned{' per alternative' if ph.trials else ''})")
+            parts.append(
+                f"stop_early {s['metric']} patience {s['patience']} min_delta {s['min_delta']:g} "
+                f"({evals} evaluations planned{' per alternative' if ph.trials else ''})"
+            )
         if ph.restore_best:
             parts.append(f"restore_best {ph.restore_best}")
         out.append(f"  {ph.name:<{width}}  " + "; ".join(parts))
@@ -256,8 +293,10 @@ def val_pipeline(d: DataSpec) -> str:
 def _mix_text(mix: dict[str, Any] | None) -> str:
     if not mix:
         return "off"
-    return (f"MixUp(alpha={mix['mixup_alpha']:g}) / CutMix(alpha={mix['cutmix_alpha']:g}), prob {mix['prob']:g}, "
-            f"switch_prob {mix['switch_prob']:g}; soft-target cross-entropy")
+    return (
+        f"MixUp(alpha={mix['mixup_alpha']:g}) / CutMix(alpha={mix['cutmix_alpha']:g}), prob {mix['prob']:g}, "
+        f"switch_prob {mix['switch_prob']:g}; soft-target cross-entropy"
+    )
 
 
 def knob_lines(plan: Plan) -> list[str]:
@@ -269,26 +308,34 @@ def knob_lines(plan: Plan) -> list[str]:
     if m.builder_args:
         out.append(f"build  {m.arch}({', '.join(f'{k}={_short(v)}' for k, v in m.builder_args.items())})")
     if m.head_weights == "load":
-        out.append("head   loaded from the weights (head_weights = \"load\")")
+        out.append('head   loaded from the weights (head_weights = "load")')
     if o.clip_grad_norm is not None or o.clip_grad_value is not None:
-        parts = [f"norm <= {o.clip_grad_norm:g}" if o.clip_grad_norm is not None else "",
-                 f"|value| <= {o.clip_grad_value:g}" if o.clip_grad_value is not None else ""]
+        parts = [
+            f"norm <= {o.clip_grad_norm:g}" if o.clip_grad_norm is not None else "",
+            f"|value| <= {o.clip_grad_value:g}" if o.clip_grad_value is not None else "",
+        ]
         out.append(f"clip   gradients of trainable parameters: {', '.join(p for p in parts if p)}")
     if r.accumulate > 1:
-        out.append(f"accum  {r.accumulate} micro-batches of {d.batch_size // r.accumulate} per optimizer step "
-                   "(divided by the number of processes)")
+        out.append(
+            f"accum  {r.accumulate} micro-batches of {d.batch_size // r.accumulate} per optimizer step "
+            "(divided by the number of processes)"
+        )
     if r.ema:
         warm = ", warmup" if r.ema["warmup"] else ""
-        out.append(f"ema    decay {r.ema['decay']:g} every {r.ema['every']} step(s){warm}: also evaluated (*_ema) "
-                   "and saved (model_ema.pt)")
+        out.append(
+            f"ema    decay {r.ema['decay']:g} every {r.ema['every']} step(s){warm}: also evaluated (*_ema) "
+            "and saved (model_ema.pt)"
+        )
     if r.sync_bn:
         out.append("sync   SyncBatchNorm under several processes (a no-op with one process)")
     for ph in plan.phases:
         if ph.data is not None:
             pd = ph.data
-            out.append(f"data   phase {ph.name}: image {pd['image_size']}  batch {pd['batch_size']}  "
-                       f"steps/epoch {pd['steps_per_epoch']}  augment {len(pd['augment'])} op(s)  "
-                       f"mix {'on' if pd['mix'] else 'off'}  (epoch {pd['epoch_base']} at step {pd['data_begin']})")
+            out.append(
+                f"data   phase {ph.name}: image {pd['image_size']}  batch {pd['batch_size']}  "
+                f"steps/epoch {pd['steps_per_epoch']}  augment {len(pd['augment'])} op(s)  "
+                f"mix {'on' if pd['mix'] else 'off'}  (epoch {pd['epoch_base']} at step {pd['data_begin']})"
+            )
     return out
 
 
@@ -302,9 +349,15 @@ def trials_text(plan: Plan, width: int) -> list[str]:
     for ph in phases:
         assert ph.trials is not None
         t = ph.trials
-        out += ["", *wrapped(f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs "
-                             f"[{ph.begin}, {ph.end}) from the phase-start state; select {t.select}, keep {t.keep}):",
-                             width, 2)]
+        out += [
+            "",
+            *wrapped(
+                f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs "
+                f"[{ph.begin}, {ph.end}) from the phase-start state; select {t.select}, keep {t.keep}):",
+                width,
+                2,
+            ),
+        ]
         rows = [["k", "alternative", "trained group: lr first / peak / last"]]
         for a in t.alternatives:
             lrs = [f"{g}: {_lr(v['first'])} / {_lr(v['peak'])} / {_lr(v['last'])}" for g, v in a.lr.items()]
@@ -344,8 +397,16 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path:
     # Phase bands first (behind the curves), alternately shaded, each named at the top.
     for i, ph in enumerate(plan.phases):
         ax.axvspan(ph.begin, ph.end, color="0.92" if i % 2 == 0 else "0.97", lw=0, zorder=0)
-        ax.text((ph.begin + ph.end) / 2, 1.01, ph.name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize="small", clip_on=False)
+        ax.text(
+            (ph.begin + ph.end) / 2,
+            1.01,
+            ph.name,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize="small",
+            clip_on=False,
+        )
     base = [name.removesuffix(".no_decay") for name in plan.param_group_names]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if len(set(base)) > len(colors):  # one colour per group as long as tab20 lasts
@@ -357,8 +418,15 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path:
         # A no_decay part mostly shares its group's LR: dashed and darker, so it shows on top.
         dashed = name.endswith(".no_decay")
         color = [0.55 * c for c in matplotlib.colors.to_rgb(color_of[base[i]])] if dashed else color_of[base[i]]
-        ax.plot(steps, lrs, label=name, color=color, ls=(0, (3, 3)) if dashed else "-",
-                lw=1.2 if dashed else 2.0, zorder=3 if dashed else 2)
+        ax.plot(
+            steps,
+            lrs,
+            label=name,
+            color=color,
+            ls=(0, (3, 3)) if dashed else "-",
+            lw=1.2 if dashed else 2.0,
+            zorder=3 if dashed else 2,
+        )
     ax.set_xlim(0, plan.total_steps)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate (log; gaps: frozen)")

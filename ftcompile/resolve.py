@@ -22,8 +22,8 @@ from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.schema import Phase, Recipe, parse_duration
+from ftcompile.torch_args import check_optimizer, resolve_scheduler, with_valid
 from ftcompile.trials import alternatives, check_distinct_resolved
-from ftcompile.torch_args import with_valid, check_optimizer, resolve_scheduler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,8 +74,6 @@ class Resolved:
     nominal_data: tuple[str, ...] = ()  # keys of absent data folders given nominal sizes (`check`)
 
 
-
-
 # ---------------------------------------------------------------- model
 
 
@@ -102,7 +100,9 @@ def resolve_weights(arch: str, weights: str, upstream: dict[str, Any] | None = N
     raise RecipeError(
         f"{weights!r} is not a weights name for {arch} nor a state_dict file",
         key="model.weights",
-        suggestion=with_valid(did_you_mean(weights, valid), f"{', '.join(valid)}, a .pt/.pth path, an upstream recipe .toml, or \"none\""),
+        suggestion=with_valid(
+            did_you_mean(weights, valid), f'{", ".join(valid)}, a .pt/.pth path, an upstream recipe .toml, or "none"'
+        ),
     )
 
 
@@ -139,7 +139,6 @@ def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...]
 
         return archs.weights_stats(arch, weights["value"])
     return IMAGENET_MEAN, IMAGENET_STD
-
 
 
 # ---------------------------------------------------------------- the whole recipe
@@ -193,8 +192,16 @@ def resolve(
     checkpoint_every = 0 if recipe.run.checkpoint_every == "never" else parse_duration(recipe.run.checkpoint_every, spe)
     check_plan_size(phases, eval_every, checkpoint_every, len(groups), len(params))
     bn_groups = {mod: owner[first] for mod, first in bn_modules(model) if first in owner}
-    check_one_image_batches(lambda: archs.build_model(m.arch, num_classes, head, device="meta", builder_args=m.builder_args),
-                            phases, bn_groups, data["image_size"], spe, counts.train_size, data["batch_size"], data["drop_last"])
+    check_one_image_batches(
+        lambda: archs.build_model(m.arch, num_classes, head, device="meta", builder_args=m.builder_args),
+        phases,
+        bn_groups,
+        data["image_size"],
+        spe,
+        counts.train_size,
+        data["batch_size"],
+        data["drop_last"],
+    )
     if m.head_weights == "load":
         check_head_weights(m.arch, model, weights, folder)
     run = recipe.run
@@ -221,8 +228,13 @@ def resolve(
     return Resolved(
         model=model_info,
         data=data,
-        optimizer={"type": opt.type, "kwargs": opt.kwargs, "no_decay": opt.no_decay,
-                   "clip_grad_norm": opt.clip_grad_norm, "clip_grad_value": opt.clip_grad_value},
+        optimizer={
+            "type": opt.type,
+            "kwargs": opt.kwargs,
+            "no_decay": opt.no_decay,
+            "clip_grad_norm": opt.clip_grad_norm,
+            "clip_grad_value": opt.clip_grad_value,
+        },
         groups=groups,
         no_decay=frozenset(p.name for p in params if p.no_decay),
         numels={p.name: p.numel for p in params},
@@ -241,7 +253,6 @@ def resolve(
     )
 
 
-
 def _num_classes(wanted: int | str, class_names: list[str]) -> int:
     """`model.num_classes` checked against the data ("auto": one per class folder)."""
     num_classes = len(class_names) if wanted == "auto" else wanted
@@ -252,13 +263,14 @@ def _num_classes(wanted: int | str, class_names: list[str]) -> int:
             suggestion=f'set num_classes = {len(class_names)} or "auto"',
         )
     if num_classes < 2:
-        raise RecipeError("a classifier needs at least 2 classes", key="model.num_classes", suggestion="add class folders")
+        raise RecipeError(
+            "a classifier needs at least 2 classes", key="model.num_classes", suggestion="add class folders"
+        )
     return num_classes
 
 
 def _meta_model(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> Any:
     """The model with the recipe's head on the meta device; a builder's refusal is a recipe error."""
-    from ftcompile import arch as archs
 
     check_builder_args(arch, builder_args)
     try:
@@ -267,16 +279,27 @@ def _meta_model(arch: str, num_classes: int, head: dict[str, Any] | None, builde
         raise _build_error(arch, num_classes, head, builder_args, exc) from None
     empty = next((name for name, p in model.named_parameters() if p.numel() == 0), None)
     if empty is not None and builder_args:  # e.g. width_per_group = 0: layers of no width
-        raise RecipeError(f"with these arguments {arch} has a layer of width 0 ({empty})",
-                          key=_blamed_builder_arg(arch, num_classes, head, builder_args),
-                          suggestion="give the builder argument a positive value, or leave it out")
+        raise RecipeError(
+            f"with these arguments {arch} has a layer of width 0 ({empty})",
+            key=_blamed_builder_arg(arch, num_classes, head, builder_args),
+            suggestion="give the builder argument a positive value, or leave it out",
+        )
     return model
 
 
 # What a torchvision builder raises for arguments it cannot build with (a wrong type, groups = 0,
 # a negative width, a config object that TOML cannot write).
-_BUILD_ERRORS = (TypeError, RuntimeError, ValueError, OverflowError, AssertionError, AttributeError,
-                 ZeroDivisionError, IndexError, KeyError)
+_BUILD_ERRORS = (
+    TypeError,
+    RuntimeError,
+    ValueError,
+    OverflowError,
+    AssertionError,
+    AttributeError,
+    ZeroDivisionError,
+    IndexError,
+    KeyError,
+)
 
 
 def _quiet_build(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> Any:
@@ -305,11 +328,11 @@ def _blamed_builder_arg(arch: str, num_classes: int, head: dict[str, Any] | None
     return f"model.builder_args.{next(iter(builder_args))}" if len(builder_args) == 1 else "model.builder_args"
 
 
-def _build_error(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any],
-                 exc: Exception) -> RecipeError:
+def _build_error(
+    arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any], exc: Exception
+) -> RecipeError:
     """The builder's refusal, blamed on the key that causes it: the builder arguments when the
     model builds without them (so a --set of one is named), else the head or num_classes."""
-    from ftcompile import arch as archs
 
     if builder_args and _builds(arch, num_classes, head, {}):
         key = _blamed_builder_arg(arch, num_classes, head, builder_args)
@@ -329,7 +352,7 @@ def _build_error(arch: str, num_classes: int, head: dict[str, Any] | None, build
 
 
 def _resolve_phases(
-    recipe: Recipe, segments: "DataSegments", group_names: list[str], below: BelowHead, num_classes: int
+    recipe: Recipe, segments: DataSegments, group_names: list[str], below: BelowHead, num_classes: int
 ) -> list[ResolvedPhase]:
     """Every phase in graph order, each starting where the one before ends (with its trials,
     its own data and the feature-cache decision that data allows)."""
@@ -342,8 +365,17 @@ def _resolve_phases(
         ph_data, ph_spe = segments.enter(name, recipe.phases[name], step)
         augment = ph_data["augment"] if ph_data else segments.data["augment"]
         mix = ph_data["mix"] if ph_data else segments.data["mix"]
-        resolved = resolve_trials(name, recipe.phases[name], step, ph_spe, group_names, below, augment, num_classes,
-                                  recipe.run.ema is not None)
+        resolved = resolve_trials(
+            name,
+            recipe.phases[name],
+            step,
+            ph_spe,
+            group_names,
+            below,
+            augment,
+            num_classes,
+            recipe.run.ema is not None,
+        )
         if mix is not None:
             resolved = replace(resolved, cache=no_cache_with_mix(resolved.cache))
         phases.append(replace(resolved, data=ph_data))
@@ -351,7 +383,9 @@ def _resolve_phases(
     return phases
 
 
-def check_plan_size(phases: list[ResolvedPhase], eval_every: int, checkpoint_every: int, n_groups: int, n_params: int) -> None:
+def check_plan_size(
+    phases: list[ResolvedPhase], eval_every: int, checkpoint_every: int, n_groups: int, n_params: int
+) -> None:
     """Count the changes before making them: a bound on the plan's size, not a MemoryError."""
     evals = sum(-(-(ph.end - ph.begin) // eval_every) for ph in phases)
     # checkpoint_every 0 ("never"): at most one per phase end
@@ -370,7 +404,13 @@ def check_plan_size(phases: list[ResolvedPhase], eval_every: int, checkpoint_eve
 
 
 def resolve_phase(
-    name: str, phase: Phase, begin: int, spe: int, group_names: list[str], below: BelowHead, augment: list[dict[str, Any]]
+    name: str,
+    phase: Phase,
+    begin: int,
+    spe: int,
+    group_names: list[str],
+    below: BelowHead,
+    augment: list[dict[str, Any]],
 ) -> ResolvedPhase:
     """One phase, starting at step `begin`: its groups checked, its window, LRs and scheduler."""
     for i, g in enumerate(phase.train):
@@ -482,7 +522,12 @@ class DataSegments:
             check_accumulate(config["batch_size"], self.accumulate, key)
         if self.begin == 0 and self.config == self.base:
             return None, self.spe
-        return {**self.config, "steps_per_epoch": self.spe, "data_begin": self.begin, "epoch_base": self.epoch_base}, self.spe
+        return {
+            **self.config,
+            "steps_per_epoch": self.spe,
+            "data_begin": self.begin,
+            "epoch_base": self.epoch_base,
+        }, self.spe
 
 
 def no_cache_with_mix(cache: dict[str, Any]) -> dict[str, Any]:
@@ -511,11 +556,17 @@ def check_builder_args(arch: str, args: dict[str, Any]) -> None:
         if name in ("dropout", "attention_dropout", "stochastic_depth_prob") and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
         ):
-            raise RecipeError(f"model.builder_args.{name} = {value!r} is not a probability",
-                              key=f"model.builder_args.{name}", suggestion="a number from 0 to 1, e.g. 0.1")
+            raise RecipeError(
+                f"model.builder_args.{name} = {value!r} is not a probability",
+                key=f"model.builder_args.{name}",
+                suggestion="a number from 0 to 1, e.g. 0.1",
+            )
         if name in ("zero_init_residual", "init_weights") and not isinstance(value, bool):
-            raise RecipeError(f"model.builder_args.{name} = {value!r} is not true or false",
-                              key=f"model.builder_args.{name}", suggestion="true or false")
+            raise RecipeError(
+                f"model.builder_args.{name} = {value!r} is not true or false",
+                key=f"model.builder_args.{name}",
+                suggestion="true or false",
+            )
 
 
 def check_head_weights(arch: str, model: Any, weights: dict[str, Any], folder: Path) -> None:
@@ -541,8 +592,11 @@ def check_head_weights(arch: str, model: Any, weights: dict[str, Any], folder: P
         source = f"the model of {weights['value']}"
     for k, shape in ours.items():
         if k not in theirs:
-            raise RecipeError(f"{source} has no head tensor {k} (the recipe's head needs {shape})",
-                              key="model.head_weights", suggestion='use head_weights = "new", or the same model.head')
+            raise RecipeError(
+                f"{source} has no head tensor {k} (the recipe's head needs {shape})",
+                key="model.head_weights",
+                suggestion='use head_weights = "new", or the same model.head',
+            )
         if theirs[k] != shape:
             raise RecipeError(
                 f"head tensor {k} is {theirs[k]} in {source} but {shape} in the recipe's head",
@@ -555,7 +609,9 @@ def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     import torch
 
     if not path.is_file():
-        raise RecipeError(f"file not found: {path}", key="model.weights", suggestion="the path is relative to the recipe's folder")
+        raise RecipeError(
+            f"file not found: {path}", key="model.weights", suggestion="the path is relative to the recipe's folder"
+        )
     try:
         state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
     except Exception as exc:
@@ -566,8 +622,15 @@ def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def resolve_trials(
-    name: str, phase: Phase, begin: int, spe: int, group_names: list[str], below: BelowHead,
-    augment: list[dict[str, Any]], num_classes: int, ema: bool = False,
+    name: str,
+    phase: Phase,
+    begin: int,
+    spe: int,
+    group_names: list[str],
+    below: BelowHead,
+    augment: list[dict[str, Any]],
+    num_classes: int,
+    ema: bool = False,
 ) -> ResolvedPhase:
     """A phase, or with a trials table each of its alternatives resolved exactly like a phase."""
     if phase.trials is None:
@@ -577,11 +640,14 @@ def resolve_trials(
         try:
             resolved.append((alt, resolve_phase(name, alt.phase, begin, spe, group_names, below, augment)))
         except RecipeError as err:
-            raise RecipeError(f"{err.message} (trial alternative {alt.k}: {alt.label})", key=err.key,
-                              suggestion=err.suggestion) from None
+            raise RecipeError(
+                f"{err.message} (trial alternative {alt.k}: {alt.label})", key=err.key, suggestion=err.suggestion
+            ) from None
     check_distinct_resolved(name, resolved)
     t = phase.trials
-    return replace(resolved[0][1], trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved})
+    return replace(
+        resolved[0][1], trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved}
+    )
 
 
 def _counts(
@@ -630,8 +696,11 @@ def _absent_error(data: dict[str, Any], folder: Path, key: str, needs_data: bool
     try:
         datasets.count_folder(data, folder, key)
     except RecipeError as err:
-        err.suggestion = (f"{err.suggestion}, or give --data-root DIR, the folder they are relative to" if needs_data
-                          else f"{err.suggestion}; without the data here: --dataset-size N --val-size M")
+        err.suggestion = (
+            f"{err.suggestion}, or give --data-root DIR, the folder they are relative to"
+            if needs_data
+            else f"{err.suggestion}; without the data here: --dataset-size N --val-size M"
+        )
         raise
     raise AssertionError(f"{key} is absent but could be counted")
 

@@ -61,7 +61,9 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     try:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RecipeError(f"cannot run git: {exc}", key="REV:path", suggestion="install git, or compare files") from None
+        raise RecipeError(
+            f"cannot run git: {exc}", key="REV:path", suggestion="install git, or compare files"
+        ) from None
 
 
 def _toplevel(path: Path) -> Path:
@@ -70,8 +72,12 @@ def _toplevel(path: Path) -> Path:
         folder = folder.parent
     done = _git(folder, "rev-parse", "--show-toplevel")
     if done.returncode != 0:
-        raise RecipeError(f"{path.parent} is not in a git repository", file=str(path), key="REV:path",
-                          suggestion="REV:path reads files from git; give plain files or run directories otherwise")
+        raise RecipeError(
+            f"{path.parent} is not in a git repository",
+            file=str(path),
+            key="REV:path",
+            suggestion="REV:path reads files from git; give plain files or run directories otherwise",
+        )
     return Path(done.stdout.decode().strip())
 
 
@@ -100,7 +106,8 @@ def _fetch(top: Path, rev: str, rel: str, into: Path, spec: str, seen: set[str])
         raise RecipeError(
             f"cannot read {rel} at revision {rev!r}: {why}",
             file=spec,
-            suggestion="ftcompile needs git 2.24 or newer (see git --version)" if "--end-of-options" in why
+            suggestion="ftcompile needs git 2.24 or newer (see git --version)"
+            if "--end-of-options" in why
             else "check the revision (git log -- PATH) and that the file existed there",
         )
     target = into / rel

@@ -9,7 +9,7 @@ the torch class signature in `resolve`, not here, so `check` stays import-light.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -30,7 +30,9 @@ MAX_SEED = 2**32 - 1  # numpy's seed range; the runtime seeds numpy with it
 # Names Windows keeps for devices: no file or folder can have one, in any case and with any
 # extension (`con`, `NUL`, `aux.txt`, `com1.d`), so a run directory holding one cannot be
 # copied to Windows or made there.
-WINDOWS_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"{port}{n}" for port in ("com", "lpt") for n in "0123456789¹²³")})
+WINDOWS_RESERVED = frozenset(
+    {"con", "prn", "aux", "nul", *(f"{port}{n}" for port in ("com", "lpt") for n in "0123456789¹²³")}
+)
 # Characters no Windows file name holds, besides '/', '\\' and the control characters.
 WINDOWS_FORBIDDEN = '<>:"|?*'
 
@@ -63,16 +65,17 @@ def _phase_name(name: str) -> str:
     phases.<name> and its line."""
     problem = folder_name_problem(name)
     if problem:
-        raise PydanticCustomError("folder_name", "{text}", {
-            "text": f"the phase name {problem} (it names the folder trials/<phase>/)"})
+        raise PydanticCustomError(
+            "folder_name", "{text}", {"text": f"the phase name {problem} (it names the folder trials/<phase>/)"}
+        )
     return name
 
 
 PhaseName = Annotated[str, AfterValidator(_phase_name)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
-LR = Union[Annotated[float, Field(gt=0.0)], str]
-Duration = Union[PositiveInt, str]
+LR = Annotated[float, Field(gt=0.0)] | str
+Duration = PositiveInt | str
 
 
 class Strict(BaseModel):
@@ -83,18 +86,25 @@ class Strict(BaseModel):
 class Head(Strict):
     """A new classifier head, fastai style (BatchNorm1d, Dropout, Linear, activation)."""
 
-    pool: Literal["avg", "max", "concat"] | None = Field(None, description=(
-        "`avg`, `max` or `concat` (max and avg side by side, 2x features); unset: `avg`. CNNs only: "
-        "ViT, Swin and MaxViT pool with their tokens, and `pool` is an error there"))
+    pool: Literal["avg", "max", "concat"] | None = Field(
+        None,
+        description=(
+            "`avg`, `max` or `concat` (max and avg side by side, 2x features); unset: `avg`. CNNs only: "
+            "ViT, Swin and MaxViT pool with their tokens, and `pool` is an error there"
+        ),
+    )
     hidden: list[PositiveInt] = Field([], description="widths of hidden Linear layers")
-    dropout: Union[Prob, list[Prob]] = Field(0.0, description=(
-        "one float for every Linear, or one per Linear (`len(hidden) + 1`)"))
+    dropout: Prob | list[Prob] = Field(
+        0.0, description=("one float for every Linear, or one per Linear (`len(hidden) + 1`)")
+    )
     batchnorm: bool = Field(False, description="BatchNorm1d before each Linear")
-    activation: str = Field("relu", description=(
-        "any elementwise `torch.nn` activation by lower-case name (`gelu`, `silu`, `leaky_relu`, ...)"))
+    activation: str = Field(
+        "relu",
+        description=("any elementwise `torch.nn` activation by lower-case name (`gelu`, `silu`, `leaky_relu`, ...)"),
+    )
 
     @model_validator(mode="after")
-    def _dropout_count(self) -> "Head":
+    def _dropout_count(self) -> Head:
         if isinstance(self.dropout, list) and len(self.dropout) != len(self.hidden) + 1:
             raise ValueError(
                 f"dropout has {len(self.dropout)} values but the head has {len(self.hidden) + 1} "
@@ -106,24 +116,42 @@ class Head(Strict):
 class Model(Strict):
     """The torchvision network, its starting weights and its head."""
 
-    arch: str = Field(description=(
-        "any classification builder in `torchvision.models` (`list_models(module=torchvision.models)`)"))
-    weights: str = Field("none", description=(
-        'a weights enum member of the arch (`"IMAGENET1K_V2"`) or `"DEFAULT"`; a state_dict file '
-        "(`.pt`, `.pth`, `.bin`, `.safetensors` read with safetensors, or a path with `/`), relative to the "
-        "recipe; an upstream "
-        'recipe `*.toml` (its run\'s final model.pt, trained first when missing); or `"none"`'))
-    num_classes: Union[Annotated[int, Field(ge=2)], Literal["auto"]] = Field("auto", description=(
-        '`"auto"`: the number of classes in the data'))
-    head: Head | None = Field(None, description=(
-        "a new classifier head; unset: torchvision's last Linear is replaced by `Linear(in, num_classes)`"))
+    arch: str = Field(
+        description=("any classification builder in `torchvision.models` (`list_models(module=torchvision.models)`)")
+    )
+    weights: str = Field(
+        "none",
+        description=(
+            'a weights enum member of the arch (`"IMAGENET1K_V2"`) or `"DEFAULT"`; a state_dict file '
+            "(`.pt`, `.pth`, `.bin`, `.safetensors` read with safetensors, or a path with `/`), relative to the "
+            "recipe; an upstream "
+            'recipe `*.toml` (its run\'s final model.pt, trained first when missing); or `"none"`'
+        ),
+    )
+    num_classes: Annotated[int, Field(ge=2)] | Literal["auto"] = Field(
+        "auto", description=('`"auto"`: the number of classes in the data')
+    )
+    head: Head | None = Field(
+        None,
+        description=(
+            "a new classifier head; unset: torchvision's last Linear is replaced by `Linear(in, num_classes)`"
+        ),
+    )
     # Checked against the model class's signature in `resolve`.
-    builder_args: dict[str, Any] = Field({}, description=(
-        "keyword arguments of the torchvision builder (`stochastic_depth_prob`, `dropout`, ...), "
-        "checked against the model class's signature"))
-    head_weights: Literal["new", "load"] = Field("new", description=(
-        '`"load"`: with weights from a file or an upstream recipe, load the head\'s tensors too '
-        "(continuing a model fine-tuned on the same classes); each is checked against the file's shape"))
+    builder_args: dict[str, Any] = Field(
+        {},
+        description=(
+            "keyword arguments of the torchvision builder (`stochastic_depth_prob`, `dropout`, ...), "
+            "checked against the model class's signature"
+        ),
+    )
+    head_weights: Literal["new", "load"] = Field(
+        "new",
+        description=(
+            '`"load"`: with weights from a file or an upstream recipe, load the head\'s tensors too '
+            "(continuing a model fine-tuned on the same classes); each is checked against the file's shape"
+        ),
+    )
 
 
 class Mix(Strict):
@@ -132,11 +160,12 @@ class Mix(Strict):
     mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(0.8, description="MixUp's Beta(alpha, alpha); 0: no MixUp")
     cutmix_alpha: Annotated[float, Field(ge=0.0)] = Field(1.0, description="CutMix's Beta(alpha, alpha); 0: no CutMix")
     prob: Annotated[float, Field(ge=0.0, le=1.0)] = Field(1.0, description="the chance that a batch is mixed at all")
-    switch_prob: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.5, description=(
-        "the chance of CutMix rather than MixUp when both alphas are > 0"))
+    switch_prob: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.5, description=("the chance of CutMix rather than MixUp when both alphas are > 0")
+    )
 
     @model_validator(mode="after")
-    def _some_kind(self) -> "Mix":
+    def _some_kind(self) -> Mix:
         if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
             raise ValueError("mixup_alpha and cutmix_alpha are both 0; give one > 0 or remove data.mix")
         return self
@@ -149,7 +178,7 @@ BATCH_OPS = ("MixUp", "CutMix")
 def _check_per_image(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, op in enumerate(ops):
         if not isinstance(op.get("op"), str):
-            raise ValueError(f"augment[{i}] needs op = \"<torchvision.transforms.v2 class>\"")
+            raise ValueError(f'augment[{i}] needs op = "<torchvision.transforms.v2 class>"')
         if op["op"] in BATCH_OPS:
             raise ValueError(
                 f"augment[{i}]: {op['op']} mixes whole batches, not single images; "
@@ -162,45 +191,73 @@ class ValSplit(Strict):
     """`data.val = { split = 0.15, seed = 0 }`: validation images taken from data.train's folder,
     stratified per class, chosen at compile time and listed in the plan (ftcompile/split.py)."""
 
-    split: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(description=(
-        "the share of each class's images that is validation (at least 1, and at least 1 left to train)"))
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(0, description=(
-        "which images: another seed, another split of the same sizes"))
+    split: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        description=("the share of each class's images that is validation (at least 1, and at least 1 left to train)")
+    )
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(
+        0, description=("which images: another seed, another split of the same sizes")
+    )
 
 
 class Data(Strict):
     """The images: ImageFolder folders or a builtin set, and how they are batched and augmented."""
 
-    train: str | None = Field(None, description=(
-        "an ImageFolder folder (one folder per class), relative to the recipe"))
-    val: str | ValSplit | None = Field(None, description=(
-        "the validation ImageFolder folder, relative to the recipe; or `{ split = 0.15, seed = 0 }`: a "
-        "stratified split of data.train made at compile time, its file lists in the plan"))
-    builtin: Literal["digits"] | None = Field(None, description=(
-        '`"digits"`: scikit-learn\'s 1797 real 8x8 handwritten digits, upscaled; a fixed stratified '
-        "split (within each class, every 5th image is val)"))
-    classes: list[str] = Field([], description=(
-        'a subset of class folder names (digits: `"0"`..`"9"`); class indices follow the sorted names; '
-        "empty: all"))
-    image_size: Annotated[int, Field(ge=8, le=2048)] = Field(224, description=(
-        "train and val images end as `image_size` squares"))
+    train: str | None = Field(
+        None, description=("an ImageFolder folder (one folder per class), relative to the recipe")
+    )
+    val: str | ValSplit | None = Field(
+        None,
+        description=(
+            "the validation ImageFolder folder, relative to the recipe; or `{ split = 0.15, seed = 0 }`: a "
+            "stratified split of data.train made at compile time, its file lists in the plan"
+        ),
+    )
+    builtin: Literal["digits"] | None = Field(
+        None,
+        description=(
+            '`"digits"`: scikit-learn\'s 1797 real 8x8 handwritten digits, upscaled; a fixed stratified '
+            "split (within each class, every 5th image is val)"
+        ),
+    )
+    classes: list[str] = Field(
+        [],
+        description=(
+            'a subset of class folder names (digits: `"0"`..`"9"`); class indices follow the sorted names; empty: all'
+        ),
+    )
+    image_size: Annotated[int, Field(ge=8, le=2048)] = Field(
+        224, description=("train and val images end as `image_size` squares")
+    )
     batch_size: PositiveInt = Field(32, description="the global batch (images per optimizer step)")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="DataLoader workers; results do not depend on it")
-    augment: list[dict[str, Any]] = Field([], description=(
-        '`torchvision.transforms.v2` ops by name: `{ op = "RandomResizedCrop", size = 224 }`; names and '
-        "arguments are checked against the class signatures, and `run` builds each op once before training, "
-        "so a value the transform rejects (`p = 2`) is an error there with its key"))
-    balance: Literal["none", "sampler", "loss"] = Field("none", description=(
-        "`sampler`: each epoch draws `len(train)` samples with replacement, weight 1/class count; "
-        "`loss`: CrossEntropy class weights n / (k * count)"))
+    augment: list[dict[str, Any]] = Field(
+        [],
+        description=(
+            '`torchvision.transforms.v2` ops by name: `{ op = "RandomResizedCrop", size = 224 }`; names and '
+            "arguments are checked against the class signatures, and `run` builds each op once before training, "
+            "so a value the transform rejects (`p = 2`) is an error there with its key"
+        ),
+    )
+    balance: Literal["none", "sampler", "loss"] = Field(
+        "none",
+        description=(
+            "`sampler`: each epoch draws `len(train)` samples with replacement, weight 1/class count; "
+            "`loss`: CrossEntropy class weights n / (k * count)"
+        ),
+    )
     label_smoothing: Prob = Field(0.0, description="CrossEntropy label smoothing")
     drop_last: bool = Field(False, description="drop the last short batch of each epoch")
     mix: Mix | None = Field(None, description="batch-level MixUp / CutMix (timm's parameters)")
-    val_resize: Annotated[int, Field(ge=8, le=4096)] | None = Field(None, description=(
-        "val: resize the shorter side to this, then centre crop; unset: `image_size / 0.875` "
-        "(the builtin digits: `image_size`)"))
-    val_crop: Annotated[int, Field(ge=8, le=2048)] | None = Field(None, description=(
-        "val: the centre crop; unset: `image_size`"))
+    val_resize: Annotated[int, Field(ge=8, le=4096)] | None = Field(
+        None,
+        description=(
+            "val: resize the shorter side to this, then centre crop; unset: `image_size / 0.875` "
+            "(the builtin digits: `image_size`)"
+        ),
+    )
+    val_crop: Annotated[int, Field(ge=8, le=2048)] | None = Field(
+        None, description=("val: the centre crop; unset: `image_size`")
+    )
 
     @field_validator("augment")
     @classmethod
@@ -208,11 +265,11 @@ class Data(Strict):
         return _check_per_image(ops)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "Data":
+    def _one_source(self) -> Data:
         if self.builtin and (self.train or self.val):
             raise ValueError("give either builtin or train/val folders, not both")
         if not self.builtin and not self.train:
-            raise ValueError("give data.train (an ImageFolder) or builtin = \"digits\"")
+            raise ValueError('give data.train (an ImageFolder) or builtin = "digits"')
         return self
 
 
@@ -222,15 +279,25 @@ class Optimizer(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str = Field("AdamW", description="any `torch.optim` optimizer class")
-    no_decay: Union[Literal["auto", "none"], list[str]] = Field("auto", description=(
-        "`auto`: biases, 1-d parameters and every parameter of a normalisation layer (BatchNorm, LayerNorm, "
-        "GroupNorm, ...) get weight_decay 0; a list of globs over parameter names; or `none`"))
+    no_decay: Literal["auto", "none"] | list[str] = Field(
+        "auto",
+        description=(
+            "`auto`: biases, 1-d parameters and every parameter of a normalisation layer (BatchNorm, LayerNorm, "
+            "GroupNorm, ...) get weight_decay 0; a list of globs over parameter names; or `none`"
+        ),
+    )
     # Gradient clipping: over the trainable parameters, after unscaling (fp16), before the step.
-    clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = Field(None, description=(
-        "`torch.nn.utils.clip_grad_norm_` over the parameters that have a gradient, before each step; "
-        "the pre-clip norm is logged as `grad_norm`"))
-    clip_grad_value: Annotated[float, Field(gt=0.0)] | None = Field(None, description=(
-        "`torch.nn.utils.clip_grad_value_` over the parameters that have a gradient, before each step"))
+    clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = Field(
+        None,
+        description=(
+            "`torch.nn.utils.clip_grad_norm_` over the parameters that have a gradient, before each step; "
+            "the pre-clip norm is logged as `grad_norm`"
+        ),
+    )
+    clip_grad_value: Annotated[float, Field(gt=0.0)] | None = Field(
+        None,
+        description=("`torch.nn.utils.clip_grad_value_` over the parameters that have a gradient, before each step"),
+    )
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -242,9 +309,12 @@ class Scheduler(BaseModel):
     signature. Arguments that measure the phase default to its length; in them, `lr` is the group's LR."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    type: str = Field(description=(
-        "a `torch.optim.lr_scheduler` class; LambdaLR, MultiplicativeLR, ReduceLROnPlateau, SequentialLR "
-        "and ChainedScheduler need functions or metrics a recipe cannot give, and are errors"))
+    type: str = Field(
+        description=(
+            "a `torch.optim.lr_scheduler` class; LambdaLR, MultiplicativeLR, ReduceLROnPlateau, SequentialLR "
+            "and ChainedScheduler need functions or metrics a recipe cannot give, and are errors"
+        )
+    )
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -256,8 +326,9 @@ class StopEarly(Strict):
 
     metric: str = Field("val_loss", description=f"the metric compared at each evaluation: {METRIC_NAMES}")
     patience: PositiveInt = Field(2, description="evaluations in a row without an improvement that end the phase")
-    min_delta: Annotated[float, Field(ge=0.0)] = Field(0.0, description=(
-        "an evaluation improves only when it beats the phase's best by more than this"))
+    min_delta: Annotated[float, Field(ge=0.0)] = Field(
+        0.0, description=("an evaluation improves only when it beats the phase's best by more than this")
+    )
 
     @field_validator("metric")
     @classmethod
@@ -269,18 +340,23 @@ class StopEarly(Strict):
 class PhaseData(Strict):
     """Per-phase data overrides (progressive resizing, a last phase without mixing)."""
 
-    image_size: Annotated[int, Field(ge=8, le=2048)] | None = Field(None, description=(
-        "this phase's train image size; unset: `data.image_size`"))
-    batch_size: PositiveInt | None = Field(None, description=(
-        "this phase's global batch (its `epochs` count its own batches); unset: `data.batch_size`"))
+    image_size: Annotated[int, Field(ge=8, le=2048)] | None = Field(
+        None, description=("this phase's train image size; unset: `data.image_size`")
+    )
+    batch_size: PositiveInt | None = Field(
+        None, description=("this phase's global batch (its `epochs` count its own batches); unset: `data.batch_size`")
+    )
     augment: list[dict[str, Any]] | None = Field(None, description="this phase's train ops; unset: `data.augment`")
-    mix: Union[Mix, Literal[False]] | None = Field(None, description=(
-        "this phase's MixUp / CutMix; `false`: no mixing in this phase; unset: `data.mix`"))
+    mix: Mix | Literal[False] | None = Field(
+        None, description=("this phase's MixUp / CutMix; `false`: no mixing in this phase; unset: `data.mix`")
+    )
 
     @field_validator("augment")
     @classmethod
     def _ops_named(cls, ops: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         return None if ops is None else _check_per_image(ops)
+
+
 class Trials(BaseModel):
     """Alternatives of a phase, each run from the phase's start state; the best one continues.
 
@@ -293,18 +369,26 @@ class Trials(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    select: str = Field("val_top1", description=(
-        f"the metric of each alternative's last evaluation that decides: {METRIC_NAMES}"))
+    select: str = Field(
+        "val_top1", description=(f"the metric of each alternative's last evaluation that decides: {METRIC_NAMES}")
+    )
 
     @field_validator("select")
     @classmethod
     def _select_metric(cls, name: str) -> str:
         metric(name)
         return name
-    mode: Literal["grid", "zip"] = Field("grid", description=(
-        "`grid`: every combination of the keys' values; `zip`: the lists paired element-wise (same lengths)"))
-    keep: Literal["winner", "all"] = Field("winner", description=(
-        "`winner`: only the winner's end state stays in `trials/<phase>/<k>/end.pt`; `all`: every one's"))
+
+    mode: Literal["grid", "zip"] = Field(
+        "grid",
+        description=(
+            "`grid`: every combination of the keys' values; `zip`: the lists paired element-wise (same lengths)"
+        ),
+    )
+    keep: Literal["winner", "all"] = Field(
+        "winner",
+        description=("`winner`: only the winner's end state stays in `trials/<phase>/<k>/end.pt`; `all`: every one's"),
+    )
 
     @property
     def keys(self) -> dict[str, Any]:
@@ -325,40 +409,71 @@ class Phase(Strict):
     """One stage of training: which groups train, for how long, at which learning rates."""
 
     after: list[str] = Field([], description="phases this one runs after (the edges of the phase graph)")
-    train: Annotated[list[str], Field(min_length=1, description=(
-        "the groups trained in this phase; every other group is frozen"))]
-    epochs: Annotated[float, Field(gt=0)] | None = Field(None, description=(
-        "the phase's length in epochs (fractions allowed; they become steps once); give `epochs` or `steps`"))
+    train: Annotated[
+        list[str], Field(min_length=1, description=("the groups trained in this phase; every other group is frozen"))
+    ]
+    epochs: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description=(
+            "the phase's length in epochs (fractions allowed; they become steps once); give `epochs` or `steps`"
+        ),
+    )
     steps: PositiveInt | None = Field(None, description="the phase's length in optimizer steps")
-    lr: Union[LR, dict[str, LR]] = Field({}, description=(
-        '`{ group = number or expression }` (`"head / 10"`), or one number for every trained group; '
-        "every trained group needs one, unless `lr_decay` gives it"))
-    lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(None, description=(
-        "layer-wise decay: walking `train` from its last group toward its first, each group without an "
-        "explicit LR gets the LR of the group after it times this"))
-    scheduler: Scheduler | None = Field(None, description=(
-        '`{ type = "<torch.optim.lr_scheduler class>", ...its arguments }`; unset: constant LR'))
-    bn: Literal["train", "frozen"] = Field("train", description=(
-        "`frozen`: BatchNorm layers in the phase's frozen groups stay in eval mode (running statistics unchanged)"))
-    optimizer_state: Literal["keep", "reset"] = Field("keep", description=(
-        "`reset`: clear momentum / Adam moments of the trained groups at the phase start"))
-    weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = Field({}, description=(
-        "per-group overrides for this phase (the decayed part only); other phases use `[optimizer]`'s"))
-    momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = Field({}, description=(
-        "per-group overrides (`momentum`, or `betas[0]` for Adam-like optimizers)"))
-    cache_features: bool | None = Field(None, description=(
-        "the feature cache: unset: on when provably safe; `true`: also with random augmentation or dropout "
-        "below the head (applied once); `false`: off"))
-    stop_early: StopEarly | None = Field(None, description=(
-        "end the phase early when a metric stops improving; the window becomes an upper bound"))
-    restore_best: bool = Field(False, description=(
-        "at the phase end (planned or early), model and optimizer moments go back to the phase's best evaluation"))
+    lr: LR | dict[str, LR] = Field(
+        {},
+        description=(
+            '`{ group = number or expression }` (`"head / 10"`), or one number for every trained group; '
+            "every trained group needs one, unless `lr_decay` gives it"
+        ),
+    )
+    lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None,
+        description=(
+            "layer-wise decay: walking `train` from its last group toward its first, each group without an "
+            "explicit LR gets the LR of the group after it times this"
+        ),
+    )
+    scheduler: Scheduler | None = Field(
+        None, description=('`{ type = "<torch.optim.lr_scheduler class>", ...its arguments }`; unset: constant LR')
+    )
+    bn: Literal["train", "frozen"] = Field(
+        "train",
+        description=(
+            "`frozen`: BatchNorm layers in the phase's frozen groups stay in eval mode (running statistics unchanged)"
+        ),
+    )
+    optimizer_state: Literal["keep", "reset"] = Field(
+        "keep", description=("`reset`: clear momentum / Adam moments of the trained groups at the phase start")
+    )
+    weight_decay: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        {}, description=("per-group overrides for this phase (the decayed part only); other phases use `[optimizer]`'s")
+    )
+    momentum: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        {}, description=("per-group overrides (`momentum`, or `betas[0]` for Adam-like optimizers)")
+    )
+    cache_features: bool | None = Field(
+        None,
+        description=(
+            "the feature cache: unset: on when provably safe; `true`: also with random augmentation or dropout "
+            "below the head (applied once); `false`: off"
+        ),
+    )
+    stop_early: StopEarly | None = Field(
+        None, description=("end the phase early when a metric stops improving; the window becomes an upper bound")
+    )
+    restore_best: bool = Field(
+        False,
+        description=(
+            "at the phase end (planned or early), model and optimizer moments go back to the phase's best evaluation"
+        ),
+    )
     data: PhaseData | None = Field(None, description="this phase's own data settings (progressive resizing)")
-    trials: Trials | None = Field(None, description=(
-        "alternatives of this phase, each from the same start state; the best continues"))
+    trials: Trials | None = Field(
+        None, description=("alternatives of this phase, each from the same start state; the best continues")
+    )
 
     @model_validator(mode="after")
-    def _one_duration(self) -> "Phase":
+    def _one_duration(self) -> Phase:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs = N or steps = N")
         return self
@@ -378,8 +493,9 @@ class Ema(Strict):
 
     decay: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.9998, description="the average's decay per update")
     every: Duration = Field(1, description=f"update every: {DURATION_HELP}")
-    warmup: bool = Field(False, description=(
-        "timm's ramp: the decay is `min(decay, (1 + n) / (10 + n))` over the first updates"))
+    warmup: bool = Field(
+        False, description=("timm's ramp: the decay is `min(decay, (1 + n) / (10 + n))` over the first updates")
+    )
 
     @field_validator("every")
     @classmethod
@@ -393,23 +509,36 @@ class Run(Strict):
     """How the plan is carried out: device, precision, evaluations, checkpoints, logs."""
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: CUDA when present")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description=(
-        "`bf16`, `fp16`: autocast (fp16 with a GradScaler)"))
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description=("`bf16`, `fp16`: autocast (fp16 with a GradScaler)")
+    )
     channels_last: bool = Field(False, description="NHWC memory format for model and inputs")
-    deterministic: bool = Field(True, description=(
-        "`torch.use_deterministic_algorithms`; `false` turns on cudnn.benchmark"))
-    compile: bool = Field(False, description=(
-        "`torch.compile` the model (it recompiles when the trainable set changes)"))
-    checkpoint_every: Duration = Field("1 epoch", description=(
-        f"{DURATION_HELP}, counted from each phase's start; and always at each phase end. `\"never\"`: "
-        "no periodic checkpoints, only the phase ends `keep_checkpoints` keeps"))
-    eval_every: Duration = Field("1 epoch", description=(
-        f"{DURATION_HELP}, counted from each phase's start; and always at each phase end"))
-    keep_checkpoints: Literal["boundaries", "all", "last", "none"] = Field("boundaries", description=(
-        "which checkpoints stay on disk: `boundaries` (the newest + the phase starts), `all`, `last` "
-        "(the newest) or `none` (none once finished)"))
-    keep_best: str | None = Field(None, description=(
-        f"a metric ({METRIC_NAMES}): also write `best.pt` at the run's best evaluation"))
+    deterministic: bool = Field(
+        True, description=("`torch.use_deterministic_algorithms`; `false` turns on cudnn.benchmark")
+    )
+    compile: bool = Field(
+        False, description=("`torch.compile` the model (it recompiles when the trainable set changes)")
+    )
+    checkpoint_every: Duration = Field(
+        "1 epoch",
+        description=(
+            f'{DURATION_HELP}, counted from each phase\'s start; and always at each phase end. `"never"`: '
+            "no periodic checkpoints, only the phase ends `keep_checkpoints` keeps"
+        ),
+    )
+    eval_every: Duration = Field(
+        "1 epoch", description=(f"{DURATION_HELP}, counted from each phase's start; and always at each phase end")
+    )
+    keep_checkpoints: Literal["boundaries", "all", "last", "none"] = Field(
+        "boundaries",
+        description=(
+            "which checkpoints stay on disk: `boundaries` (the newest + the phase starts), `all`, `last` "
+            "(the newest) or `none` (none once finished)"
+        ),
+    )
+    keep_best: str | None = Field(
+        None, description=(f"a metric ({METRIC_NAMES}): also write `best.pt` at the run's best evaluation")
+    )
 
     @field_validator("keep_best")
     @classmethod
@@ -417,20 +546,34 @@ class Run(Strict):
         if name is not None:
             metric(name)
         return name
+
     # metrics.jsonl is always written: resume relies on it.
-    log: list[Literal["jsonl", "tensorboard"]] = Field(["jsonl"], description=(
-        '`["jsonl", "tensorboard"]` adds TensorBoard event files in `RUN_DIR/tensorboard/` (needs the '
-        "`tensorboard` extra; without it, a compile error); metrics.jsonl is always written"))
-    accumulate: PositiveInt = Field(1, description=(
-        "micro-batches per optimizer step; `data.batch_size` stays the images per step"))
-    ema: Ema | None = Field(None, description=(
-        "an exponential moving average of the weights, evaluated beside them and saved as `model_ema.pt`"))
-    sync_bn: bool = Field(False, description=(
-        "BatchNorm becomes SyncBatchNorm when several processes run on GPUs; a no-op with one process"))
-    reproducible: Literal["machine", "portable"] = Field("machine", description=(
-        '`machine`: bitwise repeatable on the same kind of machine; `"portable"`: oneDNN, ATen and MKL pinned '
-        "to AVX2 and one thread, so the run gives the same bits on any x86-64 CPU with AVX2 (CPU only, fp32; "
-        "slower, see docs/starting.md)"))
+    log: list[Literal["jsonl", "tensorboard"]] = Field(
+        ["jsonl"],
+        description=(
+            '`["jsonl", "tensorboard"]` adds TensorBoard event files in `RUN_DIR/tensorboard/` (needs the '
+            "`tensorboard` extra; without it, a compile error); metrics.jsonl is always written"
+        ),
+    )
+    accumulate: PositiveInt = Field(
+        1, description=("micro-batches per optimizer step; `data.batch_size` stays the images per step")
+    )
+    ema: Ema | None = Field(
+        None,
+        description=("an exponential moving average of the weights, evaluated beside them and saved as `model_ema.pt`"),
+    )
+    sync_bn: bool = Field(
+        False,
+        description=("BatchNorm becomes SyncBatchNorm when several processes run on GPUs; a no-op with one process"),
+    )
+    reproducible: Literal["machine", "portable"] = Field(
+        "machine",
+        description=(
+            '`machine`: bitwise repeatable on the same kind of machine; `"portable"`: oneDNN, ATen and MKL pinned '
+            "to AVX2 and one thread, so the run gives the same bits on any x86-64 CPU with AVX2 (CPU only, fp32; "
+            "slower, see docs/starting.md)"
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -441,15 +584,19 @@ class Run(Strict):
         return data
 
     @model_validator(mode="after")
-    def _portable_pins(self) -> "Run":
+    def _portable_pins(self) -> Run:
         if self.reproducible != "portable":
             return self
-        clashes = [why for bad, why in (
-            (self.device == "cuda", 'device = "cuda" (GPU kernels are not pinned: use "cpu")'),
-            (self.precision != "fp32", f'precision = "{self.precision}" (use "fp32")'),
-            (self.compile, "compile = true (torch.compile generates kernels for this CPU)"),
-            (not self.deterministic, "deterministic = false"),
-        ) if bad]
+        clashes = [
+            why
+            for bad, why in (
+                (self.device == "cuda", 'device = "cuda" (GPU kernels are not pinned: use "cpu")'),
+                (self.precision != "fp32", f'precision = "{self.precision}" (use "fp32")'),
+                (self.compile, "compile = true (torch.compile generates kernels for this CPU)"),
+                (not self.deterministic, "deterministic = false"),
+            )
+            if bad
+        ]
         if clashes:
             raise ValueError('reproducible = "portable" pins CPU kernels; it cannot go with ' + "; ".join(clashes))
         return self
@@ -468,19 +615,30 @@ class Run(Strict):
 class Recipe(Strict):
     """A fine-tuning recipe: model, data, optimizer, parameter groups and the phases of training."""
 
-    name: Annotated[str, Field(pattern=SLUG, max_length=MAX_NAME, description=(
-        "names the run directory `runs/<name>/`"))]
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(0, description=(
-        "seeds python, numpy, torch, the data order and the augmentation"))
+    name: Annotated[
+        str, Field(pattern=SLUG, max_length=MAX_NAME, description=("names the run directory `runs/<name>/`"))
+    ]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(
+        0, description=("seeds python, numpy, torch, the data order and the augmentation")
+    )
     model: Model = Field(description="the network and its weights")
     data: Data = Field(description="the images")
     optimizer: Optimizer = Field(Optimizer(), description="the one optimizer that holds every parameter group")
-    groups: dict[str, Annotated[list[str], Field(min_length=1)]] = Field({}, description=(
-        "`name = [selectors]`: an alias (`head`, `stem`, `stage1`.., `backbone`), a module name (`layer4.1`) "
-        'or a glob over module and parameter names; unset: `head = ["head"]`, `backbone = ["backbone"]`; '
-        "parameters no group selects form the group `rest`"))
-    phases: Annotated[dict[PhaseName, Phase], Field(min_length=1, description=(
-        "`[phases.<name>]`: the phases of training, in the order their `after` edges give"))]
+    groups: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(
+        {},
+        description=(
+            "`name = [selectors]`: an alias (`head`, `stem`, `stage1`.., `backbone`), a module name (`layer4.1`) "
+            'or a glob over module and parameter names; unset: `head = ["head"]`, `backbone = ["backbone"]`; '
+            "parameters no group selects form the group `rest`"
+        ),
+    )
+    phases: Annotated[
+        dict[PhaseName, Phase],
+        Field(
+            min_length=1,
+            description=("`[phases.<name>]`: the phases of training, in the order their `after` edges give"),
+        ),
+    ]
     run: Run = Field(Run(), description="how the plan is carried out")
 
     @field_validator("name")
@@ -488,8 +646,11 @@ class Recipe(Strict):
     def _folder_name(cls, name: str) -> str:
         problem = folder_name_problem(name)
         if problem:
-            raise PydanticCustomError("folder_name", "{text}", {
-                "text": f"the recipe name {problem} (it names the run directory runs/<name>/)"})
+            raise PydanticCustomError(
+                "folder_name",
+                "{text}",
+                {"text": f"the recipe name {problem} (it names the run directory runs/<name>/)"},
+            )
         return name
 
     @field_validator("groups")
@@ -622,7 +783,7 @@ def _one_per_key(errors: list[RecipeError]) -> list[RecipeError]:
     """A union type fails once per alternative; keep the first, most specific error per key."""
     keys = [e.key or "" for e in errors]
     kept: dict[str, RecipeError] = {}
-    for err, key in zip(errors, keys):
+    for err, key in zip(errors, keys, strict=False):
         deeper = any(k != key and k.startswith(key + ".") for k in keys)
         if not deeper and key not in kept:
             kept[key] = err
@@ -634,7 +795,11 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     schema["title"] = "ftcompile recipe (version 1)"
     props = schema.setdefault("properties", {})
-    props["extends"] = {"type": "string", "description": (
-        "path of a base recipe, relative to this file; this recipe is deep-merged over it: tables merge key "
-        "by key, arrays and values are replaced; the base's data and weights paths are rebased")}
+    props["extends"] = {
+        "type": "string",
+        "description": (
+            "path of a base recipe, relative to this file; this recipe is deep-merged over it: tables merge key "
+            "by key, arrays and values are replaced; the base's data and weights paths are rebased"
+        ),
+    }
     return schema

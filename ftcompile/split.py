@@ -41,7 +41,9 @@ def _order_key(seed: int, path: str) -> str:
     return hashlib.sha256(f"{seed}:{path}".encode()).hexdigest()
 
 
-def stratified(samples: Sequence[Sample], names: Sequence[str], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def stratified(
+    samples: Sequence[Sample], names: Sequence[str], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
     """(train, val) of `samples` ((path, class index), ordered by class then path); both keep
     that order, which the train order (a permutation of positions) depends on."""
     by_class: dict[int, list[str]] = {}
@@ -74,8 +76,11 @@ def recorded(files: dict[str, list[str]], classes: Sequence[str]) -> tuple[list[
     try:
         return ([(p, index[p.split("/", 1)[0]]) for p in train], [(p, index[p.split("/", 1)[0]]) for p in val], names)
     except KeyError as err:
-        raise RecipeError(f"the plan's split lists a file of class {err.args[0]!r}, which data.classes leaves out",
-                          key="data.val.split", suggestion="compile the recipe again") from None
+        raise RecipeError(
+            f"the plan's split lists a file of class {err.args[0]!r}, which data.classes leaves out",
+            key="data.val.split",
+            suggestion="compile the recipe again",
+        ) from None
 
 
 def check_present(folder: Path, files: dict[str, list[str]]) -> None:
@@ -84,7 +89,9 @@ def check_present(folder: Path, files: dict[str, list[str]]) -> None:
     missing = [p for p in listed if not (folder / p).is_file()]
     if not missing:
         return
-    shown = "".join(f"\n  {folder / p}" for p in missing[:10]) + (f"\n  ... {len(missing) - 10} more" if len(missing) > 10 else "")
+    shown = "".join(f"\n  {folder / p}" for p in missing[:10]) + (
+        f"\n  ... {len(missing) - 10} more" if len(missing) > 10 else ""
+    )
     raise RecipeError(
         f"{len(missing)} of the plan's {len(listed)} split files are not in {folder}:{shown}",
         key="data.val.split",

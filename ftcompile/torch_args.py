@@ -14,7 +14,7 @@ import inspect
 import math
 import re
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from ftcompile.errors import RecipeError, did_you_mean
@@ -83,7 +83,7 @@ def scheduler_class(name: str) -> Any:
 
 
 def momentum_field(opt_type: str) -> str | None:
-    """"momentum", "betas" (momentum is betas[0]) or None, from the table or the signature."""
+    """ "momentum", "betas" (momentum is betas[0]) or None, from the table or the signature."""
     if opt_type in MOMENTUM_FIELD:
         return MOMENTUM_FIELD[opt_type]
     params = _init_params(optimizer_class(opt_type))
@@ -156,7 +156,7 @@ def with_valid(hint: str | None, valid: str) -> str:
     return f"{hint} valid: {valid}" if hint else f"valid: {valid}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _init_params(cls: type) -> Any:
     """inspect.signature is slow and asked once per phase; a torch class's signature is fixed."""
     return inspect.signature(cls.__init__).parameters
@@ -164,13 +164,19 @@ def _init_params(cls: type) -> Any:
 
 def _signature_args(cls: type, skip: Sequence[str]) -> dict[str, inspect.Parameter]:
     params = _init_params(cls)
-    return {n: p for n, p in params.items() if n not in ("self", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        n: p for n, p in params.items() if n not in ("self", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def check_optimizer(opt_type: str, kwargs: dict[str, Any]) -> None:
     import torch.optim
 
-    classes = sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer")
+    classes = sorted(
+        n
+        for n, c in vars(torch.optim).items()
+        if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
+    )
     if opt_type not in classes:
         raise RecipeError(
             f"unknown optimizer {opt_type!r}",
@@ -216,7 +222,9 @@ def scheduler_names() -> list[str]:
     return sorted(
         n
         for n, c in vars(sched).items()
-        if isinstance(c, type) and issubclass(c, sched.LRScheduler) and n not in ("LRScheduler", "_LRScheduler")
+        if isinstance(c, type)
+        and issubclass(c, sched.LRScheduler)
+        and n not in ("LRScheduler", "_LRScheduler")
         and n not in UNSUPPORTED_SCHEDULERS
     )
 
@@ -231,7 +239,9 @@ def resolve_scheduler(
     stype = phase.scheduler.type
     valid_types = scheduler_names()
     if stype not in valid_types:
-        why = " (it needs a function or a metric, which a recipe cannot give)" if stype in UNSUPPORTED_SCHEDULERS else ""
+        why = (
+            " (it needs a function or a metric, which a recipe cannot give)" if stype in UNSUPPORTED_SCHEDULERS else ""
+        )
         raise RecipeError(
             f"unknown scheduler {stype!r}{why}",
             key=f"{key}.type",
@@ -266,7 +276,8 @@ def resolve_scheduler(
         raise RecipeError(
             f"{stype} needs {', '.join(missing)}",
             key=f"{key}.{missing[0]}",
-            suggestion=f"add {missing[0]} = ... to the scheduler table" + (' (e.g. "lr / 10")' if "lr" in missing[0] else ""),
+            suggestion=f"add {missing[0]} = ... to the scheduler table"
+            + (' (e.g. "lr / 10")' if "lr" in missing[0] else ""),
         )
     return {"type": stype, "args": args}
 
@@ -294,4 +305,3 @@ def _scheduler_value(raw: Any, spe: int, lrs: dict[str, float]) -> Any:
     if "lr" not in names_in(tree):
         return evaluate(tree, {})
     return {g: evaluate(tree, {"lr": lr}) for g, lr in lrs.items()}
-

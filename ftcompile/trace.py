@@ -14,7 +14,7 @@ from typing import Any
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Op, Plan, PhasePlan, change_dict
+from ftcompile.plan import OPTIMIZER_OPS, Change, Op, PhasePlan, Plan, change_dict
 from ftcompile.torch_args import dummy_optimizer
 
 
@@ -26,7 +26,7 @@ def lr_trace(plan: Plan) -> list[tuple[int, str, list[float], int | None]]:
     outside trial phases.
     """
     opt = dummy_optimizer(plan.optimizer.type, plan.optimizer.kwargs, len(plan.param_groups))
-    for pg, group in zip(plan.param_groups, opt.param_groups):
+    for pg, group in zip(plan.param_groups, opt.param_groups, strict=False):
         if not pg.decay:
             group["weight_decay"] = 0.0
     ex = Executor(opt, plan.param_group_names)
@@ -41,7 +41,7 @@ def lr_trace(plan: Plan) -> list[tuple[int, str, list[float], int | None]]:
             assert ph.trials is not None
             fork = [dict(g) for g in opt.param_groups]
             for alt in ph.trials.alternatives:
-                for group, saved in zip(opt.param_groups, fork):  # the optimizer as at the phase start
+                for group, saved in zip(opt.param_groups, fork, strict=False):  # the optimizer as at the phase start
                     group.clear()
                     group.update(saved)
                 ex.scheduler = None
@@ -54,8 +54,15 @@ def lr_trace(plan: Plan) -> list[tuple[int, str, list[float], int | None]]:
     return rows
 
 
-def _window(ex: Executor, changes: list[Change], begin: int, end: int, names: list[str], trial: int | None,
-            rows: list[tuple[int, str, list[float], int | None]]) -> None:
+def _window(
+    ex: Executor,
+    changes: list[Change],
+    begin: int,
+    end: int,
+    names: list[str],
+    trial: int | None,
+    rows: list[tuple[int, str, list[float], int | None]],
+) -> None:
     """Steps [begin, end): apply each change when its step comes, record the LRs, step."""
     i = 0
     for step in range(begin, end):

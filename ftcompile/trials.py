@@ -25,8 +25,16 @@ from ftcompile.metrics import check_available
 from ftcompile.schema import Phase, _hint, loc_to_key
 
 # Trial key -> how many dotted parts it may have (1: the field; 2: field.<group or argument>).
-FIELDS = {"lr": 2, "lr_decay": 1, "weight_decay": 2, "momentum": 2, "scheduler": 2, "train": 1, "bn": 1,
-          "optimizer_state": 1}
+FIELDS = {
+    "lr": 2,
+    "lr_decay": 1,
+    "weight_decay": 2,
+    "momentum": 2,
+    "scheduler": 2,
+    "train": 1,
+    "bn": 1,
+    "optimizer_state": 1,
+}
 # Per-group tables: with alternatives over `train`, each alternative keeps its own groups' entries.
 PER_GROUP = ("lr", "weight_decay", "momentum")
 MAX_ALTERNATIVES = 256  # a grid larger than this is a typo, and would train for days
@@ -50,14 +58,17 @@ def alternatives(name: str, phase: Phase, num_classes: int, ema: bool = False) -
     if errors:
         raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
     if not keys:
-        raise RecipeError("a trials table needs at least one key with a list of values", key=where,
-                          suggestion='e.g. "lr.head" = [1e-3, 3e-3]')
+        raise RecipeError(
+            "a trials table needs at least one key with a list of values",
+            key=where,
+            suggestion='e.g. "lr.head" = [1e-3, 3e-3]',
+        )
     check_available(trials.select, num_classes, f"{where}.select", ema)
     combos = _combinations(where, keys, trials.mode)
     base = phase.model_dump(exclude={"trials"})
     out = []
     for k, combo in enumerate(combos):
-        values = dict(zip(keys, combo))
+        values = dict(zip(keys, combo, strict=False))
         label = ", ".join(f"{_short_key(key)}={_label(v)}" for key, v in values.items())
         out.append(Alternative(k, label, values, _validated(where, name, base, values, keys, label)))
     if "train" in keys:
@@ -70,18 +81,30 @@ def _check_key(where: str, phase: Phase, key: str, values: Any) -> RecipeError |
     parts = key.split(".")
     field = parts[0]
     if field in ("epochs", "steps"):
-        return RecipeError("a trial may not change the phase's length: every alternative runs the same window",
-                           key=f"{where}.{key}", suggestion="make a phase of each length, or trial the LR or the scheduler")
+        return RecipeError(
+            "a trial may not change the phase's length: every alternative runs the same window",
+            key=f"{where}.{key}",
+            suggestion="make a phase of each length, or trial the LR or the scheduler",
+        )
     if field not in FIELDS or len(parts) > FIELDS[field]:
         valid = [f"{f}.<group>" if FIELDS[f] == 2 and f != "scheduler" else f for f in FIELDS] + ["scheduler.<arg>"]
-        return RecipeError(f"{key!r} is not a trial key", key=f"{where}.{key}",
-                           suggestion=did_you_mean(field, list(FIELDS)) or f"trial keys: {', '.join(valid)}")
+        return RecipeError(
+            f"{key!r} is not a trial key",
+            key=f"{where}.{key}",
+            suggestion=did_you_mean(field, list(FIELDS)) or f"trial keys: {', '.join(valid)}",
+        )
     if field == "scheduler" and len(parts) == 2 and phase.scheduler is None:
-        return RecipeError(f"{key!r} trials a scheduler argument, but the phase has no scheduler", key=f"{where}.{key}",
-                           suggestion="give the phase a scheduler, or trial whole tables: scheduler = [{ type = ... }, ...]")
+        return RecipeError(
+            f"{key!r} trials a scheduler argument, but the phase has no scheduler",
+            key=f"{where}.{key}",
+            suggestion="give the phase a scheduler, or trial whole tables: scheduler = [{ type = ... }, ...]",
+        )
     if not isinstance(values, list) or len(values) < 2:
-        return RecipeError(f"give a list of at least 2 values (got {values!r})", key=f"{where}.{key}",
-                           suggestion=f'e.g. "{key}" = [a, b]: one alternative per value')
+        return RecipeError(
+            f"give a list of at least 2 values (got {values!r})",
+            key=f"{where}.{key}",
+            suggestion=f'e.g. "{key}" = [a, b]: one alternative per value',
+        )
     return None
 
 
@@ -90,14 +113,20 @@ def _combinations(where: str, keys: dict[str, list[Any]], mode: str) -> list[tup
     if mode == "zip":
         lengths = {len(v) for v in lists}
         if len(lengths) > 1:
-            raise RecipeError(f"mode = \"zip\" pairs the lists element-wise, but their lengths differ: "
-                              f"{', '.join(f'{k} {len(v)}' for k, v in keys.items())}", key=f"{where}.mode",
-                              suggestion='give every list the same length, or use the grid (mode = "grid")')
-        return list(zip(*lists))
+            raise RecipeError(
+                f'mode = "zip" pairs the lists element-wise, but their lengths differ: '
+                f"{', '.join(f'{k} {len(v)}' for k, v in keys.items())}",
+                key=f"{where}.mode",
+                suggestion='give every list the same length, or use the grid (mode = "grid")',
+            )
+        return list(zip(*lists, strict=False))
     combos = list(itertools.product(*lists))
     if len(combos) > MAX_ALTERNATIVES:
-        raise RecipeError(f"the grid has {len(combos)} alternatives, more than {MAX_ALTERNATIVES}", key=where,
-                          suggestion='fewer values, or mode = "zip" to pair them')
+        raise RecipeError(
+            f"the grid has {len(combos)} alternatives, more than {MAX_ALTERNATIVES}",
+            key=where,
+            suggestion='fewer values, or mode = "zip" to pair them',
+        )
     return combos
 
 
@@ -116,17 +145,17 @@ def _check_distinct(where: str, keys: dict[str, list[Any]], combos: list[tuple[A
                         f"{value!r} is the same value as [{j}]{same}: every alternative with it would run twice",
                         key=f"{where}.{key}[{i}]",
                         suggestion="remove one of them (values are compared as numbers and expressions: "
-                        "1e-3 is 0.001, \"head/10\" is \"head / 10\")",
+                        '1e-3 is 0.001, "head/10" is "head / 10")',
                     )
     first_combo: dict[tuple[Any, ...], int] = {}
     for k, combo in enumerate(combos):
         j = first_combo.setdefault(tuple(_same(v) for v in combo), k)
         if j != k:
-            pairs = ", ".join(f"{key} = {v!r}" for key, v in zip(keys, combo))
+            pairs = ", ".join(f"{key} = {v!r}" for key, v in zip(keys, combo, strict=False))
             raise RecipeError(
                 f"alternatives {j} and {k} are the same combination ({pairs}): it would run twice",
                 key=where,
-                suggestion="remove one position from every list (mode = \"zip\" pairs the lists element-wise)",
+                suggestion='remove one position from every list (mode = "zip" pairs the lists element-wise)',
             )
 
 
@@ -175,8 +204,9 @@ def check_distinct_resolved(name: str, resolved: list[tuple[Alternative, Any]]) 
                 )
 
 
-def _validated(where: str, name: str, base: dict[str, Any], values: dict[str, Any], keys: dict[str, Any],
-               label: str) -> Phase:
+def _validated(
+    where: str, name: str, base: dict[str, Any], values: dict[str, Any], keys: dict[str, Any], label: str
+) -> Phase:
     """The phase with this alternative's values, checked by the phase's own model."""
     data = {**base, "lr": _table(base["lr"], base["train"]), "trials": None}
     for key, value in values.items():
@@ -226,9 +256,11 @@ def _check_group_tables(name: str, phase: Phase, alts: list[Phase]) -> None:
         table = getattr(phase, field)
         for g in table if isinstance(table, dict) else []:
             if g not in trained:
-                raise RecipeError(f"group {g!r} has a {field} entry but no alternative trains it",
-                                  key=f"phases.{name}.{field}.{g}",
-                                  suggestion=f"remove it, or add it to a train list (trained: {', '.join(sorted(trained))})")
+                raise RecipeError(
+                    f"group {g!r} has a {field} entry but no alternative trains it",
+                    key=f"phases.{name}.{field}.{g}",
+                    suggestion=f"remove it, or add it to a train list (trained: {', '.join(sorted(trained))})",
+                )
 
 
 def _short_key(key: str) -> str:
@@ -240,7 +272,12 @@ def _label(value: Any) -> str:
     if isinstance(value, list):
         return "+".join(_label(v) for v in value)
     if isinstance(value, dict):
-        return str(value.get("type", "")) + "(" + ", ".join(f"{k}={_label(v)}" for k, v in value.items() if k != "type") + ")"
+        return (
+            str(value.get("type", ""))
+            + "("
+            + ", ".join(f"{k}={_label(v)}" for k, v in value.items() if k != "type")
+            + ")"
+        )
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -26,9 +26,12 @@ def weights_record(arch: str) -> dict[str, Any]:
     URL its file downloads from (the hub cache's file name; `check` says when it is absent)
     and its evaluation sizes (`ftcompile init` writes them)."""
     names = archs.valid_weights(arch)
-    return {"names": names, "stats": {name: list(map(list, archs.weights_stats(arch, name))) for name in names},
-            "urls": {name: archs.weights_url(arch, name) for name in names},
-            "sizes": {name: list(archs.weights_sizes(arch, name)) for name in names}}
+    return {
+        "names": names,
+        "stats": {name: list(map(list, archs.weights_stats(arch, name))) for name in names},
+        "urls": {name: archs.weights_url(arch, name) for name in names},
+        "sizes": {name: list(archs.weights_sizes(arch, name)) for name in names},
+    }
 
 
 def record() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -42,8 +45,12 @@ def record() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         "weights": {arch: weights_record(arch) for arch in names},
         "transforms": {name: datasets.signature_record(cls) for name, cls in sorted(datasets.augment_ops().items())},
         "builder_args": {arch: archs.builder_arg_names(arch) for arch in names},
-        "rates": {arch: tv_table.rates_record(lambda args, a=arch: archs.torchvision_model(a, builder_args=args),
-                                              archs.builder_arg_names(arch)) for arch in names},
+        "rates": {
+            arch: tv_table.rates_record(
+                lambda args, a=arch: archs.torchvision_model(a, builder_args=args), archs.builder_arg_names(arch)
+            )
+            for arch in names
+        },
     }
     models = {arch: tv_table.describe(archs.torchvision_model(arch)) for arch in names}
     return index, models

@@ -28,7 +28,7 @@ import os
 import sys
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +158,18 @@ def describe(model: Any) -> dict[str, Any]:
     for name, m in model.named_modules():
         cls = type(m)
         classes[_class_key(cls)] = {"name": cls.__name__, "base": _class_key(_torch_base(cls))}
-        modules.append({
-            "name": name,
-            "class": _class_key(cls),
-            "attrs": {k: v for k, v in vars(m).items() if k not in internal and _plain(v)},
-            # Lists, not objects: the order of a module's parameters is the order of the plan's.
-            "params": [[k, _tensor(p)] for k, p in m._parameters.items()],
-            "buffers": [[k, _tensor(b)] for k, b in m._buffers.items()],
-            "transient": sorted(m._non_persistent_buffers_set),
-            "none_children": [k for k, c in m._modules.items() if c is None],
-        })
+        modules.append(
+            {
+                "name": name,
+                "class": _class_key(cls),
+                "attrs": {k: v for k, v in vars(m).items() if k not in internal and _plain(v)},
+                # Lists, not objects: the order of a module's parameters is the order of the plan's.
+                "params": [[k, _tensor(p)] for k, p in m._parameters.items()],
+                "buffers": [[k, _tensor(b)] for k, b in m._buffers.items()],
+                "transient": sorted(m._non_persistent_buffers_set),
+                "none_children": [k for k, c in m._modules.items() if c is None],
+            }
+        )
     return json.loads(json.dumps({"classes": classes, "modules": modules}, allow_nan=False))
 
 
@@ -176,7 +178,7 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module_class(key: str, name: str, base_key: str) -> type:
     """torch.nn's own class, or for torchvision's a stand-in with the same name deriving from
     the same torch.nn class, so isinstance checks and `type(m).__name__` read the same."""

@@ -35,7 +35,7 @@ def _not_a_checkpoint(path: Path, why: str, key: str) -> RecipeError:
         f"{path} is not a torch checkpoint ({why})",
         key=key,
         suggestion="give a file written by torch.save(model.state_dict(), path), a .safetensors file, "
-        "an ftcompile model.pt or checkpoint, a torchvision weights name, or \"none\"",
+        'an ftcompile model.pt or checkpoint, a torchvision weights name, or "none"',
     )
 
 
@@ -49,7 +49,9 @@ def read_state(path: Path, key: str = "model.weights", map_location: Any = "cpu"
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise RecipeError(f"file not found: {path}", key=key, suggestion="the path is relative to the recipe's folder") from None
+        raise RecipeError(
+            f"file not found: {path}", key=key, suggestion="the path is relative to the recipe's folder"
+        ) from None
     except OSError as err:
         raise RecipeError(f"cannot read {path}: {err.strerror}", key=key) from None
     if not stat.S_ISREG(info.st_mode):
@@ -62,14 +64,20 @@ def read_state(path: Path, key: str = "model.weights", map_location: Any = "cpu"
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # an ftcompile checkpoint
     if not isinstance(state, dict):
-        raise RecipeError(f"{path} holds a {type(state).__name__}, not a state_dict", key=key,
-                          suggestion="save model.state_dict(), not the model or a list")
+        raise RecipeError(
+            f"{path} holds a {type(state).__name__}, not a state_dict",
+            key=key,
+            suggestion="save model.state_dict(), not the model or a list",
+        )
     import torch
 
     odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if odd:
-        raise RecipeError(f"{path} is not a state_dict: {odd[0]!r} holds a {type(state[odd[0]]).__name__}, not a tensor",
-                          key=key, suggestion="save model.state_dict(): a dict of tensors")
+        raise RecipeError(
+            f"{path} is not a state_dict: {odd[0]!r} holds a {type(state[odd[0]]).__name__}, not a tensor",
+            key=key,
+            suggestion="save model.state_dict(): a dict of tensors",
+        )
     return state
 
 
@@ -86,7 +94,11 @@ def _read_torch(path: Path, key: str, map_location: Any, mmap: bool) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and magic.startswith(_ZIP))
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
+        if (
+            "Weights only load failed" in str(exc)
+            or "Unsupported global" in str(exc)
+            or "Unsupported operand" in str(exc)
+        ):
             raise RecipeError(
                 f"{path} holds pickled Python objects besides tensors; files that carry code are refused",
                 key=key,
@@ -115,8 +127,11 @@ def _read_safetensors(path: Path, key: str, shapes_only: bool) -> dict[str, Any]
         with safe_open(str(path), framework="pt") as f:  # the header only: names, shapes, dtypes
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
     except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
-        raise RecipeError(f"{path} is not a readable safetensors file ({_first_line(exc)})", key=key,
-                          suggestion="write it with safetensors.torch.save_file(model.state_dict(), path)") from None
+        raise RecipeError(
+            f"{path} is not a readable safetensors file ({_first_line(exc)})",
+            key=key,
+            suggestion="write it with safetensors.torch.save_file(model.state_dict(), path)",
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -132,7 +147,11 @@ def check_fits(state: dict[str, Any], own: dict[str, Any], head: list[str], arch
     own = {k: v for k, v in own.items() if not in_head(k)}
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or extra or shapes:
         detail = "; ".join(
             part

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftcompile.runtime import checkpoint
+
 from ftcompile import metrics
 from ftcompile.plan import PhasePlan, Plan
-from ftcompile.runtime import checkpoint
 
 
 @dataclass
@@ -58,8 +59,10 @@ class Watch:
         if metrics.improves(new, best.value, name, min_delta):
             best.value, best.step, best.bad = new, rec["step"], 0
             if phase.restore_best:
-                best.snapshot = {"model": copy.deepcopy(model.state_dict()),
-                                 "optimizer": copy.deepcopy(optimizer.state_dict()["state"])}
+                best.snapshot = {
+                    "model": copy.deepcopy(model.state_dict()),
+                    "optimizer": copy.deepcopy(optimizer.state_dict()["state"]),
+                }
         else:
             best.bad += 1
         return bool(phase.stop_early) and best.bad >= phase.stop_early["patience"] and rec["step"] < phase.end

@@ -79,8 +79,11 @@ def atomic_save(obj: Any, path: Path) -> None:
                 raise os_error(writer.error, path) from None
             raise writer.error from None  # an interrupt is an interrupt, not a full disk
         if "unexpected pos" in str(exc):  # torch's words for a short write
-            raise RecipeError(f"cannot write: {str(exc).splitlines()[0]}", file=path,
-                              suggestion="check the free disk space; checkpoints written before are intact") from None
+            raise RecipeError(
+                f"cannot write: {str(exc).splitlines()[0]}",
+                file=path,
+                suggestion="check the free disk space; checkpoints written before are intact",
+            ) from None
         raise
 
 
@@ -259,7 +262,10 @@ def _warn(text: str) -> None:
 
 
 def load_newest(
-    folder: Path, map_location: str | torch.device = "cpu", move_bad: bool = True, warn: Callable[[str], None] = _warn,
+    folder: Path,
+    map_location: str | torch.device = "cpu",
+    move_bad: bool = True,
+    warn: Callable[[str], None] = _warn,
     plan_hash: str | None = None,
 ) -> dict[str, Any] | None:
     """The newest good checkpoint (see `find_newest`), or None."""
@@ -268,7 +274,10 @@ def load_newest(
 
 
 def find_newest(
-    folder: Path, map_location: str | torch.device = "cpu", move_bad: bool = True, warn: Callable[[str], None] = _warn,
+    folder: Path,
+    map_location: str | torch.device = "cpu",
+    move_bad: bool = True,
+    warn: Callable[[str], None] = _warn,
     plan_hash: str | None = None,
 ) -> tuple[Path, dict[str, Any]] | None:
     """(file, checkpoint) of the newest checkpoint that loads, matches its digest and, given
@@ -292,9 +301,12 @@ def find_newest(
             return path, state
         passed.append((path, why))
     if foreign is not None:
-        raise RecipeError(f"the checkpoint belongs to another plan: it {dict(passed)[foreign]}, and no checkpoint "
-                          f"in {folder} belongs to this run's plan.json", file=foreign,
-                          suggestion="start a new run (ftcompile run RECIPE), or restore the plan.json the run was made with")
+        raise RecipeError(
+            f"the checkpoint belongs to another plan: it {dict(passed)[foreign]}, and no checkpoint "
+            f"in {folder} belongs to this run's plan.json",
+            file=foreign,
+            suggestion="start a new run (ftcompile run RECIPE), or restore the plan.json the run was made with",
+        )
     _fall_back(passed, move_bad, warn)
     return None
 

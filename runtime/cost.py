@@ -129,8 +129,15 @@ class CostMeter(Hooks):
         if step < min(phase.begin + 1, phase.end - 1):
             return
         best = session.watch.current.snapshot if session.watch.current else None
-        held = [session.model, session.optimizer.state, session.ema.module if session.ema else None,
-                session.features, session.trials.fork, session.trials.best, best]
+        held = [
+            session.model,
+            session.optimizer.state,
+            session.ema.module if session.ema else None,
+            session.features,
+            session.trials.fork,
+            session.trials.best,
+            best,
+        ]
         held = [o for o in held if o is not None]
         self.baseline = tensor_bytes(*held)
         self.live = LiveTensors({t.untyped_storage()._cdata for t in tensors_in(held)})
@@ -204,21 +211,32 @@ def table(plan: Plan, run_dir: Path, meter: CostMeter | None = None) -> str:
         if step_s is not None and mid and len(times) >= 2:
             predicted.append(mid)
             measured_s.append(step_s)
-        rows.append((p.phase if p.trial is None else f"{p.phase}/{p.trial}", gib(p.peak),
-                     f"{gib(peak)} ({what.get(m.get('measure'), '?')})" if peak else "-",
-                     f"{peak / p.peak:.2f}" if peak else "-",
-                     f"{p.step_seconds[0]:.3g}-{p.step_seconds[1]:.3g} s" if p.step_seconds else "-",
-                     f"{step_s:.3g} s" if step_s is not None else "-",
-                     f"{step_s / mid:.2f}" if step_s is not None and mid else "-"))
+        rows.append(
+            (
+                p.phase if p.trial is None else f"{p.phase}/{p.trial}",
+                gib(p.peak),
+                f"{gib(peak)} ({what.get(m.get('measure'), '?')})" if peak else "-",
+                f"{peak / p.peak:.2f}" if peak else "-",
+                f"{p.step_seconds[0]:.3g}-{p.step_seconds[1]:.3g} s" if p.step_seconds else "-",
+                f"{step_s:.3g} s" if step_s is not None else "-",
+                f"{step_s / mid:.2f}" if step_s is not None and mid else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["", ("cost: estimate (plan --estimate) against this run (ratio = measured / estimate; "
-                 "step: median seconds in forward, backward and optimizer)")]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = [
+        "",
+        (
+            "cost: estimate (plan --estimate) against this run (ratio = measured / estimate; "
+            "step: median seconds in forward, backward and optimizer)"
+        ),
+    ]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     if rates is None:
         lines.append("  step est.: no device profile (ftcompile calibrate RECIPE)")
     else:
-        learned = calibrate.from_run(rates, predicted, measured_s, f"run {run_dir}", plan.model.arch,
-                                     plan.data.image_size, plan.data.batch_size)
+        learned = calibrate.from_run(
+            rates, predicted, measured_s, f"run {run_dir}", plan.model.arch, plan.data.image_size, plan.data.batch_size
+        )
         if learned is not None:
             path = calibrate.store(device, plan.run.precision, learned)
             lines.append(f"  device profile updated from this run's steps: {path}")

@@ -10,10 +10,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ftcompile.runtime.runfiles import as_continued, chosen_alternatives, read_records
+
 from ftcompile import outputs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.runfiles import as_continued, chosen_alternatives, read_records
 
 PLOT_HINT = "pip install 'ftcompile[plot]' (matplotlib)"
 
@@ -52,8 +53,16 @@ def shade_phases(ax: Any, plan: Plan, label: bool) -> None:
     for i, ph in enumerate(plan.phases):
         ax.axvspan(ph.begin, ph.end, color="0.9" if i % 2 == 0 else "0.97", zorder=0)
         if label:
-            ax.text((ph.begin + ph.end) / 2, 1.0, ph.name, transform=ax.get_xaxis_transform(), ha="center",
-                    va="bottom", fontsize=8, color="0.3")
+            ax.text(
+                (ph.begin + ph.end) / 2,
+                1.0,
+                ph.name,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="0.3",
+            )
 
 
 def outside_legend(ax: Any) -> None:
@@ -73,14 +82,22 @@ def curves_figure(runs: list[CurveData]) -> Any:
         c = colors[i % len(colors)]
         tag = f" ({run.label})" if len(runs) > 1 else ""
         if run.steps:
-            ax_loss.plot([r["step"] + 1 for r in run.steps], [r["loss"] for r in run.steps], color=c, alpha=0.35,
-                         lw=1, label=f"train loss{tag}")
+            ax_loss.plot(
+                [r["step"] + 1 for r in run.steps],
+                [r["loss"] for r in run.steps],
+                color=c,
+                alpha=0.35,
+                lw=1,
+                label=f"train loss{tag}",
+            )
         if run.evals:
             steps = [r["step"] for r in run.evals]
             ax_loss.plot(steps, [r["val_loss"] for r in run.evals], "o-", color=c, label=f"val loss{tag}")
             ax_acc.plot(steps, [100 * r["top1"] for r in run.evals], "o-", color=c, label=f"val top-1{tag}")
             if all("top5" in r for r in run.evals):
-                ax_acc.plot(steps, [100 * r["top5"] for r in run.evals], "s--", color=c, alpha=0.6, label=f"val top-5{tag}")
+                ax_acc.plot(
+                    steps, [100 * r["top5"] for r in run.evals], "s--", color=c, alpha=0.6, label=f"val top-5{tag}"
+                )
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_acc.set_ylabel("val accuracy (%)")

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
-from ftcompile.datasets import Splits, resolve_splits, validate_augment
+from ftcompile.datasets import resolve_splits, validate_augment
 from ftcompile.errors import RecipeError
 from ftcompile.images import float_grey
 from ftcompile.plan import DataSpec
@@ -150,7 +150,9 @@ def _digits_images() -> torch.Tensor:
     return torch.from_numpy(images).unsqueeze(1)
 
 
-def build_datasets(data: DataSpec, root: Path, mean: Sequence[float], std: Sequence[float]) -> tuple[Dataset, Dataset, list[str]]:
+def build_datasets(
+    data: DataSpec, root: Path, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Dataset, Dataset, list[str]]:
     """Train and val datasets (transforms attached) and the class names."""
     splits = resolve_splits(data.sources(), Path(root))
     train_tf = build_transforms(data, mean, std, train=True)

@@ -58,7 +58,9 @@ def init(device: str) -> Dist:
 
 def device_for(d: Dist, wanted: str) -> torch.device:
     if wanted == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("CUDA is not available on this machine", key="run.device", suggestion='use device = "auto" or "cpu"')
+        raise RecipeError(
+            "CUDA is not available on this machine", key="run.device", suggestion='use device = "auto" or "cpu"'
+        )
     if wanted != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", d.local_rank)
     return torch.device("cpu")
@@ -146,5 +148,14 @@ def shutdown(d: Dist) -> None:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """`ftcompile run --nproc N ...` = torchrun --nproc_per_node N -m ftcompile run ..."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "ftcompile", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "ftcompile",
+        *argv,
+    ]
     return subprocess.call(cmd)

@@ -23,7 +23,7 @@ def _warmup_ema_fn(decay: float) -> Any:
     @torch.no_grad()
     def ema_update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
         if not torch.is_floating_point(ema[0]):  # counters (num_batches_tracked): follow the model
-            for e, c in zip(ema, current):
+            for e, c in zip(ema, current, strict=False):
                 e.copy_(c)
             return
         n = int(num_averaged)

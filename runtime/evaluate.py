@@ -22,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ftcompile.runtime.curves import PLOT_HINT, png, pyplot
+from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms, read_rgb
+from ftcompile.runtime.model import load_state
+from ftcompile.runtime.rundir import open_run
+from ftcompile.runtime.runfiles import OWN_DATA, EvalFile, checked, eval_names, eval_variant
 from torch import nn
 
 from ftcompile import arch as archs
@@ -29,17 +34,12 @@ from ftcompile import outputs
 from ftcompile.datasets import IMG_EXTENSIONS, class_folders, list_image_folder
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.curves import PLOT_HINT, png, pyplot
-from ftcompile.runtime.data import DigitsImages, ImageFiles, _digits_images, _loader, build_transforms, read_rgb
-from ftcompile.runtime.model import load_state
-from ftcompile.runtime.rundir import open_run
-from ftcompile.runtime.runfiles import OWN_DATA, EvalFile, checked, eval_names, eval_variant
 
 # --weights -> the file in the run directory
 WEIGHTS = {"final": "model.pt", "best": "best.pt", "ema": "model_ema.pt"}
 WEIGHTS_HINT = {
     "final": "the run has not finished: `ftcompile resume RUN_DIR` completes it",
-    "best": "best.pt is written by runs with [run] keep_best = \"val_top1\"",
+    "best": 'best.pt is written by runs with [run] keep_best = "val_top1"',
     "ema": "model_ema.pt is written by runs with [run] ema = { decay = ... }",
 }
 
@@ -60,7 +60,9 @@ def load_run(run_dir: Path, weights: str = "final") -> LoadedRun:
         raise RecipeError(f"unknown weights {weights!r}", key="--weights", suggestion=f"one of {', '.join(WEIGHTS)}")
     path = run_dir / WEIGHTS[weights]
     if not path.is_file():
-        raise RecipeError(f"{run_dir} has no {path.name}", file=run_dir, key="--weights", suggestion=WEIGHTS_HINT[weights])
+        raise RecipeError(
+            f"{run_dir} has no {path.name}", file=run_dir, key="--weights", suggestion=WEIGHTS_HINT[weights]
+        )
     model = archs.build_model(plan.model.arch, plan.model.num_classes, plan.model.head, device="cpu")
     state = load_state(path, key="--weights")
     try:
@@ -92,7 +94,9 @@ def eval_dataset(run: LoadedRun, folder: Path | None) -> tuple[Any, str]:
         assert splits.val_dir is not None
         return ImageFiles(splits.val_dir, splits.val, tf, key="data.val"), f"{OWN_DATA} ({splits.val_dir})"
     if not folder.is_dir():
-        raise RecipeError(f"--data {folder} is not a folder", key="--data", suggestion="give an ImageFolder: FOLDER/<class>/<image>")
+        raise RecipeError(
+            f"--data {folder} is not a folder", key="--data", suggestion="give an ImageFolder: FOLDER/<class>/<image>"
+        )
     known = list(plan.data.class_names)
     found = class_folders(folder, key="--data")
     unknown = [c for c in found if c not in known]
@@ -123,7 +127,10 @@ def predict_proba(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
 
 def run_inference(run: LoadedRun, dataset: Any, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities N x C, labels N) over the dataset, in order."""
-    batches = [list(range(i, min(i + run.plan.data.batch_size, len(dataset)))) for i in range(0, len(dataset), run.plan.data.batch_size)]
+    batches = [
+        list(range(i, min(i + run.plan.data.batch_size, len(dataset))))
+        for i in range(0, len(dataset), run.plan.data.batch_size)
+    ]
     loader = _loader(dataset, run.plan.data.workers, batch_sampler=batches)
     probs, labels = [], []
     for x, y in loader:
@@ -152,7 +159,9 @@ def metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
     tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
     precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
     recall = torch.where(support > 0, tp / support.clamp_min(1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-300), torch.zeros_like(tp))
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-300), torch.zeros_like(tp)
+    )
     present = support > 0  # classes absent from the data do not count in the macro averages
     out: dict[str, Any] = {
         "images": n,
@@ -161,8 +170,13 @@ def metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
         "balanced_accuracy": recall[present].mean().item(),
         "macro_f1": f1[present].mean().item(),
         "per_class": [
-            {"class": name, "precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
-             "support": int(support[i].item())}
+            {
+                "class": name,
+                "precision": precision[i].item(),
+                "recall": recall[i].item(),
+                "f1": f1[i].item(),
+                "support": int(support[i].item()),
+            }
             for i, name in enumerate(class_names)
         ],
         "confusion": cm.to(torch.int64).tolist(),
@@ -176,7 +190,9 @@ def metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
 def most_confused(result: dict[str, Any], limit: int = 10) -> list[tuple[str, str, int]]:
     """(true, predicted, count) off the diagonal, most frequent first."""
     names, cm = result["classes"], result["confusion"]
-    pairs = [(names[i], names[j], cm[i][j]) for i in range(len(names)) for j in range(len(names)) if i != j and cm[i][j]]
+    pairs = [
+        (names[i], names[j], cm[i][j]) for i in range(len(names)) for j in range(len(names)) if i != j and cm[i][j]
+    ]
     return sorted(pairs, key=lambda p: -p[2])[:limit]
 
 
@@ -185,9 +201,16 @@ def evaluate_run(run_dir: Path, data: Path | None, weights: str, tta: bool) -> d
     dataset, described = eval_dataset(run, data)
     probs, labels = run_inference(run, dataset, tta)
     result = metrics(probs, labels, run.plan.data.class_names)
-    return {"run": str(run_dir), "weights": weights, "weights_file": WEIGHTS[weights], "tta": tta,
-            "tta_means": "softmax averaged over the image and its horizontal flip" if tta else None,
-            "data": described, "plan_hash": run.plan.hash, **result}
+    return {
+        "run": str(run_dir),
+        "weights": weights,
+        "weights_file": WEIGHTS[weights],
+        "tta": tta,
+        "tta_means": "softmax averaged over the image and its horizontal flip" if tta else None,
+        "data": described,
+        "plan_hash": run.plan.hash,
+        **result,
+    }
 
 
 # ---------------------------------------------------------------- output
@@ -199,14 +222,18 @@ def format_eval(result: dict[str, Any], worst: int = 20) -> str:
     if result["tta"]:
         lines.append("TTA: softmax averaged over each image and its horizontal flip")
     top5 = f"  top-5 {pct(result['top5'])}" if "top5" in result else ""
-    lines.append(f"loss {result['loss']:.4f}  top-1 {pct(result['top1'])}{top5}  balanced accuracy "
-                 f"{pct(result['balanced_accuracy'])}  macro F1 {result['macro_f1']:.4f}")
+    lines.append(
+        f"loss {result['loss']:.4f}  top-1 {pct(result['top1'])}{top5}  balanced accuracy "
+        f"{pct(result['balanced_accuracy'])}  macro F1 {result['macro_f1']:.4f}"
+    )
     lines.append("")
     rows = sorted(result["per_class"], key=lambda r: (r["support"] == 0, r["f1"], r["class"]))
     width = max([5] + [len(r["class"]) for r in rows])
     lines.append(f"{'class':<{width}}  precision  recall      F1  support   (worst F1 first)")
     for r in rows[:worst]:
-        lines.append(f"{r['class']:<{width}}  {pct(r['precision'])}  {pct(r['recall'])}  {r['f1']:.4f}  {r['support']:>7}")
+        lines.append(
+            f"{r['class']:<{width}}  {pct(r['precision'])}  {pct(r['recall'])}  {r['f1']:.4f}  {r['support']:>7}"
+        )
     if len(rows) > worst:
         name = eval_names(eval_variant(result["weights"], result["tta"], result["data"]))[0]
         lines.append(f"... {len(rows) - worst} more classes in {name}")
@@ -236,8 +263,15 @@ def plot_confusion(result: dict[str, Any], path: Path) -> Path:
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if rows[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix ({result['images']} images, top-1 {100 * result['top1']:.2f}%)")
@@ -293,15 +327,20 @@ def read_image(path: Path) -> torch.Tensor:
 def predict_command(run_dir: Path, inputs: Sequence[str], topk: int, as_json: bool, tta: bool = False) -> int:
     """The top `topk` classes of each image; a `topk` above the class count lists every class."""
     if topk < 1:
-        raise RecipeError(f"must be at least 1 (the classes shown per image), got {topk}", key="--topk",
-                          suggestion="e.g. --topk 3 (a number above the class count lists every class)")
+        raise RecipeError(
+            f"must be at least 1 (the classes shown per image), got {topk}",
+            key="--topk",
+            suggestion="e.g. --topk 3 (a number above the class count lists every class)",
+        )
     run = load_run(run_dir)
     names = run.plan.data.class_names
     tf = val_transform(run.plan)
     k = min(topk, len(names))
     paths = image_paths(inputs)
     if not paths:
-        raise RecipeError("no images found in " + ", ".join(inputs), suggestion=f"image files end with {', '.join(IMG_EXTENSIONS)}")
+        raise RecipeError(
+            "no images found in " + ", ".join(inputs), suggestion=f"image files end with {', '.join(IMG_EXTENSIONS)}"
+        )
     skipped, results = [], []
     batch: list[tuple[Path, torch.Tensor]] = []
 
@@ -310,10 +349,12 @@ def predict_command(run_dir: Path, inputs: Sequence[str], topk: int, as_json: bo
             return
         probs = predict_proba(run.model, torch.stack([x for _, x in batch]), tta)
         values, indices = probs.topk(k, dim=1)
-        for (path, _), v, i in zip(batch, values.tolist(), indices.tolist()):
-            results.append({"path": str(path), "top": [{"class": names[c], "prob": p} for c, p in zip(i, v)]})
+        for (path, _), v, i in zip(batch, values.tolist(), indices.tolist(), strict=False):
+            results.append(
+                {"path": str(path), "top": [{"class": names[c], "prob": p} for c, p in zip(i, v, strict=False)]}
+            )
             if not as_json:
-                print(f"{path}  " + "  ".join(f"{names[c]} {p:.4f}" for c, p in zip(i, v)), flush=True)
+                print(f"{path}  " + "  ".join(f"{names[c]} {p:.4f}" for c, p in zip(i, v, strict=False)), flush=True)
         batch.clear()
 
     for path in paths:
@@ -329,7 +370,9 @@ def predict_command(run_dir: Path, inputs: Sequence[str], topk: int, as_json: bo
     if as_json:
         print(json.dumps({"run": str(run_dir), "predictions": results, "skipped": skipped}, indent=1))
     if skipped:
-        print(f"error: {len(skipped)} of {len(paths)} image(s) could not be read (named above); the others were predicted",
-              file=sys.stderr)
+        print(
+            f"error: {len(skipped)} of {len(paths)} image(s) could not be read (named above); the others were predicted",
+            file=sys.stderr,
+        )
         return 2
     return 0

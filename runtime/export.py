@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ftcompile.runtime.evaluate import load_run
+from ftcompile.runtime.runfiles import Sidecar, checked
 
 from ftcompile import outputs
 from ftcompile.errors import RecipeError, os_error
 from ftcompile.plan import Plan
-from ftcompile.runtime.evaluate import load_run
-from ftcompile.runtime.runfiles import Sidecar, checked
 
 FORMATS = {"torchscript": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
 # The default file in the run directory: never one of the run's own files (model.pt is the
@@ -53,32 +53,43 @@ def preprocessing(plan: Plan) -> dict[str, Any]:
 
 def sidecar(plan: Plan, fmt: str, run_dir: Path) -> dict[str, Any]:
     """`<file>.json`, in the shape `runfiles.read_sidecar` reads it back in (runfiles.Sidecar)."""
-    return checked(Sidecar, {
-        "format": fmt,
-        "classes": list(plan.data.class_names),
-        "num_classes": plan.model.num_classes,
-        "output": "logits, one per class in `classes` order; softmax gives probabilities",
-        "preprocessing": preprocessing(plan),
-        "arch": plan.model.arch,
-        "head": plan.model.head,
-        "plan_hash": plan.hash,
-        "recipe": plan.recipe.get("name"),
-        "run": str(run_dir),
-    })
+    return checked(
+        Sidecar,
+        {
+            "format": fmt,
+            "classes": list(plan.data.class_names),
+            "num_classes": plan.model.num_classes,
+            "output": "logits, one per class in `classes` order; softmax gives probabilities",
+            "preprocessing": preprocessing(plan),
+            "arch": plan.model.arch,
+            "head": plan.model.head,
+            "plan_hash": plan.hash,
+            "recipe": plan.recipe.get("name"),
+            "run": str(run_dir),
+        },
+    )
 
 
-def export_run(run_dir: Path, fmt: str, out: Path | None, weights: str = "final", force: bool = False) -> tuple[Path, Path]:
+def export_run(
+    run_dir: Path, fmt: str, out: Path | None, weights: str = "final", force: bool = False
+) -> tuple[Path, Path]:
     if fmt not in FORMATS:
         raise RecipeError(f"unknown format {fmt!r}", key="--format", suggestion=f"one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
-            raise RecipeError(f"ONNX export needs {', '.join(missing)}, not installed", key="--format", suggestion=ONNX_HINT)
+            raise RecipeError(
+                f"ONNX export needs {', '.join(missing)}, not installed", key="--format", suggestion=ONNX_HINT
+            )
     run = load_run(run_dir, weights)
     path = out or run_dir / DEFAULT_NAMES[fmt]
     side = outputs.sidecar_of(path)
     if path.suffix == ".json":
-        raise RecipeError("the output file would collide with its own sidecar .json", key="-o", suggestion=f"use a {FORMATS[fmt]} name")
+        raise RecipeError(
+            "the output file would collide with its own sidecar .json",
+            key="-o",
+            suggestion=f"use a {FORMATS[fmt]} name",
+        )
     # Inside a run directory, only this format's default file (and its sidecar) of this run.
     own = [run_dir / DEFAULT_NAMES[fmt], outputs.sidecar_of(run_dir / DEFAULT_NAMES[fmt])]
     outputs.check_output(path, outputs.EXPORT, "-o", force=force, own=own)
@@ -122,8 +133,15 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
-                                    dynamic_shapes=({0: batch},), external_data=False)
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+        )
         program.save(str(path))
 
 

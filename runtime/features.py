@@ -49,9 +49,14 @@ class FeatureCache:
 
     @staticmethod
     def build(
-        model: nn.Module, module: str, train_loader: Any, val_loader: Any, device: torch.device,
-        autocast: Callable[[], Any], train_mode: Callable[[], None],
-    ) -> "FeatureCache":
+        model: nn.Module,
+        module: str,
+        train_loader: Any,
+        val_loader: Any,
+        device: torch.device,
+        autocast: Callable[[], Any],
+        train_mode: Callable[[], None],
+    ) -> FeatureCache:
         """Train features in the phase's train mode (frozen BatchNorm in eval), val in eval mode."""
         train_mode()
         train, train_y = _collect(model, module, train_loader, device, autocast)

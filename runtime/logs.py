@@ -30,7 +30,7 @@ class Logs:
     names: list[str]
     enabled: bool = True  # only rank 0 writes
     trials: bool = False  # the plan has trial phases: trials.csv too
-    _digests: dict[str, "_Digest"] = field(default_factory=dict, init=False, repr=False)
+    _digests: dict[str, _Digest] = field(default_factory=dict, init=False, repr=False)
     ema: bool = False  # the run keeps an EMA: trials.csv has the EMA's metrics too
 
     def __post_init__(self) -> None:
@@ -54,7 +54,9 @@ class Logs:
         column a row lacks (a metric the evaluation did not report) is left empty."""
         if self.enabled and self.trial_rows is not None:
             header = trials_header(self.ema)
-            csv.writer(self.trial_rows, lineterminator="\n").writerows([[row.get(h, "") for h in header] for row in rows])
+            csv.writer(self.trial_rows, lineterminator="\n").writerows(
+                [[row.get(h, "") for h in header] for row in rows]
+            )
 
     def _files(self) -> dict[str, Any]:
         files = {"metrics.jsonl": self.metrics, "lr.csv": self.lr, "trials.csv": self.trial_rows}
@@ -143,25 +145,39 @@ def check_logs(folder: Path, state: dict[str, Any], checkpoint: str) -> None:
             reader = open(path, "rb")
         except FileNotFoundError:
             held = f"{max(want['lines'] - header, 0)} records" if want else f"{size} bytes"
-            raise RecipeError(f"{name} is missing: it held the {held} up to step {step} that checkpoint {checkpoint} "
-                              "expects", file=path, suggestion=_RESTORE) from None
+            raise RecipeError(
+                f"{name} is missing: it held the {held} up to step {step} that checkpoint {checkpoint} expects",
+                file=path,
+                suggestion=_RESTORE,
+            ) from None
         except OSError as err:
             raise os_error(err, path) from None
         with reader:
             got = _Digest(reader).upto(size)
         if got["size"] < size:
-            held = (f"{max(got['lines'] - header, 0)} of the {max(want['lines'] - header, 0)} records" if want
-                    else f"{got['size']} of the {size} bytes")
-            raise RecipeError(f"{name} holds {held} up to step {step} that checkpoint {checkpoint} expects",
-                              file=path, suggestion=_RESTORE)
+            held = (
+                f"{max(got['lines'] - header, 0)} of the {max(want['lines'] - header, 0)} records"
+                if want
+                else f"{got['size']} of the {size} bytes"
+            )
+            raise RecipeError(
+                f"{name} holds {held} up to step {step} that checkpoint {checkpoint} expects",
+                file=path,
+                suggestion=_RESTORE,
+            )
         if want and got["sha256"] != want["sha256"]:
-            raise RecipeError(f"{name} was changed before step {step}: its first {max(want['lines'] - header, 0)} "
-                              f"records differ from those checkpoint {checkpoint} recorded (sha256)",
-                              file=path, suggestion=_RESTORE)
+            raise RecipeError(
+                f"{name} was changed before step {step}: its first {max(want['lines'] - header, 0)} "
+                f"records differ from those checkpoint {checkpoint} recorded (sha256)",
+                file=path,
+                suggestion=_RESTORE,
+            )
 
 
-_RESTORE = ("restore the file as the run left it (resuming now would give a log with a hole in it), "
-            "or repeat the run from its recipe: ftcompile rerun RUN_DIR")
+_RESTORE = (
+    "restore the file as the run left it (resuming now would give a log with a hole in it), "
+    "or repeat the run from its recipe: ftcompile rerun RUN_DIR"
+)
 
 
 class Progress:
@@ -181,8 +197,15 @@ class Progress:
         if self.enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, file=sys.stderr, unit="step", dynamic_ncols=True,
-                            leave=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                file=sys.stderr,
+                unit="step",
+                dynamic_ncols=True,
+                leave=True,
+                smoothing=0.1,
+            )
 
     def update(self, step: int, loss: float, lr: float, batch: int) -> None:
         self.images += batch * self.world
@@ -216,8 +239,10 @@ def eval_line(rec: dict[str, Any], note: str | None = None) -> str:
     the starting state lr-find loaded from a run."""
     top5 = f"  top5 {100 * rec['top5']:6.2f}%" if "top5" in rec else ""
     phase = f"{rec['phase']:<12}" + (f" [{note}]  " if note else "")
-    return (f"eval  step {rec['step']:>6}  epoch {rec['epoch']:6.2f}  {phase} val_loss {rec['val_loss']:.4f}  "
-            f"top1 {100 * rec['top1']:6.2f}%{top5}")
+    return (
+        f"eval  step {rec['step']:>6}  epoch {rec['epoch']:6.2f}  {phase} val_loss {rec['val_loss']:.4f}  "
+        f"top1 {100 * rec['top1']:6.2f}%{top5}"
+    )
 
 
 def print_eval(rec: dict[str, Any], progress: Progress, note: str | None = None) -> None:

@@ -24,11 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
-from ftcompile.apply import Executor
-from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, DataSpec, Op, PhasePlan, Plan, change_dict
 from ftcompile.runtime import checkpoint, distributed, retention, trials
 from ftcompile.runtime.best import Watch
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
@@ -38,8 +33,13 @@ from ftcompile.runtime.features import FeatureCache
 from ftcompile.runtime.logs import Logs, Progress, print_eval, truncate_logs
 from ftcompile.runtime.mix import BatchMix, check_micro_batches, micro_batches
 from ftcompile.runtime.model import build
-from ftcompile.runtime.trials import Diverged, TrialState
 from ftcompile.runtime.optim import build_optimizer
+from ftcompile.runtime.trials import Diverged, TrialState
+from torch import nn
+
+from ftcompile.apply import Executor
+from ftcompile.errors import RecipeError
+from ftcompile.plan import OPTIMIZER_OPS, Change, DataSpec, Op, PhasePlan, Plan, change_dict
 
 # Changes that set up state (replayed on load_state); evaluate / checkpoint only happen.
 REPLAYED = (Op.PHASE, Op.FREEZE, Op.UNFREEZE, Op.BN, Op.FEATURES, *OPTIMIZER_OPS)
@@ -68,7 +68,7 @@ class Trainables:
     frozen_bn: set[str] = field(default_factory=set)
 
     @staticmethod
-    def of(model: nn.Module, plan: Plan) -> "Trainables":
+    def of(model: nn.Module, plan: Plan) -> Trainables:
         named = dict(model.named_parameters())
         modules = dict(model.named_modules())
         params: dict[str, list[nn.Parameter]] = {}
@@ -108,16 +108,16 @@ class StepInfo:
 class Hooks:
     """Observe a session without changing it (tests, benchmarks); override what you need."""
 
-    def on_start(self, session: "Session") -> None:
+    def on_start(self, session: Session) -> None:
         """The session is set up: model built, optimizer made, nothing trained yet."""
 
-    def on_step(self, session: "Session", info: StepInfo) -> None:
+    def on_step(self, session: Session, info: StepInfo) -> None:
         """An optimizer step was taken."""
 
-    def on_evaluate(self, session: "Session", record: dict[str, Any]) -> None:
+    def on_evaluate(self, session: Session, record: dict[str, Any]) -> None:
         """An evaluation finished (the record metrics.jsonl gets)."""
 
-    def on_checkpoint(self, session: "Session", step: int, state: dict[str, Any]) -> None:
+    def on_checkpoint(self, session: Session, step: int, state: dict[str, Any]) -> None:
         """A checkpoint of `state` is about to be written (rank 0)."""
 
 
@@ -264,8 +264,11 @@ class Session:
         self.trials = TrialState(plan)
         self.executed = 0
         has_trials = any(ph.trials for ph in plan.phases)
-        self.logs = Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials,
-                         ema=plan.run.ema is not None) if run_dir else None
+        self.logs = (
+            Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials, ema=plan.run.ema is not None)
+            if run_dir
+            else None
+        )
         self.progress = Progress(plan.total_steps, enabled=d.main and sys.stderr.isatty(), world=d.world)
 
     # ------------------------------------------------------------ state
@@ -427,8 +430,14 @@ class Session:
             self.features = self.trials.shared_features(self.step, self.wanted_features)
             if self.features is None and self.wanted_features is not None:
                 self.features = FeatureCache.build(
-                    self.model, self.wanted_features, cache_loader(train_ds, spec, self.plan.seed),
-                    self.val_loader, self.device, self.autocast, lambda: self.groups.train_mode(self.model))
+                    self.model,
+                    self.wanted_features,
+                    cache_loader(train_ds, spec, self.plan.seed),
+                    self.val_loader,
+                    self.device,
+                    self.autocast,
+                    lambda: self.groups.train_mode(self.model),
+                )
                 self.trials.offer_features(self.step, self.features)
             self._rewrap, self._batch_iter = True, None
         if self._rewrap or self.net is None:
@@ -466,12 +475,19 @@ class Session:
         value = distributed.mean(loss, self.d)
         compute = time.perf_counter() - compute
         # Log the step, then move on: the scheduler steps after the optimizer.
-        named_lrs = dict(zip(plan.param_group_names, lrs))
+        named_lrs = dict(zip(plan.param_group_names, lrs, strict=False))
         images, seconds = y.shape[0] * self.d.world, time.perf_counter() - started
         trial = self.trials.k
         if self.logs:
-            record = {"type": "step", "step": step, "phase": self.phase, "loss": value, "lr": named_lrs,
-                      **step_timing(images, seconds), **({"trial": trial} if trial is not None else {})}
+            record = {
+                "type": "step",
+                "step": step,
+                "phase": self.phase,
+                "loss": value,
+                "lr": named_lrs,
+                **step_timing(images, seconds),
+                **({"trial": trial} if trial is not None else {}),
+            }
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm  # before clipping
             self.logs.record(record)
@@ -481,7 +497,9 @@ class Session:
         self.executor.after_step(self.step)
         self.progress.update(self.step, value, max(lrs), y.shape[0])
         if not math.isfinite(value):
-            raise Diverged(f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate")
+            raise Diverged(
+                f"loss became {value} at step {self.step}", key="phases", suggestion="lower the learning rate"
+            )
         info = StepInfo(step, self.phase, value, named_lrs, images, time.perf_counter() - started, compute)
         for hook in self.hooks:
             hook.on_step(self, info)
@@ -525,9 +543,16 @@ class Session:
         pd = phase.data
         key = f"{pd['data_begin']}"
         if key not in self._phase_data:
-            spec = replace(self.plan.data, image_size=pd["image_size"], batch_size=pd["batch_size"],
-                           augment=pd["augment"], mix=pd["mix"])
-            check_micro_batches(spec.batch_size, self.plan.run.accumulate, self.d.world, f"phases.{phase.name}.data.batch_size")
+            spec = replace(
+                self.plan.data,
+                image_size=pd["image_size"],
+                batch_size=pd["batch_size"],
+                augment=pd["augment"],
+                mix=pd["mix"],
+            )
+            check_micro_batches(
+                spec.batch_size, self.plan.run.accumulate, self.d.world, f"phases.{phase.name}.data.batch_size"
+            )
             train_ds, _, _ = build_datasets(spec, self.root, spec.mean, spec.std)
             counts = spec.class_counts if spec.balance == "sampler" else None
             batches = TrainBatches(train_ds, spec, self.plan.seed, counts, rank=self.d.rank, world=self.d.world)
@@ -548,8 +573,11 @@ class Session:
             segment = str(pd["data_begin"])
         if segment != self._segment:
             self._segment, self._batch_iter = segment, None
-        mixer = self.mixer if phase.data is None else (
-            BatchMix(spec.mix, self.plan.model.num_classes, self.plan.seed) if spec.mix else None)
+        mixer = (
+            self.mixer
+            if phase.data is None
+            else (BatchMix(spec.mix, self.plan.model.num_classes, self.plan.seed) if spec.mix else None)
+        )
         return batches, epoch, b, mixer
 
     def _batch(self, batches: TrainBatches, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -574,14 +602,23 @@ class Session:
         return evaluate(self.model, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d)
 
     def _evaluate_and_log(self, change: Change) -> None:
-        rec: dict[str, Any] = {"type": "eval", "step": self.step, "epoch": self.step / self.plan.data.steps_per_epoch,
-                               "phase": change.target}
+        rec: dict[str, Any] = {
+            "type": "eval",
+            "step": self.step,
+            "epoch": self.step / self.plan.data.steps_per_epoch,
+            "phase": change.target,
+        }
         rec.update(self.evaluate())
         if not math.isfinite(rec["val_loss"]):
-            raise Diverged(f"the validation loss is {rec['val_loss']} at step {self.step}"
-                           + _bad_parameter(self.model), key="phases", suggestion="lower the learning rate")
+            raise Diverged(
+                f"the validation loss is {rec['val_loss']} at step {self.step}" + _bad_parameter(self.model),
+                key="phases",
+                suggestion="lower the learning rate",
+            )
         if self.ema is not None:  # the EMA weights on the full val set (its frozen part differs from a cache)
-            ema = evaluate(self.ema.module, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d)
+            ema = evaluate(
+                self.ema.module, self.val_loader, self.device, self.autocast, self.plan.model.num_classes, self.d
+            )
             rec.update({f"{k}_ema": v for k, v in ema.items()})
         if self.trials.k is not None:
             rec["trial"] = self.trials.k
@@ -606,16 +643,28 @@ class Session:
         if stop:
             best = self.watch.current
             assert best is not None
-            self._log({"type": "stop", "step": self.step, "phase": phase.name, "metric": best.metric,
-                       "best": best.value, "best_step": best.step, "evaluations_without_improvement": best.bad,
-                       "next_step": phase.end})
+            self._log(
+                {
+                    "type": "stop",
+                    "step": self.step,
+                    "phase": phase.name,
+                    "metric": best.metric,
+                    "best": best.value,
+                    "best_step": best.step,
+                    "evaluations_without_improvement": best.bad,
+                    "next_step": phase.end,
+                }
+            )
             self._skip_to_end(phase)
         restored = self._restore_best(phase) if self.step == phase.end else None
         if self.trials.at_end(self.step):
             # The alternative is over (at its window's end, or stopped early): it is judged on
             # the evaluation of the state it ends with, its best one after restore_best.
-            judged = next(e for e in reversed(self.evals) if e["step"] == restored and e.get("trial") == rec["trial"]) \
-                if restored is not None else rec
+            judged = (
+                next(e for e in reversed(self.evals) if e["step"] == restored and e.get("trial") == rec["trial"])
+                if restored is not None
+                else rec
+            )
             self.trials.running.results.append(trials.result(judged))  # type: ignore[union-attr]
         if stop:
             self.checkpoint()  # the phase's end checkpoint, which the jump skipped
@@ -644,16 +693,26 @@ class Session:
         self.optimizer.load_state_dict({**current, "state": copy.deepcopy(best["optimizer"])})  # see load_state
         self.executor.rebind()
         assert self.watch.current is not None
-        self._log({"type": "restore", "step": self.step, "phase": phase.name, "metric": self.watch.current.metric,
-                   "value": self.watch.current.value, "from_step": self.watch.current.step})
+        self._log(
+            {
+                "type": "restore",
+                "step": self.step,
+                "phase": phase.name,
+                "metric": self.watch.current.metric,
+                "value": self.watch.current.value,
+                "from_step": self.watch.current.step,
+            }
+        )
         return self.watch.current.step
 
     def _log(self, rec: dict[str, Any]) -> None:
         if self.logs:
             self.logs.record(rec)
         if self.d.main:
-            self.progress.write(f"{rec['type']:<5} step {rec['step']:>6}  {rec['phase']}  "
-                                + "  ".join(f"{k} {v}" for k, v in rec.items() if k not in ("type", "step", "phase")))
+            self.progress.write(
+                f"{rec['type']:<5} step {rec['step']:>6}  {rec['phase']}  "
+                + "  ".join(f"{k} {v}" for k, v in rec.items() if k not in ("type", "step", "phase"))
+            )
 
     def checkpoint(self) -> None:
         """Write the state to the run directory's checkpoints/ (rank 0; atomic)."""
@@ -676,8 +735,13 @@ class Session:
 
 
 def train(
-    plan: Plan, run_dir: Path, root: Path, resume: dict[str, Any] | None = None, d: Dist = Dist(),
-    upstream: Path | None = None, hooks: Sequence[Hooks] = (),
+    plan: Plan,
+    run_dir: Path,
+    root: Path,
+    resume: dict[str, Any] | None = None,
+    d: Dist = Dist(),
+    upstream: Path | None = None,
+    hooks: Sequence[Hooks] = (),
 ) -> dict[str, Any]:
     """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint."""
     if resume is not None and d.main:
@@ -716,8 +780,11 @@ def check_finite(model: nn.Module, step: int, then: str) -> None:
     the first bad parameter (a finite loss before the last update does not show it)."""
     name = first_non_finite(model)
     if name is not None:
-        raise Diverged(f"parameter {name} is not finite after step {step}: {then}", key="phases",
-                       suggestion="lower the learning rate (or clip gradients: optimizer.clip_grad_norm)")
+        raise Diverged(
+            f"parameter {name} is not finite after step {step}: {then}",
+            key="phases",
+            suggestion="lower the learning rate (or clip gradients: optimizer.clip_grad_norm)",
+        )
 
 
 def _forward(net: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:

@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from ftcompile.runtime.curves import png
+from ftcompile.runtime.loop import END_OF_WINDOW, Hooks, Session, StepInfo
+from ftcompile.runtime.retention import find_phase_start
 
 from ftcompile import outputs
 from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.plan import Op, PhasePlan, Plan
 from ftcompile.schema import Phase
-from ftcompile.runtime.curves import png
-from ftcompile.runtime.loop import END_OF_WINDOW, Hooks, Session, StepInfo
-from ftcompile.runtime.retention import find_phase_start
 
 BETA = 0.98  # smoothing of the loss (fastai's value), bias-corrected
 DIVERGE = 4.0  # stop when the smoothed loss exceeds this many times its minimum so far
@@ -67,18 +67,25 @@ def suggest(mults: list[float], smoothed: list[float]) -> dict[str, Any]:
     LR (the left point of the steepest segment), and a tenth of where it is lowest. Like
     fastai, the first tenth of the points (a smoothed mean of very few losses, noisy) and
     the last 5 (already turning up) are left out when there are enough."""
-    points = [(m, s) for m, s in zip(mults, smoothed) if math.isfinite(s)]
+    points = [(m, s) for m, s in zip(mults, smoothed, strict=False) if math.isfinite(s)]
     if len(points) >= 20:
         points = points[len(points) // 10 : -5]
     if len(points) < 2:
-        raise RecipeError("the loss diverged before two steps were taken", key="--start",
-                          suggestion="start the range lower, e.g. --start 1e-6")
+        raise RecipeError(
+            "the loss diverged before two steps were taken",
+            key="--start",
+            suggestion="start the range lower, e.g. --start 1e-6",
+        )
     m, s = np.array([p[0] for p in points]), np.array([p[1] for p in points])
     slopes = np.diff(s) / np.diff(np.log(m))
     steep = int(np.argmin(slopes))
     low = int(np.argmin(s))
-    return {"steepest": float(m[steep]), "minimum_10": float(m[low] / 10), "min_index": low,
-            "steepest_slope": float(slopes[steep])}
+    return {
+        "steepest": float(m[steep]),
+        "minimum_10": float(m[low] / 10),
+        "min_index": low,
+        "steepest_slope": float(slopes[steep]),
+    }
 
 
 def flat(losses: list[float], smoothed: list[float]) -> dict[str, float] | None:
@@ -88,7 +95,7 @@ def flat(losses: list[float], smoothed: list[float]) -> dict[str, float] | None:
     absolute deviation: the spikes near divergence do not count). The smoothed loss itself
     wanders about a tenth of that (an EMA of beta 0.98), so a fall of one batch's noise is a
     real descent. Same points as `suggest`. Returns the fall and the noise when flat."""
-    points = [(x, s) for x, s in zip(losses, smoothed) if math.isfinite(x) and math.isfinite(s)]
+    points = [(x, s) for x, s in zip(losses, smoothed, strict=False) if math.isfinite(x) and math.isfinite(s)]
     if len(points) >= 20:
         points = points[len(points) // 10 : -5]
     if len(points) < 3:
@@ -118,8 +125,13 @@ def paste_lr(name: str, phase: Phase, mult: float) -> str:
         scaled = {g: v if isinstance(v, str) else v * mult for g, v in written.items()}
         got = resolve_lrs(name, phase.model_copy(update={"lr": scaled}))
         if all(math.isclose(got[g], planned[g] * mult, rel_tol=1e-9) for g in planned):  # the expressions scale
-            return "lr = { " + ", ".join(f'{g} = "{v}"' if isinstance(v, str) else f"{g} = {_toml_number(v)}"
-                                          for g, v in scaled.items()) + " }"
+            return (
+                "lr = { "
+                + ", ".join(
+                    f'{g} = "{v}"' if isinstance(v, str) else f"{g} = {_toml_number(v)}" for g, v in scaled.items()
+                )
+                + " }"
+            )
     return "lr = { " + ", ".join(f"{g} = {_toml_number(planned[g] * mult)}" for g in phase.train) + " }"
 
 
@@ -150,19 +162,32 @@ def find_phase(plan: Plan, name: str) -> PhasePlan:
         if ph.name == name:
             return ph
     names = [ph.name for ph in plan.phases]
-    raise RecipeError(f"no phase {name!r}", key="--phase",
-                      suggestion=did_you_mean(name, names) or f"phases: {', '.join(names)}")
+    raise RecipeError(
+        f"no phase {name!r}", key="--phase", suggestion=did_you_mean(name, names) or f"phases: {', '.join(names)}"
+    )
 
 
 def planned_lrs(plan: Plan, phase: PhasePlan) -> dict[str, float]:
     """Param group -> the lr the phase sets at its start, for the groups it trains."""
     trained = {pg.name for pg in plan.param_groups if pg.group in phase.train}
-    return {c.target: c.value for c in plan.changes
-            if c.step == phase.begin and c.op == Op.SET and c.field == "lr" and c.target in trained}
+    return {
+        c.target: c.value
+        for c in plan.changes
+        if c.step == phase.begin and c.op == Op.SET and c.field == "lr" and c.target in trained
+    }
 
 
-def lr_find(plan: Plan, root: Path, phase_name: str, *, steps: int = 100, start: float = 1e-4, end: float = 1e3,
-            state: dict[str, Any] | None = None, upstream: Path | None = None) -> Found:
+def lr_find(
+    plan: Plan,
+    root: Path,
+    phase_name: str,
+    *,
+    steps: int = 100,
+    start: float = 1e-4,
+    end: float = 1e3,
+    state: dict[str, Any] | None = None,
+    upstream: Path | None = None,
+) -> Found:
     """The range test at the start of `phase_name`; `state`: the phase's start state (a run's
     checkpoint at its first step), else the phases before it are trained here."""
     phase = find_phase(plan, phase_name)
@@ -206,8 +231,15 @@ def lr_find(plan: Plan, root: Path, phase_name: str, *, steps: int = 100, start:
     kept = rows[:-1] if stopped else rows  # the diverged point is not a candidate
     suggestion = suggest([r["multiplier"] for r in kept], [r["smoothed"] for r in kept])
     no_descent = flat([r["loss"] for r in kept], [r["smoothed"] for r in kept])
-    return Found(phase, reference, {g: group_lr[g] for g in phase.train if g in group_lr}, rows, stopped,
-                 None if no_descent else suggestion, no_descent)
+    return Found(
+        phase,
+        reference,
+        {g: group_lr[g] for g in phase.train if g in group_lr},
+        rows,
+        stopped,
+        None if no_descent else suggestion,
+        no_descent,
+    )
 
 
 # ------------------------------------------------------------ --from RUN_DIR
@@ -219,9 +251,12 @@ def start_state(run_dir: Path, run_plan: Plan, plan: Plan, phase: PhasePlan) -> 
         _same_before(run_plan, plan, phase)
     path = find_phase_start(run_dir / "checkpoints", run_plan, phase.begin)
     if path is None:
-        raise RecipeError(f"{run_dir} has no checkpoint at step {phase.begin}, where phase {phase.name} starts",
-                          file=run_dir, key="--from",
-                          suggestion="leave out --from to train the phases before it here (a run keeps only its newest checkpoints)")
+        raise RecipeError(
+            f"{run_dir} has no checkpoint at step {phase.begin}, where phase {phase.name} starts",
+            file=run_dir,
+            key="--from",
+            suggestion="leave out --from to train the phases before it here (a run keeps only its newest checkpoints)",
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {**state, "plan_hash": plan.hash}
 
@@ -230,13 +265,19 @@ def _same_before(run_plan: Plan, plan: Plan, phase: PhasePlan) -> None:
     """A run of another plan will do when everything up to the phase's start is the same."""
     mine, theirs = plan.to_dict(), run_plan.to_dict()
     differs = [k for k in ("seed", "model", "data", "optimizer", "param_groups") if mine[k] != theirs[k]]
-    before = lambda p: [c for c in p["changes"] if c["step"] < phase.begin  # noqa: E731
-                        or (c["step"] == phase.begin and c["op"] in [op.value for op in END_OF_WINDOW])]
+
+    def before(p: dict[str, Any]) -> list[dict[str, Any]]:
+        ends = [op.value for op in END_OF_WINDOW]
+        return [c for c in p["changes"] if c["step"] < phase.begin or (c["step"] == phase.begin and c["op"] in ends)]
+
     if before(mine) != before(theirs):
         differs.append(f"the changes before step {phase.begin}")
     if differs:
-        raise RecipeError(f"the run's plan differs from this recipe before phase {phase.name}: {', '.join(differs)}",
-                          key="--from", suggestion="pass a run of this recipe, or leave out --from")
+        raise RecipeError(
+            f"the run's plan differs from this recipe before phase {phase.name}: {', '.join(differs)}",
+            key="--from",
+            suggestion="pass a run of this recipe, or leave out --from",
+        )
 
 
 # ------------------------------------------------------------ output
@@ -248,8 +289,15 @@ def write_csv(found: Found, path: Path) -> None:
     out = csv.writer(text)
     out.writerow(["step", "multiplier", *(f"lr_{g}" for g in groups), "loss", "smoothed_loss"])
     for r in found.rows:
-        out.writerow([r["step"], repr(r["multiplier"]), *(repr(found.base[g] * r["multiplier"]) for g in groups),
-                      repr(r["loss"]), repr(r["smoothed"])])
+        out.writerow(
+            [
+                r["step"],
+                repr(r["multiplier"]),
+                *(repr(found.base[g] * r["multiplier"]) for g in groups),
+                repr(r["loss"]),
+                repr(r["smoothed"]),
+            ]
+        )
     outputs.write_text(path, text.getvalue())
 
 
@@ -267,7 +315,12 @@ def plot(found: Found, path: Path) -> bool:
     ax.plot([ref * r["multiplier"] for r in found.rows], [r["smoothed"] for r in found.rows], label="smoothed loss")
     ax.plot([ref * r["multiplier"] for r in found.rows], [r["loss"] for r in found.rows], alpha=0.3, label="loss")
     for key, style in (("steepest", "--"), ("minimum_10", ":")) if found.suggestion else ():
-        ax.axvline(ref * found.suggestion[key], ls=style, color="grey", label=f"{key.replace('_10', ' / 10')} {ref * found.suggestion[key]:.2g}")
+        ax.axvline(
+            ref * found.suggestion[key],
+            ls=style,
+            color="grey",
+            label=f"{key.replace('_10', ' / 10')} {ref * found.suggestion[key]:.2g}",
+        )
     smoothed = [r["smoothed"] for r in found.rows if math.isfinite(r["smoothed"])]
     ax.set_ylim(0.95 * min(smoothed), 1.05 * max(smoothed))  # raw spikes would flatten the curve
     ax.set_xscale("log")
@@ -286,23 +339,32 @@ def report(found: Found, written: Phase | None = None) -> str:
     ref, sug = found.reference, found.suggestion
     lr = found.base[ref]
     n = len(found.rows)
-    end = f"stopped after {n} steps: the smoothed loss passed {DIVERGE:g}x its minimum" if found.stopped else f"{n} steps"
+    end = (
+        f"stopped after {n} steps: the smoothed loss passed {DIVERGE:g}x its minimum" if found.stopped else f"{n} steps"
+    )
     head = f"lr-find  phase {found.phase.name} (step {found.phase.begin}); reference group {ref}, planned lr {lr:.3g}; {end}"
     if sug is None:
         fall, noise = (found.flat or {}).get("fall", 0.0), (found.flat or {}).get("noise", 0.0)
-        return "\n".join([
-            head,
-            f"  nothing to suggest: the curve is flat (the smoothed loss never fell by more than {fall:.2g},"
-            f" within one batch's noise {noise:.2g})",
-            "  keep the planned LRs, or widen the range (--start / --end) or lengthen it (--steps)",
-        ])
+        return "\n".join(
+            [
+                head,
+                f"  nothing to suggest: the curve is flat (the smoothed loss never fell by more than {fall:.2g},"
+                f" within one batch's noise {noise:.2g})",
+                "  keep the planned LRs, or widen the range (--start / --end) or lengthen it (--steps)",
+            ]
+        )
     steep, low = lr * sug["steepest"], lr * sug["minimum_10"]
-    table = (paste_lr(found.phase.name, written, sug["steepest"]) if written is not None else
-             "lr = { " + ", ".join(f"{g} = {_toml_number(v * sug['steepest'])}" for g, v in found.base.items()) + " }")
-    return "\n".join([
-        head,
-        f"  steepest descent  {ref} lr {steep:.2g}  (x{sug['steepest']:.3g} the planned LRs)",
-        f"  minimum / 10      {ref} lr {low:.2g}  (x{sug['minimum_10']:.3g})",
-        f"paste into [phases.{found.phase.name}] (every LR of the phase x{sug['steepest']:.3g}):",
-        f"  {table}",
-    ])
+    table = (
+        paste_lr(found.phase.name, written, sug["steepest"])
+        if written is not None
+        else "lr = { " + ", ".join(f"{g} = {_toml_number(v * sug['steepest'])}" for g, v in found.base.items()) + " }"
+    )
+    return "\n".join(
+        [
+            head,
+            f"  steepest descent  {ref} lr {steep:.2g}  (x{sug['steepest']:.3g} the planned LRs)",
+            f"  minimum / 10      {ref} lr {low:.2g}  (x{sug['minimum_10']:.3g})",
+            f"paste into [phases.{found.phase.name}] (every LR of the phase x{sug['steepest']:.3g}):",
+            f"  {table}",
+        ]
+    )

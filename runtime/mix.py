@@ -8,13 +8,12 @@ and the training process's RNG is never consumed. Each rank mixes its own shard.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
+from ftcompile.runtime.data import stream_seed
 from torchvision.transforms import v2
 
 from ftcompile.errors import RecipeError
-from ftcompile.runtime.data import stream_seed
 
 MIX_STREAM = 2**31 - 2  # the seed stream of the batch mixing (CACHE_STREAM is 2**31 - 1)
 
@@ -27,7 +26,9 @@ class BatchMix:
     def __init__(self, spec: dict[str, float], num_classes: int, seed: int) -> None:
         self.prob, self.switch_prob = float(spec["prob"]), float(spec["switch_prob"])
         self.mixup = v2.MixUp(alpha=spec["mixup_alpha"], num_classes=num_classes) if spec["mixup_alpha"] > 0 else None
-        self.cutmix = v2.CutMix(alpha=spec["cutmix_alpha"], num_classes=num_classes) if spec["cutmix_alpha"] > 0 else None
+        self.cutmix = (
+            v2.CutMix(alpha=spec["cutmix_alpha"], num_classes=num_classes) if spec["cutmix_alpha"] > 0 else None
+        )
         self.num_classes, self.seed = num_classes, seed
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +61,7 @@ def micro_batches(
         shares = [float(weight[part].sum()) / total for part in ys]
     else:
         shares = [len(part) / len(y) for part in ys]
-    for xi, yi, share in zip(xs, ys, shares):
+    for xi, yi, share in zip(xs, ys, shares, strict=False):
         if len(yi):
             yield xi, yi, share
 

@@ -41,9 +41,15 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
         hub.ensure(cached)  # `run` fetched it before making the run directory; lr-find and eval come here
         # torch.hub loads its cache with weights_only=False: check the file the safe way first.
         load_state(cached.file)
-        return _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", weights=weights,
-                                                          builder_args=spec.builder_args))
-    model = _allocated(spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", builder_args=spec.builder_args))
+        return _allocated(
+            spec,
+            lambda: archs.build_model(
+                arch, num_classes, head, device="cpu", weights=weights, builder_args=spec.builder_args
+            ),
+        )
+    model = _allocated(
+        spec, lambda: archs.build_model(arch, num_classes, head, device="cpu", builder_args=spec.builder_args)
+    )
     with_head = spec.head_weights == "load"
     if kind == "file":
         load_backbone(model, arch, root / value, with_head)

@@ -17,14 +17,33 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ftcompile.runtime.curves import (
+    PLOT_HINT,
+    CurveData,
+    curves_figure,
+    outside_legend,
+    png,
+    pyplot,
+    shade_phases,
+    write_curves,
+)
+from ftcompile.runtime.rundir import open_run
+from ftcompile.runtime.runfiles import (
+    EvalFile,
+    as_continued,
+    checked,
+    describe_eval,
+    eval_names,
+    eval_variants,
+    read_eval,
+    read_lr,
+    read_trials,
+    status_of,
+)
+
 from ftcompile import outputs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.curves import (PLOT_HINT, CurveData, curves_figure, outside_legend, png, pyplot, shade_phases,
-                                      write_curves)
-from ftcompile.runtime.rundir import open_run
-from ftcompile.runtime.runfiles import (EvalFile, as_continued, checked, describe_eval, eval_names, eval_variants, read_eval,
-                                        read_lr, read_trials, status_of)
 
 __all__ = ["build_report", "report_command", "write_curves"]  # write_curves: curves.png, from curves.py
 SECTIONS = ("summary", "curves", "lr", "trials", "confusion", "plan", "env")
@@ -91,7 +110,7 @@ def _broken(steps: list[int], values: list[float]) -> tuple[list[float], list[fl
     without a row."""
     xs: list[float] = []
     ys: list[float] = []
-    for i, (step, value) in enumerate(zip(steps, values)):
+    for i, (step, value) in enumerate(zip(steps, values, strict=False)):
         if i and step != steps[i - 1] + 1:
             xs.append(math.nan)
             ys.append(math.nan)
@@ -154,12 +173,33 @@ def summary_section(runs: list[RunData]) -> str:
         s = r.summary or {}
         best, final = s.get("best") or {}, s.get("final") or {}
         last = r.evals[-1] if r.evals else {}
-        rows.append([r.label, r.plan.hash[:12], r.status + (f": {s['error']}" if s.get("error") else ""),
-                     f"{len(s.get('phases_done', []))}/{len(r.plan.phases)}", f"{s.get('step', '-')}/{r.plan.total_steps}",
-                     _pct(best.get("top1")), _pct(final.get("top1", last.get("top1") if r.status == "finished" else None)),
-                     f"{final['val_loss']:.4f}" if "val_loss" in final else "-", _wall(s)])
-    return _table(rows, ["run", "plan", "status", "phases done", "steps", "best val top-1", "final val top-1",
-                         "final val loss", "wall time"])
+        rows.append(
+            [
+                r.label,
+                r.plan.hash[:12],
+                r.status + (f": {s['error']}" if s.get("error") else ""),
+                f"{len(s.get('phases_done', []))}/{len(r.plan.phases)}",
+                f"{s.get('step', '-')}/{r.plan.total_steps}",
+                _pct(best.get("top1")),
+                _pct(final.get("top1", last.get("top1") if r.status == "finished" else None)),
+                f"{final['val_loss']:.4f}" if "val_loss" in final else "-",
+                _wall(s),
+            ]
+        )
+    return _table(
+        rows,
+        [
+            "run",
+            "plan",
+            "status",
+            "phases done",
+            "steps",
+            "best val top-1",
+            "final val top-1",
+            "final val loss",
+            "wall time",
+        ],
+    )
 
 
 def trials_section(runs: list[RunData]) -> str:
@@ -192,21 +232,28 @@ def confusion_section(runs: list[RunData]) -> str:
     parts = []
     for r in runs:
         if r.eval is None:
-            parts.append(f"<p>{html.escape(r.label)}: no eval.json yet; <code>ftcompile eval {html.escape(str(r.dir))}</code> "
-                         "adds per-class numbers and the confusion matrix.</p>")
+            parts.append(
+                f"<p>{html.escape(r.label)}: no eval.json yet; <code>ftcompile eval {html.escape(str(r.dir))}</code> "
+                "adds per-class numbers and the confusion matrix.</p>"
+            )
             continue
         e = r.eval
         worst = sorted(e["per_class"], key=lambda c: (c["support"] == 0, c["f1"]))[:10]
-        others = (f" Other evaluations in the run folder, not shown: {html.escape(', '.join(r.other_evals))}."
-                  if r.other_evals else "")
+        others = (
+            f" Other evaluations in the run folder, not shown: {html.escape(', '.join(r.other_evals))}."
+            if r.other_evals
+            else ""
+        )
         parts.append(
             f"<h3>{html.escape(r.label)}: {html.escape(str(e['data']))}, {e['images']} images, weights {e['weights_file']}"
             f"{', TTA' if e.get('tta') else ''}</h3>"
             f"<p>Shown: eval.json, the evaluation of {html.escape(describe_eval(e))}.{others}</p>"
             f"<p>loss {e['loss']:.4f}, top-1 {_pct(e['top1'])}, balanced accuracy {_pct(e['balanced_accuracy'])}, "
             f"macro F1 {e['macro_f1']:.4f}</p>"
-            + _table([[c["class"], _pct(c["precision"]), _pct(c["recall"]), f"{c['f1']:.4f}", c["support"]] for c in worst],
-                     ["class (worst F1 first)", "precision", "recall", "F1", "support"])
+            + _table(
+                [[c["class"], _pct(c["precision"]), _pct(c["recall"]), f"{c['f1']:.4f}", c["support"]] for c in worst],
+                ["class (worst F1 first)", "precision", "recall", "F1", "support"],
+            )
             + _img(confusion_figure(e), f"confusion matrix of {r.label}")
         )
     return "".join(parts)
@@ -223,10 +270,21 @@ def plan_section(runs: list[RunData]) -> str:
             f"data {p.data.train_size} train / {p.data.val_size} val images at {p.data.image_size} px, batch "
             f"{p.data.batch_size}, {p.data.steps_per_epoch} steps per epoch; optimizer {html.escape(p.optimizer.type)} "
             f"{html.escape(json.dumps(p.optimizer.kwargs))}; {p.total_steps} steps; plan {p.hash[:12]}</p>"
-            + _table([[ph.name, f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}", ", ".join(ph.train), f"{ph.trainable_pct}%",
-                       (ph.scheduler or {}).get("type", "constant"),
-                       ", ".join(f"{g} {v['peak']:.3g}" for g, v in ph.lr.items())] for ph in p.phases],
-                     ["phase", "steps", "epochs", "trains", "trainable", "scheduler", "peak LR per group"])
+            + _table(
+                [
+                    [
+                        ph.name,
+                        f"[{ph.begin}, {ph.end})",
+                        f"{ph.epochs:g}",
+                        ", ".join(ph.train),
+                        f"{ph.trainable_pct}%",
+                        (ph.scheduler or {}).get("type", "constant"),
+                        ", ".join(f"{g} {v['peak']:.3g}" for g, v in ph.lr.items()),
+                    ]
+                    for ph in p.phases
+                ],
+                ["phase", "steps", "epochs", "trains", "trainable", "scheduler", "peak LR per group"],
+            )
         )
     return "".join(parts)
 
@@ -237,9 +295,17 @@ def env_section(runs: list[RunData]) -> str:
         e = r.env
         v = e.get("versions", {})
         git = e.get("git") or {}
-        rows.append([r.label, ", ".join(f"{k} {val}" for k, val in v.items()), e.get("device"), e.get("cuda") or "-",
-                     e.get("processes", 1), (git.get("commit") or "-")[:12] + (" (modified)" if git.get("dirty") else ""),
-                     e.get("recipe") or "-"])
+        rows.append(
+            [
+                r.label,
+                ", ".join(f"{k} {val}" for k, val in v.items()),
+                e.get("device"),
+                e.get("cuda") or "-",
+                e.get("processes", 1),
+                (git.get("commit") or "-")[:12] + (" (modified)" if git.get("dirty") else ""),
+                e.get("recipe") or "-",
+            ]
+        )
     return _table(rows, ["run", "versions", "device", "GPU", "processes", "git commit", "recipe"])
 
 
@@ -252,20 +318,30 @@ code{background:#f4f4f4;padding:1px 4px}"""
 def build_report(run_dirs: list[Path]) -> str:
     runs = [RunData(d) for d in run_dirs]
     title = "ftcompile report: " + ", ".join(r.label for r in runs)
-    lr_parts = "".join((f"<h3>{html.escape(r.label)}</h3>" if len(runs) > 1 else "") + _img(png(lr_figure(r)), f"LR of {r.label}")
-                       for r in runs)
+    lr_parts = "".join(
+        (f"<h3>{html.escape(r.label)}</h3>" if len(runs) > 1 else "") + _img(png(lr_figure(r)), f"LR of {r.label}")
+        for r in runs
+    )
     sections = {
         "summary": ("How the runs went", summary_section(runs)),
-        "curves": ("Loss and validation metrics (phases shaded)", _img(png(curves_figure(runs)), "loss and accuracy curves")),
+        "curves": (
+            "Loss and validation metrics (phases shaded)",
+            _img(png(curves_figure(runs)), "loss and accuracy curves"),
+        ),
         "lr": ("Learning rate per param group", lr_parts),
         "trials": ("Trials", trials_section(runs)),
         "confusion": ("Per-class results and confusion matrix", confusion_section(runs)),
         "plan": ("Plan", plan_section(runs)),
         "env": ("Environment", env_section(runs)),
     }
-    body = "".join(f'<section id="{key}"><h2>{html.escape(head)}</h2>{content}</section>' for key, (head, content) in sections.items())
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>{outputs.REPORT_MARK}<title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    body = "".join(
+        f'<section id="{key}"><h2>{html.escape(head)}</h2>{content}</section>'
+        for key, (head, content) in sections.items()
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'>{outputs.REPORT_MARK}<title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )
 
 
 def report_command(run_dirs: list[Path], out: Path | None, force: bool = False) -> int:
@@ -274,7 +350,9 @@ def report_command(run_dirs: list[Path], out: Path | None, force: bool = False) 
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise RecipeError("the report draws its figures with matplotlib, which is not installed", suggestion=PLOT_HINT) from None
+        raise RecipeError(
+            "the report draws its figures with matplotlib, which is not installed", suggestion=PLOT_HINT
+        ) from None
     path = out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
     # Inside a run directory only the report beside that run (one of those reported on).
     outputs.check_output(path, outputs.REPORT, "-o", force=force, own=[d / "report.html" for d in run_dirs])

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from ftcompile.runtime.checkpoint import is_good, list_checkpoints, set_aside, step_of
 
 from ftcompile.plan import Plan, checkpoints_kept, phase_starts
-from ftcompile.runtime.checkpoint import is_good, list_checkpoints, set_aside, step_of
 
 
 def prune(folder: Path, plan: Plan, finished: bool) -> list[Path]:

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ftcompile import outputs
-from ftcompile import portable
-from ftcompile.errors import RecipeError, os_error
-from ftcompile.plan import Plan
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
 from ftcompile.runtime.runfiles import Env, checked, continued_evals, read_env
+
+from ftcompile import outputs, portable
+from ftcompile.errors import RecipeError, os_error
+from ftcompile.plan import Plan
 from ftcompile.signals import Interrupted, signum_of
 
 RUNS = Path("runs")
@@ -76,14 +76,18 @@ def _check_inside(path: Path, root: Path) -> None:
 def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> dict[str, Any]:
     import torch
     import torchvision
+    from ftcompile.runtime.loop import pick_device
 
     import ftcompile
     from ftcompile import provenance
-    from ftcompile.runtime.loop import pick_device
 
     return {
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "ftcompile": ftcompile.__version__,
+            "python": platform.python_version(),
+        },
         "device": str(pick_device(plan.run.device)),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "seed": plan.seed,
@@ -106,7 +110,9 @@ def changed_since(run_dir: Path, plan: Plan, env: dict[str, Any]) -> list[str]:
 
     lines = provenance.recipe_warnings(run_dir, env, plan.recipe["source_hash"])
     try:
-        lines += provenance.data_warnings(env, provenance.data_fingerprint(plan.to_dict()["data"], Path(env["data_root"])))
+        lines += provenance.data_warnings(
+            env, provenance.data_fingerprint(plan.to_dict()["data"], Path(env["data_root"]))
+        )
     except RecipeError:
         pass  # data that cannot be listed fails the run itself, with its own message
     now = provenance.machine()
@@ -291,13 +297,17 @@ def check_data(plan: Plan, root: Path, where: str) -> None:
     planned_counts = list(data.class_counts)
     differences = []
     if (found.train_size, found.val_size) != (data.train_size, data.val_size):
-        differences.append(f"train {found.train_size} / val {found.val_size} images, "
-                           f"the plan counted {data.train_size} / {data.val_size}")
+        differences.append(
+            f"train {found.train_size} / val {found.val_size} images, "
+            f"the plan counted {data.train_size} / {data.val_size}"
+        )
     if any(planned_counts):
         if list(found.class_names) != list(data.class_names):
             differences.append(f"classes {list(found.class_names)[:10]}, the plan has {list(data.class_names)[:10]}")
         elif list(found.class_counts) != planned_counts:
-            differences.append(f"train images per class {list(found.class_counts)[:10]}, the plan has {planned_counts[:10]}")
+            differences.append(
+                f"train images per class {list(found.class_counts)[:10]}, the plan has {planned_counts[:10]}"
+            )
     if differences:
         raise RecipeError(
             f"the data under {root} (from {where}) is not the data the plan was made with: " + "; ".join(differences),
@@ -340,8 +350,12 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
         with lock:
             if d.main:
                 recipe = run_dir / "recipe.toml"
-                _write_record(new_dir, plan, recipe.read_text(encoding="utf-8") if recipe.is_file() else None,
-                              {**env, **rerun_record(plan, env), "processes": d.world, "rerun_of": str(run_dir)})
+                _write_record(
+                    new_dir,
+                    plan,
+                    recipe.read_text(encoding="utf-8") if recipe.is_file() else None,
+                    {**env, **rerun_record(plan, env), "processes": d.world, "rerun_of": str(run_dir)},
+                )
             distributed.barrier(d)
             _train(plan, new_dir, root, None, d)
     distributed.shutdown(d)
@@ -419,6 +433,10 @@ def _after_run(run_dir: Path) -> None:
     print(f"report: ftcompile report {run_dir} -o {run_dir / 'report.html'}")
 
 
+def _percent(rec: dict[str, Any] | None, key: str) -> str:
+    return f"{100 * rec[key]:.2f}%" if rec and key in rec else "-"
+
+
 def print_summary(plan: Plan, result: dict[str, Any], run_dir: Path | None = None) -> None:
     """The last evaluation of each phase, from metrics.jsonl when the run has one (so a
     resumed run shows the phases trained before the resume too)."""
@@ -430,11 +448,17 @@ def print_summary(plan: Plan, result: dict[str, Any], run_dir: Path | None = Non
     rows = [("phase", "steps", "val_loss", "top1", *(["top5"] if top5 else []))]
     for ph in plan.phases:
         rec = last.get(ph.name)
-        fmt = lambda k: f"{100 * rec[k]:.2f}%" if rec and k in rec else "-"  # noqa: E731
-        rows.append((ph.name, f"[{ph.begin}, {ph.end})", f"{rec['val_loss']:.4f}" if rec else "-", fmt("top1"),
-                     *([fmt("top5")] if top5 else [])))
+        rows.append(
+            (
+                ph.name,
+                f"[{ph.begin}, {ph.end})",
+                f"{rec['val_loss']:.4f}" if rec else "-",
+                _percent(rec, "top1"),
+                *([_percent(rec, "top5")] if top5 else []),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
     print(f"time {result['seconds']:.1f} s")

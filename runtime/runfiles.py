@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import io
 import json
-import hashlib
 import math
 import os
 import re
@@ -41,13 +41,13 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
+from ftcompile.runtime.lock import LOCK_FILE
+from ftcompile.runtime.logs import trials_header
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ftcompile.errors import RecipeError, RecipeErrors, os_error
 from ftcompile.metrics import METRICS
 from ftcompile.plan import Plan
-from ftcompile.runtime.lock import LOCK_FILE
-from ftcompile.runtime.logs import trials_header
 from ftcompile.schema import loc_to_key
 
 SUMMARY = "summary.json"
@@ -56,7 +56,7 @@ STATUSES = ("running", "finished", "failed", "interrupted")  # what summary.json
 # What to do about a damaged file, per file: the hint of its error.
 REMEDY = {
     "summary.json": "an unfinished run writes it again when resumed (`ftcompile resume`); a finished run's can be "
-                    "restored from a backup (nothing else depends on it)",
+    "restored from a backup (nothing else depends on it)",
     "env.json": "restore it from a backup; `ftcompile rerun` needs only plan.json to start the run again",
     "eval.json": "delete it, or write it again with `ftcompile eval RUN_DIR`",
     "metrics.jsonl": "restore it from a backup; the run's own records are never edited",
@@ -185,8 +185,11 @@ def eval_variant(weights: str, tta: bool, data: str) -> str:
     """'' or e.g. '-best-tta': the name's part for an evaluation; `data` as eval.json's field
     (the folder's absolute path, or a text starting with OWN_DATA)."""
     own = data.startswith(OWN_DATA)
-    return ("" if weights == "final" else f"-{weights}") + ("-tta" if tta else "") + (
-        "" if own else f"-data-{hashlib.sha256(data.encode()).hexdigest()[:8]}")
+    return (
+        ("" if weights == "final" else f"-{weights}")
+        + ("-tta" if tta else "")
+        + ("" if own else f"-data-{hashlib.sha256(data.encode()).hexdigest()[:8]}")
+    )
 
 
 def eval_names(variant: str) -> tuple[str, str]:
@@ -205,8 +208,10 @@ def eval_variants(run_dir: Path) -> list[str]:
 
 def describe_eval(result: dict[str, Any]) -> str:
     """What an evaluation was of, in words: `best.pt, with TTA, on the run's validation split`."""
-    return (f"{result['weights_file']} ({result['weights']} weights), {'with' if result['tta'] else 'no'} TTA, "
-            f"on {result['data']}")
+    return (
+        f"{result['weights_file']} ({result['weights']} weights), {'with' if result['tta'] else 'no'} TTA, "
+        f"on {result['data']}"
+    )
 
 
 class ClassResult(_File):
@@ -307,8 +312,14 @@ class MemoryRecord(_Record):
     rss_start_bytes: int | None = None
 
 
-RECORDS: dict[str, type[_Record]] = {"step": StepRecord, "eval": EvalRecord, "sync": SyncRecord, "memory": MemoryRecord,
-                                     "stop": StopRecord, "restore": RestoreRecord}
+RECORDS: dict[str, type[_Record]] = {
+    "step": StepRecord,
+    "eval": EvalRecord,
+    "sync": SyncRecord,
+    "memory": MemoryRecord,
+    "stop": StopRecord,
+    "restore": RestoreRecord,
+}
 
 
 # ---------------------------------------------------------------- export sidecar (export.sidecar)
@@ -368,8 +379,9 @@ def _said(err: dict[str, Any]) -> str:
 
 def _error(path: Path, what: str, key: str | None = None, line: int | None = None) -> RecipeError:
     remedy = REMEDY["eval.json"] if EVAL_NAME.match(path.name) else REMEDY.get(path.name)
-    return RecipeError(f"{what}; {path.name} is damaged or was edited by hand", file=path, key=key, line=line,
-                       suggestion=remedy)
+    return RecipeError(
+        f"{what}; {path.name} is damaged or was edited by hand", file=path, key=key, line=line, suggestion=remedy
+    )
 
 
 def _validate(model: type[BaseModel], data: Any, path: Path, line: int | None = None) -> Any:
@@ -414,8 +426,11 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 def read_env(run_dir: Path) -> dict[str, Any]:
     env = _read_json(run_dir / "env.json", Env)
     if env is None:
-        raise RecipeError(f"{run_dir} is not a run directory (no env.json)", file=run_dir,
-                          suggestion="pass a folder made by ftcompile run, e.g. runs/<name>/1-ab12cd34")
+        raise RecipeError(
+            f"{run_dir} is not a run directory (no env.json)",
+            file=run_dir,
+            suggestion="pass a folder made by ftcompile run, e.g. runs/<name>/1-ab12cd34",
+        )
     return env
 
 
@@ -429,12 +444,15 @@ def read_eval(run_dir: Path, plan: Plan, variant: str = "") -> dict[str, Any] | 
     held = eval_variant(result["weights"], result["tta"], result["data"])
     if held != variant:
         parts = [re.fullmatch(r"(-best|-ema)?(-tta)?(-data-[0-9a-f]{8})?", v).groups() for v in (held, variant)]  # type: ignore[union-attr]
-        key = next(k for k, a, b in zip(("weights", "tta", "data"), *parts) if a != b)
-        raise _error(path, f"it holds the evaluation of {describe_eval(result)}, whose file is {eval_names(held)[0]}",
-                     key=key)
+        key = next(k for k, a, b in zip(("weights", "tta", "data"), *parts, strict=False) if a != b)
+        raise _error(
+            path, f"it holds the evaluation of {describe_eval(result)}, whose file is {eval_names(held)[0]}", key=key
+        )
     k = len(plan.data.class_names)
     if result["plan_hash"] != plan.hash:
-        raise _error(path, f"the evaluation of plan {result['plan_hash'][:12]}, the run's is {plan.hash[:12]}", key="plan_hash")
+        raise _error(
+            path, f"the evaluation of plan {result['plan_hash'][:12]}, the run's is {plan.hash[:12]}", key="plan_hash"
+        )
     if result["classes"] != list(plan.data.class_names):
         raise _error(path, "not the run's class names", key="classes")
     if [c["class"] for c in result["per_class"]] != result["classes"]:
@@ -472,7 +490,7 @@ def _lines(path: Path, size: int | None = None) -> list[tuple[int, str]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _error(path, "not UTF-8 text", line=data[:exc.start].count(b"\n") + 1) from None
+        raise _error(path, "not UTF-8 text", line=data[: exc.start].count(b"\n") + 1) from None
     lines = text.split("\n")[:-1]  # the part after the last newline is being written
     return [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
 
@@ -490,8 +508,12 @@ def read_records(run_dir: Path, kind: str | None = None, size: int | None = None
             raise _error(path, "not a JSON object", line=n)
         model = RECORDS.get(rec.get("type"))  # type: ignore[arg-type]
         if model is None:
-            raise _error(path, f"unknown record type {rec.get('type')!r}; ftcompile writes {', '.join(RECORDS)}",
-                         key="type", line=n)
+            raise _error(
+                path,
+                f"unknown record type {rec.get('type')!r}; ftcompile writes {', '.join(RECORDS)}",
+                key="type",
+                line=n,
+            )
         _validate(model, rec, path, line=n)
         if kind is None or rec["type"] == kind:
             out.append(rec)
@@ -542,23 +564,36 @@ def read_trials(run_dir: Path, plan: Plan) -> list[dict[str, str]]:
     for n, fields in body:
         if len(fields) != len(header):
             raise _error(path, f"{len(fields)} fields, the header has {len(header)}", line=n)
-        row = dict(zip(header, fields))
+        row = dict(zip(header, fields, strict=False))
         spec = specs.get(row["phase"])
         if spec is None:
             listed = ", ".join(specs) or "none"
-            raise _error(path, f"{row['phase']!r} is not a trial phase of plan.json (its trial phases: {listed})",
-                         key="phase", line=n)
+            raise _error(
+                path,
+                f"{row['phase']!r} is not a trial phase of plan.json (its trial phases: {listed})",
+                key="phase",
+                line=n,
+            )
         alternatives = spec.alternatives
         if not row["k"].isdigit() or int(row["k"]) >= len(alternatives):
-            raise _error(path, f"alternative {row['k']!r} is not in plan.json: phase {row['phase']} has k = 0.."
-                               f"{len(alternatives) - 1}", key="k", line=n)
+            raise _error(
+                path,
+                f"alternative {row['k']!r} is not in plan.json: phase {row['phase']} has k = 0.."
+                f"{len(alternatives) - 1}",
+                key="k",
+                line=n,
+            )
         k = int(row["k"])
         if (row["phase"], k) in seen:
             raise _error(path, f"a second row for alternative {k} of phase {row['phase']}", key="k", line=n)
         seen.add((row["phase"], k))
         if row["label"] != alternatives[k].label:
-            raise _error(path, f"{row['label']!r} is not alternative {k}'s label in plan.json ({alternatives[k].label!r})",
-                         key="label", line=n)
+            raise _error(
+                path,
+                f"{row['label']!r} is not alternative {k}'s label in plan.json ({alternatives[k].label!r})",
+                key="label",
+                line=n,
+            )
         for m in METRICS.values():  # losses are >= 0, accuracies (maximised) in [0, 1]
             if m.name in row:
                 _number(path, n, m.name, row[m.name], low=0.0, high=1.0 if m.maximise else None)
@@ -566,8 +601,12 @@ def read_trials(run_dir: Path, plan: Plan) -> list[dict[str, str]]:
             raise _error(path, f"{row['chosen']!r} is neither true nor false", key="chosen", line=n)
         if row["chosen"] == "true":
             if row["phase"] in chosen:
-                raise _error(path, f"a second chosen alternative of phase {row['phase']} (k {chosen[row['phase']]} "
-                                   f"and {k})", key="chosen", line=n)
+                raise _error(
+                    path,
+                    f"a second chosen alternative of phase {row['phase']} (k {chosen[row['phase']]} and {k})",
+                    key="chosen",
+                    line=n,
+                )
             chosen[row["phase"]] = k
         rows.append(row)
     return rows
@@ -602,7 +641,9 @@ def read_lr(run_dir: Path, plan: Plan) -> list[dict[str, Any]]:
     (_, header), *body = lines
     expected = ["step", "phase", "trial", *plan.param_group_names]
     if header != expected:
-        raise _error(path, f"the header is {','.join(header)}, the plan's param groups give {','.join(expected)}", line=1)
+        raise _error(
+            path, f"the header is {','.join(header)}, the plan's param groups give {','.join(expected)}", line=1
+        )
     phases = {ph.name for ph in plan.phases}
     out = []
     for n, fields in body:
@@ -616,7 +657,7 @@ def read_lr(run_dir: Path, plan: Plan) -> list[dict[str, Any]]:
         if trial and not trial.isdigit():
             raise _error(path, f"{trial!r} is not an alternative number", key="trial", line=n)
         row: dict[str, Any] = {"step": int(step), "phase": phase, "trial": int(trial) if trial else None}
-        for name, text in zip(plan.param_group_names, lrs):
+        for name, text in zip(plan.param_group_names, lrs, strict=False):
             try:
                 row[name] = float(text)
             except ValueError:

@@ -19,15 +19,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ftcompile.runtime.runfiles import continued_evals, status_of
+
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime.runfiles import continued_evals, status_of
 
 
 def find_runs(root: Path) -> list[Path]:
     """Run directories below `root` (or `root` itself), sorted by path; never inside a run."""
     if not root.is_dir():
-        raise RecipeError(f"{root} is not a folder", file=root, suggestion="give the folder that holds runs/<name>/..., default runs/")
+        raise RecipeError(
+            f"{root} is not a folder", file=root, suggestion="give the folder that holds runs/<name>/..., default runs/"
+        )
     found = []
     for dirpath, dirs, files in os.walk(root):
         if "plan.json" in files and "env.json" in files:
@@ -53,8 +56,20 @@ def describe(run_dir: Path) -> dict[str, Any]:
         return {**dict.fromkeys(COLUMNS), "path": str(run_dir), "status": "unreadable", "error": str(err)}
 
 
-COLUMNS = ("path", "recipe", "plan_hash", "status", "error", "phases_done", "phases", "step", "total_steps",
-           "best_top1", "final_top1", "wall_s")
+COLUMNS = (
+    "path",
+    "recipe",
+    "plan_hash",
+    "status",
+    "error",
+    "phases_done",
+    "phases",
+    "step",
+    "total_steps",
+    "best_top1",
+    "final_top1",
+    "wall_s",
+)
 
 
 def _row(run_dir: Path) -> dict[str, Any]:
@@ -94,12 +109,22 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         unreadable = r["status"] == "unreadable"
         phases = "-" if unreadable else "?" if r["phases_done"] is None else f"{r['phases_done']}/{r['phases']}"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.1f}s"
-        table.append([r["path"], r["recipe"] or "?", (r["plan_hash"] or "?")[:8], r["status"], phases,
-                      pct(r["best_top1"]), pct(r["final_top1"]), wall])
+        table.append(
+            [
+                r["path"],
+                r["recipe"] or "?",
+                (r["plan_hash"] or "?")[:8],
+                r["status"],
+                phases,
+                pct(r["best_top1"]),
+                pct(r["final_top1"]),
+                wall,
+            ]
+        )
         if r["error"]:  # an unreadable run's error names its file (inside the run's path) itself
             errors.append(f"  {'' if unreadable else r['path'] + ': '}{r['error'].splitlines()[0]}")
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in table]
     if errors:
         lines += ["", "errors:", *errors]
     return "\n".join(lines)

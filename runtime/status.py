@@ -25,12 +25,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftcompile.runtime.loop import Hooks, Session, StepInfo
+from ftcompile.runtime.runfiles import (
+    SUMMARY,
+    Summary,
+    as_continued,
+    checked,
+    chosen_alternatives,
+    read_evals,
+    read_summary,
+)
+
 from ftcompile import metrics
 from ftcompile.errors import RecipeError
 from ftcompile.outputs import write_json
 from ftcompile.plan import Plan
-from ftcompile.runtime.loop import Hooks, Session, StepInfo
-from ftcompile.runtime.runfiles import SUMMARY, Summary, as_continued, checked, chosen_alternatives, read_evals, read_summary
 from ftcompile.signals import signal_name
 
 
@@ -48,8 +57,7 @@ def phase_table(plan: Plan, evals: list[dict[str, Any]]) -> dict[str, Any]:
     for ph in plan.phases:
         rec = last.get(ph.name)
         done = rec is not None and rec["step"] >= ph.end
-        table[ph.name] = {"begin": ph.begin, "end": ph.end, "done": done,
-                          "metrics": _metrics(rec) if rec else None}
+        table[ph.name] = {"begin": ph.begin, "end": ph.end, "done": done, "metrics": _metrics(rec) if rec else None}
     return table
 
 
@@ -75,8 +83,10 @@ def _previous(run_dir: Path) -> dict[str, Any]:
     try:
         return read_summary(run_dir) or {}
     except RecipeError as err:
-        print(f"warning: {str(err).splitlines()[0]}; writing it again (wall time and attempts start over)",
-              file=sys.stderr)
+        print(
+            f"warning: {str(err).splitlines()[0]}; writing it again (wall time and attempts start over)",
+            file=sys.stderr,
+        )
         return {}
 
 
@@ -101,25 +111,31 @@ class RunStatus(Hooks):
         final = evals[-1] if evals else None
         best = best_eval(evals)
         phases = phase_table(self.plan, evals)
-        write_json(self.run_dir / SUMMARY, checked(Summary, {
-            "status": status,
-            "error": error,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "recipe": self.plan.recipe.get("name"),
-            "plan_hash": self.plan.hash,
-            "started": self.started_at,
-            "updated": _now(),
-            "attempts": self.attempts,
-            "wall_s": round(self.before + time.perf_counter() - self.begun, 3),
-            "step": self.step,
-            "total_steps": self.plan.total_steps,
-            "phases_done": [name for name, ph in phases.items() if ph["done"]],
-            "phases": phases,
-            "final": _metrics(final) if final and status == "finished" else None,
-            "last": _metrics(final) if final else None,
-            "best": {**_metrics(best), "phase": best["phase"]} if best else None,
-        }))
+        write_json(
+            self.run_dir / SUMMARY,
+            checked(
+                Summary,
+                {
+                    "status": status,
+                    "error": error,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "recipe": self.plan.recipe.get("name"),
+                    "plan_hash": self.plan.hash,
+                    "started": self.started_at,
+                    "updated": _now(),
+                    "attempts": self.attempts,
+                    "wall_s": round(self.before + time.perf_counter() - self.begun, 3),
+                    "step": self.step,
+                    "total_steps": self.plan.total_steps,
+                    "phases_done": [name for name, ph in phases.items() if ph["done"]],
+                    "phases": phases,
+                    "final": _metrics(final) if final and status == "finished" else None,
+                    "last": _metrics(final) if final else None,
+                    "best": {**_metrics(best), "phase": best["phase"]} if best else None,
+                },
+            ),
+        )
 
     # Session hooks: the step count, and a new summary at each phase end.
     def on_step(self, session: Session, info: StepInfo) -> None:
@@ -131,7 +147,7 @@ class RunStatus(Hooks):
             self.write("running")
 
     @contextlib.contextmanager
-    def tracking(self) -> Iterator["RunStatus"]:
+    def tracking(self) -> Iterator[RunStatus]:
         """running at the start; finished, failed (with the error) or interrupted at the end."""
         self.write("running")
         try:

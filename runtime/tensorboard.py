@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ftcompile.plan import Plan
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
+
+from ftcompile.plan import Plan
 
 FOLDER = "tensorboard"
 

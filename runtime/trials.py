@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from ftcompile.runtime import checkpoint
 
-from ftcompile import metrics
-from ftcompile import outputs
+from ftcompile import metrics, outputs
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan, TrialsPlan
-from ftcompile.runtime import checkpoint
 
 if TYPE_CHECKING:
     from ftcompile.runtime.features import FeatureCache
@@ -184,8 +183,11 @@ def choose(session: Any) -> None:
     spec = ts.specs[r.phase]
     winner = pick(r.results, spec.select)
     if winner is None:
-        raise RecipeError(f"every alternative of the trial phase {r.phase!r} diverged (the loss became inf or nan)",
-                          key=f"phases.{r.phase}.trials", suggestion="lower the learning rates of the alternatives")
+        raise RecipeError(
+            f"every alternative of the trial phase {r.phase!r} diverged (the loss became inf or nan)",
+            key=f"phases.{r.phase}.trials",
+            suggestion="lower the learning rates of the alternatives",
+        )
     where = folder(session, r.phase)
     if ts.best is not None and ts.best[0] == winner:
         state = ts.best[1]
@@ -200,9 +202,16 @@ def choose(session: Any) -> None:
     session.changes = ts.changes()
     # The run's evaluations of this phase are the winner's.
     session.evals = [e for e in session.evals if e.get("phase") != r.phase or e.get("trial") == winner]
-    rows = [{"phase": r.phase, "k": res["k"], "label": spec.alternatives[res["k"]].label,
-             **{m.name: _num(res[m.key]) for m in metrics.METRICS.values() if m.key in res},
-             "chosen": str(res["k"] == winner).lower()} for res in r.results]
+    rows = [
+        {
+            "phase": r.phase,
+            "k": res["k"],
+            "label": spec.alternatives[res["k"]].label,
+            **{m.name: _num(res[m.key]) for m in metrics.METRICS.values() if m.key in res},
+            "chosen": str(res["k"] == winner).lower(),
+        }
+        for res in r.results
+    ]
     if session.logs:
         session.logs.trial_results(rows)
     if session.d.main:
@@ -235,9 +244,19 @@ def print_table(phase: str, spec: TrialsPlan, results: list[dict[str, Any]], win
 
     rows = [["", "k", "alternative", *(m.key for m in shown)]]
     for res in results:
-        rows.append(["*" if res["k"] == winner else "", str(res["k"]), spec.alternatives[res["k"]].label,
-                     *(cell(res, m) for m in shown)])
+        rows.append(
+            [
+                "*" if res["k"] == winner else "",
+                str(res["k"]),
+                spec.alternatives[res["k"]].label,
+                *(cell(res, m) for m in shown),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print(f"\ntrials of {phase} (select {spec.select}; * = chosen, continues):", file=sys.stdout)
     for row in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=sys.stdout, flush=True)
+        print(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip(),
+            file=sys.stdout,
+            flush=True,
+        )

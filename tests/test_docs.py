@@ -33,6 +33,10 @@ def test_every_change_op_is_explained() -> None:
 
 def test_readme_starts_with_the_two_commands_and_fits_a_first_screen() -> None:
     lines = (ROOT / "README.md").read_text().splitlines()
-    assert lines[2:6] == ["```bash", 'pip install -e ".[test]" && ftcompile run recipes/quickstart.toml',
-                          "python -m pytest -q", "```"]
+    assert lines[2:6] == [
+        "```bash",
+        'pip install -e ".[test]" && ftcompile run recipes/quickstart.toml',
+        "python -m pytest -q",
+        "```",
+    ]
     assert len(lines) <= 250

@@ -39,8 +39,12 @@ NAMES = {"ftcompile-check": "ftcompile check", "ftcompile-check-system": "ftcomp
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout
 
 
@@ -76,15 +80,24 @@ def hook_env(hook: str, tmp_path: Path) -> dict[str, str]:
         env["PATH"] = os.pathsep.join([str(installed_ftcompile(tmp_path / "bin")), env.get("PATH", "")])
     else:
         site_dirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
-        env.update(PIP_NO_DEPS="1", PIP_NO_BUILD_ISOLATION="1",
-                   PYTHONPATH=os.pathsep.join([*site_dirs, *filter(None, [env.get("PYTHONPATH")])]))
+        env.update(
+            PIP_NO_DEPS="1",
+            PIP_NO_BUILD_ISOLATION="1",
+            PYTHONPATH=os.pathsep.join([*site_dirs, *filter(None, [env.get("PYTHONPATH")])]),
+        )
     return env
 
 
-def try_repo(hooks: Path, project: Path, hook: str, env: dict[str, str], *files: str) -> subprocess.CompletedProcess[str]:
+def try_repo(
+    hooks: Path, project: Path, hook: str, env: dict[str, str], *files: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pre_commit", "try-repo", str(hooks), hook, "--verbose", "--files", *files],
-        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -96,8 +109,14 @@ def test_hook_passes_good_recipes_and_fails_bad_ones(tmp_path: Path, hook: str) 
     for name in ("quickstart.toml", "digits-pretrain.toml", "resnet50-gradual.toml"):  # the last one's data is absent
         (project / "recipes" / name).write_text((RECIPES / name).read_text())
     (project / "pyproject.toml").write_text("[tool.black]\nline-length = 100\n")  # not a recipe: skipped
-    bad = (RECIPES / "quickstart.toml").read_text().replace('layer4 = "head / 3" }\nscheduler = { type = "CosineAnnealingLR" }\n\n[phases.layer3]',
-                                                              'layer4 = "head / 3" }\nscheduler = { type = "CosineAnnealingLR", T_maks = 3 }\n\n[phases.layer3]')
+    bad = (
+        (RECIPES / "quickstart.toml")
+        .read_text()
+        .replace(
+            'layer4 = "head / 3" }\nscheduler = { type = "CosineAnnealingLR" }\n\n[phases.layer3]',
+            'layer4 = "head / 3" }\nscheduler = { type = "CosineAnnealingLR", T_maks = 3 }\n\n[phases.layer3]',
+        )
+    )
     assert "T_maks" in bad
     (project / "recipes" / "bad.toml").write_text(bad)
     git(project, "init", "-q")
@@ -105,8 +124,16 @@ def test_hook_passes_good_recipes_and_fails_bad_ones(tmp_path: Path, hook: str) 
     hooks = snapshot(tmp_path / "hooks")
     env = hook_env(hook, tmp_path)
 
-    good = try_repo(hooks, project, hook, env, "recipes/quickstart.toml", "recipes/digits-pretrain.toml",
-                    "recipes/resnet50-gradual.toml", "pyproject.toml")
+    good = try_repo(
+        hooks,
+        project,
+        hook,
+        env,
+        "recipes/quickstart.toml",
+        "recipes/digits-pretrain.toml",
+        "recipes/resnet50-gradual.toml",
+        "pyproject.toml",
+    )
     assert good.returncode == 0, good.stdout + good.stderr
     assert NAMES[hook] in good.stdout and "Passed" in good.stdout
     assert "ok   recipes/resnet50-gradual.toml: 3 phases (data not found here: step counts not checked)" in good.stdout
@@ -115,4 +142,7 @@ def test_hook_passes_good_recipes_and_fails_bad_ones(tmp_path: Path, hook: str) 
     failed = try_repo(hooks, project, hook, env, "recipes/bad.toml", "pyproject.toml")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Failed" in failed.stdout
-    assert "FAIL recipes/bad.toml:" in failed.stdout and "phases.layer4.scheduler.T_maks: CosineAnnealingLR has no argument 'T_maks'" in failed.stdout
+    assert (
+        "FAIL recipes/bad.toml:" in failed.stdout
+        and "phases.layer4.scheduler.T_maks: CosineAnnealingLR has no argument 'T_maks'" in failed.stdout
+    )

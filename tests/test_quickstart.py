@@ -21,14 +21,17 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
 def test_quickstart_fine_tunes(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "ftcompile", "run", str(QUICKSTART)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1800,  # ~75 s on an idle 2-core CPU
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,  # ~75 s on an idle 2-core CPU
     )
     assert out.returncode == 0, out.stderr[-2000:]
     run_dir = tmp_path / out.stdout.strip().splitlines()[-1]
     assert run_dir.parent.name == "quickstart"
     upstream = list((tmp_path / "runs" / "digits-pretrain").glob("*/model.pt"))
     assert len(upstream) == 1  # trained first, because it did not exist
-    evals = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     first, last = evals[0], evals[-1]
     assert last["top1"] >= 0.9, last
     assert last["top1"] > first["top1"]

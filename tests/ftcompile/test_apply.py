@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ftcompile.apply import Executor, GroupView
-from ftcompile.torch_args import MOMENTUM_FIELD, LENGTH_ARGS, momentum_field, optimizer_class
+from ftcompile.torch_args import LENGTH_ARGS, MOMENTUM_FIELD, momentum_field, optimizer_class
 
 
 def real_optimizer() -> torch.optim.Optimizer:
@@ -61,8 +61,11 @@ def test_schedulers_step_over_a_view_and_write_into_the_real_groups(spec: dict) 
 def test_the_momentum_table_matches_every_torch_optimizer() -> None:
     import inspect
 
-    classes = [n for n, c in vars(torch.optim).items()
-               if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"]
+    classes = [
+        n
+        for n, c in vars(torch.optim).items()
+        if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
+    ]
     for name in classes:
         params = inspect.signature(optimizer_class(name).__init__).parameters
         found = "momentum" if "momentum" in params else "betas" if "betas" in params else None

@@ -15,11 +15,24 @@ from ftcompile.errors import RecipeError
 
 # One small representative per family, with the input size its forward() needs.
 REPRESENTATIVES = {
-    "resnet18": 224, "efficientnet_b0": 224, "efficientnet_v2_s": 224, "convnext_tiny": 224,
-    "mobilenet_v3_small": 224, "mobilenet_v2": 224, "densenet121": 224, "vgg11": 224,
-    "alexnet": 224, "squeezenet1_0": 224, "googlenet": 224, "inception_v3": 299,
-    "shufflenet_v2_x0_5": 224, "mnasnet0_5": 224, "regnet_y_400mf": 224,
-    "vit_b_16": 224, "swin_t": 224, "maxvit_t": 224,
+    "resnet18": 224,
+    "efficientnet_b0": 224,
+    "efficientnet_v2_s": 224,
+    "convnext_tiny": 224,
+    "mobilenet_v3_small": 224,
+    "mobilenet_v2": 224,
+    "densenet121": 224,
+    "vgg11": 224,
+    "alexnet": 224,
+    "squeezenet1_0": 224,
+    "googlenet": 224,
+    "inception_v3": 299,
+    "shufflenet_v2_x0_5": 224,
+    "mnasnet0_5": 224,
+    "regnet_y_400mf": 224,
+    "vit_b_16": 224,
+    "swin_t": 224,
+    "maxvit_t": 224,
 }
 TOKEN_MODELS = {"vit_b_16", "swin_t", "maxvit_t"}
 HEAD = {"hidden": [32], "dropout": [0.1, 0.2], "batchnorm": True}

@@ -34,32 +34,88 @@ OPT = 'type = "SGD"'
 
 CASES = {
     "toml-syntax": Case("batch_size = 64", "batch_size = = 64", None, ("TOML syntax error", "column 14"), "TOML"),
-    "unknown-key": Case(WARMUP, "epoch = 1\nlr = { head = 0.1 }", "phases.warmup.epoch", ("unknown key",), "did you mean 'epochs'?"),
-    "wrong-type": Case("batch_size = 64", 'batch_size = "big"', "data.batch_size", ("valid integer", "'big'"), "whole number"),
-    "negative-lr": Case("lr = { head = 0.1 }", "lr = { head = -0.1 }", "phases.warmup.lr.head", ("greater than 0", "-0.1"), "> 0"),
+    "unknown-key": Case(
+        WARMUP, "epoch = 1\nlr = { head = 0.1 }", "phases.warmup.epoch", ("unknown key",), "did you mean 'epochs'?"
+    ),
+    "wrong-type": Case(
+        "batch_size = 64", 'batch_size = "big"', "data.batch_size", ("valid integer", "'big'"), "whole number"
+    ),
+    "negative-lr": Case(
+        "lr = { head = 0.1 }", "lr = { head = -0.1 }", "phases.warmup.lr.head", ("greater than 0", "-0.1"), "> 0"
+    ),
     "zero-epochs": Case(WARMUP, "epochs = 0\nlr = { head = 0.1 }", "phases.warmup.epochs", ("greater than 0",), "> 0"),
-    "one-class": Case("num_classes = 10", "num_classes = 1", "model.num_classes", ("greater than or equal to 2",), ">= 2"),
-    "unknown-arch": Case('arch = "resnet18"', 'arch = "resnet51"', "model.arch", ("unknown architecture 'resnet51'",), "'resnet50'"),
-    "bad-weights": Case("num_classes = 10", 'num_classes = 10\nweights = "IMAGENET1K_V9"', "model.weights",
-                        ("'IMAGENET1K_V9' is not a weights name for resnet18",), "IMAGENET1K_V1", at="weights ="),
-    "unknown-group": Case('train = ["head"]', 'train = ["haed"]', "phases.warmup.train[0]", ("unknown group 'haed'",), "'head'"),
-    "unknown-phase": Case('after = ["warmup"]', 'after = ["warmpu"]', "phases.full.after[0]", ("unknown phase 'warmpu'",), "'warmup'"),
-    "cycle": Case("[phases.warmup]", '[phases.warmup]\nafter = ["full"]', "phases.warmup.after",
-                  ("cycle: warmup -> full -> warmup",), "remove one", at="after = [\"full\"]"),
-    "empty-selector": Case('body = ["backbone"]', 'body = ["layer5"]', "groups.body[0]", ("'layer5' matches no parameter",), "'layer4'"),
-    "overlapping-groups": Case('head = ["head"]', 'head = ["head", "fc.bias"]\nlast = ["layer4.1", "layer4"]', "groups.last",
-                               ("'layer4.1.conv1.weight' is in two groups", "'body' and 'last'"), "narrow one", at="last ="),
-    "bad-lr-expression": Case(FULL_LR, 'lr = { head = 0.01, body = "head //" }', "phases.full.lr.body", ("cannot parse",), "head"),
+    "one-class": Case(
+        "num_classes = 10", "num_classes = 1", "model.num_classes", ("greater than or equal to 2",), ">= 2"
+    ),
+    "unknown-arch": Case(
+        'arch = "resnet18"', 'arch = "resnet51"', "model.arch", ("unknown architecture 'resnet51'",), "'resnet50'"
+    ),
+    "bad-weights": Case(
+        "num_classes = 10",
+        'num_classes = 10\nweights = "IMAGENET1K_V9"',
+        "model.weights",
+        ("'IMAGENET1K_V9' is not a weights name for resnet18",),
+        "IMAGENET1K_V1",
+        at="weights =",
+    ),
+    "unknown-group": Case(
+        'train = ["head"]', 'train = ["haed"]', "phases.warmup.train[0]", ("unknown group 'haed'",), "'head'"
+    ),
+    "unknown-phase": Case(
+        'after = ["warmup"]', 'after = ["warmpu"]', "phases.full.after[0]", ("unknown phase 'warmpu'",), "'warmup'"
+    ),
+    "cycle": Case(
+        "[phases.warmup]",
+        '[phases.warmup]\nafter = ["full"]',
+        "phases.warmup.after",
+        ("cycle: warmup -> full -> warmup",),
+        "remove one",
+        at='after = ["full"]',
+    ),
+    "empty-selector": Case(
+        'body = ["backbone"]', 'body = ["layer5"]', "groups.body[0]", ("'layer5' matches no parameter",), "'layer4'"
+    ),
+    "overlapping-groups": Case(
+        'head = ["head"]',
+        'head = ["head", "fc.bias"]\nlast = ["layer4.1", "layer4"]',
+        "groups.last",
+        ("'layer4.1.conv1.weight' is in two groups", "'body' and 'last'"),
+        "narrow one",
+        at="last =",
+    ),
+    "bad-lr-expression": Case(
+        FULL_LR, 'lr = { head = 0.01, body = "head //" }', "phases.full.lr.body", ("cannot parse",), "head"
+    ),
     "unknown-optimizer": Case(OPT, 'type = "SDG"', "optimizer.type", ("unknown optimizer 'SDG'",), "'SGD'"),
-    "unknown-optimizer-argument": Case("momentum = 0.9", "momentun = 0.9", "optimizer.momentun",
-                                       ("SGD has no argument 'momentun'",), "'momentum'"),
-    "unknown-scheduler": Case("lr = { head = 0.1 }", 'lr = { head = 0.1 }\nscheduler = { type = "StepLr", step_size = 2 }',
-                              "phases.warmup.scheduler.type", ("unknown scheduler 'StepLr'",), "'StepLR'", at="scheduler ="),
-    "unknown-scheduler-argument": Case("lr = { head = 0.1 }", 'lr = { head = 0.1 }\nscheduler = { type = "StepLR", stepsize = 2 }',
-                                       "phases.warmup.scheduler.stepsize", ("StepLR has no argument 'stepsize'",), "'step_size'", at="scheduler ="),
-    "nothing-to-train": Case('train = ["head"]', "train = []", "phases.warmup.train", ("at least 1 item",), "at least 1"),
-    "missing-data-folder": Case('builtin = "digits"', 'train = "data/train"\nval = "data/val"', "data.train",
-                                ("data folder 'data/train' not found",), "relative to the recipe's folder"),
+    "unknown-optimizer-argument": Case(
+        "momentum = 0.9", "momentun = 0.9", "optimizer.momentun", ("SGD has no argument 'momentun'",), "'momentum'"
+    ),
+    "unknown-scheduler": Case(
+        "lr = { head = 0.1 }",
+        'lr = { head = 0.1 }\nscheduler = { type = "StepLr", step_size = 2 }',
+        "phases.warmup.scheduler.type",
+        ("unknown scheduler 'StepLr'",),
+        "'StepLR'",
+        at="scheduler =",
+    ),
+    "unknown-scheduler-argument": Case(
+        "lr = { head = 0.1 }",
+        'lr = { head = 0.1 }\nscheduler = { type = "StepLR", stepsize = 2 }',
+        "phases.warmup.scheduler.stepsize",
+        ("StepLR has no argument 'stepsize'",),
+        "'step_size'",
+        at="scheduler =",
+    ),
+    "nothing-to-train": Case(
+        'train = ["head"]', "train = []", "phases.warmup.train", ("at least 1 item",), "at least 1"
+    ),
+    "missing-data-folder": Case(
+        'builtin = "digits"',
+        'train = "data/train"\nval = "data/val"',
+        "data.train",
+        ("data folder 'data/train' not found",),
+        "relative to the recipe's folder",
+    ),
 }
 
 
@@ -128,8 +184,14 @@ def test_user_error_in_a_subprocess(case: str, write: Writer, tiny: str, tmp_pat
     c = CASES[case]
     path = write(tiny.replace(c.old, c.new))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "ftcompile", "plan", path.name], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftcompile", "plan", path.name],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr

@@ -59,7 +59,9 @@ def to_toml(doc: dict[str, Any]) -> str:
         if not isinstance(table, dict):
             continue
         lines += ["", f"[{toml_key(key)}]"]
-        lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict) or key != "phases"]
+        lines += [
+            f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict) or key != "phases"
+        ]
         if key == "phases":
             for name, phase in table.items():
                 if isinstance(phase, dict):
@@ -86,30 +88,69 @@ SEEDS: list[dict[str, Any]] = [
         "optimizer": {"type": "SGD", "momentum": 0.9, "weight_decay": 1e-4},
         "groups": {"body": ["backbone"], "head": ["head"]},
         "phases": {
-            "warmup": {"train": ["head"], "steps": 4, "lr": {"head": 0.1},
-                       "scheduler": {"type": "OneCycleLR", "pct_start": 0.3}},
-            "full": {"after": ["warmup"], "train": ["body", "head"], "epochs": 1,
-                     "lr": {"head": 0.01, "body": "head / 10"}, "scheduler": {"type": "StepLR", "step_size": "2 steps"}},
+            "warmup": {
+                "train": ["head"],
+                "steps": 4,
+                "lr": {"head": 0.1},
+                "scheduler": {"type": "OneCycleLR", "pct_start": 0.3},
+            },
+            "full": {
+                "after": ["warmup"],
+                "train": ["body", "head"],
+                "epochs": 1,
+                "lr": {"head": 0.01, "body": "head / 10"},
+                "scheduler": {"type": "StepLR", "step_size": "2 steps"},
+            },
         },
     },
     {
         "name": "gradual",
         "seed": 3,
-        "model": {"arch": "resnet18", "num_classes": "auto",
-                  "head": {"pool": "concat", "hidden": [16], "dropout": [0.1, 0.2], "batchnorm": True}},
-        "data": {"builtin": "digits", "classes": ["1", "3", "5"], "batch_size": 128, "balance": "loss",
-                 "augment": [{"op": "RandomAffine", "degrees": 10}], "label_smoothing": 0.1},
+        "model": {
+            "arch": "resnet18",
+            "num_classes": "auto",
+            "head": {"pool": "concat", "hidden": [16], "dropout": [0.1, 0.2], "batchnorm": True},
+        },
+        "data": {
+            "builtin": "digits",
+            "classes": ["1", "3", "5"],
+            "batch_size": 128,
+            "balance": "loss",
+            "augment": [{"op": "RandomAffine", "degrees": 10}],
+            "label_smoothing": 0.1,
+        },
         "optimizer": {"type": "AdamW", "weight_decay": 0.05, "betas": [0.9, 0.99], "no_decay": ["*.bias"]},
-        "groups": {"early": ["stem", "stage1", "stage2"], "layer3": ["layer3"], "layer4": ["layer4.*"], "head": ["head"]},
+        "groups": {
+            "early": ["stem", "stage1", "stage2"],
+            "layer3": ["layer3"],
+            "layer4": ["layer4.*"],
+            "head": ["head"],
+        },
         "phases": {
             "warmup": {"train": ["head"], "steps": 3, "lr": 3e-3},
-            "layer4": {"after": ["warmup"], "train": ["layer4", "head"], "steps": 6, "bn": "frozen",
-                       "lr": {"head": 1e-3, "layer4": "head / 10"}, "optimizer_state": "reset",
-                       "scheduler": {"type": "CyclicLR", "base_lr": "lr / 10", "step_size_up": "3 steps",
-                                     "cycle_momentum": False}},
-            "all": {"after": ["layer4"], "train": ["early", "layer3", "layer4", "head"], "steps": 5,
-                    "lr": {"head": 1e-3}, "lr_decay": 0.5, "weight_decay": {"early": 0.0},
-                    "scheduler": {"type": "CosineAnnealingLR"}},
+            "layer4": {
+                "after": ["warmup"],
+                "train": ["layer4", "head"],
+                "steps": 6,
+                "bn": "frozen",
+                "lr": {"head": 1e-3, "layer4": "head / 10"},
+                "optimizer_state": "reset",
+                "scheduler": {
+                    "type": "CyclicLR",
+                    "base_lr": "lr / 10",
+                    "step_size_up": "3 steps",
+                    "cycle_momentum": False,
+                },
+            },
+            "all": {
+                "after": ["layer4"],
+                "train": ["early", "layer3", "layer4", "head"],
+                "steps": 5,
+                "lr": {"head": 1e-3},
+                "lr_decay": 0.5,
+                "weight_decay": {"early": 0.0},
+                "scheduler": {"type": "CosineAnnealingLR"},
+            },
         },
         "run": {"device": "cpu", "eval_every": "2 steps", "checkpoint_every": 5},
     },
@@ -121,8 +162,13 @@ SEEDS: list[dict[str, Any]] = [
         "groups": {"top": ["stage4", "head"]},
         "phases": {
             "top": {"train": ["top"], "steps": 3, "lr": 0.01, "scheduler": {"type": "LinearLR", "start_factor": 0.1}},
-            "all": {"after": ["top"], "train": ["rest", "top"], "steps": 3, "lr": {"top": 0.01, "rest": "top * 0.1"},
-                    "scheduler": {"type": "CosineAnnealingWarmRestarts", "T_0": "1 step"}},
+            "all": {
+                "after": ["top"],
+                "train": ["rest", "top"],
+                "steps": 3,
+                "lr": {"top": 0.01, "rest": "top * 0.1"},
+                "scheduler": {"type": "CosineAnnealingWarmRestarts", "T_0": "1 step"},
+            },
         },
     },
 ]
@@ -131,16 +177,32 @@ SEEDS: list[dict[str, Any]] = [
 
 KEY_TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=12)
 NUMBERS = st.one_of(
-    st.sampled_from([0, -1, 1, 2, 0.0, -0.5, 1e-300, 1e300, -1e300, 10**12, -(10**12), 2**63 - 1,
-                     math.inf, -math.inf, math.nan]),
+    st.sampled_from(
+        [0, -1, 1, 2, 0.0, -0.5, 1e-300, 1e300, -1e300, 10**12, -(10**12), 2**63 - 1, math.inf, -math.inf, math.nan]
+    ),
     st.integers(-5, 40),
     st.floats(-5, 40, allow_nan=False),
 )
 VALUES = st.one_of(
     NUMBERS,
     st.booleans(),
-    st.sampled_from(["", "text", "head / 10", "lr / 0", "1 epoch", "3 steps", "auto", "none", "resnet50",
-                     "IMAGENET1K_V1", "digits", "frozen", "../nowhere"]),
+    st.sampled_from(
+        [
+            "",
+            "text",
+            "head / 10",
+            "lr / 0",
+            "1 epoch",
+            "3 steps",
+            "auto",
+            "none",
+            "resnet50",
+            "IMAGENET1K_V1",
+            "digits",
+            "frozen",
+            "../nowhere",
+        ]
+    ),
     st.lists(st.one_of(st.integers(-2, 3), st.sampled_from(["head", "stem", "x"])), max_size=3),
     st.dictionaries(KEY_TEXT, st.integers(-2, 3), max_size=2),
 )
@@ -178,7 +240,9 @@ def mutate(doc: dict[str, Any], data: st.DataObject) -> str:
     if op == "drop":
         del parent[key]
     elif op == "rename" and isinstance(parent, dict):
-        new = data.draw(st.one_of(st.sampled_from([key + "s", key[:-1] or "x", key.upper(), key + "_"]), KEY_TEXT), label="new")
+        new = data.draw(
+            st.one_of(st.sampled_from([key + "s", key[:-1] or "x", key.upper(), key + "_"]), KEY_TEXT), label="new"
+        )
         parent[new] = parent.pop(key)
     elif op == "number":
         parent[key] = data.draw(NUMBERS, label="number")

@@ -37,11 +37,17 @@ lr = {{ head = 0.01, body = "head / 10" }}
 """
 
 
-def first_phase(tmp_path: Path, arch: str = "resnet18", augment: str = "[]", bn: str = "frozen", cache: str = "") -> dict:
+def first_phase(
+    tmp_path: Path, arch: str = "resnet18", augment: str = "[]", bn: str = "frozen", cache: str = ""
+) -> dict:
     path = tmp_path / "r.toml"
     path.write_text(BASE.format(arch=arch, augment=augment, bn=bn, cache=cache))
     plan = compile_recipe(path)
-    assert plan.phases[1].cache == {"on": False, "why": "trains body below the head", "module": plan.phases[0].cache["module"]}
+    assert plan.phases[1].cache == {
+        "on": False,
+        "why": "trains body below the head",
+        "module": plan.phases[0].cache["module"],
+    }
     return plan.phases[0].cache
 
 
@@ -53,13 +59,20 @@ def test_head_only_frozen_bn_no_augmentation_is_cached(tmp_path: Path) -> None:
     ("kwargs", "why"),
     [
         ({"bn": "train"}, 'BatchNorm below the head keeps learning statistics (set bn = "frozen")'),
-        ({"augment": '[{ op = "RandomHorizontalFlip" }]'}, "train augmentation is random (cache_features = true applies it once)"),
+        (
+            {"augment": '[{ op = "RandomHorizontalFlip" }]'},
+            "train augmentation is random (cache_features = true applies it once)",
+        ),
         ({"arch": "efficientnet_b0"}, "dropout / stochastic depth below the head (cache_features = true accepts it)"),
         ({"cache": "cache_features = false"}, "cache_features = false"),
     ],
 )
 def test_not_cached_and_why(tmp_path: Path, kwargs: dict, why: str) -> None:
-    assert first_phase(tmp_path, **kwargs) == {"on": False, "why": why, "module": "classifier" if "arch" in kwargs else "fc"}
+    assert first_phase(tmp_path, **kwargs) == {
+        "on": False,
+        "why": why,
+        "module": "classifier" if "arch" in kwargs else "fc",
+    }
 
 
 def test_opt_in_accepts_augmentation_but_not_learning_batchnorm(tmp_path: Path) -> None:
@@ -70,7 +83,9 @@ def test_opt_in_accepts_augmentation_but_not_learning_batchnorm(tmp_path: Path) 
 
 def test_token_model_caches_its_head_input(tmp_path: Path) -> None:
     path = tmp_path / "v.toml"
-    path.write_text(BASE.format(arch="vit_b_16", augment="[]", bn="frozen", cache="").replace("image_size = 32", "image_size = 224"))
+    path.write_text(
+        BASE.format(arch="vit_b_16", augment="[]", bn="frozen", cache="").replace("image_size = 32", "image_size = 224")
+    )
     assert compile_recipe(path).phases[0].cache == {"on": True, "why": "only the head trains", "module": "heads"}
 
 
@@ -84,7 +99,9 @@ def test_plan_shows_cache_and_changes(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_cache_features_must_be_a_bool(tmp_path: Path) -> None:
-    (tmp_path / "r.toml").write_text(BASE.format(arch="resnet18", augment="[]", bn="frozen", cache='cache_features = "yes"'))
+    (tmp_path / "r.toml").write_text(
+        BASE.format(arch="resnet18", augment="[]", bn="frozen", cache='cache_features = "yes"')
+    )
     with pytest.raises(RecipeError) as err:
         compile_recipe(tmp_path / "r.toml")
     assert "phases.head.cache_features" in str(err.value)

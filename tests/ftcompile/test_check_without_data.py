@@ -64,13 +64,18 @@ def test_check_without_data_checks_the_rest(capsys: pytest.CaptureFixture[str], 
     ("edit", "key"),
     [
         (('"head / 10"', '"head / ten"'), "phases.full.lr.body"),  # an expression
-        (('step_size_up = "0.5 epoch"', 'step_sise_up = "0.5 epoch"'), "phases.full.scheduler.step_sise_up"),  # a scheduler argument
+        (
+            ('step_size_up = "0.5 epoch"', 'step_sise_up = "0.5 epoch"'),
+            "phases.full.scheduler.step_sise_up",
+        ),  # a scheduler argument
         (('body = ["backbone"]', 'body = ["backbone", "layer9"]'), "groups.body[1]"),  # a selector
         (('after = ["warmup"]', 'after = ["warmpu"]'), "phases.full.after"),  # the graph
-        (('num_classes = 5', 'num_classes = 1'), "model.num_classes"),  # the schema
+        (("num_classes = 5", "num_classes = 1"), "model.num_classes"),  # the schema
     ],
 )
-def test_check_without_data_still_finds_errors(capsys: pytest.CaptureFixture[str], write: Writer, edit: tuple[str, str], key: str) -> None:
+def test_check_without_data_still_finds_errors(
+    capsys: pytest.CaptureFixture[str], write: Writer, edit: tuple[str, str], key: str
+) -> None:
     assert edit[0] in ABSENT
     rc, out, _ = run(capsys, "check", write(ABSENT.replace(*edit)))
     assert rc == 2 and out.startswith("FAIL ") and key in out, out
@@ -104,7 +109,11 @@ def test_dataset_size_does_not_replace_builtin_counts(capsys: pytest.CaptureFixt
 
 def test_dataset_size_stands_in_only_for_the_absent_folder(write: Writer, tmp_path: Path, image_folders) -> None:
     image_folders(tmp_path / "data" / "train", {"cat": 20, "dog": 12})
-    text = ABSENT.replace("not/here/train", "data/train").replace("not/here/val", "data/val").replace("num_classes = 5", 'num_classes = "auto"')
+    text = (
+        ABSENT.replace("not/here/train", "data/train")
+        .replace("not/here/val", "data/val")
+        .replace("num_classes = 5", 'num_classes = "auto"')
+    )
     plan = compile_checked(write(text), CompileOptions(dataset_size=1000, val_size=50)).plan
     # train is here: its 32 images and 2 classes count, not 1000; val is absent: 50
     assert (plan.data.train_size, plan.data.val_size) == (32, 50)
@@ -120,7 +129,7 @@ def test_nominal_data_is_reported(write: Writer) -> None:
 
 def test_marked_only_skips_other_toml_files(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str) -> None:
     recipe = write("#:schema ../recipes/recipe.schema.json\n" + tiny, "a.toml")
-    other = write('[tool.black]\nline-length = 100\n', "pyproject.toml")
+    other = write("[tool.black]\nline-length = 100\n", "pyproject.toml")
     rc, out, _ = run(capsys, "check", "--marked-only", recipe, other)
     assert rc == 0 and out.count("ok   ") == 1 and "pyproject" not in out
     rc, out, _ = run(capsys, "check", recipe, other)  # without the flag every file is a recipe
@@ -129,10 +138,13 @@ def test_marked_only_skips_other_toml_files(capsys: pytest.CaptureFixture[str], 
 
 @pytest.mark.parametrize("command", [["run"], ["lr-find", "--phase", "warmup"]])
 def test_a_command_that_needs_the_data_does_not_suggest_sizes_it_does_not_take(
-        capsys: pytest.CaptureFixture[str], write: Writer, command: list[str]) -> None:
+    capsys: pytest.CaptureFixture[str], write: Writer, command: list[str]
+) -> None:
     """run's hint said --dataset-size, which run does not take: it says --data-root now."""
     path = write(ABSENT)
-    rc, out, err = run(capsys, command[0], path, *command[1:], *(["-o", path.parent / "lrf"] if command[0] == "lr-find" else []))
+    rc, out, err = run(
+        capsys, command[0], path, *command[1:], *(["-o", path.parent / "lrf"] if command[0] == "lr-find" else [])
+    )
     assert rc == 2 and "data.train: data folder 'not/here/train' not found" in err
     assert "--dataset-size" not in err and "--data-root DIR" in err
     rc, _, err = run(capsys, "plan", path)  # plan takes the sizes and still says so

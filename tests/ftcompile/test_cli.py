@@ -30,7 +30,9 @@ def python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_plan_prints_model_data_phases_and_changes(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str) -> None:
+def test_plan_prints_model_data_phases_and_changes(
+    capsys: pytest.CaptureFixture[str], write: Writer, tiny: str
+) -> None:
     rc, out, err = run(capsys, "plan", write(tiny))
     assert rc == 0, err
     lines = out.splitlines()
@@ -53,7 +55,9 @@ def test_plan_prints_model_data_phases_and_changes(capsys: pytest.CaptureFixture
     assert changes[-1].split() == ["46", "evaluate", "(end", "of", "full)"]  # checkpoint first, then evaluate
 
 
-def test_json_equals_the_output_file(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path) -> None:
+def test_json_equals_the_output_file(
+    capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path
+) -> None:
     out_file = tmp_path / "plan.json"
     rc, out, _ = run(capsys, "plan", write(tiny), "--json", "-o", out_file)
     assert rc == 0
@@ -63,7 +67,9 @@ def test_json_equals_the_output_file(capsys: pytest.CaptureFixture[str], write: 
 
 
 def test_trace_csv(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path) -> None:
-    text = tiny.replace("lr = { head = 0.1 }", 'lr = { head = 0.1 }\nscheduler = { type = "StepLR", step_size = 10, gamma = 0.3 }')
+    text = tiny.replace(
+        "lr = { head = 0.1 }", 'lr = { head = 0.1 }\nscheduler = { type = "StepLR", step_size = 10, gamma = 0.3 }'
+    )
     csv = tmp_path / "lr.csv"
     rc, out, _ = run(capsys, "plan", write(text), "--trace", csv)
     assert rc == 0 and f"wrote trace: {csv}" in out

@@ -150,7 +150,9 @@ def test_unknown_class_in_subset(recipe_dir: Path) -> None:
 
 
 def test_unknown_augment_op() -> None:
-    err = expect_error("data.augment[1].op", validate_augment, [{"op": "RandomHorizontalFlip"}, {"op": "RandomResizeCrop"}])
+    err = expect_error(
+        "data.augment[1].op", validate_augment, [{"op": "RandomHorizontalFlip"}, {"op": "RandomResizeCrop"}]
+    )
     assert "RandomResizedCrop" in err.suggestion
 
 
@@ -176,8 +178,11 @@ LINE_BREAKERS = ["\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"]
 
 
 @settings(max_examples=60, deadline=None)
-@given(before=st.text(st.characters(categories=("L", "N")), max_size=5), bad=st.sampled_from(LINE_BREAKERS),
-       after=st.text(st.characters(categories=("L", "N")), max_size=5))
+@given(
+    before=st.text(st.characters(categories=("L", "N")), max_size=5),
+    bad=st.sampled_from(LINE_BREAKERS),
+    after=st.text(st.characters(categories=("L", "N")), max_size=5),
+)
 def test_a_class_folder_whose_name_holds_a_control_character_is_refused(before: str, bad: str, after: str) -> None:
     """eval's table and predict's lines print class names one per line: a newline broke them."""
     name = before + bad + after
@@ -192,14 +197,19 @@ def test_a_class_folder_whose_name_holds_a_control_character_is_refused(before: 
     assert f"a control character ({bad!r})" in err.value.message
 
 
-def test_check_refuses_a_class_folder_with_a_newline(tmp_path: Path, tiny: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_refuses_a_class_folder_with_a_newline(
+    tmp_path: Path, tiny: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ftcompile.cli import main
 
     make_folder(tmp_path / "data/train", {"a": 1, "b\nc": 1})
     make_folder(tmp_path / "data/val", {"a": 1, "b\nc": 1})
     recipe = tmp_path / "r.toml"
-    recipe.write_text(tiny.replace('builtin = "digits"', 'train = "data/train"\nval = "data/val"')
-                      .replace("num_classes = 10", "num_classes = 2"))
+    recipe.write_text(
+        tiny.replace('builtin = "digits"', 'train = "data/train"\nval = "data/val"').replace(
+            "num_classes = 10", "num_classes = 2"
+        )
+    )
     path = str(tmp_path / "data" / "train" / "b\nc")
     for command in ("check", "plan"):
         capsys.readouterr()

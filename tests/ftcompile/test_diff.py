@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftcompile.cli import main
-from ftcompile.diff import _phases, compare, leaf_changes, read_side
 from ftcompile.compiler import CompileOptions
+from ftcompile.diff import _phases, compare, leaf_changes, read_side
 from ftcompile.errors import RecipeError
 
 Writer = Callable[..., Path]
@@ -29,8 +29,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True
+    )
 
 
 @pytest.fixture
@@ -74,7 +75,10 @@ def test_one_lr_edited_is_that_group_from_its_phases_first_step(capsys: pytest.C
         assert (x["first_step"], x["old"], x["new"]) == (23, 0.001, 0.0005)
         assert x["max_abs"] == pytest.approx(0.0005) and x["max_rel"] == pytest.approx(0.5)
     assert [(d["side"], d["step"], d["change"]["target"]) for d in r["changes"]] == [
-        ("-", 23, "body"), ("-", 23, "body.no_decay"), ("+", 23, "body"), ("+", 23, "body.no_decay"),
+        ("-", 23, "body"),
+        ("-", 23, "body.no_decay"),
+        ("+", 23, "body"),
+        ("+", 23, "body.no_decay"),
     ]
     assert "phases" not in r and "groups" not in r and "sections" not in r
     rc, out, _ = run(capsys, "diff", "HEAD:recipes/r.toml", "recipes/r.toml")
@@ -83,10 +87,14 @@ def test_one_lr_edited_is_that_group_from_its_phases_first_step(capsys: pytest.C
 
 
 def test_phase_inserted(repo: Path, tiny: str) -> None:
-    edit(repo / "recipes/r.toml", '[phases.full]\nafter = ["warmup"]', (
-        '[phases.middle]\nafter = ["warmup"]\ntrain = ["head"]\nsteps = 5\nlr = { head = 0.05 }\n\n'
-        '[phases.full]\nafter = ["middle"]'
-    ))
+    edit(
+        repo / "recipes/r.toml",
+        '[phases.full]\nafter = ["warmup"]',
+        (
+            '[phases.middle]\nafter = ["warmup"]\ntrain = ["head"]\nsteps = 5\nlr = { head = 0.05 }\n\n'
+            '[phases.full]\nafter = ["middle"]'
+        ),
+    )
     r = report("HEAD:recipes/r.toml", "recipes/r.toml")
     assert r["phases"]["added"] == [{"name": "middle", "window": [23, 28]}]
     assert r["phases"]["moved"] == [{"name": "full", "old": [23, 46], "new": [28, 51]}]
@@ -94,7 +102,11 @@ def test_phase_inserted(repo: Path, tiny: str) -> None:
     assert r["sections"]["total_steps"] == [{"key": "total_steps", "old": 46, "new": 51}]
     head = next(x for x in r["lr"] if x["param_group"] == "head")
     assert (head["first_step"], head["old"], head["new"]) == (23, 0.01, 0.05)  # full began at 23, now middle does
-    assert {"side": "+", "step": 23, "change": {"step": 23, "op": "phase", "target": "middle", "field": None, "value": None}} in r["changes"]
+    assert {
+        "side": "+",
+        "step": 23,
+        "change": {"step": 23, "op": "phase", "target": "middle", "field": None, "value": None},
+    } in r["changes"]
 
 
 def test_phases_reordered_and_removed() -> None:
@@ -111,11 +123,27 @@ def test_phases_reordered_and_removed() -> None:
 
 def test_trial_alternatives_added_and_removed_by_label() -> None:
     # trials are compared by label wherever a phase holds a `trials` list
-    old = {"phases": [{"name": "l4", "begin": 0, "end": 9, "trials": [{"label": "lr.layer4=head / 3"}, {"label": "lr.layer4=head / 10"}]}]}
-    new = {"phases": [
-        {"name": "l4", "begin": 0, "end": 9, "trials": [{"label": "lr.layer4=head / 10"}, {"label": "lr.layer4=head / 30"}]},
-        {"name": "l3", "begin": 9, "end": 12, "trials": [{"label": "train=a"}, {"label": "train=b"}]},
-    ]}
+    old = {
+        "phases": [
+            {
+                "name": "l4",
+                "begin": 0,
+                "end": 9,
+                "trials": [{"label": "lr.layer4=head / 3"}, {"label": "lr.layer4=head / 10"}],
+            }
+        ]
+    }
+    new = {
+        "phases": [
+            {
+                "name": "l4",
+                "begin": 0,
+                "end": 9,
+                "trials": [{"label": "lr.layer4=head / 10"}, {"label": "lr.layer4=head / 30"}],
+            },
+            {"name": "l3", "begin": 9, "end": 12, "trials": [{"label": "train=a"}, {"label": "train=b"}]},
+        ]
+    }
     p = _phases(old, new)
     assert p["trials"] == [
         {"phase": "l4", "added": ["lr.layer4=head / 30"], "removed": ["lr.layer4=head / 3"]},
@@ -133,7 +161,10 @@ def test_extends_parent_edited_in_one_revision(capsys: pytest.CaptureFixture[str
     git(repo, "commit", "-qam", "base momentum")
     r = report("HEAD~1:recipes/child.toml", "HEAD:recipes/child.toml")
     assert r["sections"]["optimizer"] == [{"key": "optimizer.kwargs.momentum", "old": 0.9, "new": 0.8}]
-    assert {(d["change"]["target"], d["change"]["value"]) for d in r["changes"] if d["side"] == "+"} >= {("head", 0.8), ("body", 0.8)}
+    assert {(d["change"]["target"], d["change"]["value"]) for d in r["changes"] if d["side"] == "+"} >= {
+        ("head", 0.8),
+        ("body", 0.8),
+    }
     # the child file itself did not change between the revisions; the work tree agrees with HEAD
     assert run(capsys, "diff", "HEAD:recipes/child.toml", "recipes/child.toml")[0] == 0
 
@@ -211,18 +242,22 @@ def nested_repo(tmp_path: Path, tiny: str, monkeypatch: pytest.MonkeyPatch) -> P
     return top
 
 
-@pytest.mark.parametrize("spec", [
-    "--output=../x:r.toml",  # the issue's case: git show wrote ../x:r.toml
-    "--output=../../x:r.toml",
-    "--output=x:r.toml",
-    "-ox:r.toml",
-    "HEAD:--output=../x",  # a path beginning with '-'
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "--output=../x:r.toml",  # the issue's case: git show wrote ../x:r.toml
+        "--output=../../x:r.toml",
+        "--output=x:r.toml",
+        "-ox:r.toml",
+        "HEAD:--output=../x",  # a path beginning with '-'
+    ],
+)
 def test_diff_refuses_option_like_revisions_and_writes_no_file(nested_repo: Path, tmp_path: Path, spec: str) -> None:
     """The real command in a real repository: exit 2 with a message, and no file anywhere."""
     before = files_under(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "ftcompile", "diff", "--", spec, "r.toml"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ftcompile", "diff", "--", spec, "r.toml"], capture_output=True, text=True, timeout=120
+    )
     assert files_under(tmp_path) == before  # nothing written in the repository, its parent or above
     assert done.returncode == 2, done.stderr
     assert "begins with '-'" in done.stderr and "which git would read as an option" in done.stderr
@@ -231,7 +266,9 @@ def test_diff_refuses_option_like_revisions_and_writes_no_file(nested_repo: Path
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rest=st.text(alphabet=st.characters(blacklist_characters=":\x00", blacklist_categories=("Cs",)), max_size=30))
-def test_any_revision_beginning_with_a_dash_is_refused_before_git_runs(nested_repo: Path, tmp_path: Path, rest: str) -> None:
+def test_any_revision_beginning_with_a_dash_is_refused_before_git_runs(
+    nested_repo: Path, tmp_path: Path, rest: str
+) -> None:
     import ftcompile.revisions as revisions
 
     def no_git(argv: list[str], **kwargs: object) -> None:
@@ -256,7 +293,9 @@ def test_git_show_gets_end_of_options_so_no_revision_is_an_option(nested_repo: P
     assert files_under(tmp_path) == before
 
 
-def test_a_path_beginning_with_a_dash_is_read_as_dot_slash(capsys: pytest.CaptureFixture[str], nested_repo: Path) -> None:
+def test_a_path_beginning_with_a_dash_is_read_as_dot_slash(
+    capsys: pytest.CaptureFixture[str], nested_repo: Path
+) -> None:
     """The hint's way round the refusal works: ./-name.toml."""
     (nested_repo / "r.toml").rename(nested_repo / "-r.toml")
     git(nested_repo, "add", "-A")
@@ -266,7 +305,9 @@ def test_a_path_beginning_with_a_dash_is_read_as_dot_slash(capsys: pytest.Captur
     assert out.splitlines()[-1] == "the plans are equal"
 
 
-def test_a_recipe_with_a_bom_at_a_revision_brings_its_base(capsys: pytest.CaptureFixture[str], nested_repo: Path) -> None:
+def test_a_recipe_with_a_bom_at_a_revision_brings_its_base(
+    capsys: pytest.CaptureFixture[str], nested_repo: Path
+) -> None:
     """REV:path reads the recipes a recipe extends from git too; a BOM hid its `extends`."""
     (nested_repo / "base.toml").write_bytes((nested_repo / "r.toml").read_bytes())
     (nested_repo / "r.toml").write_bytes('\ufeffextends = "base.toml"\nseed = 3\n'.encode("utf-8"))

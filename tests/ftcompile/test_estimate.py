@@ -63,10 +63,16 @@ device = "cpu"
 """
 
 
-def three_phases(image_size: int = 64, batch: int = 16, optimizer: str = "SGD",
-                 optimizer_args: str = "momentum = 0.9\nweight_decay = 1e-4", run: str = "") -> str:
-    return THREE_PHASES.format(image_size=image_size, batch=batch, optimizer=optimizer,
-                               optimizer_args=optimizer_args, run=run)
+def three_phases(
+    image_size: int = 64,
+    batch: int = 16,
+    optimizer: str = "SGD",
+    optimizer_args: str = "momentum = 0.9\nweight_decay = 1e-4",
+    run: str = "",
+) -> str:
+    return THREE_PHASES.format(
+        image_size=image_size, batch=batch, optimizer=optimizer, optimizer_args=optimizer_args, run=run
+    )
 
 
 def compiled(write: Callable[..., Path], text: str) -> Plan:
@@ -87,7 +93,7 @@ def test_memory_within_15_percent_of_a_real_cpu_step(r18: tuple[Plan, estimate.E
     torch.manual_seed(0)
     plan, est = r18
     real = estimate.ModelSteps(plan, device="cpu")
-    for (ph, _, setup), cost in zip(estimate.setups(plan), est.phases):
+    for (ph, _, setup), cost in zip(estimate.setups(plan), est.phases, strict=False):
         measured = calibrate.measure(real, setup, steps=1)
         predicted = cost.state + cost.step_peak
         actual = measured.state + measured.step_peak
@@ -105,7 +111,7 @@ def test_memory_within_15_percent_of_a_real_cpu_step(r18: tuple[Plan, estimate.E
 def test_flops_equal_flop_counter_mode_over_a_real_step(r18: tuple[Plan, estimate.Estimate]) -> None:
     plan, est = r18
     real = estimate.ModelSteps(plan, device="cpu")
-    for (ph, _, setup), cost in zip(estimate.setups(plan), est.phases):
+    for (ph, _, setup), cost in zip(estimate.setups(plan), est.phases, strict=False):
         net = real.prepare(setup)
         x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 10, (16,))
         with FlopCounterMode(display=False) as fwd:
@@ -151,7 +157,9 @@ def test_peak_adds_up_and_is_a_range(r18: tuple[Plan, estimate.Estimate]) -> Non
 
 
 def test_adam_keeps_two_buffers_and_state_outlives_the_phase(write: Callable[..., Path]) -> None:
-    plan = compiled(write, three_phases(image_size=32, batch=4, optimizer="AdamW", optimizer_args="weight_decay = 0.05"))
+    plan = compiled(
+        write, three_phases(image_size=32, batch=4, optimizer="AdamW", optimizer_args="weight_decay = 0.05")
+    )
     est = estimate.estimate(plan)
     numel = {p.phase: p.trainable for p in est.phases}
     # exp_avg and exp_avg_sq per trained parameter (4 bytes each), for every group trained so far.
@@ -161,14 +169,15 @@ def test_adam_keeps_two_buffers_and_state_outlives_the_phase(write: Callable[...
 def test_accumulate_same_flops_less_memory(write: Callable[..., Path]) -> None:
     one = estimate.estimate(compiled(write, three_phases(image_size=32, batch=8)))
     four = estimate.estimate(compiled(write, three_phases(image_size=32, batch=8, run="accumulate = 4")))
-    for a, b in zip(one.phases, four.phases):
+    for a, b in zip(one.phases, four.phases, strict=False):
         assert (a.fwd_flops, a.bwd_flops) == (b.fwd_flops, b.bwd_flops)
     assert four.phases[2].activations < one.phases[2].activations
 
 
 def test_ema_and_trials_add_their_copies(write: Callable[..., Path]) -> None:
     text = three_phases(image_size=32, batch=4, run="ema = { decay = 0.99 }").replace(
-        "[run]", '[phases.full.trials]\ntrain = [["early", "layer4", "head"], ["layer4", "head"]]\n\n[run]')
+        "[run]", '[phases.full.trials]\ntrain = [["early", "layer4", "head"], ["layer4", "head"]]\n\n[run]'
+    )
     est = estimate.estimate(compiled(write, text))
     rows = [(p.phase, p.trial) for p in est.phases]
     assert rows == [("head", None), ("layer4", None), ("full", 0), ("full", 1)]
@@ -194,8 +203,9 @@ def test_feature_cache_phase_runs_the_head_alone(write: Callable[..., Path]) -> 
     assert head.other_flops > 0  # computing the features once, and the evaluations
 
 
-def test_plan_estimate_text_and_json(write: Callable[..., Path], capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_plan_estimate_text_and_json(
+    write: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = write(three_phases(image_size=32, batch=4))
     assert main(["plan", str(path), "--estimate"]) == 0
@@ -219,8 +229,9 @@ def test_plan_estimate_text_and_json(write: Callable[..., Path], capsys: pytest.
     assert Plan.load(tmp_path / "p.json").hash == plain["hash"]
 
 
-def test_calibrate_stores_a_profile_that_plan_uses(write: Callable[..., Path], capsys: pytest.CaptureFixture[str],
-                                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_calibrate_stores_a_profile_that_plan_uses(
+    write: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     cache = tmp_path / "xdg"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     path = write(three_phases(image_size=32, batch=4))
@@ -278,8 +289,17 @@ def test_plan_estimate_warns_against_the_machine(r18: tuple[Plan, estimate.Estim
     assert "GPU 0 (test)" in lines[0] and "keep more groups frozen" in lines[1]
 
 
-@pytest.mark.parametrize("text, expected", [("24GB", 24 * 2**30), ("24 GiB", 24 * 2**30), ("80G", 80 * 2**30),
-                                            ("512MB", 512 * 2**20), ("1.5TB", int(1.5 * 2**40)), ("1000", 1000)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("24GB", 24 * 2**30),
+        ("24 GiB", 24 * 2**30),
+        ("80G", 80 * 2**30),
+        ("512MB", 512 * 2**20),
+        ("1.5TB", int(1.5 * 2**40)),
+        ("1000", 1000),
+    ],
+)
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
@@ -293,10 +313,17 @@ def test_bad_device_memory_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
 def test_plain_plan_never_imports_the_estimate(write: Callable[..., Path]) -> None:
     """The estimate's fake step (and FakeTensorMode's import) is paid only when asked for."""
     path = write(three_phases(image_size=32, batch=4))
-    code = ("import sys; from ftcompile.cli import main; main(['plan', sys.argv[1]]); "
-            "assert 'ftcompile.estimate' not in sys.modules and 'ftcompile.calibrate' not in sys.modules")
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys; from ftcompile.cli import main; main(['plan', sys.argv[1]]); "
+        "assert 'ftcompile.estimate' not in sys.modules and 'ftcompile.calibrate' not in sys.modules"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -306,13 +333,17 @@ def test_the_docs_example_is_what_the_estimate_gives_now() -> None:
     times came from that machine's profile and are not compared."""
     page = (REPO / "docs" / "cost-estimates.md").read_text()
     block = page.split("<!-- estimate example:")[1].split("```text\n", 1)[1].split("```", 1)[0]
-    plan = compile_checked(REPO / "recipes" / "resnet50-gradual.toml",
-                           CompileOptions(dataset_size=1020, val_size=1020)).plan
+    plan = compile_checked(
+        REPO / "recipes" / "resnet50-gradual.toml", CompileOptions(dataset_size=1020, val_size=1020)
+    ).plan
     now = estimate.render(estimate.estimate(plan))
 
     def rows(text: str) -> dict[str, list[str]]:
-        return {line.split()[0]: line.split()[:20] for line in text.splitlines()
-                if line.split() and line.split()[0] in ("warmup", "layer4", "layer3")}
+        return {
+            line.split()[0]: line.split()[:20]
+            for line in text.splitlines()
+            if line.split() and line.split()[0] in ("warmup", "layer4", "layer3")
+        }
 
     assert rows(block) == rows(now)
     assert block.split("run: ")[1].split(",")[0] == now.split("run: ")[1].split(",")[0]  # the run's TFLOP

@@ -125,7 +125,7 @@ def test_child_recipe_adds_a_phase_and_repoints_after(write: Writer) -> None:
 
 
 def test_cycle_in_a_recipe_names_the_file_and_line(write: Writer, tiny: str) -> None:
-    text = tiny.replace('[phases.warmup]\n', '[phases.warmup]\nafter = ["full"]\n')
+    text = tiny.replace("[phases.warmup]\n", '[phases.warmup]\nafter = ["full"]\n')
     path = write(text)
     with pytest.raises(RecipeError) as info:
         compile_recipe(path)

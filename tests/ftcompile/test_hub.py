@@ -68,10 +68,17 @@ def test_hub_dir_is_torchs_rule_without_torch(tmp_path: Path) -> None:
     code = "import sys; from ftcompile import hub; print(hub.hub_dir()); print('torch' in sys.modules)"
     for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
         base = {k: v for k, v in __import__("os").environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}
-        out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True
+        )
         ours, imported = out.stdout.split()
-        theirs = subprocess.run([sys.executable, "-c", "import torch; print(torch.hub.get_dir())"],
-                                env={**base, **env}, capture_output=True, text=True, check=True).stdout.strip()
+        theirs = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.hub.get_dir())"],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         assert ours == theirs and imported == "False", env
 
 
@@ -87,7 +94,9 @@ def test_missing_names_file_folder_url_and_hash(torch_home: Path) -> None:
     assert hub.locate("resnet18", "DEFAULT").file == cached.file
 
 
-def test_check_warns_and_require_data_fails(torch_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_warns_and_require_data_fails(
+    torch_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = _recipe(tmp_path)
     assert main(["check", str(recipe)]) == 0
     out, err = capsys.readouterr()
@@ -103,14 +112,23 @@ def test_check_warns_and_require_data_fails(torch_home: Path, tmp_path: Path, ca
     assert CALLS == []  # check never downloads
 
 
-def test_check_is_silent_for_weights_that_need_no_download(torch_home: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_is_silent_for_weights_that_need_no_download(
+    torch_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check", "--require-data", str(_recipe(tmp_path, "none"))]) == 0
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("name", ["resnet18.IMAGENET1K_V1", "resnet18:IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1",
-                                  "resnet18", "ResNet18_Weights.DEFAULT"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18.IMAGENET1K_V1",
+        "resnet18:IMAGENET1K_V1",
+        "ResNet18_Weights.IMAGENET1K_V1",
+        "resnet18",
+        "ResNet18_Weights.DEFAULT",
+    ],
+)
 def test_weights_command_no_download(name: str, torch_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights", name, "--no-download"]) == 1
     out = capsys.readouterr().out
@@ -119,16 +137,23 @@ def test_weights_command_no_download(name: str, torch_home: Path, capsys: pytest
     assert CALLS == []
 
 
-def test_weights_command_offline_is_exit_2_with_where_to_put_it(torch_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_weights_command_offline_is_exit_2_with_where_to_put_it(
+    torch_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["weights", "resnet18.IMAGENET1K_V1"]) == 2
     err = capsys.readouterr().err
-    assert "the download failed (URLError" in err and f"put it in {torch_home / 'hub' / 'checkpoints'}/ as {RESNET18}" in err
+    assert (
+        "the download failed (URLError" in err
+        and f"put it in {torch_home / 'hub' / 'checkpoints'}/ as {RESNET18}" in err
+    )
     ((url, dst, prefix, progress),) = CALLS
     assert url.endswith(RESNET18) and dst == str(torch_home / "hub" / "checkpoints" / RESNET18)
     assert prefix == "f37072fd" and progress is True  # torch checks the hash; a progress bar
 
 
-def test_weights_command_downloads(torch_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_weights_command_downloads(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     payload = b"fake weights"
     digest = hashlib.sha256(payload).hexdigest()
 
@@ -144,7 +169,9 @@ def test_weights_command_downloads(torch_home: Path, monkeypatch: pytest.MonkeyP
     assert not digest.startswith("f37072fd")
 
 
-def test_no_download_environment(torch_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_download_environment(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv(hub.NO_DOWNLOAD_ENV, "1")
     assert main(["weights", "resnet18"]) == 2
     assert f"{hub.NO_DOWNLOAD_ENV} is set: no download was tried" in capsys.readouterr().err
@@ -158,7 +185,9 @@ def test_weights_command_reads_a_recipe(torch_home: Path, tmp_path: Path, capsys
     assert "nothing to download" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, message", [("resnet99", "unknown architecture"), ("resnet18.IMAGENET1K_V9", "did you mean")])
+@pytest.mark.parametrize(
+    "name, message", [("resnet99", "unknown architecture"), ("resnet18.IMAGENET1K_V9", "did you mean")]
+)
 def test_weights_command_bad_names(name: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights", name]) == 2
     assert message in capsys.readouterr().err

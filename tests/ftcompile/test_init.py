@@ -43,7 +43,9 @@ def _init(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, s
     return rc, out, err
 
 
-def test_one_folder_is_split_and_the_recipe_checks_and_plans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_folder_is_split_and_the_recipe_checks_and_plans(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = images(tmp_path / "flowers", {"daisy": 40, "rose": 44, "tulip": 38})
     out = tmp_path / "recipe.toml"
     rc, stdout, err = _init(capsys, data, "-o", out)
@@ -53,8 +55,9 @@ def test_one_folder_is_split_and_the_recipe_checks_and_plans(tmp_path: Path, cap
     text = out.read_text()
     recipe = tomllib.loads(text)
     # the header: what it was made from
-    assert text.startswith(f"# Made by `ftcompile init {data}` on {datetime.date.today().isoformat()}, "
-                           f"ftcompile {ftcompile.__version__}.")
+    assert text.startswith(
+        f"# Made by `ftcompile init {data}` on {datetime.date.today().isoformat()}, ftcompile {ftcompile.__version__}."
+    )
     assert "# 3 classes, 122 images (103 train, 19 val)" in text and "daisy 34+6, rose 37+7, tulip 32+6" in text
     assert "median 12x10" in text
     # data: the split, paths relative to the recipe, weights' sizes
@@ -67,8 +70,10 @@ def test_one_folder_is_split_and_the_recipe_checks_and_plans(tmp_path: Path, cap
     assert recipe["phases"]["stage4"]["trials"] == {"lr.stage4": ["head / 3", "head / 10", "head / 30"]}
     assert recipe["phases"]["stage3"]["trials"] == {"lr.stage3": ["head / 10", "head / 30", "head / 100"]}
     assert recipe["phases"]["full"]["lr_decay"] == 0.5
-    assert recipe["phases"]["full"]["trials"]["train"] == [["stage2", "stage3", "stage4", "head"],
-                                                           ["early", "stage2", "stage3", "stage4", "head"]]
+    assert recipe["phases"]["full"]["trials"]["train"] == [
+        ["stage2", "stage3", "stage4", "head"],
+        ["early", "stage2", "stage3", "stage4", "head"],
+    ]
     assert recipe["groups"]["early"] == ["stem", "stage1"]
     # every line but the header fits 100 columns
     assert all(len(line) <= 100 for line in text.splitlines()[1:])
@@ -124,14 +129,20 @@ def test_an_existing_file_is_kept_without_force(tmp_path: Path, capsys: pytest.C
     assert rc == 2 and "is a folder" in err
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda root: root.mkdir(), "no class folders in"),
-    (lambda root: images(root.parent, {root.name: 40}).parent and None, "no class folders in"),
-    (lambda root: images(root, {"only": 40}), "holds one class ('only'): a classifier needs at least 2"),
-    (lambda root: images(root, {"a": 40, "b": 20}), "1 class(es) have fewer training images than one batch of 32: 'b' 17"),
-    (lambda root: (root / "a").mkdir(parents=True), "class folder 'a' in"),
-    (lambda root: None, "not found"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: root.mkdir(), "no class folders in"),
+        (lambda root: images(root.parent, {root.name: 40}).parent and None, "no class folders in"),
+        (lambda root: images(root, {"only": 40}), "holds one class ('only'): a classifier needs at least 2"),
+        (
+            lambda root: images(root, {"a": 40, "b": 20}),
+            "1 class(es) have fewer training images than one batch of 32: 'b' 17",
+        ),
+        (lambda root: (root / "a").mkdir(parents=True), "class folder 'a' in"),
+        (lambda root: None, "not found"),
+    ],
+)
 def test_unusable_folders_are_exit_2(tmp_path: Path, make, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "data"
     make(root)
@@ -182,7 +193,9 @@ def test_slug() -> None:
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "starting.md"
 EXAMPLE_MARK = "<!-- init example: made by tests/ftcompile/test_init.py::flowers_example, checked by the test below -->"
 README = DOCS.parents[1] / "README.md"
-README_MARK = "<!-- init example, first lines: the start of docs/starting.md's, checked by tests/ftcompile/test_init.py -->"
+README_MARK = (
+    "<!-- init example, first lines: the start of docs/starting.md's, checked by tests/ftcompile/test_init.py -->"
+)
 
 
 def flowers_example(root: Path) -> Path:
@@ -199,8 +212,9 @@ def flowers_example(root: Path) -> Path:
     return root / "data" / "flowers"
 
 
-def test_the_docs_example_is_what_init_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_docs_example_is_what_init_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = DOCS.read_text()
     assert EXAMPLE_MARK in text
     shown = text.split(EXAMPLE_MARK, 1)[1].split("```text\n", 1)[1].split("```\n", 1)[0]

@@ -66,8 +66,12 @@ def error_of(tmp_path: Path, **parts: str) -> RecipeError:
 
 def test_defaults_leave_the_plan_json_as_before(tmp_path: Path) -> None:
     body = json.loads(plan_of(tmp_path).to_json())
-    for section, keys in (("model", ["builder_args", "head_weights"]), ("data", ["mix", "val_resize", "val_crop"]),
-                          ("optimizer", ["clip_grad_norm", "clip_grad_value"]), ("run", ["accumulate", "ema", "sync_bn"])):
+    for section, keys in (
+        ("model", ["builder_args", "head_weights"]),
+        ("data", ["mix", "val_resize", "val_crop"]),
+        ("optimizer", ["clip_grad_norm", "clip_grad_value"]),
+        ("run", ["accumulate", "ema", "sync_bn"]),
+    ):
         assert not set(keys) & set(body[section]), section
     assert all("data" not in ph for ph in body["phases"])
 
@@ -91,8 +95,15 @@ def test_every_knob_is_in_the_plan_and_its_hash(tmp_path: Path) -> None:
     # the JSON round trip keeps every field (plan.json -> ftcompile run plan.json)
     assert Plan.from_dict(json.loads(knobs.to_json())) == knobs
     text = render(knobs)
-    for shown in ("val    Resize(20) -> CenterCrop(16)", "MixUp(alpha=0.2)", "resnet18(zero_init_residual=True)",
-                  "norm <= 1", "accum  2 micro-batches of 8", "ema    decay 0.99 every 2 step(s)", "SyncBatchNorm"):
+    for shown in (
+        "val    Resize(20) -> CenterCrop(16)",
+        "MixUp(alpha=0.2)",
+        "resnet18(zero_init_residual=True)",
+        "norm <= 1",
+        "accum  2 micro-batches of 8",
+        "ema    decay 0.99 every 2 step(s)",
+        "SyncBatchNorm",
+    ):
         assert shown in text, shown
 
 
@@ -137,11 +148,14 @@ def test_builder_args_checked_against_the_signature(tmp_path: Path) -> None:
     assert "zero_init_residual" in err.suggestion  # the valid ones are listed
 
 
-@pytest.mark.parametrize("args, key", [
-    ("stochastic_depth_prob = 1.5", "model.builder_args.stochastic_depth_prob"),
-    ('dropout = "0.1"', "model.builder_args.dropout"),
-    ("zero_init_residual = 1", "model.builder_args.zero_init_residual"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        ("stochastic_depth_prob = 1.5", "model.builder_args.stochastic_depth_prob"),
+        ('dropout = "0.1"', "model.builder_args.dropout"),
+        ("zero_init_residual = 1", "model.builder_args.zero_init_residual"),
+    ],
+)
 def test_builder_args_values_are_checked_without_the_builder(tmp_path: Path, args: str, key: str) -> None:
     """Shape-neutral builder args plan from the recorded table: their values are checked here."""
     model = f"builder_args = {{ {args} }}"
@@ -159,10 +173,22 @@ def test_builder_args_values_are_checked_without_the_builder(tmp_path: Path, arg
 
 def test_stochastic_depth_refuses_the_feature_cache(tmp_path: Path) -> None:
     path = tmp_path / "r.toml"
-    text = BASE.format(model="", data="", optimizer="", warmup='bn = "frozen"', all="", run="").replace("resnet18", "efficientnet_b0")
-    path.write_text(text.replace('[model]\narch = "efficientnet_b0"', '[model]\narch = "efficientnet_b0"\nbuilder_args = { dropout = 0.0, stochastic_depth_prob = 0.0 }'))
+    text = BASE.format(model="", data="", optimizer="", warmup='bn = "frozen"', all="", run="").replace(
+        "resnet18", "efficientnet_b0"
+    )
+    path.write_text(
+        text.replace(
+            '[model]\narch = "efficientnet_b0"',
+            '[model]\narch = "efficientnet_b0"\nbuilder_args = { dropout = 0.0, stochastic_depth_prob = 0.0 }',
+        )
+    )
     assert compile_recipe(path).phases[0].cache["on"]
-    path.write_text(text.replace('[model]\narch = "efficientnet_b0"', '[model]\narch = "efficientnet_b0"\nbuilder_args = { dropout = 0.0, stochastic_depth_prob = 0.1 }'))
+    path.write_text(
+        text.replace(
+            '[model]\narch = "efficientnet_b0"',
+            '[model]\narch = "efficientnet_b0"\nbuilder_args = { dropout = 0.0, stochastic_depth_prob = 0.1 }',
+        )
+    )
     cache = compile_recipe(path).phases[0].cache
     assert not cache["on"] and "stochastic depth" in cache["why"]
 
@@ -172,8 +198,15 @@ def test_per_phase_data_steps_and_positions(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, warmup="data = { image_size = 24, batch_size = 32 }", all="data = { batch_size = 8 }")
     warm, full = plan.phases
     assert (warm.begin, warm.end) == (0, 4)
-    assert warm.data == {"image_size": 24, "batch_size": 32, "augment": [], "mix": None,
-                         "steps_per_epoch": 14, "data_begin": 0, "epoch_base": 0}
+    assert warm.data == {
+        "image_size": 24,
+        "batch_size": 32,
+        "augment": [],
+        "mix": None,
+        "steps_per_epoch": 14,
+        "data_begin": 0,
+        "epoch_base": 0,
+    }
     # the second phase: its epoch counts its own batches (54), from a fresh epoch 1
     assert (full.begin, full.end) == (4, 4 + 54)
     assert full.data["steps_per_epoch"] == 54 and full.data["epoch_base"] == 1 and full.data["data_begin"] == 4

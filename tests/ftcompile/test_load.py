@@ -71,7 +71,9 @@ def test_extends_deep_merges(tmp_path: Path, write: Writer) -> None:
     assert data["phases"]["warmup"] == {"train": ["head"], "epochs": 1, "lr": {"head": 0.05}}
 
 
-def test_extends_is_relative_to_the_recipe_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Writer) -> None:
+def test_extends_is_relative_to_the_recipe_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Writer
+) -> None:
     write(BASE, "base/base.toml")
     child = write(CHILD, "exp/child.toml")
     elsewhere = tmp_path / "somewhere" / "else"
@@ -83,9 +85,11 @@ def test_extends_is_relative_to_the_recipe_not_the_cwd(tmp_path: Path, monkeypat
     assert compile_recipe("exp/child.toml").recipe["name"] == "child"
 
 
-def test_base_data_paths_are_rebased_onto_the_child(tmp_path: Path, image_folders: Folders, monkeypatch: pytest.MonkeyPatch, write: Writer) -> None:
+def test_base_data_paths_are_rebased_onto_the_child(
+    tmp_path: Path, image_folders: Folders, monkeypatch: pytest.MonkeyPatch, write: Writer
+) -> None:
     base_text = BASE.replace('builtin = "digits"', 'train = "data/train"\nval = "data/val"')
-    base_text = base_text.replace('num_classes = 10', 'num_classes = 2\nweights = "weights/init.pt"')
+    base_text = base_text.replace("num_classes = 10", 'num_classes = 2\nweights = "weights/init.pt"')
     write(base_text, "base/base.toml")
     child = write(CHILD, "exp/child.toml")
     loaded = load_recipe(child).data
@@ -174,7 +178,9 @@ def test_a_recipe_beginning_with_a_bom_compiles_as_without(tmp_path: Path, tiny:
     bommed.write_bytes((BOM + tiny).encode("utf-8"))
     assert bommed.read_bytes().startswith(b"\xef\xbb\xbf")
     assert compile_recipe(bommed).hash == plain.hash
-    assert load_recipe(bommed).line_of("data.batch_size") == load_recipe(tmp_path / "plain/r.toml").line_of("data.batch_size")
+    assert load_recipe(bommed).line_of("data.batch_size") == load_recipe(tmp_path / "plain/r.toml").line_of(
+        "data.batch_size"
+    )
 
 
 def test_a_base_recipe_beginning_with_a_bom_is_extended(tmp_path: Path, tiny: str, write: Writer) -> None:

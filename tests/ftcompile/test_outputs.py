@@ -70,12 +70,17 @@ def test_plan_o_into_a_run_directory_is_refused_and_the_run_keeps_its_plan(
     run_dir = fake_run(tmp_path / "runs" / "tiny" / "1-abcdef12")
     before = (run_dir / "plan.json").read_bytes()
     recipe = write(tiny)
-    refused(run(capsys, "plan", recipe, "-o", run_dir / "plan.json"),
-            f"{run_dir / 'plan.json'} is inside the run directory", "would replace the run's own plan.json")
+    refused(
+        run(capsys, "plan", recipe, "-o", run_dir / "plan.json"),
+        f"{run_dir / 'plan.json'} is inside the run directory",
+        "would replace the run's own plan.json",
+    )
     assert (run_dir / "plan.json").read_bytes() == before
     refused(run(capsys, "plan", recipe, "--trace", run_dir / "lr.csv"), "only the run writes there")
     (run_dir / "checkpoints").mkdir()
-    refused(run(capsys, "plan", recipe, "--plot", run_dir / "checkpoints" / "lr.png", "--force"), "inside the run directory")
+    refused(
+        run(capsys, "plan", recipe, "--plot", run_dir / "checkpoints" / "lr.png", "--force"), "inside the run directory"
+    )
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "env.json", "model.pt", "plan.json"]
     assert list((run_dir / "checkpoints").iterdir()) == []
 
@@ -98,15 +103,23 @@ def test_an_earlier_output_of_the_same_kind_is_replaced(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.csv", "lr.png", "plan.json", "recipe.toml"]  # no debris
 
 
-@pytest.mark.parametrize("option, name, content", [
-    ("-o", "plan.json", b'{"format": "mine", "notes": "my own JSON"}\n'),
-    ("-o", "recipe.toml", None),  # the recipe itself
-    ("--trace", "lr.csv", b"step,loss\n1,0.5\n"),
-    ("--plot", "lr.png", b"\x89PNG\r\n\x1a\n a picture someone drew"),
-])
+@pytest.mark.parametrize(
+    "option, name, content",
+    [
+        ("-o", "plan.json", b'{"format": "mine", "notes": "my own JSON"}\n'),
+        ("-o", "recipe.toml", None),  # the recipe itself
+        ("--trace", "lr.csv", b"step,loss\n1,0.5\n"),
+        ("--plot", "lr.png", b"\x89PNG\r\n\x1a\n a picture someone drew"),
+    ],
+)
 def test_a_foreign_file_is_refused_without_force_and_replaced_with_it(
-    capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path,
-    option: str, name: str, content: bytes | None,
+    capsys: pytest.CaptureFixture[str],
+    write: Writer,
+    tiny: str,
+    tmp_path: Path,
+    option: str,
+    name: str,
+    content: bytes | None,
 ) -> None:
     if option == "--plot":
         pytest.importorskip("matplotlib")
@@ -115,17 +128,28 @@ def test_a_foreign_file_is_refused_without_force_and_replaced_with_it(
     if content is not None:
         path.write_bytes(content)
     before = path.read_bytes()
-    refused(run(capsys, "plan", recipe, option, path), f"{path} exists and is not", "written by ftcompile",
-            "writing would destroy it", "--force")
+    refused(
+        run(capsys, "plan", recipe, option, path),
+        f"{path} exists and is not",
+        "written by ftcompile",
+        "writing would destroy it",
+        "--force",
+    )
     assert path.read_bytes() == before
     rc, _, err = run(capsys, "plan", recipe, option, path, "--force")
     assert rc == 0, err
     assert path.read_bytes() != before
 
 
-@pytest.mark.parametrize("make, says", [
-    ("fifo", "is a FIFO"), ("folder", "is a folder"), ("socket", "is a socket"), ("devnull", "is a device"),
-])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        ("fifo", "is a FIFO"),
+        ("folder", "is a folder"),
+        ("socket", "is a socket"),
+        ("devnull", "is a device"),
+    ],
+)
 def test_anything_but_a_regular_file_is_refused_even_with_force(
     capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path, make: str, says: str
 ) -> None:
@@ -177,12 +201,18 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(parts=st.lists(st.sampled_from(SEGMENTS), max_size=5), name=st.sampled_from(NAMES),
-       force=st.booleans(), own=st.booleans())
+@given(
+    parts=st.lists(st.sampled_from(SEGMENTS), max_size=5),
+    name=st.sampled_from(NAMES),
+    force=st.booleans(),
+    own=st.booleans(),
+)
 @example(parts=["link_sub", "..", "r1"], name="model.pt", force=True, own=False)
 @example(parts=["link_r0", "checkpoints"], name="new.txt", force=True, own=True)
 @example(parts=["plain", "..", "link_r0"], name="report.html", force=False, own=False)
-def test_the_guard_never_lets_a_write_change_a_run_directory(parts: list[str], name: str, force: bool, own: bool) -> None:
+def test_the_guard_never_lets_a_write_change_a_run_directory(
+    parts: list[str], name: str, force: bool, own: bool
+) -> None:
     """Whatever relative path (through links, `..`, sub-folders), with or without --force: when
     the guard allows a write and the writer does it, no file of any run directory changed,
     except the one output the command owns (r0/report.html, when it passes `own`)."""
@@ -232,12 +262,22 @@ def test_an_interrupt_in_the_middle_of_a_write_leaves_the_old_file_and_no_debris
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["plan.json"]
 
 
-def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode)
-                                                              else f"file {os.fstat(fd).st_size}"), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(f"{Path(a).name} -> {Path(b).name}"), real_replace(a, b)))
+    monkeypatch.setattr(
+        os,
+        "fsync",
+        lambda fd: (
+            calls.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else f"file {os.fstat(fd).st_size}"),
+            real_fsync(fd),
+        ),
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (calls.append(f"{Path(a).name} -> {Path(b).name}"), real_replace(a, b))
+    )
     outputs.write_text(tmp_path / "lr.csv", "step,phase,trial,head\n")
     monkeypatch.undo()
     assert calls == ["file 22", f".lr.csv.tmp-{os.getpid()} -> lr.csv", "dir"]
@@ -248,10 +288,18 @@ def test_stale_temporary_files_are_removed_and_nothing_else(tmp_path: Path) -> N
     and the user's own files stay."""
     dead, live = dead_pid(), os.getppid()
     (tmp_path / "checkpoints" / "trials").mkdir(parents=True)
-    stale = [tmp_path / f".model.pt.tmp-{dead}", tmp_path / "checkpoints" / f".step-00000004.pt.tmp-{dead}",
-             tmp_path / "checkpoints" / "trials" / f".fork.pt.tmp-{dead}"]
-    kept = [tmp_path / ".model.pt.tmp-notmine.txt", tmp_path / "notes.tmp", tmp_path / f".eval.json.tmp-{live}",
-            tmp_path / f"model.pt.tmp-{dead}", tmp_path / f".model.pt.tmp-{dead}.bak"]
+    stale = [
+        tmp_path / f".model.pt.tmp-{dead}",
+        tmp_path / "checkpoints" / f".step-00000004.pt.tmp-{dead}",
+        tmp_path / "checkpoints" / "trials" / f".fork.pt.tmp-{dead}",
+    ]
+    kept = [
+        tmp_path / ".model.pt.tmp-notmine.txt",
+        tmp_path / "notes.tmp",
+        tmp_path / f".eval.json.tmp-{live}",
+        tmp_path / f"model.pt.tmp-{dead}",
+        tmp_path / f".model.pt.tmp-{dead}.bak",
+    ]
     for p in stale + kept:
         p.write_bytes(b"x")
     assert sorted(outputs.remove_stale_temps(tmp_path)) == sorted(stale)
@@ -276,18 +324,25 @@ def test_a_killed_plan_leaves_the_old_file_and_the_next_plan_removes_its_debris(
     path = tmp_path / "plan.json"
     assert run(capsys, "plan", recipe, "-o", path)[0] == 0
     before = path.read_bytes()
-    script = ("import os, signal, sys\nfrom ftcompile import outputs\nfrom ftcompile.cli import main\n"
-              "class Killed:\n"
-              "    def __init__(self, p): self.fh = open(p, 'wb')\n"
-              "    def __enter__(self): return self\n"
-              "    def __exit__(self, *a): self.fh.close()\n"
-              "    def fileno(self): return self.fh.fileno()\n"
-              "    def flush(self): self.fh.flush()\n"
-              "    def write(self, b): self.fh.write(b[:100]); self.fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
-              "outputs.open_new = Killed\n"
-              "sys.exit(main(['plan', sys.argv[1], '--set', 'seed=5', '-o', sys.argv[2]]))\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script, str(recipe), str(path)], env=env, capture_output=True, timeout=300)
+    script = (
+        "import os, signal, sys\nfrom ftcompile import outputs\nfrom ftcompile.cli import main\n"
+        "class Killed:\n"
+        "    def __init__(self, p): self.fh = open(p, 'wb')\n"
+        "    def __enter__(self): return self\n"
+        "    def __exit__(self, *a): self.fh.close()\n"
+        "    def fileno(self): return self.fh.fileno()\n"
+        "    def flush(self): self.fh.flush()\n"
+        "    def write(self, b): self.fh.write(b[:100]); self.fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "outputs.open_new = Killed\n"
+        "sys.exit(main(['plan', sys.argv[1], '--set', 'seed=5', '-o', sys.argv[2]]))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(recipe), str(path)], env=env, capture_output=True, timeout=300
+    )
     assert done.returncode == -9, done.stderr
     assert path.read_bytes() == before
     debris = [p for p in tmp_path.iterdir() if outputs.TEMP_NAME.match(p.name)]
@@ -317,6 +372,7 @@ def test_every_output_gets_the_mode_open_gives_whatever_made_its_temporary_file(
 ) -> None:
     """A model.safetensors came out 0600: the writer sets 0666 less the umask (0644 under
     022) on what it writes, whether its opener or a library (ONNX) made the file 0600."""
+
     def private(p: Path):
         return os.fdopen(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 

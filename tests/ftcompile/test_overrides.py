@@ -43,8 +43,10 @@ def test_parse_dotted_key_and_toml_value() -> None:
 
 def test_a_value_replaces_a_table_and_creates_missing_ones() -> None:
     data = {"phases": {"a": {"scheduler": {"type": "OneCycleLR", "pct_start": 0.3}}}}
-    out = apply_overrides(data, [parse_override('phases.a.scheduler={type="StepLR", step_size=2}'),
-                                 parse_override('phases.b.train=["head"]')])
+    out = apply_overrides(
+        data,
+        [parse_override('phases.a.scheduler={type="StepLR", step_size=2}'), parse_override('phases.b.train=["head"]')],
+    )
     assert out["phases"]["a"]["scheduler"] == {"type": "StepLR", "step_size": 2}  # pct_start is gone
     assert out["phases"]["b"] == {"train": ["head"]}
     assert data["phases"]["a"]["scheduler"]["pct_start"] == 0.3  # the input is not changed
@@ -90,7 +92,7 @@ def test_override_errors_name_the_set_and_the_key(capsys: pytest.CaptureFixture[
     assert str(err.value).startswith(f"{path} --set phases.full.epochs=-1: phases.full.epochs: ")
     with pytest.raises(RecipeError) as err:  # found by the resolver, not the schema
         compiled(path, 'phases.full.lr.body="head // 10"')
-    assert str(err.value).startswith(f"{path} --set phases.full.lr.body=\"head // 10\": phases.full.lr.body: ")
+    assert str(err.value).startswith(f'{path} --set phases.full.lr.body="head // 10": phases.full.lr.body: ')
     with pytest.raises(RecipeError) as err:
         compiled(path, "phases.full.epoch=2")
     assert "phases.full.epoch: unknown key" in str(err.value) and "--set phases.full.epoch=2" in str(err.value)
@@ -143,9 +145,14 @@ def test_shipped_recipes_round_trip_through_the_writer(recipe: Path) -> None:
 
 keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8)
 scalars = st.one_of(
-    st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -154,7 +161,9 @@ def test_writer_round_trips_any_toml_data(data: dict) -> None:
     assert tomllib.loads(to_toml(data)) == data
 
 
-def test_set_on_a_compiled_plan_is_refused(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path) -> None:
+def test_set_on_a_compiled_plan_is_refused(
+    capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path
+) -> None:
     plan_file = tmp_path / "plan.json"
     assert main(["plan", str(write(tiny)), "-o", str(plan_file)]) == 0
     capsys.readouterr()
@@ -233,7 +242,7 @@ def test_builder_args_the_model_cannot_build_with_blame_that_key(write: Writer, 
     with pytest.raises(RecipeError) as err:  # of two arguments, the one that stops the build
         compiled(path, "model.builder_args={zero_init_residual=true, groups=2}")
     assert err.value.key == "model.builder_args.groups"
-    inline = write(tiny.replace('num_classes = 10', 'num_classes = 10\nbuilder_args = { groups = 0 }'), "inline.toml")
+    inline = write(tiny.replace("num_classes = 10", "num_classes = 10\nbuilder_args = { groups = 0 }"), "inline.toml")
     with pytest.raises(RecipeError) as err:  # in the file: the file and the line of builder_args
         compiled(inline)
     assert str(err.value).startswith(f"{inline}:7: model.builder_args.groups: ")

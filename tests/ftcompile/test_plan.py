@@ -120,10 +120,12 @@ def test_phase_lr_summary(write: Writer) -> None:
 def test_scheduler_is_constructed_fresh_at_each_phase(write: Writer) -> None:
     # A StepLR phase after a StepLR phase: the second starts at its own LR and counts its own
     # steps (step_size counts from the phase start, not from step 0 of the run).
-    text = TRACE.replace('[phases.b]\nafter = ["a"]\ntrain = ["body", "head"]\nsteps = 4\nlr = { head = 0.2, body = "head / 10" }\n'
-                         'scheduler = { type = "LinearLR", start_factor = 0.5 }',
-                         '[phases.b]\nafter = ["a"]\ntrain = ["head"]\nsteps = 3\nlr = 0.2\n'
-                         'scheduler = { type = "StepLR", step_size = 2, gamma = 0.5 }')
+    text = TRACE.replace(
+        '[phases.b]\nafter = ["a"]\ntrain = ["body", "head"]\nsteps = 4\nlr = { head = 0.2, body = "head / 10" }\n'
+        'scheduler = { type = "LinearLR", start_factor = 0.5 }',
+        '[phases.b]\nafter = ["a"]\ntrain = ["head"]\nsteps = 3\nlr = 0.2\n'
+        'scheduler = { type = "StepLR", step_size = 2, gamma = 0.5 }',
+    )
     rows = lr_trace(compile_recipe(write(text)))
     head = [r[2][2] for r in rows]
     assert head[5:8] == [0.2, 0.2, 0.1]  # 0.2 * 0.5 ** (t // 2)
@@ -167,7 +169,10 @@ def test_evaluate_and_checkpoint_come_before_the_next_phase(write: Writer, tiny:
     ops = [(c.op, c.target) for c in changes_at(plan, boundary)]
     # where both fall, the checkpoint comes first: a failing evaluation must not cost the steps
     assert ops[:3] == [("checkpoint", "warmup"), ("evaluate", "warmup"), ("phase", "full")]
-    assert [(c.op, c.target) for c in changes_at(plan, plan.total_steps)] == [("checkpoint", "full"), ("evaluate", "full")]
+    assert [(c.op, c.target) for c in changes_at(plan, plan.total_steps)] == [
+        ("checkpoint", "full"),
+        ("evaluate", "full"),
+    ]
     assert [c.step for c in plan.changes] == sorted(c.step for c in plan.changes)
 
 
@@ -226,7 +231,9 @@ def test_format_and_hash(write: Writer, tiny: str) -> None:
     data = json.loads(plan.to_json())
     assert data["format"] == FORMAT == 1
     assert len(data["hash"]) == 64 and int(data["hash"], 16) >= 0
-    assert {"recipe", "versions", "model", "data", "groups", "param_groups", "phases", "changes", "total_steps"} <= set(data)
+    assert {"recipe", "versions", "model", "data", "groups", "param_groups", "phases", "changes", "total_steps"} <= set(
+        data
+    )
     assert set(data["versions"]) == {"torch", "torchvision", "ftcompile"}
     assert data["recipe"]["file"] == "recipe.toml"
 
@@ -276,9 +283,21 @@ def test_hash_is_the_same_in_processes_with_different_hash_seeds(write: Writer, 
     path = write(tiny)
     procs = []
     for seed in ("0", "12345"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        procs.append(subprocess.Popen([sys.executable, "-c", HASH_SCRIPT, str(path)], cwd=tmp_path, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "PYTHONHASHSEED": seed,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", HASH_SCRIPT, str(path)],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     hashes = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -306,7 +325,9 @@ lr = 0.1
 """
 
 
-def test_hash_does_not_depend_on_where_the_recipe_lives(tmp_path: Path, image_folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hash_does_not_depend_on_where_the_recipe_lives(
+    tmp_path: Path, image_folders: Folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     here = tmp_path / "a"
     (here).mkdir()
     (here / "recipe.toml").write_text(FOLDER)
@@ -356,7 +377,9 @@ def test_hash_follows_meaning_not_formatting(write: Writer, tiny: str) -> None:
 
     base = hash_of(tiny, "base")
     # the same recipe with comments and blank lines
-    commented = "# tuned on Tuesday\n\n" + tiny.replace("seed = 0", "seed = 0  # fixed").replace("[data]", "\n[data]  # digits")
+    commented = "# tuned on Tuesday\n\n" + tiny.replace("seed = 0", "seed = 0  # fixed").replace(
+        "[data]", "\n[data]  # digits"
+    )
     assert hash_of(commented, "commented") == base
     changed = {
         "lr": tiny.replace("lr = { head = 0.1 }", "lr = { head = 0.2 }"),

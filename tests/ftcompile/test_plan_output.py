@@ -25,7 +25,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
 
 
 def three_epochs(tiny: str, run: str = "") -> str:
-    return tiny.replace("epochs = 1\nlr = { head = 0.01", "epochs = 3\nlr = { head = 0.01") + (f"\n[run]\n{run}\n" if run else "")
+    return tiny.replace("epochs = 1\nlr = { head = 0.01", "epochs = 3\nlr = { head = 0.01") + (
+        f"\n[run]\n{run}\n" if run else ""
+    )
 
 
 def test_mid_phase_evaluations_say_where_they_are(write: Writer, tiny: str) -> None:
@@ -39,9 +41,11 @@ def test_mid_phase_evaluations_say_where_they_are(write: Writer, tiny: str) -> N
 
 def test_long_lines_fit_100_columns_and_wide_keeps_them(write: Writer, tiny: str) -> None:
     # a scheduler with many arguments: its change line would be wider than 100 columns
-    text = tiny.replace('lr = { head = 0.01, body = "head / 10" }',
-                        'lr = { head = 0.01, body = "head / 10" }\nscheduler = { type = "OneCycleLR", pct_start = 0.25, '
-                        'div_factor = 20, anneal_strategy = "cos", three_phase = true }')
+    text = tiny.replace(
+        'lr = { head = 0.01, body = "head / 10" }',
+        'lr = { head = 0.01, body = "head / 10" }\nscheduler = { type = "OneCycleLR", pct_start = 0.25, '
+        'div_factor = 20, anneal_strategy = "cos", three_phase = true }',
+    )
     plan = compile_recipe(write(text))
     narrow, wide = render(plan), render(plan, wide=True)
     assert max(map(len, narrow.splitlines())) <= WIDTH < max(map(len, wide.splitlines()))
@@ -49,8 +53,9 @@ def test_long_lines_fit_100_columns_and_wide_keeps_them(write: Writer, tiny: str
     assert narrow.split("changes (")[1].split() == wide.split("changes (")[1].split()
 
 
-def test_output_file_prints_the_summary_only(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str,
-                                              tmp_path: Path) -> None:
+def test_output_file_prints_the_summary_only(
+    capsys: pytest.CaptureFixture[str], write: Writer, tiny: str, tmp_path: Path
+) -> None:
     rc, out = run(capsys, "plan", write(tiny), "-o", tmp_path / "plan.json")
     assert rc == 0
     assert out.splitlines()[0].startswith("plan ") and "\nphase " in out and "\ncheckpoints " in out

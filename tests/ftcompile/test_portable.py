@@ -36,34 +36,43 @@ def test_portable_is_in_the_plan_and_runs_on_the_cpu(tmp_path: Path, tiny: str) 
     assert plan.hash != compile_recipe(tmp_path / "plain.toml").hash
 
 
-@pytest.mark.parametrize("run, clash", [
-    ('device = "cuda"', 'device = "cuda"'),
-    ('precision = "bf16"', 'precision = "bf16"'),
-    ("compile = true", "compile = true"),
-    ("deterministic = false", "deterministic = false"),
-])
-def test_portable_refuses_what_it_cannot_pin(tmp_path: Path, tiny: str, run: str, clash: str,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "run, clash",
+    [
+        ('device = "cuda"', 'device = "cuda"'),
+        ('precision = "bf16"', 'precision = "bf16"'),
+        ("compile = true", "compile = true"),
+        ("deterministic = false", "deterministic = false"),
+    ],
+)
+def test_portable_refuses_what_it_cannot_pin(
+    tmp_path: Path, tiny: str, run: str, clash: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = _write(tmp_path, tiny, f'reproducible = "portable"\n{run}')
     assert main(["check", str(recipe)]) == 2
     out = capsys.readouterr().out
-    assert "run: reproducible = \"portable\" pins CPU kernels; it cannot go with " + clash in out
+    assert 'run: reproducible = "portable" pins CPU kernels; it cannot go with ' + clash in out
 
 
 def test_an_upstream_recipe_must_be_portable_too(tmp_path: Path, tiny: str) -> None:
     up = tmp_path / "up.toml"
     up.write_text(tiny.replace('name = "tiny"', 'name = "up"'))
-    child = tiny.replace('num_classes = 10', 'num_classes = 10\nweights = "up.toml"')
+    child = tiny.replace("num_classes = 10", 'num_classes = 10\nweights = "up.toml"')
     recipe = _write(tmp_path, child, 'reproducible = "portable"')
     with pytest.raises(RecipeError, match="the upstream recipe up.toml is not portable") as err:
         compile_recipe(recipe)
-    assert err.value.key == "run.reproducible" and 'in up.toml too' in (err.value.suggestion or "")
+    assert err.value.key == "run.reproducible" and "in up.toml too" in (err.value.suggestion or "")
     up.write_text(up.read_text() + '\n[run]\nreproducible = "portable"\n')
     assert compile_recipe(recipe).model.weights.plan["run"]["reproducible"] == "portable"
 
 
 def test_pinned_environment_overrides_the_callers() -> None:
-    caller = {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OMP_NUM_THREADS": "8", "HOME": "/h"}
+    caller = {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "OMP_NUM_THREADS": "8",
+        "HOME": "/h",
+    }
     assert not portable.pinned(caller)
     env = portable.pinned_environment(caller)
     assert portable.pinned(env) and env["HOME"] == "/h"
@@ -99,7 +108,9 @@ def test_machine_mode_says_bitwise_equality_cannot_be_expected() -> None:
 def test_portable_mode_says_bitwise_equality_is_expected() -> None:
     then = {**MACHINE, "cpu_capability": "AVX2", "threads": 1}
     (line,) = portable.machine_warnings("portable", {"machine": then}, {**then, "cpu": "AMD EPYC"}, ["generic"])
-    assert line.startswith("note: portable run: another CPU (Intel Xeon -> AMD EPYC)") and "equality is expected" in line
+    assert (
+        line.startswith("note: portable run: another CPU (Intel Xeon -> AMD EPYC)") and "equality is expected" in line
+    )
     assert portable.machine_warnings("portable", {"machine": then}, dict(then), ["generic"]) == []
     (line,) = portable.machine_warnings("portable", {"machine": then}, {**then, "cpu_capability": "DEFAULT"}, [])
     assert "cpu_capability 'AVX2' -> 'DEFAULT'" in line and "cannot be expected" in line

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ftcompile.runtime.data import read_rgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -31,7 +32,6 @@ from ftcompile.load import MAX_EXTENDS_DEPTH, MAX_NESTING, key_lines, load_recip
 from ftcompile.lr_expr import MAX_EXPR_CHARS, MAX_EXPR_DEPTH, parse_expr
 from ftcompile.plan import Plan, plan_hash
 from ftcompile.resolve import MAX_CHANGES
-from ftcompile.runtime.data import read_rgb
 
 Writer = Callable[..., Path]
 Folders = Callable[[Path, dict[str, int]], None]
@@ -114,7 +114,12 @@ def test_a_class_folder_that_links_back_to_itself_is_counted_once(tmp_path: Path
     # is not entered again); dog: 0.png and the shared image once, by the first path in sorted
     # order (link1; link2 and shared/ are the same real folder).
     assert sorted(rel for rel, label in samples if label == 0) == [
-        "cat/0.png", "cat/1.png", "cat/2.png", "cat/up/dog/0.png", "cat/up/dog/link1/s.png"]
+        "cat/0.png",
+        "cat/1.png",
+        "cat/2.png",
+        "cat/up/dog/0.png",
+        "cat/up/dog/link1/s.png",
+    ]
     assert sorted(rel for rel, label in samples if label == 1) == ["dog/0.png", "dog/link1/s.png"]
 
 
@@ -132,7 +137,9 @@ def linked_trees(draw: st.DrawFn) -> tuple[list[int], list[int], list[tuple[int,
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(linked_trees())
-def test_every_real_image_is_listed_exactly_once_whatever_the_links(tree: tuple[list[int], list[int], list[tuple[int, int]]]) -> None:
+def test_every_real_image_is_listed_exactly_once_whatever_the_links(
+    tree: tuple[list[int], list[int], list[tuple[int, int]]],
+) -> None:
     parents, images, links = tree
     with tempfile.TemporaryDirectory() as tmp:
         train = Path(tmp) / "train"
@@ -142,7 +149,7 @@ def test_every_real_image_is_listed_exactly_once_whatever_the_links(tree: tuple[
         for folder in folders:
             folder.mkdir(parents=True)
         real = set()
-        for folder, count in zip(folders, images):
+        for folder, count in zip(folders, images, strict=False):
             for j in range(count):
                 make_png(folder / f"{j}.png")
                 real.add(os.path.realpath(folder / f"{j}.png"))
@@ -162,7 +169,9 @@ def test_every_real_image_is_listed_exactly_once_whatever_the_links(tree: tuple[
 
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/../../b", "..", "UPPER", "x" * 129])
-def test_a_rehashed_plan_naming_a_path_outside_runs_is_refused_on_load(write: Writer, name: str, tmp_path: Path) -> None:
+def test_a_rehashed_plan_naming_a_path_outside_runs_is_refused_on_load(
+    write: Writer, name: str, tmp_path: Path
+) -> None:
     data = json.loads(compile_recipe(write(DIGITS)).to_json())
     data["recipe"]["name"] = name
     path = tmp_path / "evil.json"
@@ -182,8 +191,13 @@ def test_a_phase_name_is_one_folder_name_in_a_recipe_and_in_a_plan(write: Writer
         Plan.from_dict(rehashed(data), "evil.json")
     assert info.value.key == "phases[0].name" and repr(phase) in info.value.message
     with pytest.raises(RecipeError) as info:
-        compile_recipe(write(DIGITS.replace("[phases.warm]", f"[phases.{json.dumps(phase)}]")
-                             .replace('after = ["warm"]', f"after = [{json.dumps(phase)}]")))
+        compile_recipe(
+            write(
+                DIGITS.replace("[phases.warm]", f"[phases.{json.dumps(phase)}]").replace(
+                    'after = ["warm"]', f"after = [{json.dumps(phase)}]"
+                )
+            )
+        )
     assert "phase name" in str(info.value) and info.value.key == f"phases.{phase}"  # with the line of [phases."<name>"]
 
 
@@ -264,8 +278,14 @@ device = "cpu"
     ],
 )
 def test_a_one_image_last_batch_under_batchnorm_fails_check_exactly_when_run_would(
-    tmp_path: Path, image_folders: Folders, capsys: pytest.CaptureFixture[str],
-    size: int, drop_last: str, train: str, bn: str, fails: bool,
+    tmp_path: Path,
+    image_folders: Folders,
+    capsys: pytest.CaptureFixture[str],
+    size: int,
+    drop_last: str,
+    train: str,
+    bn: str,
+    fails: bool,
 ) -> None:
     """5 images in batches of 4: every epoch ends with a 1-image batch (step 1)."""
     image_folders(tmp_path / "data/train", {"ant": 3, "bee": 2})
@@ -282,25 +302,33 @@ def test_a_one_image_last_batch_under_batchnorm_fails_check_exactly_when_run_wou
         assert rc == 0, out
 
 
-
 @pytest.mark.parametrize("batch, fails", [(4, True), (3, False)])
 def test_a_phase_with_its_own_batch_size_is_checked_for_a_one_image_batch(
-    tmp_path: Path, image_folders: Folders, capsys: pytest.CaptureFixture[str], batch: int, fails: bool,
+    tmp_path: Path,
+    image_folders: Folders,
+    capsys: pytest.CaptureFixture[str],
+    batch: int,
+    fails: bool,
 ) -> None:
     """The recipe's batches (5 images in 5s) are fine; a second phase's own batch size 4
     leaves 1 image at the end of its epochs (5 in 3s: 3 + 2, fine)."""
     image_folders(tmp_path / "data/train", {"ant": 3, "bee": 2})
     image_folders(tmp_path / "data/val", {"ant": 1, "bee": 1})
-    text = FIVE_IMAGES.format(size=16, drop_last="false", train='"body", "head"', bn="train", lr="body = 0.01, head = 0.01")
+    text = FIVE_IMAGES.format(
+        size=16, drop_last="false", train='"body", "head"', bn="train", lr="body = 0.01, head = 0.01"
+    )
     text = text.replace("batch_size = 4", "batch_size = 5").replace("steps = 3", "steps = 2")
-    text = text.replace("[run]", f"""[phases.small]
+    text = text.replace(
+        "[run]",
+        f"""[phases.small]
 after = ["only"]
 train = ["body", "head"]
 steps = 4
 lr = {{ body = 0.01, head = 0.01 }}
 data = {{ batch_size = {batch} }}
 
-[run]""")
+[run]""",
+    )
     recipe = tmp_path / "r.toml"
     recipe.write_text(text)
     rc, out, _ = cli(capsys, "check", recipe)
@@ -309,6 +337,7 @@ data = {{ batch_size = {batch} }}
         assert "batches of 4" in out and "the batch of step 3 (phase small) has 1 image" in out, out
     else:
         assert rc == 0, out
+
 
 # ---------------------------------------------------------------- 9. resource bounds
 
@@ -337,8 +366,17 @@ def test_memory_estimate_of_a_billion_classes_and_the_warning_above_the_machine(
 def test_a_run_that_evaluates_and_checkpoints_every_step_of_10_million_is_refused(
     write: Writer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, out, _ = cli(capsys, "check", write(DIGITS), "--set", "phases.warm.steps=9999998",
-                     "--set", 'run.eval_every="1 step"', "--set", 'run.checkpoint_every="1 step"')
+    rc, out, _ = cli(
+        capsys,
+        "check",
+        write(DIGITS),
+        "--set",
+        "phases.warm.steps=9999998",
+        "--set",
+        'run.eval_every="1 step"',
+        "--set",
+        'run.checkpoint_every="1 step"',
+    )
     assert rc == 2 and "run.eval_every" in out and f"more than {MAX_CHANGES:,}" in out
     assert "10,000,000 evaluations" in out
 
@@ -407,13 +445,16 @@ def builtin_calls(text: str) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize("line", [
-    lambda n: "a" * n + " = 1",  # a long key
-    lambda n: 'notes = "' + "x" * n + '"',  # a long value
-    lambda n: "[" + "t" * n + "]",  # a long table header
-    lambda n: "# " + "=" * n,  # a long comment of '='
-    lambda n: "x = [" + "1, " * (n // 3) + "]",  # a long array
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        lambda n: "a" * n + " = 1",  # a long key
+        lambda n: 'notes = "' + "x" * n + '"',  # a long value
+        lambda n: "[" + "t" * n + "]",  # a long table header
+        lambda n: "# " + "=" * n,  # a long comment of '='
+        lambda n: "x = [" + "1, " * (n // 3) + "]",  # a long array
+    ],
+)
 def test_key_lookup_makes_the_same_builtin_calls_for_a_1_kb_and_a_128_kb_line(line: Callable[[int], str]) -> None:
     short, long = builtin_calls(line(1024) + "\n"), builtin_calls(line(128 * 1024) + "\n")
     assert short == long
@@ -421,7 +462,9 @@ def test_key_lookup_makes_the_same_builtin_calls_for_a_1_kb_and_a_128_kb_line(li
 
 
 def test_a_128_kb_line_still_puts_errors_on_their_lines(write: Writer, capsys: pytest.CaptureFixture[str]) -> None:
-    text = DIGITS.replace('seed = 0', "seed = 0\n# " + "x = y " * 22_000).replace("batch_size = 16", "batch_size = 0" + " " * 131_072)
+    text = DIGITS.replace("seed = 0", "seed = 0\n# " + "x = y " * 22_000).replace(
+        "batch_size = 16", "batch_size = 0" + " " * 131_072
+    )
     rc, out, _ = cli(capsys, "check", write(text))
     line = text.splitlines().index("batch_size = 0" + " " * 131_072) + 1
     assert rc == 2 and f"recipe.toml:{line}: data.batch_size:" in out
@@ -431,8 +474,14 @@ TABLE = st.text(alphabet="abcxyz_-", min_size=1, max_size=8)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(TABLE, st.lists(st.tuples(TABLE, st.integers(0, 300)), max_size=5, unique_by=lambda kv: kv[0])),
-                min_size=1, max_size=5, unique_by=lambda t: t[0]))
+@given(
+    st.lists(
+        st.tuples(TABLE, st.lists(st.tuples(TABLE, st.integers(0, 300)), max_size=5, unique_by=lambda kv: kv[0])),
+        min_size=1,
+        max_size=5,
+        unique_by=lambda t: t[0],
+    )
+)
 def test_key_lines_finds_every_key_of_any_recipe_text(tables: list[tuple[str, list[tuple[str, int]]]]) -> None:
     """Generated text: tables of keys, values padded with spaces, comments holding '=' and
     '[': each key path maps to the line it is written on."""

@@ -17,9 +17,9 @@ from sklearn.datasets import load_digits
 from ftcompile import arch
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
-from ftcompile.plan import Plan
 from ftcompile.groups import param_infos, resolve_groups
 from ftcompile.lr_expr import resolve_lrs
+from ftcompile.plan import Plan
 from ftcompile.schema import Phase
 
 Writer = Callable[..., Path]
@@ -64,7 +64,10 @@ def under(*prefixes: str) -> tuple[str, ...]:
         ("backbone", tuple(n for n in NAMES if not n.startswith("fc."))),
         ("layer3", under("layer3")),
         ("layer4.1", under("layer4.1")),
-        ("layer4.0.downsample", ("layer4.0.downsample.0.weight", "layer4.0.downsample.1.weight", "layer4.0.downsample.1.bias")),
+        (
+            "layer4.0.downsample",
+            ("layer4.0.downsample.0.weight", "layer4.0.downsample.1.weight", "layer4.0.downsample.1.bias"),
+        ),
         ("layer4.*", under("layer4")),
         # modules named like `layer2.1.bn2` (the stem's `bn1` has no dot before it)
         ("*.bn*", tuple(n for n in NAMES if re.fullmatch(r"layer\d\.\d\.bn\d\.(weight|bias)", n))),
@@ -135,14 +138,22 @@ def test_no_decay_auto_takes_biases_and_every_norm_parameter(write: Writer, tiny
     is_norm = re.compile(r"(^|\.)(bn\d|downsample\.1)\.(weight|bias)$")
     assert pgs["body.no_decay"] == tuple(n for n in NAMES if is_norm.search(n))
     assert pgs["body"] == tuple(n for n in NAMES if not is_norm.search(n) and not n.startswith("fc."))
-    assert all(n.endswith("conv1.weight") or n.endswith("conv2.weight") or n.endswith("downsample.0.weight") for n in pgs["body"])
+    assert all(
+        n.endswith("conv1.weight") or n.endswith("conv2.weight") or n.endswith("downsample.0.weight")
+        for n in pgs["body"]
+    )
     assert (pgs["head"], pgs["head.no_decay"]) == (("fc.weight",), ("fc.bias",))
 
 
 def test_no_decay_auto_on_layernorm() -> None:
     vit = arch.build_model("vit_b_16", 10, None, device="meta")
     skip = {p.name for p in param_infos(vit, "auto") if p.no_decay}
-    assert {"encoder.ln.weight", "encoder.ln.bias", "encoder.layers.encoder_layer_3.ln_2.weight", "heads.head.bias"} <= skip
+    assert {
+        "encoder.ln.weight",
+        "encoder.ln.bias",
+        "encoder.layers.encoder_layer_3.ln_2.weight",
+        "heads.head.bias",
+    } <= skip
     # a bias that is not called `.bias` is still a bias (1-d)
     assert "encoder.layers.encoder_layer_0.self_attention.in_proj_bias" in skip
     assert "encoder.layers.encoder_layer_0.mlp.0.weight" not in skip
@@ -181,8 +192,14 @@ def test_lr_numbers() -> None:
 
 def test_lr_expressions() -> None:
     assert lrs(["layer4", "head"], {"head": 1e-3, "layer4": "head / 10"}) == {"layer4": 1e-3 / 10, "head": 1e-3}
-    assert lrs(["layer3", "layer4"], {"layer4": 0.02, "layer3": "layer4 * 0.1"}) == {"layer3": 0.02 * 0.1, "layer4": 0.02}
-    assert lrs(["a", "b"], {"b": 0.5, "a": "2 ** -3 * b + 0.25 - b / 4"}) == {"a": 2**-3 * 0.5 + 0.25 - 0.5 / 4, "b": 0.5}
+    assert lrs(["layer3", "layer4"], {"layer4": 0.02, "layer3": "layer4 * 0.1"}) == {
+        "layer3": 0.02 * 0.1,
+        "layer4": 0.02,
+    }
+    assert lrs(["a", "b"], {"b": 0.5, "a": "2 ** -3 * b + 0.25 - b / 4"}) == {
+        "a": 2**-3 * 0.5 + 0.25 - 0.5 / 4,
+        "b": 0.5,
+    }
 
 
 def test_chained_lr_expressions() -> None:
@@ -206,7 +223,17 @@ def test_chained_lr_expressions() -> None:
         ({"head": 0.1, "layer4": "head / 0"}, "p.lr.layer4", "division by zero"),
         ({"head": 0.1}, "p.lr.layer4", "has no LR"),
     ],
-    ids=["unknown-group", "untrained-group", "cycle", "syntax", "call", "string", "negative", "zero-division", "missing"],
+    ids=[
+        "unknown-group",
+        "untrained-group",
+        "cycle",
+        "syntax",
+        "call",
+        "string",
+        "negative",
+        "zero-division",
+        "missing",
+    ],
 )
 def test_lr_errors(lr: dict[str, object], key: str, message: str) -> None:
     with pytest.raises(RecipeError) as info:
@@ -395,7 +422,7 @@ def test_durations_become_steps(sched_plan: Plan) -> None:
     lengths = {p.name: p.end - p.begin for p in sched_plan.phases}
     assert lengths == {"onecycle": half, "cosine": spe, "restarts": 2 * spe, "cyclic": 30, "step": 40, "linear": 7}
     assert sched_plan.phases[0].begin == 0
-    assert all(a.end == b.begin for a, b in zip(sched_plan.phases, sched_plan.phases[1:]))
+    assert all(a.end == b.begin for a, b in zip(sched_plan.phases, sched_plan.phases[1:], strict=False))
     args = {p.name: p.scheduler["args"] for p in sched_plan.phases}
     assert args["restarts"]["T_0"] == spe  # "1 epoch"
     assert args["cyclic"]["step_size_up"] == half  # "0.5 epoch"
@@ -443,7 +470,12 @@ def test_a_plain_string_scheduler_argument_stays_a_string(write: Writer, tiny: s
     ("scheduler", "key", "message", "hint"),
     [
         ('{ type = "StepLr", step_size = 2 }', "scheduler.type", "unknown scheduler 'StepLr'", "did you mean 'StepLR'"),
-        ('{ type = "StepLR", stepsize = 2 }', "scheduler.stepsize", "StepLR has no argument 'stepsize'", "valid: step_size, gamma"),
+        (
+            '{ type = "StepLR", stepsize = 2 }',
+            "scheduler.stepsize",
+            "StepLR has no argument 'stepsize'",
+            "valid: step_size, gamma",
+        ),
         ('{ type = "StepLR" }', "scheduler.step_size", "StepLR needs step_size", "add step_size"),
         ('{ type = "LambdaLR" }', "scheduler.type", "needs a function or a metric", None),
         ('{ type = "OneCycleLR", epochs = 3 }', "scheduler.epochs", "total_steps", "remove it"),
@@ -453,8 +485,18 @@ def test_a_plain_string_scheduler_argument_stays_a_string(write: Writer, tiny: s
         ('{ type = "StepLR", step_size = 1, gamma = 1e300 }', "scheduler", "drives an LR to", "finite"),
         ('{ type = "StepLR", step_size = 1, gamma = nan }', "scheduler.gamma", "must be finite", None),
     ],
-    ids=["unknown-type", "unknown-argument", "missing-argument", "unsupported", "onecycle-epochs",
-         "bad-duration", "zero-division", "fails-when-stepped", "overflows", "nan"],
+    ids=[
+        "unknown-type",
+        "unknown-argument",
+        "missing-argument",
+        "unsupported",
+        "onecycle-epochs",
+        "bad-duration",
+        "zero-division",
+        "fails-when-stepped",
+        "overflows",
+        "nan",
+    ],
 )
 def test_scheduler_errors(write: Writer, tiny: str, scheduler: str, key: str, message: str, hint: str | None) -> None:
     text = tiny.replace("lr = { head = 0.1 }", f"lr = {{ head = 0.1 }}\nscheduler = {scheduler}")
@@ -472,7 +514,12 @@ def test_scheduler_errors(write: Writer, tiny: str, scheduler: str, key: str, me
     ("optimizer", "key", "message", "hint"),
     [
         ('type = "SDG"', "optimizer.type", "unknown optimizer 'SDG'", "did you mean 'SGD'"),
-        ('type = "SGD"\nmomentun = 0.9', "optimizer.momentun", "SGD has no argument 'momentun'", "valid: lr, momentum,"),
+        (
+            'type = "SGD"\nmomentun = 0.9',
+            "optimizer.momentun",
+            "SGD has no argument 'momentun'",
+            "valid: lr, momentum,",
+        ),
         ('type = "AdamW"\nmomentum = 0.9', "optimizer.momentum", "AdamW has no argument 'momentum'", "betas"),
         ('type = "SGD"\nweight_decay = -1', "optimizer.weight_decay", "must be >= 0", None),
         ('type = "SGD"\nmomentum = "fast"', "optimizer", "SGD rejects its arguments", "torch.optim.SGD"),
@@ -495,7 +542,11 @@ def test_optimizer_errors(write: Writer, tiny: str, optimizer: str, key: str, me
 def test_any_torch_optimizer_and_its_arguments(write: Writer, tiny: str) -> None:
     text = tiny.replace('type = "SGD"\nmomentum = 0.9', 'type = "RAdam"\nbetas = [0.8, 0.99]\neps = 1e-6')
     plan = compile_recipe(write(text))
-    assert plan.to_dict()["optimizer"] == {"type": "RAdam", "kwargs": {"betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 1e-4}, "no_decay": "auto"}
+    assert plan.to_dict()["optimizer"] == {
+        "type": "RAdam",
+        "kwargs": {"betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 1e-4},
+        "no_decay": "auto",
+    }
     # momentum lives in betas[0] for Adam-style optimizers; every phase start sets it again
     momentum = {c.target: c.value for c in plan.changes if c.op == "set" and c.field == "momentum" and c.step == 0}
     assert momentum == {"head": 0.8, "head.no_decay": 0.8}
@@ -534,8 +585,11 @@ def test_lr_overflow_and_complex_are_messages_with_the_key(expr: str, message: s
 
 
 LEAVES = st.sampled_from(["0", "1", "2", "10", "0.5", "-1", "1e308", "1e-308", "1e309", "head", "-head"])
-EXPRS = st.recursive(LEAVES, lambda inner: st.builds("({} {} {})".format, inner, st.sampled_from("+-*/") | st.just("**"),
-                                                      inner), max_leaves=6)
+EXPRS = st.recursive(
+    LEAVES,
+    lambda inner: st.builds("({} {} {})".format, inner, st.sampled_from("+-*/") | st.just("**"), inner),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -49,9 +49,9 @@ def test_unknown_key_is_forbidden_with_did_you_mean(write: Writer, tiny: str) ->
     ("old", "new", "key", "wanted"),
     [
         ("[data]", "[data]\nbatchsize = 3", "data.batchsize", "'batch_size'"),
-        ('seed = 0', 'seed = 0\nphase = 1', "phase", "'phases'"),
+        ("seed = 0", "seed = 0\nphase = 1", "phase", "'phases'"),
         ("num_classes = 10", "num_classes = 10\nhead = { hiden = [64] }", "model.head.hiden", "'hidden'"),
-        ("weight_decay = 1e-4", "weight_decay = 1e-4\n\n[run]\ndevise = \"cpu\"", "run.devise", "'device'"),
+        ("weight_decay = 1e-4", 'weight_decay = 1e-4\n\n[run]\ndevise = "cpu"', "run.devise", "'device'"),
     ],
     ids=["data", "top-level", "model.head", "run"],
 )
@@ -68,7 +68,7 @@ def test_all_errors_are_reported_together(write: Writer, tiny: str) -> None:
         tiny.replace("lr = { head = 0.1 }", "lr = { head = -0.1 }")
         .replace("num_classes = 10", "num_classes = 1")
         .replace("batch_size = 64", 'batch_size = "big"')
-        .replace("after = [\"warmup\"]", "after = [\"warmup\"]\nepoch = 2")
+        .replace('after = ["warmup"]', 'after = ["warmup"]\nepoch = 2')
     )
     path = write(text)
     with pytest.raises(RecipeErrors) as info:
@@ -101,8 +101,20 @@ def test_all_errors_are_reported_together(write: Writer, tiny: str) -> None:
         ('name = "tiny"', 'name = "Tiny Recipe"', "name", "slug"),
         ('builtin = "digits"', 'builtin = "mnist"', "data.builtin", "'digits'"),
     ],
-    ids=["negative-lr", "zero-lr", "zero-epochs", "zero-steps", "one-class", "string-int", "float-int",
-         "inf", "train-not-list", "train-empty", "name-slug", "unknown-builtin"],
+    ids=[
+        "negative-lr",
+        "zero-lr",
+        "zero-epochs",
+        "zero-steps",
+        "one-class",
+        "string-int",
+        "float-int",
+        "inf",
+        "train-not-list",
+        "train-empty",
+        "name-slug",
+        "unknown-builtin",
+    ],
 )
 def test_wrong_type_or_range(write: Writer, tiny: str, old: str, new: str, key: str, hint: str) -> None:
     assert old in tiny
@@ -192,12 +204,17 @@ RESERVED = ["con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(stem=st.sampled_from(RESERVED), upper=st.lists(st.booleans(), min_size=4, max_size=4),
-       ext=st.sampled_from(["", ".txt", ".d", ".1.x"]), where=st.sampled_from(["phase", "recipe"]))
-def test_windows_device_names_are_refused(write: Writer, tiny: str, stem: str, upper: list[bool], ext: str,
-                                          where: str) -> None:
+@given(
+    stem=st.sampled_from(RESERVED),
+    upper=st.lists(st.booleans(), min_size=4, max_size=4),
+    ext=st.sampled_from(["", ".txt", ".d", ".1.x"]),
+    where=st.sampled_from(["phase", "recipe"]),
+)
+def test_windows_device_names_are_refused(
+    write: Writer, tiny: str, stem: str, upper: list[bool], ext: str, where: str
+) -> None:
     """CON, nul, Aux.txt, com1.d ... name no folder on Windows: not as runs/<name>/ nor trials/<phase>/."""
-    name = "".join(c.upper() if u else c for c, u in zip(stem, upper)) + stem[len(upper):] + ext
+    name = "".join(c.upper() if u else c for c, u in zip(stem, upper, strict=False)) + stem[len(upper) :] + ext
     if where == "recipe":
         if name != name.lower():
             return  # not a slug: refused as before
@@ -212,14 +229,17 @@ def test_windows_device_names_are_refused(write: Writer, tiny: str, stem: str, u
     assert "com0-com9, lpt0-lpt9" in (errors[0].suggestion or "")
 
 
-@pytest.mark.parametrize(("name", "words"), [
-    ("a:b", "holds :, which Windows does not allow"),
-    ("what?", "holds ?, which Windows does not allow"),
-    ("a<b>", "holds < >, which Windows does not allow"),
-    ("end.", "ends with '.' or a space"),
-    ("line\nbreak", "holds a control character"),
-    ("tab\there", "holds a control character"),
-])
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("a:b", "holds :, which Windows does not allow"),
+        ("what?", "holds ?, which Windows does not allow"),
+        ("a<b>", "holds < >, which Windows does not allow"),
+        ("end.", "ends with '.' or a space"),
+        ("line\nbreak", "holds a control character"),
+        ("tab\there", "holds a control character"),
+    ],
+)
 def test_phase_names_windows_cannot_hold_are_refused(write: Writer, tiny: str, name: str, words: str) -> None:
     quoted = json.dumps(name)
     text = tiny.replace("[phases.full]", f"[phases.{quoted}]")

@@ -21,8 +21,9 @@ def sigterm_fails_the_test() -> Iterator[None]:
     signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.mark.parametrize(("signum", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C / SIGINT"),
-                                                      (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.parametrize(
+    ("signum", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C / SIGINT"), (signal.SIGTERM, 143, "SIGTERM")]
+)
 def test_a_signal_in_the_block_is_an_interrupt_with_the_shells_exit_code(
     signum: int, code: int, name: str, sigterm_fails_the_test: None
 ) -> None:

@@ -82,7 +82,9 @@ def test_split_is_deterministic_and_depends_on_the_seed_only(tmp_path: Path) -> 
 def test_the_lists_are_in_the_hash_and_an_added_image_changes_the_plan(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
     before = compile_recipe(recipe)
-    assert "ant/0.png" in before.to_dict()["data"]["split_files"]["train"] + before.to_dict()["data"]["split_files"]["val"]
+    assert (
+        "ant/0.png" in before.to_dict()["data"]["split_files"]["train"] + before.to_dict()["data"]["split_files"]["val"]
+    )
     (tmp_path / "images" / "bee" / "late.png").write_bytes(b"")
     after = compile_recipe(recipe)
     assert after.hash != before.hash
@@ -128,12 +130,15 @@ def test_a_class_of_one_image_cannot_be_split(tmp_path: Path) -> None:
         compile_recipe(_recipe(tmp_path, counts={"ant": 5, "cat": 1}))
 
 
-@pytest.mark.parametrize("value, message", [
-    ("{ split = 1.0 }", "less than 1"),
-    ("{ split = 0 }", "greater than 0"),
-    ("{ split = 0.1, seed = -1 }", "greater than or equal to 0"),
-    ("{ split = 0.1, sed = 1 }", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{ split = 1.0 }", "less than 1"),
+        ("{ split = 0 }", "greater than 0"),
+        ("{ split = 0.1, seed = -1 }", "greater than or equal to 0"),
+        ("{ split = 0.1, sed = 1 }", "unknown key"),
+    ],
+)
 def test_bad_split_tables(tmp_path: Path, value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = _recipe(tmp_path)
     recipe.write_text(recipe.read_text().replace("{ split = 0.2, seed = 0 }", value))
@@ -144,7 +149,9 @@ def test_bad_split_tables(tmp_path: Path, value: str, message: str, capsys: pyte
 
 def test_check_without_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "r.toml"
-    recipe.write_text(RECIPE.format(split=0.2, seed=0).replace('arch = "resnet18"', 'arch = "resnet18"\nnum_classes = 3'))
+    recipe.write_text(
+        RECIPE.format(split=0.2, seed=0).replace('arch = "resnet18"', 'arch = "resnet18"\nnum_classes = 3')
+    )
     assert main(["check", str(recipe)]) == 0
     assert "data not found here" in capsys.readouterr().out
     assert main(["check", "--require-data", str(recipe)]) == 2

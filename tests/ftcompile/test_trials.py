@@ -24,7 +24,8 @@ TRIALS = '\n[phases.full.trials]\n"lr.body" = ["head / 10", "head / 100"]\n{extr
 
 def tiny_with(tiny: str, trials: str = "", extra: str = "") -> str:
     text = tiny.replace("epochs = 1\nlr = { head = 0.01", "steps = 3\nlr = { head = 0.01").replace(
-        "epochs = 1\nlr = { head = 0.1 }", "steps = 2\nlr = { head = 0.1 }")
+        "epochs = 1\nlr = { head = 0.1 }", "steps = 2\nlr = { head = 0.1 }"
+    )
     return text + (trials or TRIALS).format(extra=extra)
 
 
@@ -33,13 +34,19 @@ def test_alternatives_in_the_plan(tiny: str, write: Writer) -> None:
     full = plan.phases[1]
     assert full.trials is not None and full.trials.select == "val_top1"
     labels = [a.label for a in full.trials.alternatives]  # grid: the first key varies slowest
-    assert labels == ["body=head / 10, weight_decay.body=0", "body=head / 10, weight_decay.body=0.001",
-                      "body=head / 100, weight_decay.body=0", "body=head / 100, weight_decay.body=0.001"]
+    assert labels == [
+        "body=head / 10, weight_decay.body=0",
+        "body=head / 10, weight_decay.body=0.001",
+        "body=head / 100, weight_decay.body=0",
+        "body=head / 100, weight_decay.body=0.001",
+    ]
     assert [a.lr["body"]["first"] for a in full.trials.alternatives] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
     # The main change list holds one `trial` change; each alternative has its own window's changes.
     assert [c.op for c in plan.changes if c.step == 2][-1] == Op.TRIAL
-    wd = [[c.value for c in a.changes if c.op == Op.SET and c.target == "body" and c.field == "weight_decay"]
-          for a in full.trials.alternatives]
+    wd = [
+        [c.value for c in a.changes if c.op == Op.SET and c.target == "body" and c.field == "weight_decay"]
+        for a in full.trials.alternatives
+    ]
     assert wd == [[0.0], [1e-3], [0.0], [1e-3]]
     assert plan.steps_with_trials == 2 + 4 * 3 and plan.total_steps == 5
     # The plan round-trips through JSON with the same hash, and the hash covers the alternatives.
@@ -71,8 +78,9 @@ def test_train_alternatives_use_their_own_groups(tiny: str, write: Writer) -> No
     assert {a.label for a in alts} == {"train=head", "train=body+head"}
 
 
-def test_plan_shows_every_alternative_and_the_cost(tiny: str, write: Writer, capsys: pytest.CaptureFixture[str],
-                                                     tmp_path: Path) -> None:
+def test_plan_shows_every_alternative_and_the_cost(
+    tiny: str, write: Writer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path = write(tiny_with(tiny))
     assert main(["plan", str(path), "--trace", str(tmp_path / "lr.csv")]) == 0
     out = capsys.readouterr().out
@@ -86,8 +94,12 @@ def test_plan_shows_every_alternative_and_the_cost(tiny: str, write: Writer, cap
 @pytest.mark.parametrize(
     "trials, key, says, hint",
     [
-        ('"lr.body" = ["head / 10", "head / 100"]\n"epochs" = [1, 2]', "phases.full.trials.epochs",
-         "may not change the phase's length", "make a phase of each length"),
+        (
+            '"lr.body" = ["head / 10", "head / 100"]\n"epochs" = [1, 2]',
+            "phases.full.trials.epochs",
+            "may not change the phase's length",
+            "make a phase of each length",
+        ),
         ('"lr.body" = ["head / 10"]', "phases.full.trials.lr.body", "at least 2 values", "one alternative per value"),
         ('"lr.body" = ["head / 10", -1.0]', "phases.full.trials.lr.body[1]", "greater than 0", "> 0"),
         ('"lrr.body" = [1e-3, 1e-4]', "phases.full.trials.lrr.body", "not a trial key", "did you mean 'lr'"),
@@ -97,8 +109,9 @@ def test_plan_shows_every_alternative_and_the_cost(tiny: str, write: Writer, cap
         ('"lr.body" = [1e-3, 1e-4]\nselect = "val_top5"\nmode = "zip"', None, "", ""),
     ],
 )
-def test_bad_trials_exit_2_with_key_line_and_hint(tiny: str, write: Writer, capsys: pytest.CaptureFixture[str],
-                                                   trials: str, key: str | None, says: str, hint: str) -> None:
+def test_bad_trials_exit_2_with_key_line_and_hint(
+    tiny: str, write: Writer, capsys: pytest.CaptureFixture[str], trials: str, key: str | None, says: str, hint: str
+) -> None:
     path = write(tiny_with(tiny, f"\n[phases.full.trials]\n{trials}\n"))
     rc = main(["plan", str(path)])
     err = capsys.readouterr().err
@@ -123,7 +136,9 @@ def test_a_group_no_alternative_trains_is_an_error(tiny: str, write: Writer) -> 
 
 
 def test_zip_lists_of_different_lengths(tiny: str, write: Writer) -> None:
-    text = tiny_with(tiny, '\n[phases.full.trials]\n"lr.head" = [0.1, 0.2, 0.3]\n"lr.body" = [1e-3, 1e-4]\nmode = "zip"\n')
+    text = tiny_with(
+        tiny, '\n[phases.full.trials]\n"lr.head" = [0.1, 0.2, 0.3]\n"lr.body" = [1e-3, 1e-4]\nmode = "zip"\n'
+    )
     with pytest.raises(RecipeError) as exc:
         compile_recipe(write(text))
     assert exc.value.key == "phases.full.trials.mode"
@@ -137,22 +152,49 @@ def test_zip_lists_of_different_lengths(tiny: str, write: Writer) -> None:
     [
         ('"lr.head" = [0.001, 1e-3]', "phases.full.trials.lr.head[1]", "0.001 is the same value as [0]"),
         ('"lr.head" = [0.02, 0.01, "0.01"]', "phases.full.trials.lr.head[2]", "'0.01' is the same value as [1] (0.01)"),
-        ('"lr.body" = ["head / 10", "head/10.0"]', "phases.full.trials.lr.body[1]", "'head/10.0' is the same value as [0]"),
+        (
+            '"lr.body" = ["head / 10", "head/10.0"]',
+            "phases.full.trials.lr.body[1]",
+            "'head/10.0' is the same value as [0]",
+        ),
         ('"lr.head" = [1, 1.0]\n"lr.body" = [1e-3, 1e-4]', "phases.full.trials.lr.head[1]", "is the same value as [0]"),
         ('bn = ["train", "frozen", "train"]', "phases.full.trials.bn[2]", "'train' is the same value as [0]"),
-        ('train = [["head"], ["body", "head"], ["body", "head"]]', "phases.full.trials.train[2]", "is the same value as [1]"),
-        ('"scheduler" = [{ type = "StepLR", step_size = 1 }, { step_size = 1.0, type = "StepLR" }]',
-         "phases.full.trials.scheduler[1]", "is the same value as [0]"),
-        ('mode = "zip"\n"lr.head" = [0.01, 0.02, 0.01]\n"lr.body" = [1e-3, 1e-3, 0.001]', "phases.full.trials",
-         "alternatives 0 and 2 are the same combination (lr.head = 0.01, lr.body = 0.001)"),
-        ('"lr.body" = ["head / 10", 0.001]', "phases.full.trials",  # head is 0.01: both are 0.001
-         "alternatives 0 (body=head / 10) and 1 (body=0.001) resolve to the same phase"),
+        (
+            'train = [["head"], ["body", "head"], ["body", "head"]]',
+            "phases.full.trials.train[2]",
+            "is the same value as [1]",
+        ),
+        (
+            '"scheduler" = [{ type = "StepLR", step_size = 1 }, { step_size = 1.0, type = "StepLR" }]',
+            "phases.full.trials.scheduler[1]",
+            "is the same value as [0]",
+        ),
+        (
+            'mode = "zip"\n"lr.head" = [0.01, 0.02, 0.01]\n"lr.body" = [1e-3, 1e-3, 0.001]',
+            "phases.full.trials",
+            "alternatives 0 and 2 are the same combination (lr.head = 0.01, lr.body = 0.001)",
+        ),
+        (
+            '"lr.body" = ["head / 10", 0.001]',
+            "phases.full.trials",  # head is 0.01: both are 0.001
+            "alternatives 0 (body=head / 10) and 1 (body=0.001) resolve to the same phase",
+        ),
     ],
-    ids=["number-spellings", "number-and-string", "expression-spellings", "int-and-float", "string", "list", "table",
-         "zip-combination", "resolved-lr"],
+    ids=[
+        "number-spellings",
+        "number-and-string",
+        "expression-spellings",
+        "int-and-float",
+        "string",
+        "list",
+        "table",
+        "zip-combination",
+        "resolved-lr",
+    ],
 )
-def test_an_alternative_given_twice_is_refused(tiny: str, write: Writer, capsys: pytest.CaptureFixture[str],
-                                               trials: str, key: str, words: str) -> None:
+def test_an_alternative_given_twice_is_refused(
+    tiny: str, write: Writer, capsys: pytest.CaptureFixture[str], trials: str, key: str, words: str
+) -> None:
     """Twice the cost for the same result: exit 2 naming the key and the value."""
     assert_refused(write(tiny_with(tiny, "\n") + "\n[phases.full.trials]\n" + trials + "\n"), key, words, capsys)
 
@@ -166,19 +208,29 @@ def assert_refused(path: Path, key: str, words: str, capsys: pytest.CaptureFixtu
     assert "Traceback" not in message
 
 
-def test_a_duration_and_its_steps_are_the_same_alternative(tiny: str, write: Writer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_duration_and_its_steps_are_the_same_alternative(
+    tiny: str, write: Writer, capsys: pytest.CaptureFixture[str]
+) -> None:
     # 1442 digits / batch 64 = 23 steps per epoch, so "1 epoch" is step_size 23
-    text = tiny_with(tiny, "\n").replace("steps = 3\nlr = { head = 0.01",
-                                         'steps = 3\nscheduler = { type = "StepLR", step_size = 2 }\nlr = { head = 0.01')
+    text = tiny_with(tiny, "\n").replace(
+        "steps = 3\nlr = { head = 0.01", 'steps = 3\nscheduler = { type = "StepLR", step_size = 2 }\nlr = { head = 0.01'
+    )
     path = write(text + '\n[phases.full.trials]\n"scheduler.step_size" = [23, "1 epoch"]\n')
-    assert_refused(path, "phases.full.trials", "alternatives 0 (scheduler.step_size=23) and 1 (scheduler.step_size=1 epoch) "
-                   "resolve to the same phase", capsys)
+    assert_refused(
+        path,
+        "phases.full.trials",
+        "alternatives 0 (scheduler.step_size=23) and 1 (scheduler.step_size=1 epoch) resolve to the same phase",
+        capsys,
+    )
 
 
 def test_distinct_alternatives_are_kept(tiny: str, write: Writer) -> None:
     """The check compares values, not positions: a value repeated across keys, or in a zip whose
     other list differs there, is no duplicate."""
-    zipped = tiny_with(tiny, "\n") + '\n[phases.full.trials]\nmode = "zip"\n"lr.head" = [0.01, 0.02, 0.01]\n"lr.body" = [1e-3, 1e-3, 2e-3]\n'
+    zipped = (
+        tiny_with(tiny, "\n")
+        + '\n[phases.full.trials]\nmode = "zip"\n"lr.head" = [0.01, 0.02, 0.01]\n"lr.body" = [1e-3, 1e-3, 2e-3]\n'
+    )
     assert len(compile_recipe(write(zipped, "zip.toml")).phases[1].trials.alternatives) == 3
     grid = tiny_with(tiny, "\n") + '\n[phases.full.trials]\n"lr.head" = [0.01, 0.001]\n"lr.body" = [0.01, 0.001]\n'
     assert len(compile_recipe(write(grid, "grid.toml")).phases[1].trials.alternatives) == 4
@@ -201,8 +253,9 @@ def test_any_value_spelled_again_is_found(tiny: str, write: Writer, lrs: list[fl
     assert f"same value as [{first}]" in err.value.message or "resolve to the same phase" in err.value.message
 
 
-def test_a_trial_phase_that_can_stop_early_counts_its_evaluations(tiny: str, write: Writer,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_trial_phase_that_can_stop_early_counts_its_evaluations(
+    tiny: str, write: Writer, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The evaluations of a trial phase are in its alternatives' change lists; the plan said 0."""
     stop = 'steps = 3\nstop_early = { metric = "val_loss", patience = 1 }\nlr = { head = 0.01'
     text = tiny_with(tiny).replace("steps = 3\nlr = { head = 0.01", stop) + '\n[run]\neval_every = "1 step"\n'

@@ -37,10 +37,11 @@ def live(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_version_is_read_without_importing_torchvision() -> None:
-    code = "import sys; from ftcompile.tv_table import torchvision_version as v; print(v(), 'torchvision' in sys.modules)"
+    code = (
+        "import sys; from ftcompile.tv_table import torchvision_version as v; print(v(), 'torchvision' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == [torchvision.__version__, "False"]
-
 
 
 def _float_attrs(model) -> dict[tuple[str, str], float]:
@@ -48,13 +49,16 @@ def _float_attrs(model) -> dict[tuple[str, str], float]:
 
 
 @needs_table
-@pytest.mark.parametrize("arch, args", [
-    ("efficientnet_b0", {"stochastic_depth_prob": 0.0}),     # every StochasticDepth p = 0: cacheable
-    ("efficientnet_b0", {"stochastic_depth_prob": 0.35, "dropout": 0.1}),
-    ("convnext_tiny", {"stochastic_depth_prob": 0.1}),       # recipes/convnext-mixup-ema.toml
-    ("vit_b_16", {"dropout": 0.1, "attention_dropout": 0.05}),  # vit's default dropout is 0
-    ("resnet18", {"zero_init_residual": True}),
-])
+@pytest.mark.parametrize(
+    "arch, args",
+    [
+        ("efficientnet_b0", {"stochastic_depth_prob": 0.0}),  # every StochasticDepth p = 0: cacheable
+        ("efficientnet_b0", {"stochastic_depth_prob": 0.35, "dropout": 0.1}),
+        ("convnext_tiny", {"stochastic_depth_prob": 0.1}),  # recipes/convnext-mixup-ema.toml
+        ("vit_b_16", {"dropout": 0.1, "attention_dropout": 0.05}),  # vit's default dropout is 0
+        ("resnet18", {"zero_init_residual": True}),
+    ],
+)
 def test_skeleton_with_rate_builder_args_is_torchvisions_build(arch: str, args: dict) -> None:
     """Rates move module attributes (Dropout / StochasticDepth p, attention dropout) and no
     shape: the table rebuilds them, so the feature-cache decision is the live build's."""
@@ -64,13 +68,16 @@ def test_skeleton_with_rate_builder_args_is_torchvisions_build(arch: str, args: 
     want, got = _float_attrs(live_model), _float_attrs(skeleton)
     assert want.keys() == got.keys()
     assert all(got[k] == pytest.approx(v, rel=1e-12, abs=1e-15) for k, v in want.items())
-    assert [(n, p.shape) for n, p in skeleton.named_parameters()] == [(n, p.shape) for n, p in live_model.named_parameters()]
+    assert [(n, p.shape) for n, p in skeleton.named_parameters()] == [
+        (n, p.shape) for n, p in live_model.named_parameters()
+    ]
 
 
 @needs_table
 def test_builder_args_the_table_cannot_rebuild_go_to_torchvision() -> None:
     assert tv_table.skeleton("swin_t", {"stochastic_depth_prob": 0.1}) is None  # the builder fixes it itself
     assert tv_table.skeleton("resnet18", {"width_per_group": 32}) is None  # changes shapes
+
 
 @needs_table
 def test_table_is_for_the_installed_release() -> None:
@@ -85,7 +92,9 @@ def test_skeleton_is_torchvisions_meta_build(arch: str) -> None:
     skeleton = tv_table.skeleton(arch)
     assert tv_table.describe(skeleton) == tv_table.describe(live_model)
     # the orders the plan is made of: parameter names (param groups) and module names
-    assert [(n, p.shape) for n, p in skeleton.named_parameters()] == [(n, p.shape) for n, p in live_model.named_parameters()]
+    assert [(n, p.shape) for n, p in skeleton.named_parameters()] == [
+        (n, p.shape) for n, p in live_model.named_parameters()
+    ]
     assert [(n, type(m).__name__) for n, m in skeleton.named_modules()] == [
         (n, type(m).__name__) for n, m in live_model.named_modules()
     ]
@@ -128,7 +137,10 @@ def test_weights_and_transforms_are_torchvisions(live: None) -> None:
 
 def _plans(names: list[str]) -> dict[str, str]:
     return {
-        n: compile_recipe(RECIPES / n, **({} if n in ("quickstart.toml", "digits-pretrain.toml") else {"dataset_size": 1000, "val_size": 200})).to_json()
+        n: compile_recipe(
+            RECIPES / n,
+            **({} if n in ("quickstart.toml", "digits-pretrain.toml") else {"dataset_size": 1000, "val_size": 200}),
+        ).to_json()
         for n in names
     }
 
@@ -165,7 +177,8 @@ def test_plan_and_check_import_neither_torchvision_nor_sklearn() -> None:
     done = subprocess.run(
         # check: every shipped recipe, builder_args (convnext-mixup-ema) included
         [sys.executable, "-c", code, str(RECIPES / "quickstart.toml"), *map(str, sorted(RECIPES.glob("*.toml")))],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     imported = set(json.loads(done.stdout.splitlines()[-1].replace("'", '"')))
@@ -184,12 +197,17 @@ def test_augment_names_from_the_table_values_when_built(write, tiny: str) -> Non
     from ftcompile.compiler import CompileOptions, compile_checked
     from ftcompile.errors import RecipeError
 
-    bad_value = write(tiny.replace("batch_size = 64", 'batch_size = 64\naugment = [{ op = "RandomHorizontalFlip", p = 2.0 }]'))
+    bad_value = write(
+        tiny.replace("batch_size = 64", 'batch_size = 64\naugment = [{ op = "RandomHorizontalFlip", p = 2.0 }]')
+    )
     compile_checked(bad_value, CompileOptions())  # plan / check: the name and argument are fine
     with pytest.raises(RecipeError) as err:  # run builds the op first
         compile_checked(bad_value, CompileOptions(build_transforms=True))
     assert err.value.key == "data.augment[0]" and "RandomHorizontalFlip(p=2.0) is invalid" in str(err.value)
-    typo = write(tiny.replace("batch_size = 64", 'batch_size = 64\naugment = [{ op = "RandomHorizontalFlip", pp = 0.5 }]'), "typo.toml")
+    typo = write(
+        tiny.replace("batch_size = 64", 'batch_size = 64\naugment = [{ op = "RandomHorizontalFlip", pp = 0.5 }]'),
+        "typo.toml",
+    )
     with pytest.raises(RecipeError) as err:
         compile_checked(typo, CompileOptions())
     assert err.value.key == "data.augment[0].pp" and "did you mean 'p'?" in str(err.value)

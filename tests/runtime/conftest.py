@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from runtime_helpers import Recorded, recipe_a, recipe_b, run_recorded, write_recipe
 
 
@@ -15,7 +14,6 @@ def _runs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     """Nothing a test does lands in the repository (runs/ is relative to the working folder)."""
     monkeypatch.chdir(tmp_path)
     yield
-
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +54,13 @@ def used_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     from runtime_helpers import cli, recipe_text
 
     folder = tmp_path_factory.mktemp("used")
-    text = recipe_text("used", USE_PHASES, classes="[]", batch=32,
-                       run='checkpoint_every = "4 steps"\neval_every = "2 steps"\nlog = ["jsonl", "tensorboard"]')
+    text = recipe_text(
+        "used",
+        USE_PHASES,
+        classes="[]",
+        batch=32,
+        run='checkpoint_every = "4 steps"\neval_every = "2 steps"\nlog = ["jsonl", "tensorboard"]',
+    )
     recipe = write_recipe(folder, text)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

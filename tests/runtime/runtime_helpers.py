@@ -14,17 +14,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from ftcompile.runtime.loop import TIMING_FIELDS, Hooks, Session, observe
 
 from ftcompile.cli import main
 from ftcompile.plan import Plan
-from ftcompile.runtime.loop import TIMING_FIELDS, Hooks, Session, observe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,7 +86,12 @@ def cli_process(*args: str | Path, cwd: Path, **kwargs: Any) -> subprocess.Compl
     """`ftcompile ARGS` in a new Python process."""
     return subprocess.run(
         [sys.executable, "-m", "ftcompile", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=child_env(), **kwargs,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(),
+        **kwargs,
     )
 
 
@@ -155,13 +159,17 @@ class _Recorder(Hooks):
         self.built += 1
 
         def before_step(opt: torch.optim.Optimizer, *_: Any) -> None:
-            self.per_step.append({
-                "optimizer": id(opt),
-                "names": [g["name"] for g in opt.param_groups],
-                "sizes": [len(g["params"]) for g in opt.param_groups],
-                "lr": [float(g["lr"]) for g in opt.param_groups],
-                "momentum": [float(g["momentum"]) if "momentum" in g else float(g["betas"][0]) for g in opt.param_groups],
-            })
+            self.per_step.append(
+                {
+                    "optimizer": id(opt),
+                    "names": [g["name"] for g in opt.param_groups],
+                    "sizes": [len(g["params"]) for g in opt.param_groups],
+                    "lr": [float(g["lr"]) for g in opt.param_groups],
+                    "momentum": [
+                        float(g["momentum"]) if "momentum" in g else float(g["betas"][0]) for g in opt.param_groups
+                    ],
+                }
+            )
 
         session.optimizer.register_step_pre_hook(before_step)
 

@@ -10,15 +10,15 @@ import random
 import stat
 from pathlib import Path
 
+import ftcompile.runtime.checkpoint as checkpoint
 import numpy as np
 import pytest
 import torch
-
-import ftcompile.runtime.checkpoint as checkpoint
-from ftcompile.errors import RecipeError
 from ftcompile.runtime.optim import build_optimizer
 from runtime_helpers import FullDisk, Recorded
+
 from ftcompile.arch import build_model
+from ftcompile.errors import RecipeError
 
 
 def payload(value: float) -> dict:
@@ -56,7 +56,9 @@ def test_a_write_that_fails_part_way_leaves_no_torn_file_and_replaces_nothing(
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     monkeypatch.setattr(checkpoint, "_open_new", lambda path: FullDisk(path, budget))
     if fraction == 1.0:  # every byte fits; the disk then fails the fsync
-        monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+        monkeypatch.setattr(
+            checkpoint.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        )
     step = 6 if same_step else 9
     with pytest.raises(RecipeError) as caught:
         checkpoint.save(folder, step, payload(99))
@@ -68,7 +70,9 @@ def test_a_write_that_fails_part_way_leaves_no_torn_file_and_replaces_nothing(
     assert state is not None and state["step"] == 6 and torch.equal(state["model"]["w"], payload(6)["model"]["w"])
 
 
-def test_save_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_fsyncs_the_file_before_the_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -86,7 +90,11 @@ def test_save_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path: P
     monkeypatch.undo()
     size = (tmp_path / "step-00000003.pt").stat().st_size
     # the whole file is on disk before its name appears, and the name is on disk after
-    assert calls == [f"fsync file {size}", f"rename .step-00000003.pt.tmp-{os.getpid()} -> step-00000003.pt", "fsync folder"]
+    assert calls == [
+        f"fsync file {size}",
+        f"rename .step-00000003.pt.tmp-{os.getpid()} -> step-00000003.pt",
+        "fsync folder",
+    ]
 
 
 def test_killed_writer_leaves_only_a_temp_file_that_is_ignored_then_removed(tmp_path: Path) -> None:
@@ -122,7 +130,13 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path: Path) -> No
     random.gauss(0, 1)
     path = tmp_path / "rng.pt"
     torch.save(checkpoint.rng_state(), path)
-    expected = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.standard_normal(), torch.rand(3))
+    expected = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.standard_normal(),
+        torch.rand(3),
+    )
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     checkpoint.set_rng_state(torch.load(path, weights_only=True))
     got = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.standard_normal(), torch.rand(3))
@@ -135,14 +149,31 @@ def test_run_checkpoint_holds_everything_and_loads_weights_only(run_a: Recorded)
     # keep_checkpoints = "boundaries": once finished, the phase starts; the rest deleted
     assert [int(p.stem.split("-")[1]) for p in files] == [4, 10, 13]
     state = torch.load(files[2], map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "step", "rng", "next_change", "plan_hash", "logs", "log_digests", "digest", "watch", "trials", "executed"}
+    assert set(state) == {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "step",
+        "rng",
+        "next_change",
+        "plan_hash",
+        "logs",
+        "log_digests",
+        "digest",
+        "watch",
+        "trials",
+        "executed",
+    }
     assert state["step"] == 13 and state["plan_hash"] == plan.hash
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["scheduler"] is None  # phase `constant` has no scheduler
     assert set(state["logs"]) == set(state["log_digests"]) == {"metrics.jsonl", "lr.csv"}
     assert all(state["log_digests"][name]["size"] == size for name, size in state["logs"].items())
     # the next change to apply is the first one after the checkpoint
-    assert plan.changes[state["next_change"] - 1].op == "checkpoint" and plan.changes[state["next_change"] - 1].step == 13
+    assert (
+        plan.changes[state["next_change"] - 1].op == "checkpoint" and plan.changes[state["next_change"] - 1].step == 13
+    )
 
     model = build_model("resnet18", 3, None, device="cpu")
     model.load_state_dict(state["model"], strict=True)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ftcompile.runtime.runfiles import read_records
+from runtime_helpers import cli, metrics, recipe_text, write_recipe
 
 from ftcompile import calibrate, estimate
 from ftcompile.plan import Plan
-from ftcompile.runtime.runfiles import read_records
-from runtime_helpers import cli, metrics, recipe_text, write_recipe
 
 PHASES = """
 [phases.head]
@@ -56,8 +56,9 @@ def test_one_memory_record_per_phase_within_15_percent_of_the_estimate(run: Path
     assert len(read_records(run_dir, "memory")) == 2
 
 
-def test_run_prints_estimate_against_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_prints_estimate_against_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     # A device profile as `calibrate` leaves one (made-up rates): the run compares with it and adds an entry.
     made_up = calibrate.Rates(1e9, 1e9, 1e7, (0.7, 1.3), "resnet18", 16, 16, calibrate.now(), "calibrate")
@@ -76,5 +77,7 @@ def test_run_prints_estimate_against_measured(tmp_path: Path, capsys: pytest.Cap
     entries = calibrate.load(profile)["entries"]
     assert [e["source"] for e in entries] == ["calibrate", f"run {tmp_path / 'run'}"]
     # One record per alternative of the trial phase, each counted on its own second step.
-    records = [(r["phase"], r.get("trial"), r["tensor_step"]) for r in metrics(tmp_path / "run") if r["type"] == "memory"]
+    records = [
+        (r["phase"], r.get("trial"), r["tensor_step"]) for r in metrics(tmp_path / "run") if r["type"] == "memory"
+    ]
     assert records == [("head", None, 1), ("all", 0, 4), ("all", 1, 4)]

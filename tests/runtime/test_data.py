@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ftcompile.runtime.data import TrainBatches, build_datasets, class_weights, read_rgb, val_loader
+from ftcompile.runtime.evaluate import read_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -17,8 +19,6 @@ from ftcompile.datasets import count_data
 from ftcompile.errors import RecipeError
 from ftcompile.images import check_image
 from ftcompile.plan import DataSpec
-from ftcompile.runtime.data import TrainBatches, build_datasets, class_weights, read_rgb, val_loader
-from ftcompile.runtime.evaluate import read_image
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 SIZE = 16
@@ -42,11 +42,24 @@ def make_folder(root: Path, counts: dict[str, int]) -> None:
 def recipe_data(**over) -> DataSpec:
     """The plan's data section for these folders (counted fields are not read here)."""
     data = {
-        "train": "train", "val": "val", "builtin": None, "classes": [], "image_size": SIZE,
-        "batch_size": 4, "workers": 0, "augment": AUGMENT, "balance": "none",
-        "label_smoothing": 0.0, "drop_last": False,
-        "train_size": 0, "val_size": 0, "class_names": [], "class_counts": [], "steps_per_epoch": 0,
-        "mean": list(MEAN), "std": list(STD),
+        "train": "train",
+        "val": "val",
+        "builtin": None,
+        "classes": [],
+        "image_size": SIZE,
+        "batch_size": 4,
+        "workers": 0,
+        "augment": AUGMENT,
+        "balance": "none",
+        "label_smoothing": 0.0,
+        "drop_last": False,
+        "train_size": 0,
+        "val_size": 0,
+        "class_names": [],
+        "class_counts": [],
+        "steps_per_epoch": 0,
+        "mean": list(MEAN),
+        "std": list(STD),
     }
     data.update(over)
     return DataSpec(**data)
@@ -66,7 +79,7 @@ def batches(train_batches: TrainBatches, epoch: int, start: int = 0) -> list[tup
 
 def assert_same(a: list, b: list) -> None:
     assert len(a) == len(b)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=False):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -119,7 +132,7 @@ def test_epochs_and_seeds_differ(root: Path) -> None:
 def test_augmentation_is_random_but_seeded(root: Path) -> None:
     train, _, _ = build_datasets(recipe_data(batch_size=14), root, MEAN, STD)
     tb = TrainBatches(train, recipe_data(batch_size=14), seed=0, class_counts=None)
-    (x, _), = batches(tb, 0)
+    ((x, _),) = batches(tb, 0)
     plain = torch.stack([train[i][0] for i in tb.order(0).tolist()])
     assert not torch.equal(x, plain)  # the crops really are random ...
     before = torch.get_rng_state()
@@ -261,14 +274,18 @@ def test_the_issues_float_tiff_is_not_black(tmp_path: Path) -> None:
     assert np.array_equal(got, np.arange(256, dtype=np.uint8).reshape(16, 16))  # round(i / 255 * 255) = i
 
 
-@pytest.mark.parametrize(("low", "high", "words"), [
-    (-0.5, 0.5, "values from -0.5 to 0.5"),
-    (0.0, 1000.0, "values from 0 to 1000"),
-    (0.0, float("nan"), "NaN or infinite"),
-    (0.0, float("inf"), "NaN or infinite"),
-])
-def test_a_float_tiff_outside_both_ranges_is_refused_naming_the_file(tmp_path: Path, low: float, high: float,
-                                                                     words: str) -> None:
+@pytest.mark.parametrize(
+    ("low", "high", "words"),
+    [
+        (-0.5, 0.5, "values from -0.5 to 0.5"),
+        (0.0, 1000.0, "values from 0 to 1000"),
+        (0.0, float("nan"), "NaN or infinite"),
+        (0.0, float("inf"), "NaN or infinite"),
+    ],
+)
+def test_a_float_tiff_outside_both_ranges_is_refused_naming_the_file(
+    tmp_path: Path, low: float, high: float, words: str
+) -> None:
     from ftcompile.runtime.data import ImageFiles
 
     path = write_float_tiff(tmp_path / "odd.tif", np.array([[low, high], [0.0, 0.0]]))
@@ -276,4 +293,8 @@ def test_a_float_tiff_outside_both_ranges_is_refused_naming_the_file(tmp_path: P
     files = ImageFiles(tmp_path, [("odd.tif", 0)], lambda x: x, key="data.train")
     with pytest.raises(RecipeError) as err:
         files[0]
-    assert err.value.key == "data.train" and f"cannot read image {path}" in err.value.message and words in err.value.message
+    assert (
+        err.value.key == "data.train"
+        and f"cannot read image {path}" in err.value.message
+        and words in err.value.message
+    )

@@ -125,7 +125,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
     (root / "r.toml").write_text(RECIPE)
     for name, cmd in (("two", torchrun("-m", "ftcompile")), ("one", [sys.executable, "-m", "ftcompile"])):
-        out = subprocess.run([*cmd, "run", "r.toml", "--out", name], cwd=root, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [*cmd, "run", "r.toml", "--out", name], cwd=root, capture_output=True, text=True, timeout=600
+        )
         assert out.returncode == 0, out.stderr[-3000:]
     return {"root": root, "two": root / "two", "one": root / "one"}
 
@@ -142,8 +144,14 @@ def test_stale_ddp_wrapper_is_caught(runs: dict[str, Path]) -> None:
     """Without the rebuild, newly unfrozen layer4 skips the all-reduce and the ranks drift."""
     root = runs["root"]
     (root / "stale.py").write_text(STALE_WRAPPER)
-    out = subprocess.run([*torchrun("stale.py"), "run", "r.toml", "--out", "stale"], cwd=root,
-                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
+    out = subprocess.run(
+        [*torchrun("stale.py"), "run", "r.toml", "--out", "stale"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert out.returncode != 0
     assert "ranks drifted apart at step 20" in out.stdout + out.stderr
 
@@ -153,13 +161,18 @@ def test_loss_tracks_one_process(runs: dict[str, Path]) -> None:
     one = [r["loss"] for r in records(runs["one"], "step")]
     two = [r["loss"] for r in records(runs["two"], "step")]
     assert len(one) == len(two) == 30
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(one, two, strict=False)) < 1e-4
 
 
 def test_killed_two_process_run_resumes_bitwise(runs: dict[str, Path]) -> None:
     root = runs["root"]
-    proc = subprocess.Popen([*torchrun("-m", "ftcompile"), "run", "r.toml", "--out", "killed"], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*torchrun("-m", "ftcompile"), "run", "r.toml", "--out", "killed"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     target = random.Random(1).choice([4, 8, 10, 12, 16])  # a checkpoint in phase 1, 2 or 3
     folder = root / "killed" / "checkpoints"
 
@@ -181,7 +194,9 @@ def test_killed_two_process_run_resumes_bitwise(runs: dict[str, Path]) -> None:
     while any(alive(pid) for pid in tree):
         time.sleep(0.01)
     assert not (root / "killed" / "model.pt").exists()
-    out = subprocess.run([*torchrun("-m", "ftcompile"), "resume", "killed"], cwd=root, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [*torchrun("-m", "ftcompile"), "resume", "killed"], cwd=root, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert metrics_bytes(root / "killed") == metrics_bytes(runs["two"]), f"killed at checkpoint {target}"
     assert (root / "killed" / "lr.csv").read_bytes() == (runs["two"] / "lr.csv").read_bytes()
@@ -198,10 +213,16 @@ def test_nproc_option_starts_torchrun(runs: dict[str, Path]) -> None:
     root = runs["root"]
     (root / "runtime").mkdir()
     (root / "runtime" / "__init__.py").write_text('raise ImportError("the user\'s own runtime package")\n')
-    planned = subprocess.run([sys.executable, "-m", "ftcompile", "plan", "r.toml"], cwd=root, capture_output=True,
-                             text=True, timeout=300)
+    planned = subprocess.run(
+        [sys.executable, "-m", "ftcompile", "plan", "r.toml"], cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert planned.returncode == 0 and "plan " in planned.stdout, planned.stderr[-3000:]
-    out = subprocess.run([sys.executable, "-m", "ftcompile", "run", "r.toml", "--nproc", "2", "--out", "nproc"],
-                         cwd=root, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "ftcompile", "run", "r.toml", "--nproc", "2", "--out", "nproc"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert metrics_bytes(root / "nproc") == metrics_bytes(runs["two"])

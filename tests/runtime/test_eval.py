@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from runtime_helpers import cli
 from ftcompile.runtime.data import _digits_images
 from ftcompile.runtime.evaluate import load_run, metrics, val_transform
+from PIL import Image
+from runtime_helpers import cli
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +31,12 @@ def digits_folder(root: Path, per_class: dict[str, list[int]]) -> dict[Path, int
 
 def test_metrics_match_torchmetrics() -> None:
     """Our counting equals torchmetrics on random predictions, classes 3 and 4 rare / absent."""
-    from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score
-    from torchmetrics.functional.classification import multiclass_precision, multiclass_recall
+    from torchmetrics.functional.classification import (
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
 
     g = torch.Generator().manual_seed(0)
     k = 6
@@ -51,7 +54,6 @@ def test_metrics_match_torchmetrics() -> None:
     assert ours["top1"] == pytest.approx((pred == labels).float().mean().item())
 
 
-
 @pytest.mark.parametrize("k", [2, 5, 6])
 def test_top5_only_above_5_classes(k: int) -> None:
     """With 5 classes or fewer the label is always among the top 5: no top-5 is reported."""
@@ -60,6 +62,7 @@ def test_top5_only_above_5_classes(k: int) -> None:
     out = metrics(probs, labels, [str(i) for i in range(k)])
     assert out["top1"] == 0.0
     assert ("top5" in out) == (k > 5)
+
 
 def test_eval_table_json_png(used_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, _ = used_run
@@ -85,7 +88,8 @@ def test_eval_table_json_png(used_run: tuple[Path, str], capsys: pytest.CaptureF
 
 
 def test_each_variant_has_its_file_and_a_misnamed_one_is_refused(
-        used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """eval, eval --tta, eval --data D: three files; the report shows eval.json and names the
     others; an eval.json holding a TTA result (what the old eval left) is an error naming tta."""
     import hashlib
@@ -108,7 +112,10 @@ def test_each_variant_has_its_file_and_a_misnamed_one_is_refused(
     r = cli(capsys, "report", run_dir, "-o", tmp_path / "r.html")
     assert r.rc == 0, r.err
     page = (tmp_path / "r.html").read_text()
-    assert "Shown: eval.json, the evaluation of model.pt (final weights), no TTA, on the run&#x27;s validation split" in page
+    assert (
+        "Shown: eval.json, the evaluation of model.pt (final weights), no TTA, on the run&#x27;s validation split"
+        in page
+    )
     assert f"not shown: eval-data-{folder_hash}.json, eval-tta.json" in page
     assert f"top-1 {100 * plain['top1']:.2f}%" in page
     shutil.copy(run_dir / "eval-tta.json", run_dir / "eval.json")
@@ -117,8 +124,9 @@ def test_each_variant_has_its_file_and_a_misnamed_one_is_refused(
     assert "whose file is eval-tta.json" in r.err
 
 
-def test_eval_other_folder_and_class_mismatch(used_run: tuple[Path, str], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_other_folder_and_class_mismatch(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir, _ = used_run
     # Digits 3 and 7 only: labels follow the run's class order, not the folder's.
     digits_folder(tmp_path / "d", {"3": [3, 13, 23], "7": [7, 17, 27]})
@@ -149,8 +157,9 @@ def test_eval_bad_run_dirs(used_run: tuple[Path, str], tmp_path: Path, capsys: p
     assert r.rc == 2 and "best.pt" in r.err
 
 
-def test_predict_uses_val_transforms_and_skips_bad_images(used_run: tuple[Path, str], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_uses_val_transforms_and_skips_bad_images(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir, _ = used_run
     files = digits_folder(tmp_path / "imgs", {"4": [4, 14], "9": [9]})
     (tmp_path / "imgs" / "9" / "broken.png").write_bytes(b"not a png")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from ftcompile.runtime.evaluate import load_run
 from runtime_helpers import cli
+
 from ftcompile.arch import build_model
 from ftcompile.plan import Plan
-from ftcompile.runtime.evaluate import load_run
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,9 @@ def _inputs(plan: Plan) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "safetensors", "onnx"])
-def test_export_matches_the_run(used_run: tuple[Path, str], tmp_path: Path, fmt: str,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_matches_the_run(
+    used_run: tuple[Path, str], tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir, _ = used_run
     out = tmp_path / f"exported.{fmt}"
     r = cli(capsys, "export", run_dir, "--format", fmt, "-o", out)
@@ -59,8 +60,9 @@ def test_export_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert r.rc == 2 and "not a run directory" in r.err
 
 
-def test_an_export_never_replaces_the_runs_own_files(used_run: tuple[Path, str], tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_export_never_replaces_the_runs_own_files(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Without -o each format gets a file of its own beside the run's model.pt, which stays
     byte for byte (a TorchScript export used to be written over it); -o naming a run file, or
     a path whose sidecar would be one, is refused with exit 2."""
@@ -82,15 +84,17 @@ def test_an_export_never_replaces_the_runs_own_files(used_run: tuple[Path, str],
 
 
 @pytest.mark.parametrize("val", ["", "val_resize = 24\nval_crop = 12"], ids=["default", "val_resize-val_crop"])
-def test_the_sidecar_is_the_runs_validation_preprocessing(tmp_path: Path, val: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_sidecar_is_the_runs_validation_preprocessing(
+    tmp_path: Path, val: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The sidecar's resize, crop, mean and std are those of the transform the run validates
     with (its val dataset's, from data.build_datasets); with val_resize / val_crop set the
     sidecar used to say 16 / 16 (image_size) while the run validated at Resize(24) -> CenterCrop(12)."""
+    from ftcompile.runtime.data import build_datasets
+    from runtime_helpers import recipe_text, write_recipe
     from torchvision.transforms import v2
 
     from ftcompile.compiler import CompileOptions, compile_checked
-    from ftcompile.runtime.data import build_datasets
-    from runtime_helpers import recipe_text, write_recipe
 
     phases = '[phases.head]\ntrain = ["head"]\nsteps = 1\nlr = { head = 0.01 }\n'
     data = f'builtin = "digits"\nclasses = ["0", "1", "2"]\nimage_size = 16\nbatch_size = 16\nworkers = 0\n{val}'
@@ -100,8 +104,10 @@ def test_the_sidecar_is_the_runs_validation_preprocessing(tmp_path: Path, val: s
     run_dir.mkdir()
     (run_dir / "plan.json").write_text(plan.to_json() + "\n")
     (run_dir / "env.json").write_text(json.dumps({"data_root": str(tmp_path)}))
-    torch.save(build_model(plan.model.arch, plan.model.num_classes, plan.model.head, device="cpu").state_dict(),
-               run_dir / "model.pt")
+    torch.save(
+        build_model(plan.model.arch, plan.model.num_classes, plan.model.head, device="cpu").state_dict(),
+        run_dir / "model.pt",
+    )
     r = cli(capsys, "export", run_dir, "--format", "safetensors")
     assert r.rc == 0, r.err
     pre = json.loads((run_dir / "model.safetensors.json").read_text())["preprocessing"]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from ftcompile.runtime import features, rundir
+from runtime_helpers import metrics_bytes
 
 from ftcompile.arch import build_model
 from ftcompile.compiler import compile_recipe
-from ftcompile.runtime import features, loop, rundir
-from runtime_helpers import metrics_bytes
 
 RECIPE = """
 name = "{name}"
@@ -88,15 +88,19 @@ def test_cached_head_phase_equals_uncached(pair: tuple[Path, Path, Path]) -> Non
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
     la, lb = metrics(cached), metrics(uncached)
-    steps = [(x["loss"], y["loss"]) for x, y in zip(la, lb) if x["type"] == "step"]
+    steps = [(x["loss"], y["loss"]) for x, y in zip(la, lb, strict=False) if x["type"] == "step"]
     # digits 0-2: 178 + 182 + 177 images, every 5th in val -> 142 + 146 + 142 = 430 train
     # images -> ceil(430 / 32) = 14 steps per epoch; 2 epochs + 4 steps
     assert len(steps) == 2 * 14 + 4
     assert max(abs(x - y) for x, y in steps) < 1e-5
-    assert [r["top1"] for r in la if r["type"] == "eval"] == pytest.approx([r["top1"] for r in lb if r["type"] == "eval"])
+    assert [r["top1"] for r in la if r["type"] == "eval"] == pytest.approx(
+        [r["top1"] for r in lb if r["type"] == "eval"]
+    )
 
 
-def test_resume_inside_a_cached_phase_is_bitwise(pair: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_inside_a_cached_phase_is_bitwise(
+    pair: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     tmp, cached, _ = pair
     calls = {"n": 0}
     original = features.FeatureCache.batch

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from ftcompile.runtime.loop import check_finite, first_non_finite
 from ftcompile.runtime.trials import Diverged
 from runtime_helpers import cli, recipe_text, write_recipe
+from torch import nn
 
 # `blowup` takes one step at lr 3e38 (near fp32's largest) with weight decay 1e30: the update
 # lr * (grad + 1e30 * w) overflows to inf for every nonzero weight, so fc.weight is inf after it
@@ -51,9 +50,12 @@ def test_the_first_non_finite_tensor_is_named(bad: float) -> None:
 
 
 @pytest.mark.slow
-def test_a_last_update_to_inf_fails_the_run_and_keeps_the_checkpoint(tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = write_recipe(tmp_path, recipe_text("blowup", PHASES, run='checkpoint_every = "1 steps"\neval_every = "100 steps"'))
+def test_a_last_update_to_inf_fails_the_run_and_keeps_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = write_recipe(
+        tmp_path, recipe_text("blowup", PHASES, run='checkpoint_every = "1 steps"\neval_every = "100 steps"')
+    )
     run_dir = tmp_path / "run"
     result = cli(capsys, "run", recipe, "--out", run_dir)
     assert result.rc == 2 and "Traceback" not in result.err, result.err

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from runtime_helpers import cli
 
 from ftcompile import hub, init
-from runtime_helpers import cli
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,7 +61,7 @@ def test_lr_find_sets_the_head_lr(data: Path, tmp_path: Path, capsys: pytest.Cap
     lr = tomllib.loads(text)["phases"]["head"]["lr"]["head"]
     assert "lr-find: head lr" in result.err or "lr-find suggested nothing" in result.err
     if "lr-find: head lr" in result.err:
-        assert f"lr-find's steepest descent (r.lr_find.csv" in text and lr != init.HEAD_LR
+        assert "lr-find's steepest descent (r.lr_find.csv" in text and lr != init.HEAD_LR
     assert (tmp_path / "r.lr_find.csv").read_text().startswith("step,multiplier,")
     assert not list(tmp_path.glob(".r.toml.lr-find-*"))  # the draft recipe is gone
     assert cli(capsys, "check", recipe).rc == 0

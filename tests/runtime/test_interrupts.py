@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import ftcompile.runtime.checkpoint as checkpoint
 import ftcompile.runtime.loop as loop
+import pytest
 from runtime_helpers import assert_same_tensors, child_env, cli, load_tensors, metrics_bytes, recipe_text, write_recipe
 
 # 2 digit classes at 8x8, 3 steps: a checkpoint after every step, evaluations at steps 2 and 3.
@@ -46,6 +45,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def no_sigterm_death() -> Iterator[None]:
     """Without the run's own SIGTERM handling, SIGTERM would end pytest: here it fails the test."""
+
     def handler(signum: int, frame: Any) -> None:
         raise AssertionError("SIGTERM reached the test's handler, not the run's")
 
@@ -72,8 +72,9 @@ class SignalledFile(io.FileIO):
 
 def interrupt_write(monkeypatch: pytest.MonkeyPatch, signum: int, hit: Callable[[Path], bool]) -> None:
     real_open = checkpoint._open_new
-    monkeypatch.setattr(checkpoint, "_open_new",
-                        lambda path: SignalledFile(path, signum, 20_000) if hit(path) else real_open(path))
+    monkeypatch.setattr(
+        checkpoint, "_open_new", lambda path: SignalledFile(path, signum, 20_000) if hit(path) else real_open(path)
+    )
 
 
 def interrupt_evaluation(monkeypatch: pytest.MonkeyPatch, signum: int, at_step: int) -> None:
@@ -105,8 +106,14 @@ CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("point", "signum", "intact"), CASES, ids=[f"{c[0]}-{c[1].name}" for c in CASES])
 def test_an_interrupt_is_reported_as_one_and_the_run_resumes_bitwise(
-    baseline: Path, tmp_path: Path, point: str, signum: signal.Signals, intact: int,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_sigterm_death: None,
+    baseline: Path,
+    tmp_path: Path,
+    point: str,
+    signum: signal.Signals,
+    intact: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_sigterm_death: None,
 ) -> None:
     run_dir = tmp_path / "run"
     with monkeypatch.context() as m:
@@ -123,7 +130,9 @@ def test_an_interrupt_is_reported_as_one_and_the_run_resumes_bitwise(
     assert "disk space" not in result.err and "error" not in result.err, result.err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted", summary
-    assert summary["error"] == ("interrupted (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C / SIGINT)")
+    assert summary["error"] == (
+        "interrupted (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C / SIGINT)"
+    )
     # the checkpoint before the interrupt is the newest, complete; nothing torn, no temporary file
     files = checkpoint.list_checkpoints(run_dir / "checkpoints")
     assert checkpoint.step_of(files[-1]) == intact
@@ -148,8 +157,14 @@ def test_a_real_signal_to_a_running_process(tmp_path: Path, signum: signal.Signa
     phases = '[phases.long]\ntrain = ["head"]\nsteps = 100000\nlr = { head = 0.01 }\n'
     recipe = write_recipe(tmp_path, recipe_text("long", phases, data=SMALL + "\ndrop_last = true", run=RUN))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "ftcompile", "run", str(recipe), "--out", str(run_dir)],
-                            cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftcompile", "run", str(recipe), "--out", str(run_dir)],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 600  # start-up on a loaded machine
         while not checkpoint.list_checkpoints(run_dir / "checkpoints"):

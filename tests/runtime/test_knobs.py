@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 import torch
-
-from ftcompile.compiler import compile_recipe
-from ftcompile.plan import Plan
 from ftcompile.runtime import loop
 from ftcompile.runtime.data import build_transforms
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
 from ftcompile.runtime.mix import BatchMix, micro_batches
 from ftcompile.runtime.model import build
+
+from ftcompile.compiler import compile_recipe
+from ftcompile.plan import Plan
 
 RECIPE = """
 name = "{name}"
@@ -64,8 +64,9 @@ checkpoint_every = "100 steps"
 """
 
 
-def make_plan(tmp_path: Path, name: str = "k", arch: str = "resnet18", size: int = 16, weights: str = "none",
-              **parts: str) -> Plan:
+def make_plan(
+    tmp_path: Path, name: str = "k", arch: str = "resnet18", size: int = 16, weights: str = "none", **parts: str
+) -> Plan:
     fields = {k: parts.get(k, "") for k in ("model", "data", "optimizer", "head", "all", "run")}
     path = tmp_path / f"{name}.toml"
     path.write_text(RECIPE.format(name=name, arch=arch, size=size, weights=weights, **fields))
@@ -84,7 +85,9 @@ def test_accumulate_equals_one_big_batch(tmp_path: Path) -> None:
     must sum to the one-batch gradient, so the parameters agree after 6 SGD steps."""
     results = []
     for n in (1, 4):
-        plan = make_plan(tmp_path, f"acc{n}", arch="squeezenet1_1", size=32, optimizer="momentum = 0.9", run=f"accumulate = {n}")
+        plan = make_plan(
+            tmp_path, f"acc{n}", arch="squeezenet1_1", size=32, optimizer="momentum = 0.9", run=f"accumulate = {n}"
+        )
         session = Session(plan, tmp_path)
         session.run(0, plan.total_steps)
         results.append(params(session))
@@ -92,7 +95,10 @@ def test_accumulate_equals_one_big_batch(tmp_path: Path) -> None:
     moved = 0
     for key in one:
         torch.testing.assert_close(four[key], one[key], atol=1e-5, rtol=0)
-    start = Session(make_plan(tmp_path, "acc1", arch="squeezenet1_1", size=32, optimizer="momentum = 0.9", run="accumulate = 1"), tmp_path)
+    start = Session(
+        make_plan(tmp_path, "acc1", arch="squeezenet1_1", size=32, optimizer="momentum = 0.9", run="accumulate = 1"),
+        tmp_path,
+    )
     moved = sum(not torch.equal(start.model.state_dict()[k], one[k]) for k in one)
     assert moved > 10  # the comparison is about trained weights, not untouched ones
 
@@ -203,7 +209,7 @@ def test_ema_every_3_steps_is_the_average_of_every_third_step(tmp_path: Path) ->
 
 
 def test_ema_of_a_frozen_parameter_stays_equal_and_is_evaluated(tmp_path: Path) -> None:
-    plan = make_plan(tmp_path, run="ema = { decay = 0.5, every = \"2 steps\", warmup = true }")
+    plan = make_plan(tmp_path, run='ema = { decay = 0.5, every = "2 steps", warmup = true }')
     evals: list[dict[str, Any]] = []
 
     class Watch(Hooks):
@@ -233,7 +239,9 @@ def test_eval_reads_the_ema_weights_the_run_wrote(tmp_path: Path, capsys: pytest
     from runtime_helpers import cli, recipe_text, write_recipe
 
     phases = '[phases.only]\ntrain = ["head"]\nsteps = 3\nlr = { head = 0.05 }\nbn = "frozen"\n'
-    recipe = write_recipe(tmp_path, recipe_text("emaeval", phases, run='ema = { decay = 0.5 }\neval_every = "100 steps"'))
+    recipe = write_recipe(
+        tmp_path, recipe_text("emaeval", phases, run='ema = { decay = 0.5 }\neval_every = "100 steps"')
+    )
     assert cli(capsys, "run", recipe, "--out", tmp_path / "run").rc == 0
     final = cli(capsys, "eval", tmp_path / "run", "--json")
     ema = cli(capsys, "eval", tmp_path / "run", "--weights", "ema", "--json")
@@ -260,8 +268,11 @@ def test_batch_mix_gives_soft_targets_drawn_per_step() -> None:
 
 
 def test_mix_trains_and_a_phase_can_turn_it_off(tmp_path: Path) -> None:
-    plan = make_plan(tmp_path, data='mix = { mixup_alpha = 0.2, cutmix_alpha = 1.0 }\nlabel_smoothing = 0.1',
-                     all="data = { mix = false }")
+    plan = make_plan(
+        tmp_path,
+        data="mix = { mixup_alpha = 0.2, cutmix_alpha = 1.0 }\nlabel_smoothing = 0.1",
+        all="data = { mix = false }",
+    )
     session = Session(plan, tmp_path)
     assert session._position(0)[3] is not None and session._position(3)[3] is None
     session.run(0, 3)
@@ -316,7 +327,9 @@ def test_val_resize_and_crop(tmp_path: Path) -> None:
     assert out.shape == (3, 12, 12)
     resize = [t for t in tf.transforms if type(t).__name__ == "Resize"][0]
     assert resize.size == [20]
-    default = build_transforms(replace(plan.data, val_resize=None, val_crop=None), plan.data.mean, plan.data.std, train=False)
+    default = build_transforms(
+        replace(plan.data, val_resize=None, val_crop=None), plan.data.mean, plan.data.std, train=False
+    )
     assert default(torch.zeros(3, 8, 8, dtype=torch.uint8)).shape == (3, 16, 16)
 
 
@@ -346,10 +359,10 @@ def test_sync_bn_is_a_no_op_with_one_process(tmp_path: Path) -> None:
 
 
 def test_sync_bn_converts_for_several_gpu_processes_and_refuses_cpu() -> None:
-    from ftcompile.errors import RecipeError
     from ftcompile.runtime.distributed import Dist, sync_batchnorm
 
     from ftcompile.arch import build_model
+    from ftcompile.errors import RecipeError
 
     model = build_model("resnet18", 3, None, device="cpu")
     weight = model.bn1.weight

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from runtime_helpers import Recorded, cli, metrics
 
 from ftcompile.apply import Executor
-from ftcompile.torch_args import dummy_optimizer
 from ftcompile.plan import OPTIMIZER_OPS, Plan
-from runtime_helpers import Recorded, cli, metrics
+from ftcompile.torch_args import dummy_optimizer
 
 RUNS = ["run_a", "run_b"]
 
@@ -63,9 +63,16 @@ def test_recipes_cover_every_shipped_scheduler(run_a: Recorded, run_b: Recorded)
     used = {ph.scheduler["type"] for ph in phases if ph.scheduler}
     shipped = set()
     for recipe in sorted(Path(__file__).resolve().parents[2].glob("recipes/*.toml")):
-        shipped |= {line.split('type = "')[1].split('"')[0] for line in recipe.read_text().splitlines()
-                    if line.startswith("scheduler = {")}
-    assert used == shipped == {"OneCycleLR", "CyclicLR", "CosineAnnealingWarmRestarts", "CosineAnnealingLR", "LinearLR", "StepLR"}
+        shipped |= {
+            line.split('type = "')[1].split('"')[0]
+            for line in recipe.read_text().splitlines()
+            if line.startswith("scheduler = {")
+        }
+    assert (
+        used
+        == shipped
+        == {"OneCycleLR", "CyclicLR", "CosineAnnealingWarmRestarts", "CosineAnnealingLR", "LinearLR", "StepLR"}
+    )
     assert any(ph.scheduler is None for ph in phases)
     assert any(ph.optimizer_state == "reset" for ph in phases)
 
@@ -95,8 +102,9 @@ def test_a_later_phase_scheduler_runs_as_on_a_fresh_optimizer(name: str, args: d
 
     opt = dummy_optimizer("SGD", {"momentum": 0.9}, 2)
     ex = Executor(opt, ["a", "b"])
-    ex.start_scheduler({"type": "OneCycleLR", "param_groups": ["a", "b"], "end": 4,
-                        "args": {"max_lr": 0.5, "total_steps": 4}}, 0)
+    ex.start_scheduler(
+        {"type": "OneCycleLR", "param_groups": ["a", "b"], "end": 4, "args": {"max_lr": 0.5, "total_steps": 4}}, 0
+    )
     for step in range(4):
         ex.after_step(step + 1)
     for field, value in (("lr", 0.1), ("momentum", 0.9)):  # what the plan sets at a phase start
@@ -144,7 +152,7 @@ def test_cyclic_lr_really_cycles_lr_and_momentum(run_a: Recorded) -> None:
 def test_frozen_groups_have_lr_zero(run: Recorded) -> None:
     for ph in run.plan.phases:
         for s in run.per_step[ph.begin : ph.end]:
-            for pg, lr in zip(run.plan.param_groups, s["lr"]):
+            for pg, lr in zip(run.plan.param_groups, s["lr"], strict=False):
                 assert (lr > 0) == (pg.group in ph.train), (ph.name, pg.name)
 
 
@@ -213,7 +221,7 @@ def test_no_decay_groups_have_weight_decay_zero(run: Recorded) -> None:
     base = plan.optimizer.kwargs["weight_decay"]
     for step, groups in run.optimizer_groups.items():
         phase = plan.phase_at(step - 1).name
-        for pg, group in zip(plan.param_groups, groups):
+        for pg, group in zip(plan.param_groups, groups, strict=False):
             # recipe B's phase `cosine` overrides: weight_decay = { early = 0.0 }
             override = phase == "cosine" and pg.group == "early"
             expected = base if pg.decay and not override else 0.0

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from ftcompile.runtime.lr_find import diverged, multipliers, smooth, suggest
 from runtime_helpers import cli, recipe_text, write_recipe
 
@@ -68,8 +67,11 @@ scheduler = { type = "OneCycleLR" }
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -104,7 +106,8 @@ def test_lr_find_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert res.rc == 0, res.err
     # Its one evaluation is of the state loaded from the run, and says so (issue 21).
     assert [x for x in res.out.splitlines() if x.startswith("eval")] == [
-        next(x for x in res.out.splitlines() if x.startswith("eval"))]
+        next(x for x in res.out.splitlines() if x.startswith("eval"))
+    ]
     assert "[the starting state, loaded from --from: not trained here]" in res.out
     assert rows(tmp_path / "from" / "lr_find.csv") == found
     assert digests(run) == before
@@ -113,14 +116,18 @@ def test_lr_find_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert digests(run) == before
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--phase", "tunes"), "no phase 'tunes'"),
-    (("--phase", "tune", "--steps", "1"), "at least 2 steps"),
-    (("--phase", "tune", "--start", "10", "--end", "1"), "need 0 < start < end"),
-    (("--phase", "tune", "--from", "nowhere"), "is not a run directory"),
-])
-def test_lr_find_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...],
-                                   message: str) -> None:
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--phase", "tunes"), "no phase 'tunes'"),
+        (("--phase", "tune", "--steps", "1"), "at least 2 steps"),
+        (("--phase", "tune", "--start", "10", "--end", "1"), "need 0 < start < end"),
+        (("--phase", "tune", "--from", "nowhere"), "is not a run directory"),
+    ],
+)
+def test_lr_find_bad_input_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], message: str
+) -> None:
     recipe = write_recipe(tmp_path, recipe_text("lrf", PHASES))
     res = cli(capsys, "lr-find", recipe, *extra, "-o", tmp_path / "out")
     assert res.rc == 2 and message in res.err and "Traceback" not in res.err
@@ -164,13 +171,16 @@ def _phase(recipe: str, name: str):
     return validate(load_recipe(Path(__file__).parents[2] / "recipes" / recipe)).phases[name]
 
 
-@pytest.mark.parametrize("recipe, phase, mult, line", [
-    # layer4 = "head / 3" follows head: only the number is scaled (0.03 x 0.5)
-    ("quickstart.toml", "layer4", 0.5, 'lr = { head = 0.015, layer4 = "head / 3" }'),
-    ("quickstart.toml", "layer3", 1e-3, 'lr = { head = 3e-05, layer4 = "head / 3", layer3 = "layer4 / 3" }'),
-    ("quickstart.toml", "full", 2.0, "lr = { head = 0.1 }"),  # lr_decay gives the others, kept
-    ("quickstart.toml", "warmup", 20.0, "lr = { head = 1.0 }"),  # a TOML float, not the integer 1
-])
+@pytest.mark.parametrize(
+    "recipe, phase, mult, line",
+    [
+        # layer4 = "head / 3" follows head: only the number is scaled (0.03 x 0.5)
+        ("quickstart.toml", "layer4", 0.5, 'lr = { head = 0.015, layer4 = "head / 3" }'),
+        ("quickstart.toml", "layer3", 1e-3, 'lr = { head = 3e-05, layer4 = "head / 3", layer3 = "layer4 / 3" }'),
+        ("quickstart.toml", "full", 2.0, "lr = { head = 0.1 }"),  # lr_decay gives the others, kept
+        ("quickstart.toml", "warmup", 20.0, "lr = { head = 1.0 }"),  # a TOML float, not the integer 1
+    ],
+)
 def test_the_paste_in_line_is_the_phases_whole_lr_table_scaled(recipe: str, phase: str, mult: float, line: str) -> None:
     """A new user pasted `lr = { layer4 = 5.1e-06 }` from lr-find --phase layer4 into the
     quickstart: 'group head is trained but has no LR'. The line is now the phase's table."""
@@ -201,9 +211,8 @@ def test_an_expression_that_does_not_scale_makes_every_group_a_number() -> None:
 
 
 def test_a_flat_curve_suggests_nothing_and_a_falling_one_does() -> None:
-    from ftcompile.runtime.lr_find import flat
-
     import numpy as np
+    from ftcompile.runtime.lr_find import flat
 
     # Gaussian noise of sd 0.2 around 0.7 with no trend (the noise measured: about 0.2), and
     # spikes near the end as before a divergence (the robust spread leaves them out): the
@@ -222,8 +231,15 @@ def test_a_flat_curves_report_says_it_found_nothing() -> None:
     from ftcompile.runtime.lr_find import Found, report
 
     phase = type("P", (), {"name": "layer4", "begin": 23})()
-    found = Found(phase, "layer4", {"head": 0.03, "layer4": 0.01}, [{"step": 0}] * 100, False, None,  # type: ignore[arg-type]
-                  {"fall": 0.01, "noise": 0.2})
+    found = Found(
+        phase,
+        "layer4",
+        {"head": 0.03, "layer4": 0.01},
+        [{"step": 0}] * 100,
+        False,
+        None,  # type: ignore[arg-type]
+        {"fall": 0.01, "noise": 0.2},
+    )
     text = report(found)
     assert "nothing to suggest: the curve is flat" in text and "paste" not in text
 
@@ -233,11 +249,91 @@ def test_a_flat_curves_report_says_it_found_nothing() -> None:
 # the curve where the old suggestion was the planned LR / 500. The smoothed loss falls 0.13
 # at most, one batch's noise is 0.17.
 QUICKSTART_LAYER4 = [
-    1.01, 1.04, 1.24, 0.87, 1.03, 1.05, 0.78, 0.71, 0.78, 1.14, 0.76, 0.77, 1.09, 0.69, 0.73, 0.88, 1.08, 0.88,
-    1.09, 0.53, 1.01, 0.92, 0.82, 1.15, 0.81, 0.76, 0.73, 0.94, 0.78, 1.02, 1.08, 0.99, 1.01, 0.74, 1.04, 1.05,
-    0.81, 0.72, 0.57, 0.67, 0.77, 0.66, 0.6, 0.74, 0.99, 0.95, 1.02, 0.78, 0.75, 0.67, 0.6, 0.89, 0.85, 0.87,
-    0.73, 0.57, 0.69, 1.04, 0.59, 0.84, 0.83, 0.86, 0.94, 1.1, 0.76, 1.1, 0.96, 0.96, 1.46, 1.66, 2.85, 2.34,
-    1.85, 1.76, 1.75, 3.59, 1.25, 6.54, 4.61, 1.22, 7.75, 16.44, 19.44, 60.99]
+    1.01,
+    1.04,
+    1.24,
+    0.87,
+    1.03,
+    1.05,
+    0.78,
+    0.71,
+    0.78,
+    1.14,
+    0.76,
+    0.77,
+    1.09,
+    0.69,
+    0.73,
+    0.88,
+    1.08,
+    0.88,
+    1.09,
+    0.53,
+    1.01,
+    0.92,
+    0.82,
+    1.15,
+    0.81,
+    0.76,
+    0.73,
+    0.94,
+    0.78,
+    1.02,
+    1.08,
+    0.99,
+    1.01,
+    0.74,
+    1.04,
+    1.05,
+    0.81,
+    0.72,
+    0.57,
+    0.67,
+    0.77,
+    0.66,
+    0.6,
+    0.74,
+    0.99,
+    0.95,
+    1.02,
+    0.78,
+    0.75,
+    0.67,
+    0.6,
+    0.89,
+    0.85,
+    0.87,
+    0.73,
+    0.57,
+    0.69,
+    1.04,
+    0.59,
+    0.84,
+    0.83,
+    0.86,
+    0.94,
+    1.1,
+    0.76,
+    1.1,
+    0.96,
+    0.96,
+    1.46,
+    1.66,
+    2.85,
+    2.34,
+    1.85,
+    1.76,
+    1.75,
+    3.59,
+    1.25,
+    6.54,
+    4.61,
+    1.22,
+    7.75,
+    16.44,
+    19.44,
+    60.99,
+]
 
 
 def test_the_quickstarts_layer4_curve_is_flat() -> None:

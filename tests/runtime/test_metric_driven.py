@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import torch
+from ftcompile.runtime import checkpoint
+from ftcompile.runtime.loop import Hooks, Session, observe
+from runtime_helpers import cli, load_tensors, metrics, recipe_text, write_recipe
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.plan import Plan
-from ftcompile.runtime import checkpoint
-from ftcompile.runtime.loop import Hooks, Session, observe
 from ftcompile.trace import lr_trace
-from runtime_helpers import cli, load_tensors, metrics, recipe_text, write_recipe
 
 # Phase a cannot improve val_loss (~1.1 for 3 classes) by min_delta = 1.0 within 2 steps:
 # its first evaluation (step 2) is its best, the second (step 4) is the first without an
@@ -55,8 +55,9 @@ class Seen(Hooks):
         self.at_checkpoint: dict[int, dict[str, Any]] = {}
 
     def on_evaluate(self, session: Session, record: dict[str, Any]) -> None:
-        self.at_eval[record["step"]] = copy.deepcopy({"model": session.model.state_dict(),
-                                                      "optimizer": session.optimizer.state_dict()["state"]})
+        self.at_eval[record["step"]] = copy.deepcopy(
+            {"model": session.model.state_dict(), "optimizer": session.optimizer.state_dict()["state"]}
+        )
 
     def on_checkpoint(self, session: Session, step: int, state: dict[str, Any]) -> None:
         self.at_checkpoint[step] = copy.deepcopy({"model": state["model"], "optimizer": state["optimizer"]["state"]})
@@ -89,8 +90,18 @@ def test_stop_early_jumps_to_the_next_phase_with_its_planned_lrs(stopped: tuple[
     recs = metrics(run_dir)
     assert [r["step"] for r in recs if r["type"] == "eval"] == [2, 4, 10, 11]
     stop = [r for r in recs if r["type"] == "stop"]
-    assert stop == [{"type": "stop", "step": 4, "phase": "a", "metric": "val_loss", "best": stop[0]["best"],
-                     "best_step": 2, "evaluations_without_improvement": 1, "next_step": 8}]
+    assert stop == [
+        {
+            "type": "stop",
+            "step": 4,
+            "phase": "a",
+            "metric": "val_loss",
+            "best": stop[0]["best"],
+            "best_step": 2,
+            "evaluations_without_improvement": 1,
+            "next_step": 8,
+        }
+    ]
     # lr.csv lacks the skipped steps 4..7; b's rows equal the plan's trace exactly.
     rows = list(csv.DictReader((run_dir / "lr.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 8, 9, 10]
@@ -130,8 +141,9 @@ def plan(tmp_path_factory: pytest.TempPathFactory) -> Plan:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [2, 3, 8, 10], ids=["best-eval", "before-stop", "after-stop", "next-phase"])
-def test_resume_is_bitwise_across_the_stop_and_the_restore(plan: Plan, stopped: tuple[Path, Seen], k: int,
-                                                           tmp_path: Path) -> None:
+def test_resume_is_bitwise_across_the_stop_and_the_restore(
+    plan: Plan, stopped: tuple[Path, Seen], k: int, tmp_path: Path
+) -> None:
     run_dir, _ = stopped
     first = Session(plan, Path("."))
     first.run(0, k)
@@ -151,16 +163,20 @@ def test_plan_shows_the_metric_driven_fields(tmp_path: Path, capsys: pytest.Capt
     assert "keep_best val_top1: best.pt holds the run's best evaluation" in res.out
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ('metric = "val_loss"', 'metric = "val_acc"', "phases.a.stop_early.metric: unknown metric 'val_acc'"),
-    ('metric = "val_loss"', 'metric = "val_top5"', "val_top5 needs at least 6 classes; the model has 3"),
-    ("patience = 1", "patience = 0", "phases.a.stop_early.patience"),
-    ("min_delta = 1.0", "min_delta = -1.0", "phases.a.stop_early.min_delta"),
-    ("restore_best = true", 'restore_best = "yes"', "phases.a.restore_best"),
-    ('keep_best = "val_top1"', 'keep_best = "top1"', "run.keep_best: unknown metric 'top1'"),
-])
-def test_bad_metric_driven_fields_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str,
-                                          message: str) -> None:
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('metric = "val_loss"', 'metric = "val_acc"', "phases.a.stop_early.metric: unknown metric 'val_acc'"),
+        ('metric = "val_loss"', 'metric = "val_top5"', "val_top5 needs at least 6 classes; the model has 3"),
+        ("patience = 1", "patience = 0", "phases.a.stop_early.patience"),
+        ("min_delta = 1.0", "min_delta = -1.0", "phases.a.stop_early.min_delta"),
+        ("restore_best = true", 'restore_best = "yes"', "phases.a.restore_best"),
+        ('keep_best = "val_top1"', 'keep_best = "top1"', "run.keep_best: unknown metric 'top1'"),
+    ],
+)
+def test_bad_metric_driven_fields_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, message: str
+) -> None:
     text = recipe_text("stops", PHASES, run=RUN)
     assert old in text
     res = cli(capsys, "check", write_recipe(tmp_path, text.replace(old, new)))
@@ -190,7 +206,8 @@ cache_features = false
 @pytest.mark.slow
 @pytest.mark.parametrize("name, key, larger", [("val_loss", "val_loss", False), ("val_top1", "top1", True)])
 def test_best_pt_is_the_best_evaluation_when_it_is_neither_the_first_nor_the_last(
-        tmp_path: Path, name: str, key: str, larger: bool) -> None:
+    tmp_path: Path, name: str, key: str, larger: bool
+) -> None:
     run = f'eval_every = "2 steps"\ncheckpoint_every = "100 steps"\nkeep_best = "{name}"'
     recipe = write_recipe(tmp_path, recipe_text("keep", KEEP, run=run))
     seen = Seen()

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import torch
-
-from ftcompile.metrics import METRICS
-from ftcompile.plan import Plan
 from ftcompile.runtime import trials
 from ftcompile.runtime.best import Watch
 from runtime_helpers import cli, metrics, recipe_text, write_recipe
+
+from ftcompile.metrics import METRICS
+from ftcompile.plan import Plan
 
 # Per metric: the eval record's key and whether larger is better, written out (not read from
 # the table under test).
@@ -64,8 +64,12 @@ def ema_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     recipe = write_recipe(folder, recipe_text("emat", PHASES, classes="[]", run=RUN))
     rc = cli(None, "run", recipe, "--out", folder / "run").rc
     run_dir = folder / "run"
-    return {"rc": rc, "run": run_dir, "plan": Plan.load(run_dir / "plan.json"),
-            "evals": [r for r in metrics(run_dir) if r["type"] == "eval"]}
+    return {
+        "rc": rc,
+        "run": run_dir,
+        "plan": Plan.load(run_dir / "plan.json"),
+        "evals": [r for r in metrics(run_dir) if r["type"] == "eval"],
+    }
 
 
 def test_the_table_is_the_expected_one() -> None:
@@ -105,15 +109,18 @@ def test_pick_keep_best_and_stop_early_follow_the_metric(ema_run: dict[str, Any]
     # keep_best: the first evaluation with the best value.
     plan: Plan = ema_run["plan"]
     plan = dataclasses.replace(plan, run=dataclasses.replace(plan.run, keep_best=name))
-    phase = dataclasses.replace(plan.phases[0], end=10**9, stop_early={"metric": name, "patience": 1, "min_delta": 0.0},
-                                restore_best=None)
+    phase = dataclasses.replace(
+        plan.phases[0], end=10**9, stop_early={"metric": name, "patience": 1, "min_delta": 0.0}, restore_best=None
+    )
     watch = Watch(plan, None, writes=False)
     stops = [watch.evaluated(rec, phase, None, None) for rec in evals]
     assert watch.run_best == {"step": evals[best]["step"], "metric": name, "value": values[best]}
 
     # stop_early with patience 1: at the first evaluation that does not beat the best so far.
     better = (lambda a, b: a > b) if larger else (lambda a, b: a < b)
-    first_worse = next(i for i in range(1, len(values)) if not better(values[i], values[best_index(values[:i], larger)]))
+    first_worse = next(
+        i for i in range(1, len(values)) if not better(values[i], values[best_index(values[:i], larger)])
+    )
     assert stops.index(True) == first_worse, (values, stops)
 
 

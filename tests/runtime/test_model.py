@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from ftcompile.runtime.model import build, cache_file, torchvision_weights
+from runtime_helpers import Recorded, cli, load_tensors, recipe_text, write_recipe
 
 from ftcompile import hub
 from ftcompile.arch import build_model
 from ftcompile.errors import RecipeError
 from ftcompile.plan import ModelSpec, WeightsSpec
-from ftcompile.runtime.model import build, cache_file, torchvision_weights
-from runtime_helpers import Recorded, cli, load_tensors, recipe_text, write_recipe
 
 HEAD_ONLY = """
 [phases.head]
@@ -36,7 +36,9 @@ def fake_pretrained(seed: int = 0, arch: str = "resnet18") -> dict[str, torch.Te
 
 
 def plan_model(weights: dict, num_classes: int = 3) -> ModelSpec:
-    return ModelSpec(arch="resnet18", weights=WeightsSpec(**weights), num_classes=num_classes, head=None, total_params=0)
+    return ModelSpec(
+        arch="resnet18", weights=WeightsSpec(**weights), num_classes=num_classes, head=None, total_params=0
+    )
 
 
 def assert_backbone_equal(model_state: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> None:
@@ -137,7 +139,9 @@ def test_local_state_dict_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ("garbage", ["is not a torch checkpoint", "not torch.save's zip or pickle header"]),
     ],
 )
-def test_state_dict_that_does_not_fit(tmp_path: Path, broken: str, words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_state_dict_that_does_not_fit(
+    tmp_path: Path, broken: str, words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "w.pt"
     state = fake_pretrained()
     if broken == "resnet34":
@@ -171,7 +175,9 @@ class Payload:
 
 
 @pytest.mark.parametrize("how", ["torch.save", "pickle"])
-def test_file_with_a_payload_is_refused_unexecuted(tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_file_with_a_payload_is_refused_unexecuted(
+    tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     marker = tmp_path / "pwned"
     state = {**fake_pretrained(), "extra": Payload(marker)}
     path = tmp_path / "evil.pt"

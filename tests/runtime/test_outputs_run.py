@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 import torch
+from runtime_helpers import CliResult, FullDisk, child_env, cli, recipe_text, write_recipe
 
 from ftcompile import outputs
 from ftcompile.errors import RecipeError
-from runtime_helpers import CliResult, FullDisk, child_env, cli, recipe_text, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -69,34 +69,44 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch, fmt: str, make: Any) -> None:
 # ---------------------------------------------------------------- 1. nothing that is not theirs
 
 
-def test_report_o_naming_a_run_file_is_refused(used_run: tuple[Path, str], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_o_naming_a_run_file_is_refused(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`report RUN -o RUN/model.pt` exited 0 and the run's model.pt was HTML."""
     run_dir, other = copy_run(used_run, tmp_path / "run"), copy_run(used_run, tmp_path / "other")
     model = (run_dir / "model.pt").read_bytes()
-    refused(cli(capsys, "report", run_dir, "-o", run_dir / "model.pt"),
-            f"{run_dir / 'model.pt'} is inside the run directory", "would replace the run's own model.pt")
-    refused(cli(capsys, "report", run_dir, "-o", run_dir / "model.pt", "--force"), "would replace the run's own model.pt")
+    refused(
+        cli(capsys, "report", run_dir, "-o", run_dir / "model.pt"),
+        f"{run_dir / 'model.pt'} is inside the run directory",
+        "would replace the run's own model.pt",
+    )
+    refused(
+        cli(capsys, "report", run_dir, "-o", run_dir / "model.pt", "--force"), "would replace the run's own model.pt"
+    )
     # another run's folder, even its report.html (this report is not about it)
     refused(cli(capsys, "report", run_dir, "-o", other / "report.html"), f"inside the run directory {other.resolve()}")
     assert (run_dir / "model.pt").read_bytes() == model and not (other / "report.html").exists()
 
 
-def test_export_into_another_run_is_refused(used_run: tuple[Path, str], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_into_another_run_is_refused(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`export runA -o runB/model.pt` replaced run B's weights."""
     run_a, run_b = copy_run(used_run, tmp_path / "a"), copy_run(used_run, tmp_path / "b")
     (run_b / "model.pt").write_bytes(b"run B's weights")
     for fmt, target in (("torchscript", "model.pt"), ("onnx", "model.onnx"), ("safetensors", "sub/x.safetensors")):
-        refused(cli(capsys, "export", run_a, "--format", fmt, "-o", run_b / target, "--force"),
-                f"inside the run directory {run_b.resolve()}")
+        refused(
+            cli(capsys, "export", run_a, "--format", fmt, "-o", run_b / target, "--force"),
+            f"inside the run directory {run_b.resolve()}",
+        )
     assert (run_b / "model.pt").read_bytes() == b"run B's weights"
     assert sorted(p.name for p in run_b.iterdir()) == sorted(p.name for p in run_a.iterdir())
 
 
 @pytest.mark.parametrize("make, says", [("devnull", "is a device"), ("fifo", "is a FIFO"), ("folder", "is a folder")])
-def test_export_to_a_device_fifo_or_folder_is_refused(used_run: tuple[Path, str], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str], make: str, says: str) -> None:
+def test_export_to_a_device_fifo_or_folder_is_refused(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], make: str, says: str
+) -> None:
     """`export -o /dev/full` replaced the device with a regular file."""
     path = Path(os.devnull) if make == "devnull" else tmp_path / make
     if make == "fifo":
@@ -108,20 +118,26 @@ def test_export_to_a_device_fifo_or_folder_is_refused(used_run: tuple[Path, str]
     assert path.lstat().st_mode == mode
 
 
-def test_an_earlier_export_is_replaced_and_a_foreign_file_needs_force(used_run: tuple[Path, str], tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_earlier_export_is_replaced_and_a_foreign_file_needs_force(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "model.pt"
     for _ in range(2):  # the second export replaces the first: its sidecar says it is an export
         r = cli(capsys, "export", used_run[0], "--format", "torchscript", "-o", out)
         assert r.rc == 0, r.err
     foreign = tmp_path / "mine.pt"
     foreign.write_bytes(b"my own model")
-    refused(cli(capsys, "export", used_run[0], "--format", "torchscript", "-o", foreign),
-            f"{foreign} exists and is not an export", "--force")
+    refused(
+        cli(capsys, "export", used_run[0], "--format", "torchscript", "-o", foreign),
+        f"{foreign} exists and is not an export",
+        "--force",
+    )
     assert foreign.read_bytes() == b"my own model" and not (tmp_path / "mine.pt.json").exists()
     lonely = tmp_path / "new.pt"
     (tmp_path / "new.pt.json").write_text('{"my": "settings"}')  # the sidecar's path holds a foreign file
-    refused(cli(capsys, "export", used_run[0], "--format", "torchscript", "-o", lonely), "new.pt.json exists and is not")
+    refused(
+        cli(capsys, "export", used_run[0], "--format", "torchscript", "-o", lonely), "new.pt.json exists and is not"
+    )
     assert not lonely.exists()
     r = cli(capsys, "export", used_run[0], "--format", "torchscript", "-o", foreign, "--force")
     assert r.rc == 0, r.err
@@ -130,23 +146,29 @@ def test_an_earlier_export_is_replaced_and_a_foreign_file_needs_force(used_run: 
     assert debris(tmp_path) == []
 
 
-def test_lr_find_never_writes_below_a_run_directory(used_run: tuple[Path, str], tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_lr_find_never_writes_below_a_run_directory(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """lr-find refused `-o RUN` but wrote into `-o RUN/checkpoints` (after training)."""
     run_dir = copy_run(used_run, tmp_path / "run", checkpoints=True)
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    refused(cli(capsys, "lr-find", run_dir / "recipe.toml", "--phase", "full", "-o", run_dir / "checkpoints"),
-            "inside the run directory")
+    refused(
+        cli(capsys, "lr-find", run_dir / "recipe.toml", "--phase", "full", "-o", run_dir / "checkpoints"),
+        "inside the run directory",
+    )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
-def test_run_out_inside_another_run_is_refused(used_run: tuple[Path, str], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_out_inside_another_run_is_refused(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`run --out RUN/checkpoints/new` made a run directory inside another run's folder."""
     run_dir = copy_run(used_run, tmp_path / "run")
     before = sorted(str(p) for p in run_dir.rglob("*"))
-    refused(cli(capsys, "run", run_dir / "recipe.toml", "--out", run_dir / "tensorboard" / "new"),
-            f"inside the run directory {run_dir.resolve()}")
+    refused(
+        cli(capsys, "run", run_dir / "recipe.toml", "--out", run_dir / "tensorboard" / "new"),
+        f"inside the run directory {run_dir.resolve()}",
+    )
     assert sorted(str(p) for p in run_dir.rglob("*")) == before
 
 
@@ -155,7 +177,10 @@ def test_run_out_inside_another_run_is_refused(used_run: tuple[Path, str], tmp_p
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_an_export_on_a_full_disk_is_one_message_and_the_earlier_export_stays(
-    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    used_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     fmt: str,
 ) -> None:
     """torchscript aborted the process (c10::Error, exit 134), safetensors gave a traceback,
@@ -173,7 +198,10 @@ def test_an_export_on_a_full_disk_is_one_message_and_the_earlier_export_stays(
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_into_a_folder_that_cannot_be_written_is_one_message(
-    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    used_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     fmt: str,
 ) -> None:
     """Issue 17, 6: a traceback for safetensors and torchscript."""
@@ -195,14 +223,17 @@ def test_export_into_a_folder_that_cannot_be_written_is_one_message(
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
 @pytest.mark.parametrize("fmt", ["torchscript", "safetensors"])
-def test_export_into_a_read_only_folder_is_one_message(used_run: tuple[Path, str], tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+def test_export_into_a_read_only_folder_is_one_message(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        refused(cli(capsys, "export", used_run[0], "--format", fmt, "-o", folder / "m.bin"),
-                f"{folder / 'm.bin'}: cannot write: Permission denied")
+        refused(
+            cli(capsys, "export", used_run[0], "--format", fmt, "-o", folder / "m.bin"),
+            f"{folder / 'm.bin'}: cannot write: Permission denied",
+        )
     finally:
         folder.chmod(stat.S_IRWXU)
 
@@ -210,20 +241,28 @@ def test_export_into_a_read_only_folder_is_one_message(used_run: tuple[Path, str
 def _limited(limit: int) -> Any:
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes fail with EFBIG
+
     return apply
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_a_real_write_failure_in_a_child_process_is_exit_2_never_an_abort(used_run: tuple[Path, str], tmp_path: Path,
-                                                                           fmt: str) -> None:
+def test_a_real_write_failure_in_a_child_process_is_exit_2_never_an_abort(
+    used_run: tuple[Path, str], tmp_path: Path, fmt: str
+) -> None:
     """The OS refuses the bytes (a 1 MB file-size limit; the model is 45 MB): exit 2 with the
     path and the OS's reason, not exit 134 from torch.jit.save's C++, and the earlier export stays."""
     out = tmp_path / f"model.{fmt}"
     assert cli(None, "export", used_run[0], "--format", fmt, "-o", out).rc == 0
     before = out.read_bytes()
-    done = subprocess.run([sys.executable, "-m", "ftcompile", "export", str(used_run[0]), "--format", fmt, "-o", str(out)],
-                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300,
-                          preexec_fn=_limited(1 << 20))
+    done = subprocess.run(
+        [sys.executable, "-m", "ftcompile", "export", str(used_run[0]), "--format", fmt, "-o", str(out)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limited(1 << 20),
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert f"{out}: cannot write: {os.strerror(errno.EFBIG)}" in done.stderr
@@ -249,7 +288,9 @@ def test_a_report_on_a_full_disk_is_one_message_and_the_earlier_report_stays(
 def test_plan_outputs_on_a_full_disk_are_one_message_and_the_old_files_stay(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recipe = write_recipe(tmp_path, recipe_text("full", '[phases.a]\ntrain = ["head"]\nsteps = 4\nlr = { head = 0.1 }\n'))
+    recipe = write_recipe(
+        tmp_path, recipe_text("full", '[phases.a]\ntrain = ["head"]\nsteps = 4\nlr = { head = 0.1 }\n')
+    )
     files = {"-o": tmp_path / "plan.json", "--trace": tmp_path / "lr.csv", "--plot": tmp_path / "lr.png"}
     for option, path in files.items():
         assert cli(capsys, "plan", recipe, option, path).rc == 0
@@ -257,11 +298,16 @@ def test_plan_outputs_on_a_full_disk_are_one_message_and_the_old_files_stay(
     with monkeypatch.context() as m:
         m.setattr(outputs, "open_new", lambda p: FullDisk(p, 50))
         for option, path in files.items():
-            refused(cli(capsys, "plan", recipe, "--set", "seed=3", option, path), f"{path}: cannot write: No space left on device")
+            refused(
+                cli(capsys, "plan", recipe, "--set", "seed=3", option, path),
+                f"{path}: cannot write: No space left on device",
+            )
     assert {p: p.read_bytes() for p in files.values()} == before and debris(tmp_path) == []
 
 
-def test_the_writer_on_a_full_disk_leaves_the_old_file_at_any_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_writer_on_a_full_disk_leaves_the_old_file_at_any_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "eval.json"
     path.write_text('{"old": true}')
     for budget in (0, 1, 4095, 4096, 9999):
@@ -283,7 +329,10 @@ class _Interrupting(FullDisk):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "safetensors"])
 def test_an_interrupted_export_leaves_the_earlier_one_and_no_debris(
-    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    used_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     fmt: str,
 ) -> None:
     out = tmp_path / "model.bin"
@@ -330,8 +379,14 @@ def test_a_killed_export_leaves_the_earlier_one_and_no_debris_for_good(
     out = tmp_path / "model.pt"
     assert cli(capsys, "export", used_run[0], "--format", "torchscript", "-o", out).rc == 0
     before = out.read_bytes()
-    done = subprocess.run([sys.executable, "-c", KILLED_EXPORT, sig, str(used_run[0]), str(out)], cwd=tmp_path,
-                          env=child_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_EXPORT, sig, str(used_run[0]), str(out)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.read_bytes() == before
     if sig == "SIGTERM":
         assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
@@ -345,16 +400,20 @@ def test_a_killed_export_leaves_the_earlier_one_and_no_debris_for_good(
     assert torch.jit.load(str(out))(x).shape == (1, 10)
 
 
-def test_resume_removes_stale_temporary_files_and_nothing_else(used_run: tuple[Path, str], tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_removes_stale_temporary_files_and_nothing_else(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A kill while model.pt was written left `.model.pt.tmp-PID` for good, even after a
     successful resume. Resume removes ftcompile's temporary names (run directory and below),
     never a file that only looks like one."""
     run_dir = copy_run(used_run, tmp_path / "run", checkpoints=True)
     (run_dir / "model.pt").unlink()  # killed while model.pt was written: the run is not finished
     pid = dead_pid()
-    stale = [run_dir / f".model.pt.tmp-{pid}", run_dir / "checkpoints" / f".step-00000008.pt.tmp-{pid}",
-             run_dir / f".summary.json.tmp-{pid}"]
+    stale = [
+        run_dir / f".model.pt.tmp-{pid}",
+        run_dir / "checkpoints" / f".step-00000008.pt.tmp-{pid}",
+        run_dir / f".summary.json.tmp-{pid}",
+    ]
     foreign = [run_dir / ".model.pt.tmp-notmine.txt", run_dir / "notes.tmp", run_dir / f"model.pt.tmp-{pid}"]
     for p in stale + foreign:
         p.write_bytes(b"torn")

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from runtime_helpers import child_env
 
 from ftcompile import portable
 from ftcompile.cli import main
-from runtime_helpers import child_env
 
 GOLDEN = "eb7de26cc537ce1e6cec721e54093e3073167dbb1edd42fe20999d1da3c28de6"
 GOLDEN_VERSIONS = ("2.14.1", "0.29.1")  # torch, torchvision (local build tags ignored)
@@ -74,8 +74,13 @@ keep_checkpoints = "none"
 """
 
 # What a caller's environment may say: the pins must win over it.
-AVX512 = {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "DNNL_MAX_CPU_ISA": "AVX512_CORE",
-          "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+AVX512 = {
+    "ATEN_CPU_CAPABILITY": "avx512",
+    "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+    "DNNL_MAX_CPU_ISA": "AVX512_CORE",
+    "OMP_NUM_THREADS": "2",
+    "MKL_NUM_THREADS": "2",
+}
 
 
 def _sha(path: Path) -> str:
@@ -106,15 +111,23 @@ def by_process(recipe: Path) -> Path:
     out = recipe.parent / "by-process"
     env = {**child_env(), **AVX512}
     env.pop(portable.MARK, None)
-    done = subprocess.run([sys.executable, "-m", "ftcompile", "run", str(recipe), "--out", str(out)],
-                          cwd=recipe.parent, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "ftcompile", "run", str(recipe), "--out", str(out)],
+        cwd=recipe.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "restarting with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2" in done.stderr
     return out
 
 
 @pytest.mark.slow
-def test_the_pins_win_over_the_callers_environment(recipe: Path, by_process: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_pins_win_over_the_callers_environment(
+    recipe: Path, by_process: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # main() called from Python, in this process's (unpinned) environment: a pinned child runs it
     for k in AVX512:
         monkeypatch.delenv(k, raising=False)
@@ -146,19 +159,27 @@ def test_golden_hash(by_process: Path) -> None:
 def test_rerun_of_a_portable_run_is_pinned_too(by_process: Path, tmp_path: Path) -> None:
     env = {**child_env(), "OMP_NUM_THREADS": "2"}
     again = tmp_path / "again"
-    done = subprocess.run([sys.executable, "-m", "ftcompile", "rerun", str(by_process), "--out", str(again)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "ftcompile", "rerun", str(by_process), "--out", str(again)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "restarting with" in done.stderr and "warning: results are bitwise" not in done.stderr
     assert _sha(again / "model.pt") == _sha(by_process / "model.pt")
 
 
-def test_an_unpinned_runtime_refuses_a_portable_plan(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unpinned_runtime_refuses_a_portable_plan(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Called past the CLI (which restarts itself pinned), the runtime refuses before it makes
     a run directory: the environment can no longer be set for this process."""
+    from ftcompile.runtime.rundir import start_run
+
     from ftcompile.compiler import compile_recipe
     from ftcompile.errors import RecipeError
-    from ftcompile.runtime.rundir import start_run
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     with pytest.raises(RecipeError, match="a portable run needs its environment pinned"):

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from ftcompile.runtime.rundir import changed_since
 from PIL import Image
+from runtime_helpers import cli, recipe_text
 
 from ftcompile import provenance
 from ftcompile.compiler import compile_recipe
 from ftcompile.plan import Plan
-from ftcompile.runtime.rundir import changed_since
-from runtime_helpers import cli, recipe_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,8 +35,12 @@ FOLDER_DATA = 'train = "data/train"\nval = "data/val"\nimage_size = 16\nbatch_si
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout.strip()
 
 
@@ -70,9 +74,16 @@ def env_of(run_dir: Path) -> dict:
 def test_env_records_git_recipe_files_data_and_machine(finished: Path) -> None:
     env = env_of(finished)
     repo = finished.parent
-    assert env["git"] == {"commit": git(repo, "rev-parse", "HEAD"), "dirty": False, "repo": str(repo.resolve()),
-                          "files": ["child.toml", "base.toml"]}
-    assert [f["path"] for f in env["recipe_files"]] == [str((repo / "child.toml").resolve()), str((repo / "base.toml").resolve())]
+    assert env["git"] == {
+        "commit": git(repo, "rev-parse", "HEAD"),
+        "dirty": False,
+        "repo": str(repo.resolve()),
+        "files": ["child.toml", "base.toml"],
+    }
+    assert [f["path"] for f in env["recipe_files"]] == [
+        str((repo / "child.toml").resolve()),
+        str((repo / "base.toml").resolve()),
+    ]
     assert env["recipe_files"][0]["sha256"] == hashlib.sha256((repo / "child.toml").read_bytes()).hexdigest()
     assert env["overrides"] == []
     assert env["data"]["train"] == {"ant": 2, "bee": 2} and env["data"]["val"] == {"ant": 1, "bee": 1}
@@ -106,14 +117,18 @@ def test_recipe_edits_are_named(finished: Path) -> None:
     text_child, text_base = child.read_text(), base.read_text()
     try:
         child.write_text(text_child.replace("# a child", "# a child, reworded"))
-        assert changed_since(finished, plan, env) == [f"note: {child.resolve()} changed since the run, in comments or formatting only"]
+        assert changed_since(finished, plan, env) == [
+            f"note: {child.resolve()} changed since the run, in comments or formatting only"
+        ]
         child.write_text(text_child + "seed = 5\n")
         assert changed_since(finished, plan, env) == [
             f"warning: the recipe on disk differs from the run's ({child.resolve()} changed): seed (absent -> 5)"
         ]
         child.write_text(text_child)
         base.write_text(text_base.replace("steps = 2", "steps = 3"))
-        assert changed_since(finished, plan, env) == [f"warning: the recipe on disk differs from the run's ({base.resolve()} changed)"]
+        assert changed_since(finished, plan, env) == [
+            f"warning: the recipe on disk differs from the run's ({base.resolve()} changed)"
+        ]
     finally:
         child.write_text(text_child)
         base.write_text(text_base)
@@ -125,7 +140,9 @@ def test_data_changes_are_named(finished: Path) -> None:
     Image.new("RGB", (8, 8)).save(extra)
     try:
         (line,) = changed_since(finished, plan, env)
-        assert line.startswith("warning: the data differs from the run's (fingerprint ") and line.endswith(": train bee 2 -> 3")
+        assert line.startswith("warning: the data differs from the run's (fingerprint ") and line.endswith(
+            ": train bee 2 -> 3"
+        )
     finally:
         extra.unlink()
     first = repo / "data" / "val" / "ant" / "0.png"
@@ -143,17 +160,26 @@ def test_machine_differences_are_named(finished: Path) -> None:
     env["machine"] = {**env["machine"], "threads": env["machine"]["threads"] + 7, "cpu_capability": "AVX9000"}
     (line,) = changed_since(finished, Plan.load(finished / "plan.json"), env)
     assert line.startswith("warning: results are bitwise equal only on the same kind of machine; here differs: ")
-    assert "cpu_capability 'AVX9000' -> " in line and f"threads {env['machine']['threads']} -> {torch.get_num_threads()}" in line
+    assert (
+        "cpu_capability 'AVX9000' -> " in line
+        and f"threads {env['machine']['threads']} -> {torch.get_num_threads()}" in line
+    )
 
 
 @pytest.mark.slow
-def test_rerun_and_resume_print_what_changed(finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_and_resume_print_what_changed(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     child = finished.parent / "child.toml"
     text = child.read_text()
     child.write_text(text + "seed = 5\n")
     try:
         result = cli(capsys, "rerun", finished, "--out", tmp_path / "again")
-        assert result.rc == 0 and "warning: the recipe on disk differs from the run's" in result.err and "seed (absent -> 5)" in result.err
+        assert (
+            result.rc == 0
+            and "warning: the recipe on disk differs from the run's" in result.err
+            and "seed (absent -> 5)" in result.err
+        )
         result = cli(capsys, "resume", finished)
         assert result.rc == 0 and "seed (absent -> 5)" in result.err
     finally:
@@ -175,7 +201,9 @@ def test_run_with_set_stores_the_overridden_recipe(tmp_path: Path, capsys: pytes
     assert stored["seed"] == 4 and stored["phases"]["only"]["steps"] == 3
     # the stored recipe compiles to the same training (only the recorded overrides differ)
     again = compile_recipe(out / "recipe.toml").to_dict()
-    assert {k: again[k] for k in ("changes", "phases", "seed")} == {k: plan.to_dict()[k] for k in ("changes", "phases", "seed")}
+    assert {k: again[k] for k in ("changes", "phases", "seed")} == {
+        k: plan.to_dict()[k] for k in ("changes", "phases", "seed")
+    }
     env = env_of(out)
     assert env["overrides"] == ["phases.only.steps=3", "seed=4"]
     assert changed_since(out, plan, env) == []  # the file on disk plus the run's --set is still this recipe

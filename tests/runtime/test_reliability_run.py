@@ -23,20 +23,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ftcompile.runtime.checkpoint as checkpoint
 import pytest
 import torch
-from PIL import Image
-
-import ftcompile.runtime.checkpoint as checkpoint
-from ftcompile.compiler import compile_recipe
-from ftcompile.errors import RecipeError
-from ftcompile.images import BadImage, verify_images
-from ftcompile.plan import Plan, plan_hash
 from ftcompile.runtime import retention
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
 from ftcompile.runtime.loop import Hooks, Session, Trainables, observe
 from ftcompile.runtime.rundir import RUNS, new_run_dir
+from PIL import Image
 from runtime_helpers import FullDisk, assert_same_tensors, child_env, cli, load_tensors, recipe_text, write_recipe
+
+from ftcompile.compiler import compile_recipe
+from ftcompile.errors import RecipeError
+from ftcompile.images import BadImage, verify_images
+from ftcompile.plan import Plan, plan_hash
 
 TWO_STEPS = """
 [phases.only]
@@ -87,10 +87,17 @@ def folder_recipe(folder: Path, run: str = EVERY_2, phases: str = FOUR_STEPS) ->
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that locks `folder` as a run does, and waits to be killed."""
-    code = ("import sys, time; from pathlib import Path; from ftcompile.runtime.lock import RunLock; "
-            "RunLock().acquire(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from pathlib import Path; from ftcompile.runtime.lock import RunLock; "
+        "RunLock().acquire(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked", proc.stderr
     return proc
 
@@ -110,8 +117,12 @@ def test_a_second_process_gets_exit_2_naming_the_holders_pid(
 ) -> None:
     run_dir, proc = holder
     recipe = write_recipe(tmp_path, recipe_text("locked", TWO_STEPS))
-    assert_user_error(cli(capsys, "run", recipe, "--out", run_dir),
-                      str(run_dir), "in use by another ftcompile process", f"PID {proc.pid}")
+    assert_user_error(
+        cli(capsys, "run", recipe, "--out", run_dir),
+        str(run_dir),
+        "in use by another ftcompile process",
+        f"PID {proc.pid}",
+    )
     assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]  # nothing written into it
     # resume takes the same lock before it reads or writes anything
     assert cli(capsys, "plan", recipe, "-o", run_dir / "plan.json").rc == 0
@@ -225,7 +236,9 @@ def test_a_rehashed_plan_json_naming_a_path_outside_runs_is_refused_before_anyth
         data["recipe"]["name"] = name
         data["hash"] = plan_hash({k: v for k, v in data.items() if k != "hash"})
         (tmp_path / "evil.json").write_text(json.dumps(data))
-        assert_user_error(cli(capsys, "run", tmp_path / "evil.json", "--data-root", tmp_path), "recipe.name", "not a slug")
+        assert_user_error(
+            cli(capsys, "run", tmp_path / "evil.json", "--data-root", tmp_path), "recipe.name", "not a slug"
+        )
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "work" / RUNS).exists()
     # and a Plan made in code (not loaded) is stopped where the folder is made
     plan = dataclasses.replace(compile_recipe(recipe), recipe={**data["recipe"], "name": "../../escaped"})
@@ -287,12 +300,15 @@ def test_a_checkpoint_whose_content_no_longer_matches_its_digest_is_set_aside(tm
 # ---------------------------------------------------------------- weights files that are not checkpoints
 
 
-@pytest.mark.parametrize("what, says", [
-    ("/dev/zero", "it is a device or other special file, not a regular file"),
-    ("text", "it starts with 68656c6c, not torch.save's zip or pickle header"),
-    ("empty", "it starts with an empty file"),
-    ("zip", "PytorchStreamReader failed"),
-])
+@pytest.mark.parametrize(
+    "what, says",
+    [
+        ("/dev/zero", "it is a device or other special file, not a regular file"),
+        ("text", "it starts with 68656c6c, not torch.save's zip or pickle header"),
+        ("empty", "it starts with an empty file"),
+        ("zip", "PytorchStreamReader failed"),
+    ],
+)
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_a_weights_file_that_is_not_a_checkpoint_says_so(
     tmp_path: Path, what: str, says: str, command: str, capsys: pytest.CaptureFixture[str]
@@ -356,11 +372,14 @@ def unfinished_run(tmp_path: Path, recipe: Path, data_root: Path) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("edit, says", [
-    ("rename", "classes ['ant', 'cow'], the plan has ['ant', 'bee']"),
-    ("fewer", "train 7 / val 4 images, the plan counted 8 / 4"),
-    ("moved", "data folder 'data/train' not found"),
-])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        ("rename", "classes ['ant', 'cow'], the plan has ['ant', 'bee']"),
+        ("fewer", "train 7 / val 4 images, the plan counted 8 / 4"),
+        ("moved", "data folder 'data/train' not found"),
+    ],
+)
 def test_resume_checks_the_data_against_the_plan_whatever_env_json_says(
     tmp_path: Path, edit: str, says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -377,7 +396,9 @@ def test_resume_checks_the_data_against_the_plan_whatever_env_json_says(
     run_dir = unfinished_run(tmp_path, recipe, other)
     result = cli(capsys, "resume", run_dir)
     # a run-time error names the run's recipe file, not "<recipe>"
-    assert_user_error(result, f"error: {run_dir / 'recipe.toml'}", "data.train", says, f"data_root in {run_dir / 'env.json'}")
+    assert_user_error(
+        result, f"error: {run_dir / 'recipe.toml'}", "data.train", says, f"data_root in {run_dir / 'env.json'}"
+    )
     assert "<recipe>" not in result.err
     assert sorted(p.name for p in run_dir.iterdir()) == sorted([LOCK_FILE, "plan.json", "recipe.toml", "env.json"])
 
@@ -431,15 +452,18 @@ def test_run_reports_every_bad_image_before_step_0_and_makes_no_run_directory(
     with observe(started):
         result = cli(capsys, "run", recipe, "--out", tmp_path / "run")
     # 10 train + 5 val files; the message lists all three bad ones, train first
-    assert_user_error(result, f"error: {recipe}", "3 of 15 images cannot be read", *(f"\n  {p}: " for p in [*bad_train, bad_val]))
+    assert_user_error(
+        result, f"error: {recipe}", "3 of 15 images cannot be read", *(f"\n  {p}: " for p in [*bad_train, bad_val])
+    )
     assert result.err.index(str(bad_train[1])) < result.err.index(str(bad_val))
     assert started.sessions == 0 and not (tmp_path / "run").exists()  # no model built, no folder made
     result = cli(capsys, "check", "--verify-images", recipe)
     assert result.rc == 2 and "3 of 15 images cannot be read" in result.out
 
 
-def test_verify_images_uses_worker_threads_and_a_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verify_images_uses_worker_threads_and_a_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     import ftcompile.images as images
@@ -501,7 +525,8 @@ def test_run_settings_that_leave_the_change_list_alone_change_the_plan_hash(tmp_
     hashes = {base.hash}
     for field, value in RUN_SETTINGS.items():
         text = recipe_text("hashed", TWO_STEPS).replace(
-            'device = "cpu"', f"device = {value}" if field == "device" else f'device = "cpu"\n{field} = {value}')
+            'device = "cpu"', f"device = {value}" if field == "device" else f'device = "cpu"\n{field} = {value}'
+        )
         plan = compile_recipe(write_recipe(tmp_path / field, text))
         body = {k: v for k, v in plan.to_dict().items() if k != "hash"}
         assert plan.changes == base.changes and getattr(plan.run, field) != getattr(base.run, field)
@@ -512,8 +537,10 @@ def test_run_settings_that_leave_the_change_list_alone_change_the_plan_hash(tmp_
         hashes.add(only_run)
 
 
-@pytest.mark.parametrize("field, value", [("precision", "bf16"), ("deterministic", False), ("compile", True),
-                                          ("channels_last", True), ("device", "cuda")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("precision", "bf16"), ("deterministic", False), ("compile", True), ("channels_last", True), ("device", "cuda")],
+)
 def test_a_plan_json_whose_run_section_was_edited_is_refused(
     tmp_path: Path, field: str, value: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -527,8 +554,10 @@ def test_a_plan_json_whose_run_section_was_edited_is_refused(
     with pytest.raises(RecipeError) as info:
         Plan.load(path)
     assert info.value.key == "hash"
-    assert_user_error(cli(capsys, "run", path, "--out", tmp_path / "run", "--data-root", tmp_path),
-                      "plan hash does not match its content")
+    assert_user_error(
+        cli(capsys, "run", path, "--out", tmp_path / "run", "--data-root", tmp_path),
+        "plan hash does not match its content",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -565,8 +594,16 @@ class GradWatch(Hooks):
         self.before = {k: v.detach().clone() for k, v in session.model.state_dict().items()}
 
         def pre(opt: torch.optim.Optimizer, *_: Any) -> None:
-            self.seen.append({g["name"]: (float(g["lr"]), [p.requires_grad for p in g["params"]],
-                                          [p.grad is not None for p in g["params"]]) for g in opt.param_groups})
+            self.seen.append(
+                {
+                    g["name"]: (
+                        float(g["lr"]),
+                        [p.requires_grad for p in g["params"]],
+                        [p.grad is not None for p in g["params"]],
+                    )
+                    for g in opt.param_groups
+                }
+            )
 
         session.optimizer.register_step_pre_hook(pre)
         self.session = session
@@ -629,14 +666,16 @@ train = ["head"]
 steps = 4
 lr = { head = 0.05 }
 """
-DROPOUT_HEAD = '[model.head]\nhidden = [32]\ndropout = 0.5\n'
+DROPOUT_HEAD = "[model.head]\nhidden = [32]\ndropout = 0.5\n"
 EVERY_2_ALL = 'checkpoint_every = "2 steps"\neval_every = "100 steps"\nkeep_checkpoints = "all"'
 
 
 @pytest.fixture(scope="module")
 def dropout_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dropout")
-    recipe = write_recipe(folder, recipe_text("dropout", DROPOUT_PHASES, head=DROPOUT_HEAD, data=SMALL, run=EVERY_2_ALL))
+    recipe = write_recipe(
+        folder, recipe_text("dropout", DROPOUT_PHASES, head=DROPOUT_HEAD, data=SMALL, run=EVERY_2_ALL)
+    )
     assert cli(None, "run", recipe, "--out", folder / "run").rc == 0
     return folder / "run"
 

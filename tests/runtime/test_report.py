@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from runtime_helpers import cli
 from ftcompile.runtime.report import SECTIONS
+from PIL import Image
+from runtime_helpers import cli
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,9 @@ def test_run_ends_with_curves_and_report_command(used_run: tuple[Path, str]) -> 
     assert printed.strip().splitlines()[-1] == str(run_dir)
 
 
-def test_report_sections_and_images(used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_sections_and_images(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir, _ = used_run
     # A second run directory to overlay: a copy of the first (same plan, same curves).
     other = tmp_path / "copy"

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-from ftcompile.compiler import CompileOptions, compile_checked
 from ftcompile.runtime.report import _broken, lr_figure, lr_lines
 from ftcompile.runtime.runfiles import as_continued
+
+from ftcompile.compiler import CompileOptions, compile_checked
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -31,8 +31,14 @@ def rows(plan: Any) -> list[dict[str, Any]]:
             train = ph.train if k is None else ph.trials.alternatives[k].train
             for step in range(ph.begin, ph.end):
                 trained = {pg.name for pg in plan.param_groups if pg.group in train}
-                out.append({"step": step, "phase": ph.name, "trial": k,
-                            **{n: (step + 1) / 1000 if n in trained else 0.0 for n in plan.param_group_names}})
+                out.append(
+                    {
+                        "step": step,
+                        "phase": ph.name,
+                        "trial": k,
+                        **{n: (step + 1) / 1000 if n in trained else 0.0 for n in plan.param_group_names},
+                    }
+                )
     return out
 
 

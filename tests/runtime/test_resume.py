@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import ftcompile.runtime.checkpoint as checkpoint
 import pytest
 import torch
-
-import ftcompile.runtime.checkpoint as checkpoint
 from runtime_helpers import (
     PHASES_A,
     assert_same_tensors,
@@ -85,7 +84,9 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(
     assert_same_run(baseline, run_dir)
 
 
-def test_resume_of_a_finished_run_changes_nothing(baseline: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_of_a_finished_run_changes_nothing(
+    baseline: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = stopped_at(baseline, 17, tmp_path / "run")
     shutil.copyfile(baseline / "model.pt", run_dir / "model.pt")
     assert cli(capsys, "resume", run_dir).rc == 0
@@ -113,7 +114,11 @@ def kill_after_checkpoint(proc: subprocess.Popen, folder: Path, step: int, delay
 def start(cwd: Path, *args: str | Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ftcompile", *map(str, args)],
-        cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -130,8 +135,9 @@ def test_sigkill_then_resume_is_bitwise_identical(baseline: Path, tmp_path: Path
     run_dir = tmp_path / "run"
     folder = run_dir / "checkpoints"
 
-    kill_after_checkpoint(start(tmp_path, "run", recipe, "--out", run_dir), folder,
-                          rng.choice([3, 4, 7, 10]), rng.uniform(0.0, 0.4))
+    kill_after_checkpoint(
+        start(tmp_path, "run", recipe, "--out", run_dir), folder, rng.choice([3, 4, 7, 10]), rng.uniform(0.0, 0.4)
+    )
     assert not (run_dir / "model.pt").exists()
     # whatever the kill interrupted, every step-*.pt on disk is complete and loads
     for path in checkpoint.list_checkpoints(folder):
@@ -152,8 +158,11 @@ def test_sigkill_then_resume_is_bitwise_identical(baseline: Path, tmp_path: Path
 
 def fingerprint(folder: Path) -> dict[str, bytes]:
     """Every file's bytes, but the run lock's (.lock, which resume takes first: a run made it)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def cut_lr_csv(run_dir: Path) -> None:
@@ -175,15 +184,20 @@ def edit_metrics(run_dir: Path) -> None:
 # records (steps 0-6) in each log, and metrics.jsonl the evaluation and the memory record
 # (runtime/cost.py) of the phase that ends at step 4.
 DAMAGE = {
-    "metrics.jsonl-deleted": (lambda d: (d / "metrics.jsonl").unlink(),
-                              "metrics.jsonl: metrics.jsonl is missing: it held the 9 records up to step 7 that "
-                              "checkpoint step-00000007.pt expects"),
-    "lr.csv-cut-before-the-checkpoint": (cut_lr_csv,
-                                         "lr.csv: lr.csv holds 3 of the 7 records up to step 7 that checkpoint "
-                                         "step-00000007.pt expects"),
-    "metrics.jsonl-edited-before-the-checkpoint": (edit_metrics,
-                                                   "metrics.jsonl: metrics.jsonl was changed before step 7: its first 9 "
-                                                   "records differ from those checkpoint step-00000007.pt recorded"),
+    "metrics.jsonl-deleted": (
+        lambda d: (d / "metrics.jsonl").unlink(),
+        "metrics.jsonl: metrics.jsonl is missing: it held the 9 records up to step 7 that "
+        "checkpoint step-00000007.pt expects",
+    ),
+    "lr.csv-cut-before-the-checkpoint": (
+        cut_lr_csv,
+        "lr.csv: lr.csv holds 3 of the 7 records up to step 7 that checkpoint step-00000007.pt expects",
+    ),
+    "metrics.jsonl-edited-before-the-checkpoint": (
+        edit_metrics,
+        "metrics.jsonl: metrics.jsonl was changed before step 7: its first 9 "
+        "records differ from those checkpoint step-00000007.pt recorded",
+    ),
 }
 
 
@@ -206,8 +220,9 @@ def test_resume_refuses_logs_that_lost_records_before_its_checkpoint(
 
 def test_check_logs_covers_trials_csv(tmp_path: Path) -> None:
     """trials.csv is appended like the others: an edited row before the checkpoint is refused."""
-    from ftcompile.errors import RecipeError
     from ftcompile.runtime.logs import Logs, check_logs
+
+    from ftcompile.errors import RecipeError
 
     logs = Logs(tmp_path, ["head"], trials=True)
     logs.record({"type": "step", "step": 0})
@@ -239,8 +254,10 @@ def test_an_older_checkpoint_without_log_digests_resumes_and_its_sizes_are_check
     recorded = torch.load(run_dir / "checkpoints" / "step-00000007.pt", weights_only=True)["logs"]["lr.csv"]
     result = cli(capsys, "resume", run_dir)
     assert result.rc == 2, result.err
-    assert (f"lr.csv: lr.csv holds {(run_dir / 'lr.csv').stat().st_size} of the {recorded} bytes up to step 7 "
-            "that checkpoint step-00000007.pt expects") in result.err
+    assert (
+        f"lr.csv: lr.csv holds {(run_dir / 'lr.csv').stat().st_size} of the {recorded} bytes up to step 7 "
+        "that checkpoint step-00000007.pt expects"
+    ) in result.err
 
     run_dir = stopped_at(baseline, 7, tmp_path / "run")
     without_log_digests(run_dir / "checkpoints" / "step-00000007.pt")
@@ -266,9 +283,11 @@ def test_a_checkpoint_of_another_plan_as_the_newest_file_is_set_aside(
     checkpoint.atomic_save({**state, "digest": checkpoint.content_digest(state)}, foreign)
     result = cli(capsys, "resume", run_dir)
     assert result.rc == 0, result.err
-    assert (f"warning: checkpoint {foreign} belongs to another plan (ffffffff; this run's plan is "
-            f"{json.loads((run_dir / 'plan.json').read_text())['hash'][:8]}); moved to "
-            f"{run_dir / 'checkpoints' / 'damaged' / 'step-00000010.pt'}; falling back to the one before") in result.err
+    assert (
+        f"warning: checkpoint {foreign} belongs to another plan (ffffffff; this run's plan is "
+        f"{json.loads((run_dir / 'plan.json').read_text())['hash'][:8]}); moved to "
+        f"{run_dir / 'checkpoints' / 'damaged' / 'step-00000010.pt'}; falling back to the one before"
+    ) in result.err
     assert "resuming at step 7 of 17" in result.err
     assert (run_dir / "checkpoints" / "damaged" / "step-00000010.pt").is_file()
     assert_same_run(baseline, run_dir)

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
-
-from ftcompile.plan import checkpoints_kept
-from ftcompile.render import checkpoints_line
 from ftcompile.runtime import checkpoint
 from ftcompile.runtime.logs import Progress
 from ftcompile.runtime.loop import Hooks, Session, StepInfo, evaluate, observe
 from runtime_helpers import PHASES_A, Recorded, cli, metrics, recipe_text, write_recipe
+from torch import nn
+
+from ftcompile.plan import checkpoints_kept
+from ftcompile.render import checkpoints_line
 
 
 def steps_on_disk(run_dir: Path) -> list[int]:
@@ -46,8 +46,11 @@ def test_a_finished_run_keeps_the_phase_starts(run_a: Recorded) -> None:
 
 
 def fingerprint(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_resume_of_a_finished_run_touches_nothing(run_a: Recorded, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,20 +10,23 @@ import json
 import shutil
 from pathlib import Path
 
+import ftcompile.runtime.checkpoint as checkpoint
 import pytest
 import torch
-from PIL import Image
-
-import ftcompile.runtime.checkpoint as checkpoint
-from ftcompile.plan import Plan, plan_hash
 from ftcompile.runtime.rundir import open_run, version_warnings
+from PIL import Image
 from runtime_helpers import Recorded, assert_same_tensors, cli, load_tensors, metrics_bytes, recipe_text, write_recipe
+
+from ftcompile.plan import Plan, plan_hash
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder`: 'intact' means this does not change."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_user_error(result, *words: str) -> None:
@@ -81,8 +84,9 @@ def test_rerun_warns_when_versions_differ(run_a: Recorded, tmp_path: Path) -> No
     assert [w.split(",")[0] for w in version_warnings(plan)] == ["warning: the plan was made with torchvision 0.1.0"]
 
 
-def test_rerun_into_a_folder_that_is_not_empty_is_refused(run_a: Recorded, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_into_a_folder_that_is_not_empty_is_refused(
+    run_a: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     assert_user_error(cli(capsys, "rerun", run_a.run_dir, "--out", tmp_path / "busy"), "not empty")
@@ -92,17 +96,24 @@ def test_rerun_into_a_folder_that_is_not_empty_is_refused(run_a: Recorded, tmp_p
 
 
 @pytest.mark.parametrize("command", ["resume", "rerun"])
-def test_plan_of_another_format_version(run_a: Recorded, tmp_path: Path, command: str,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_of_another_format_version(
+    run_a: Recorded, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = copy_run(run_a.run_dir, tmp_path / "run")
     rewrite_plan(run_dir, lambda d: d.update(format=99), rehash=True)
     before = fingerprint(run_dir)
-    assert_user_error(cli(capsys, command, run_dir, *(["--out", tmp_path / "new"] if command == "rerun" else [])),
-                      "plan.json", "format 99 is not 1", "compile the recipe again")
+    assert_user_error(
+        cli(capsys, command, run_dir, *(["--out", tmp_path / "new"] if command == "rerun" else [])),
+        "plan.json",
+        "format 99 is not 1",
+        "compile the recipe again",
+    )
     assert fingerprint(run_dir) == before and not (tmp_path / "new").exists()
 
 
-def test_run_of_a_plan_json_of_another_format(run_a: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_of_a_plan_json_of_another_format(
+    run_a: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plan = tmp_path / "plan.json"
     data = json.loads((run_a.run_dir / "plan.json").read_text())
     data["format"] = 0
@@ -116,8 +127,12 @@ def test_hand_edited_plan(run_a: Recorded, tmp_path: Path, command: str, capsys:
     run_dir = copy_run(run_a.run_dir, tmp_path / "run")
     rewrite_plan(run_dir, lambda d: d.update(total_steps=d["total_steps"] + 1), rehash=False)
     before = fingerprint(run_dir)
-    assert_user_error(cli(capsys, command, run_dir, *(["--out", tmp_path / "new"] if command == "rerun" else [])),
-                      "plan.json", "hash does not match", "do not edit plan.json")
+    assert_user_error(
+        cli(capsys, command, run_dir, *(["--out", tmp_path / "new"] if command == "rerun" else [])),
+        "plan.json",
+        "hash does not match",
+        "do not edit plan.json",
+    )
     assert fingerprint(run_dir) == before
 
 
@@ -179,8 +194,12 @@ lr = { head = 0.01, late = 0.01, early = 0.01 }
 def folder_recipe(tmp_path: Path, train: dict[str, int], val: dict[str, int]) -> Path:
     image_folder(tmp_path / "data/train", train)
     image_folder(tmp_path / "data/val", val)
-    return write_recipe(tmp_path, recipe_text("folders", ONE_PHASE, data=FOLDER_DATA,
-                                              run='checkpoint_every = "2 steps"\neval_every = "100 steps"'))
+    return write_recipe(
+        tmp_path,
+        recipe_text(
+            "folders", ONE_PHASE, data=FOLDER_DATA, run='checkpoint_every = "2 steps"\neval_every = "100 steps"'
+        ),
+    )
 
 
 def test_class_folder_without_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -226,6 +245,10 @@ def test_a_last_batch_of_one_image_is_a_user_error(tmp_path: Path, capsys: pytes
     """5 images, batch_size 4: step 1 trains on 1 image, which BatchNorm cannot normalise;
     the compiler finds it, so no run directory is made."""
     recipe = folder_recipe(tmp_path, {"ant": 3, "bee": 2}, {"ant": 1, "bee": 1})
-    assert_user_error(cli(capsys, "run", recipe, "--out", tmp_path / "run"),
-                      "step 1 (phase all) has 1 image", "data.batch_size", "drop_last = true")
+    assert_user_error(
+        cli(capsys, "run", recipe, "--out", tmp_path / "run"),
+        "step 1 (phase all) has 1 image",
+        "data.batch_size",
+        "drop_last = true",
+    )
     assert not (tmp_path / "run").exists()

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ftcompile.runtime import runfiles
+from ftcompile.runtime.runs import describe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from runtime_helpers import child_env, cli, recipe_text, write_recipe
 
 from ftcompile.compiler import CompileOptions, compile_checked
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
-from ftcompile.runtime import runfiles
-from ftcompile.runtime.runs import describe
-from runtime_helpers import child_env, cli, recipe_text, write_recipe
 
 # A plan with a trial phase (2 alternatives between warm and last): trials.csv is checked against it.
 PHASES = """
@@ -73,7 +73,10 @@ def fake_run(folder: Path, plan: Plan) -> Path:
 def write_trials(run_dir: Path, plan: Plan, edit: dict[str, str] | None = None, at: int = 1) -> None:
     """Both alternatives of `tune`, the second chosen; row `at` with `edit` applied."""
     labels = [alt.label for alt in plan.phases[1].trials.alternatives]
-    rows = [dict(zip(HEADER, ["tune", str(k), labels[k], "0.5", "0.75", "", str(k == 1).lower()])) for k in range(2)]
+    rows = [
+        dict(zip(HEADER, ["tune", str(k), labels[k], "0.5", "0.75", "", str(k == 1).lower()], strict=False))
+        for k in range(2)
+    ]
     rows[at].update(edit or {})
     with open(run_dir / "trials.csv", "w", newline="") as fh:
         out = csv.writer(fh, lineterminator="\n")
@@ -92,8 +95,9 @@ def copy_run(used_run: tuple[Path, str], to: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("summary", ["[]", "{}", '{"status": "done"}', "{ cut"])
-def test_runs_lists_an_unreadable_run_and_the_others(used_run: tuple[Path, str], tmp_path: Path, summary: str,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_runs_lists_an_unreadable_run_and_the_others(
+    used_run: tuple[Path, str], tmp_path: Path, summary: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = copy_run(used_run, tmp_path / "runs" / "good")
     bad = copy_run(used_run, tmp_path / "runs" / "bad")
     (bad / "summary.json").write_text(summary)
@@ -110,9 +114,13 @@ def test_runs_lists_an_unreadable_run_and_the_others(used_run: tuple[Path, str],
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(value=st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                          max_leaves=8))
+@given(
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=8,
+    )
+)
 def test_any_summary_json_is_a_row(value: Any, plan: Plan, tmp_path_factory: pytest.TempPathFactory) -> None:
     run_dir = fake_run(tmp_path_factory.mktemp("any") / "run", plan)
     (run_dir / "summary.json").write_text(json.dumps(value))
@@ -124,10 +132,13 @@ def test_any_summary_json_is_a_row(value: Any, plan: Plan, tmp_path_factory: pyt
 def test_runs_imports_no_torch(plan: Plan, tmp_path: Path) -> None:
     run_dir = fake_run(tmp_path / "runs" / "r", plan)
     (run_dir / "summary.json").write_text("[]")
-    script = ("import sys\nfrom ftcompile.cli import main\nassert main(['runs', 'runs']) == 0\n"
-              "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=child_env(), capture_output=True, text=True,
-                          timeout=300)
+    script = (
+        "import sys\nfrom ftcompile.cli import main\nassert main(['runs', 'runs']) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert "unreadable" in proc.stdout
 
@@ -136,8 +147,9 @@ def test_runs_imports_no_torch(plan: Plan, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_report_names_the_field_of_a_damaged_eval_json(used_run: tuple[Path, str], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_names_the_field_of_a_damaged_eval_json(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = copy_run(used_run, tmp_path / "run")
     if not (run_dir / "eval.json").is_file():
         assert cli(capsys, "eval", run_dir).rc == 0
@@ -152,25 +164,34 @@ def test_report_names_the_field_of_a_damaged_eval_json(used_run: tuple[Path, str
         edited = json.loads(json.dumps(good))
         edit(edited)
         (run_dir / "eval.json").write_text(json.dumps(edited))
-        assert_user_error(cli(capsys, "report", run_dir, "-o", tmp_path / "r.html"),
-                          f"{run_dir / 'eval.json'}: {field}: ", "eval.json is damaged or was edited", "ftcompile eval")
+        assert_user_error(
+            cli(capsys, "report", run_dir, "-o", tmp_path / "r.html"),
+            f"{run_dir / 'eval.json'}: {field}: ",
+            "eval.json is damaged or was edited",
+            "ftcompile eval",
+        )
     assert not (tmp_path / "r.html").exists()
 
 
 @pytest.mark.slow
-def test_report_names_the_line_and_field_of_a_damaged_metrics_record(used_run: tuple[Path, str], tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_names_the_line_and_field_of_a_damaged_metrics_record(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = copy_run(used_run, tmp_path / "run")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     n = next(i for i, line in enumerate(lines) if '"eval"' in line)
-    for edit, field in [(lambda r: r.pop("val_loss"), "val_loss"), (lambda r: r.update(step="4"), "step"),
-                        (lambda r: r.update(type="evaluation"), "type")]:
+    for edit, field in [
+        (lambda r: r.pop("val_loss"), "val_loss"),
+        (lambda r: r.update(step="4"), "step"),
+        (lambda r: r.update(type="evaluation"), "type"),
+    ]:
         rec = json.loads(lines[n])
         edit(rec)
-        edited = [*lines[:n], json.dumps(rec), *lines[n + 1:]]
+        edited = [*lines[:n], json.dumps(rec), *lines[n + 1 :]]
         (run_dir / "metrics.jsonl").write_text("\n".join(edited) + "\n")
-        assert_user_error(cli(capsys, "report", run_dir, "-o", tmp_path / "r.html"),
-                          f"{run_dir / 'metrics.jsonl'}:{n + 1}: {field}: ")
+        assert_user_error(
+            cli(capsys, "report", run_dir, "-o", tmp_path / "r.html"), f"{run_dir / 'metrics.jsonl'}:{n + 1}: {field}: "
+        )
 
 
 def test_a_line_being_written_is_left_out_and_a_bad_one_named(tmp_path: Path) -> None:
@@ -189,8 +210,11 @@ def test_any_log_text_is_records_or_one_error(text: str, plan: Plan, tmp_path_fa
     run_dir = tmp_path_factory.mktemp("log")
     for name in ("metrics.jsonl", "trials.csv", "lr.csv"):
         (run_dir / name).write_text(text)
-    for read in (lambda: runfiles.read_records(run_dir), lambda: runfiles.read_trials(run_dir, plan),
-                 lambda: runfiles.read_lr(run_dir, plan)):
+    for read in (
+        lambda: runfiles.read_records(run_dir),
+        lambda: runfiles.read_trials(run_dir, plan),
+        lambda: runfiles.read_lr(run_dir, plan),
+    ):
         try:
             read()
         except RecipeError as err:
@@ -207,24 +231,49 @@ def test_trials_csv_as_the_run_writes_it_reads_back(plan: Plan, tmp_path: Path) 
     assert runfiles.chosen_alternatives(run_dir, plan) == {"tune": 1}
 
 
-@pytest.mark.parametrize("edit, at, line, field, says", [
-    ({"val_loss": "abc"}, 1, 3, "val_loss", "'abc' is not a number"),
-    ({"val_top1": "1.5"}, 0, 2, "val_top1", "outside [0, 1"),
-    ({"k": "5"}, 1, 3, "k", "alternative '5' is not in plan.json: phase tune has k = 0..1"),
-    ({"phase": "warm"}, 0, 2, "phase", "'warm' is not a trial phase of plan.json"),
-    ({"phase": "nope"}, 1, 3, "phase", "'nope' is not a trial phase of plan.json"),
-    ({"label": "lr.head=9"}, 0, 2, "label", "is not alternative 0's label in plan.json"),
-    ({"chosen": "yes"}, 1, 3, "chosen", "neither true nor false"),
-    ({"chosen": "true"}, 0, 3, "chosen", "a second chosen alternative of phase tune"),
-    ({"k": "0"}, 1, 3, "k", "a second row for alternative 0"),
-], ids=["val_loss-abc", "top1-above-1", "k-5", "phase-without-trials", "phase-not-in-plan", "label", "chosen-yes",
-        "two-chosen", "k-twice"])
-def test_report_refuses_a_hand_edited_trials_csv(plan: Plan, tmp_path: Path, edit: dict[str, str], at: int, line: int,
-                                                 field: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "edit, at, line, field, says",
+    [
+        ({"val_loss": "abc"}, 1, 3, "val_loss", "'abc' is not a number"),
+        ({"val_top1": "1.5"}, 0, 2, "val_top1", "outside [0, 1"),
+        ({"k": "5"}, 1, 3, "k", "alternative '5' is not in plan.json: phase tune has k = 0..1"),
+        ({"phase": "warm"}, 0, 2, "phase", "'warm' is not a trial phase of plan.json"),
+        ({"phase": "nope"}, 1, 3, "phase", "'nope' is not a trial phase of plan.json"),
+        ({"label": "lr.head=9"}, 0, 2, "label", "is not alternative 0's label in plan.json"),
+        ({"chosen": "yes"}, 1, 3, "chosen", "neither true nor false"),
+        ({"chosen": "true"}, 0, 3, "chosen", "a second chosen alternative of phase tune"),
+        ({"k": "0"}, 1, 3, "k", "a second row for alternative 0"),
+    ],
+    ids=[
+        "val_loss-abc",
+        "top1-above-1",
+        "k-5",
+        "phase-without-trials",
+        "phase-not-in-plan",
+        "label",
+        "chosen-yes",
+        "two-chosen",
+        "k-twice",
+    ],
+)
+def test_report_refuses_a_hand_edited_trials_csv(
+    plan: Plan,
+    tmp_path: Path,
+    edit: dict[str, str],
+    at: int,
+    line: int,
+    field: str,
+    says: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     run_dir = fake_run(tmp_path / "run", plan)
     write_trials(run_dir, plan, edit, at)
-    assert_user_error(cli(capsys, "report", run_dir, "-o", tmp_path / "r.html"),
-                      f"{run_dir / 'trials.csv'}:{line}: {field}: ", says, "trials.csv is damaged or was edited by hand")
+    assert_user_error(
+        cli(capsys, "report", run_dir, "-o", tmp_path / "r.html"),
+        f"{run_dir / 'trials.csv'}:{line}: {field}: ",
+        says,
+        "trials.csv is damaged or was edited by hand",
+    )
     assert not (tmp_path / "r.html").exists()
 
 
@@ -246,11 +295,18 @@ def test_lr_csv_is_checked_against_the_plan(plan: Plan, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- env.json, summary.json on resume
 
 
-@pytest.mark.parametrize("env, field", [({"data_root": 5}, "data_root"), ({}, "data_root"),
-                                        ({"data_root": ".", "processes": "two"}, "processes"),
-                                        ({"data_root": ".", "colour": "red"}, "colour")])
-def test_eval_predict_export_name_the_field_of_a_damaged_env_json(plan: Plan, tmp_path: Path, env: dict[str, Any],
-                                                                  field: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "env, field",
+    [
+        ({"data_root": 5}, "data_root"),
+        ({}, "data_root"),
+        ({"data_root": ".", "processes": "two"}, "processes"),
+        ({"data_root": ".", "colour": "red"}, "colour"),
+    ],
+)
+def test_eval_predict_export_name_the_field_of_a_damaged_env_json(
+    plan: Plan, tmp_path: Path, env: dict[str, Any], field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = fake_run(tmp_path / "run", plan)
     (run_dir / "env.json").write_text(json.dumps(env))
     for command in (["eval"], ["predict", "x.png"], ["export", "--format", "safetensors"]):
@@ -273,15 +329,17 @@ def test_resume_writes_a_damaged_summary_again(plan: Plan, tmp_path: Path, capsy
 
 @pytest.mark.slow
 def test_predict_refuses_a_topk_below_1_and_lists_every_class_above_the_count(
-        used_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    used_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     from PIL import Image
 
     run_dir, _ = used_run
     image = Path("digit.png")  # the tests run in tmp_path (conftest)
     Image.new("RGB", (8, 8), (255, 255, 255)).save(image)
     for topk in ("0", "-1"):
-        assert_user_error(cli(capsys, "predict", run_dir, image, "--topk", topk), "--topk: must be at least 1",
-                          f"got {topk}")
+        assert_user_error(
+            cli(capsys, "predict", run_dir, image, "--topk", topk), "--topk: must be at least 1", f"got {topk}"
+        )
     r = cli(capsys, "predict", run_dir, image, "--topk", "50", "--json")
     assert r.rc == 0, r.err
     [prediction] = json.loads(r.out)["predictions"]

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ftcompile.errors import RecipeError
 from ftcompile.runtime.loop import Hooks, Session, StepInfo, observe
 from runtime_helpers import child_env, cli, recipe_text, write_recipe
+
+from ftcompile.errors import RecipeError
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,11 @@ def test_summary_of_a_finished_run(used_run: tuple[Path, str]) -> None:
     assert s["wall_s"] > 0
 
 
-def test_runs_lists_finished_and_failed(used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_runs_lists_finished_and_failed(
+    used_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir, _ = used_run
+
     # A run that fails mid-phase: a hook raises the error a diverging loss raises.
     class Boom(Hooks):
         def on_step(self, session: Session, info: StepInfo) -> None:
@@ -63,8 +66,13 @@ def test_running_then_interrupted(tmp_path: Path, capsys: pytest.CaptureFixture[
     phases = '[phases.long]\ntrain = ["head"]\nsteps = 100000\nlr = { head = 0.01 }\n'
     recipe = write_recipe(tmp_path, recipe_text("long", phases, batch=16))
     run_dir = tmp_path / "runs" / "long"
-    proc = subprocess.Popen([sys.executable, "-m", "ftcompile", "run", str(recipe), "--out", str(run_dir)],
-                            cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftcompile", "run", str(recipe), "--out", str(run_dir)],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 900  # start-up on a loaded machine
         while not (run_dir / "summary.json").is_file():
@@ -83,8 +91,9 @@ def test_resumed_summary_reads_only_what_the_checkpoint_logged(used_run: tuple[P
     """On resume the evaluations after the checkpoint are logged again: not counted twice."""
     import shutil
 
-    from ftcompile.plan import Plan
     from ftcompile.runtime.status import RunStatus
+
+    from ftcompile.plan import Plan
 
     run_dir, _ = used_run
     copy = tmp_path / "copy"
@@ -92,7 +101,9 @@ def test_resumed_summary_reads_only_what_the_checkpoint_logged(used_run: tuple[P
     lines = (copy / "metrics.jsonl").read_bytes().splitlines(keepends=True)
     # The checkpoint at step 4 had logged everything up to the eval at step 4 (the phase end).
     upto = next(i for i, x in enumerate(lines) if b'"eval"' in x and b'"step": 4,' in x) + 1
-    status = RunStatus(copy, Plan.load(copy / "plan.json"), {"logs": {"metrics.jsonl": len(b"".join(lines[:upto]))}, "step": 4})
+    status = RunStatus(
+        copy, Plan.load(copy / "plan.json"), {"logs": {"metrics.jsonl": len(b"".join(lines[:upto]))}, "step": 4}
+    )
     assert [e["step"] for e in status.evals] == [2, 4] and status.step == 4 and status.attempts == 2
     status.write("running")
     s = json.loads((copy / "summary.json").read_text())

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from ftcompile.runtime.model import load_backbone, load_state
 from safetensors.torch import save_file
 
 from ftcompile.arch import build_model
 from ftcompile.errors import RecipeError
-from ftcompile.runtime.model import load_backbone, load_state
 
 
 def test_safetensors_weights_load_into_the_backbone(tmp_path: Path) -> None:

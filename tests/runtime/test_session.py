@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from ftcompile.runtime.loop import Hooks, Session, StepInfo
+from test_features import RECIPE
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.plan import Plan
-from ftcompile.runtime.loop import Hooks, Session, StepInfo
-from test_features import RECIPE
 
 HEAD_STEPS = 28  # 2 epochs of ceil(431 / 32) = 14 steps: the head phase's window is [0, 28)
 

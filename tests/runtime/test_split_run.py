@@ -7,12 +7,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from ftcompile.runtime.data import build_datasets
 from PIL import Image
+from runtime_helpers import cli
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.plan import Plan
-from ftcompile.runtime.data import build_datasets
-from runtime_helpers import cli
 
 RECIPE = """\
 name = "split-run"
@@ -72,8 +72,9 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_rerun_and_resume_read_the_plans_split_not_the_folder(recipe: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_and_resume_read_the_plans_split_not_the_folder(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = tmp_path / "first"
     assert cli(capsys, "run", recipe, "--out", first).rc == 0
     # A file added to the folder since: not an image at all. Were it in either split, the image

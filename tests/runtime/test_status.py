@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-
-from ftcompile.compiler import CompileOptions, compile_checked
-from ftcompile.plan import Plan
 from ftcompile.runtime.runfiles import as_continued, chosen_alternatives, continued_evals
 from ftcompile.runtime.status import best_eval
 from runtime_helpers import recipe_text, write_recipe
+
+from ftcompile.compiler import CompileOptions, compile_checked
+from ftcompile.plan import Plan
 
 EVALS = [
     {"type": "eval", "step": 2, "epoch": 1.0, "phase": "warm", "val_loss": 0.9, "top1": 0.5},
@@ -68,7 +68,11 @@ def test_the_chosen_alternative_stands_for_its_phase(tmp_path: Path, plan: Plan)
     # alternative 1 was chosen (e.g. on val_loss of another metric); 0 and 2 are left out
     run = write_run(tmp_path / "run", plan, chosen=1)
     assert chosen_alternatives(run, plan) == {"tune": 1}
-    assert [(r["phase"], r.get("trial")) for r in continued_evals(run, plan)] == [("warm", None), ("tune", 1), ("last", None)]
+    assert [(r["phase"], r.get("trial")) for r in continued_evals(run, plan)] == [
+        ("warm", None),
+        ("tune", 1),
+        ("last", None),
+    ]
     # the best evaluation of the run is not alternative 0's 0.9, which did not continue
     assert best_eval(continued_evals(run, plan))["top1"] == 0.8
 

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from runtime_helpers import recipe_text, write_recipe
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
-from runtime_helpers import recipe_text, write_recipe
 
 
 @pytest.mark.slow
@@ -29,7 +29,9 @@ def test_event_files_match_metrics(used_run: tuple[Path, str]) -> None:
         lr = {e.step: e.value for e in acc.Scalars(f"lr/{group}")}
         assert lr == pytest.approx({r["step"]: r["lr"][group] for r in steps}, rel=1e-6)
     for key, tag in (("val_loss", "val/loss"), ("top1", "val/top1"), ("top5", "val/top5")):
-        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars(tag)] == [(r["step"], r[key]) for r in evals]
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars(tag)] == [
+            (r["step"], r[key]) for r in evals
+        ]
     assert len(acc.Scalars("train/images_per_s")) == len(steps)
     assert {e.step: e.value for e in acc.Scalars("phase/index")} == {0: 0, 4: 1}
 
@@ -50,6 +52,8 @@ def test_default_log_keeps_the_plan_hash(tmp_path: Path) -> None:
     phases = '[phases.a]\ntrain = ["head"]\nsteps = 2\nlr = { head = 0.01 }\n'
     plain = compile_recipe(write_recipe(tmp_path, recipe_text("tb", phases), "a.toml"))
     same = compile_recipe(write_recipe(tmp_path, recipe_text("tb", phases, run='log = ["jsonl"]'), "b.toml"))
-    board = compile_recipe(write_recipe(tmp_path, recipe_text("tb", phases, run='log = ["jsonl", "tensorboard"]'), "c.toml"))
+    board = compile_recipe(
+        write_recipe(tmp_path, recipe_text("tb", phases, run='log = ["jsonl", "tensorboard"]'), "c.toml")
+    )
     assert "log" not in plain.to_dict()["run"] and "log" not in same.to_dict()["run"]
     assert board.to_dict()["run"]["log"] == ["jsonl", "tensorboard"] and board.hash != plain.hash

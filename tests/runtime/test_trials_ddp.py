@@ -56,8 +56,19 @@ checkpoint_every = "100 steps"
 
 def test_two_ranks_run_the_same_alternatives_and_stay_equal(tmp_path: Path) -> None:
     (tmp_path / "r.toml").write_text(RECIPE)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ftcompile",
-           "run", "r.toml", "--out", "two"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ftcompile",
+        "run",
+        "r.toml",
+        "--out",
+        "two",
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "two"

@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 import torch
-
 from ftcompile.runtime import features as features_module
 from ftcompile.runtime.loop import Hooks, Session, StepInfo, observe
 from ftcompile.runtime.trials import pick
-
 from runtime_helpers import assert_same_tensors, cli, load_tensors, metrics, metrics_bytes, recipe_text, write_recipe
 
 # warm: head only, cached features. head2: head only (cached), two LRs, select val_loss: lr 5
@@ -107,8 +105,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             assert cli(None, "run", recipe, "--out", tmp / name).rc == 130
         assert cli(None, "resume", tmp / name).rc == 0
     assert cli(None, "rerun", tmp / "full", "--out", tmp / "rerun").rc == 0
-    return {"tmp": tmp, "recipe": recipe, "full": tmp / "full", "starts": starts.first, "builds": len(builds),
-            **{name: tmp / name for name in (*kills, "rerun")}}
+    return {
+        "tmp": tmp,
+        "recipe": recipe,
+        "full": tmp / "full",
+        "starts": starts.first,
+        "builds": len(builds),
+        **{name: tmp / name for name in (*kills, "rerun")},
+    }
 
 
 def test_alternatives_start_from_the_same_state(runs: dict[str, Any]) -> None:
@@ -207,15 +211,20 @@ bn = "frozen"
 
 @pytest.mark.slow
 def test_an_alternative_that_stops_early_is_judged_on_the_state_it_ends_with(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = write_recipe(tmp_path, recipe_text("trialstop", STOPPING, run='eval_every = "2 steps"\ncheckpoint_every = "2 steps"'))
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = write_recipe(
+        tmp_path, recipe_text("trialstop", STOPPING, run='eval_every = "2 steps"\ncheckpoint_every = "2 steps"')
+    )
     res = cli(capsys, "run", recipe, "--out", tmp_path / "run")
     assert res.rc == 0, res.err
     recs = metrics(tmp_path / "run")
     # Each eval line of the trial phase names its alternative as trials.csv does (issue 21).
     evals = [line for line in res.out.splitlines() if line.startswith("eval  step")]
-    labels = {k: next(r["label"] for r in csv.DictReader((tmp_path / "run" / "trials.csv").open()) if r["k"] == str(k))
-              for k in (0, 1)}
+    labels = {
+        k: next(r["label"] for r in csv.DictReader((tmp_path / "run" / "trials.csv").open()) if r["k"] == str(k))
+        for k in (0, 1)
+    }
     for r, line in zip([r for r in recs if r["type"] == "eval"], evals, strict=True):
         assert f"[k={r['trial']} {labels[r['trial']]}]" in line if "trial" in r else "[" not in line
     stops = [(r["step"], r.get("trial"), r["next_step"]) for r in recs if r["type"] == "stop"]
@@ -224,7 +233,19 @@ def test_an_alternative_that_stops_early_is_judged_on_the_state_it_ends_with(
     # Each alternative ran steps 2..5 only; the next phase starts at its planned step 10.
     rows = list(csv.DictReader((tmp_path / "run" / "lr.csv").open()))
     assert [(int(r["step"]), r["trial"]) for r in rows] == [
-        (0, ""), (1, ""), (2, "0"), (3, "0"), (4, "0"), (5, "0"), (2, "1"), (3, "1"), (4, "1"), (5, "1"), (10, ""), (11, "")]
+        (0, ""),
+        (1, ""),
+        (2, "0"),
+        (3, "0"),
+        (4, "0"),
+        (5, "0"),
+        (2, "1"),
+        (3, "1"),
+        (4, "1"),
+        (5, "1"),
+        (10, ""),
+        (11, ""),
+    ]
     # Each alternative is judged on its step-4 evaluation: the state restore_best went back to.
     at4 = {r["trial"]: r["val_loss"] for r in recs if r["type"] == "eval" and r["step"] == 4}
     table = list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))
@@ -273,9 +294,15 @@ def test_every_alternative_equals_its_phase_run_without_trials(tmp_path: Path) -
     tri = write_recipe(tmp_path / "tri", recipe_text("tri", trials, run=run))
     assert cli(None, "run", tri, "--out", tmp_path / "tri" / "run").rc == 0
     for k, cut in enumerate(["head / 3", "head / 10", "head / 30"]):
-        plain = write_recipe(tmp_path / f"plain{k}", recipe_text(f"plain{k}", FORK_PHASES.replace('"head / 3"', f'"{cut}"'), run=run))
+        plain = write_recipe(
+            tmp_path / f"plain{k}", recipe_text(f"plain{k}", FORK_PHASES.replace('"head / 3"', f'"{cut}"'), run=run)
+        )
         assert cli(None, "run", plain, "--out", tmp_path / f"plain{k}" / "run").rc == 0
-        got = [(r["step"], r["loss"]) for r in metrics(tmp_path / "tri" / "run") if r["type"] == "step" and r.get("trial", k) == k]
+        got = [
+            (r["step"], r["loss"])
+            for r in metrics(tmp_path / "tri" / "run")
+            if r["type"] == "step" and r.get("trial", k) == k
+        ]
         want = [(r["step"], r["loss"]) for r in metrics(tmp_path / f"plain{k}" / "run") if r["type"] == "step"]
         assert got == want, k
         end = torch.load(tmp_path / "tri" / "run" / "trials" / "tune" / str(k) / "end.pt", weights_only=True)
@@ -318,7 +345,8 @@ scheduler = { type = "LinearLR", start_factor = 0.1 }
 
 @pytest.mark.slow
 def test_the_run_goes_on_with_the_winners_changes_when_it_is_not_the_last_alternative(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The choice is recorded, not only loaded: after it the run follows the winner's change
     list (lr.csv equals `plan --trace`, so the next phase's first changes and name are
     there) and a checkpoint written after the choice records the winner."""
@@ -330,7 +358,10 @@ def test_the_run_goes_on_with_the_winners_changes_when_it_is_not_the_last_altern
     assert (tmp_path / "run" / "lr.csv").read_text() == (tmp_path / "trace.csv").read_text()
     rows = list(csv.DictReader((tmp_path / "run" / "lr.csv").open()))
     assert [(r["step"], r["phase"]) for r in rows][-3:] == [("4", "last"), ("5", "last"), ("6", "last")]
-    after = [torch.load(p, map_location="cpu", weights_only=True) for p in sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))]
+    after = [
+        torch.load(p, map_location="cpu", weights_only=True)
+        for p in sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))
+    ]
     after = [s for s in after if s["step"] > 4 and s["trials"]["running"] is None]
     assert after and all(s["trials"]["chosen"] == {"depth": 0} for s in after)
 
@@ -341,4 +372,5 @@ def test_an_eval_line_names_what_it_evaluated_when_the_phase_alone_would_mislead
     rec = {"step": 46, "epoch": 2.0, "phase": "layer4", "val_loss": 0.5, "top1": 0.9}
     assert eval_line(rec) == "eval  step     46  epoch   2.00  layer4       val_loss 0.5000  top1  90.00%"
     assert eval_line(rec, "k=1 layer4=head / 10") == (
-        "eval  step     46  epoch   2.00  layer4       [k=1 layer4=head / 10]   val_loss 0.5000  top1  90.00%")
+        "eval  step     46  epoch   2.00  layer4       [k=1 layer4=head / 10]   val_loss 0.5000  top1  90.00%"
+    )
