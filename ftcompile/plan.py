@@ -234,6 +234,29 @@ class TrialPlan:
 
 
 @dataclass(frozen=True)
+class Prune:
+    """Successive halving inside a trial phase (`trials.prune`): at step `at[i]` every
+    alternative still running is evaluated (an `evaluate` change in its own change list) and
+    the best `keep[i]` of them on `select` go on (non-finite values rank last, ties keep the
+    earlier); the others stop there. A survivor's steps and LR window are those it takes
+    without pruning: pruning only decides who continues."""
+
+    at: tuple[int, ...]  # rung steps (absolute), increasing, strictly inside the phase's window
+    keep: tuple[int, ...]  # how many alternatives go on past each rung, decreasing, >= 1
+
+    def stretches(self, n: int, begin: int, end: int) -> tuple[tuple[int, int, int], ...]:
+        """(from step, to step, alternatives running) from the phase start rung by rung to its end."""
+        points = (begin, *self.at, end)
+        running = (n, *self.keep)
+        return tuple((points[i], points[i + 1], running[i]) for i in range(len(running)))
+
+    def steps(self, n: int, begin: int, end: int) -> int:
+        """Optimizer steps the trial phase takes: every alternative to the first rung, the
+        survivors of each rung to the next, the last survivors to the end."""
+        return sum((b - a) * k for a, b, k in self.stretches(n, begin, end))
+
+
+@dataclass(frozen=True)
 class TrialsPlan:
     """The alternatives of a phase; each starts from the phase-start state, `select` picks one."""
 
@@ -241,6 +264,12 @@ class TrialsPlan:
     mode: str
     keep: str  # winner | all: whose end checkpoints stay in trials/<phase>/<k>/
     alternatives: tuple[TrialPlan, ...]
+    prune: Prune | None = None  # successive halving: rung steps and how many go on at each
+
+    def steps(self, begin: int, end: int) -> int:
+        """Optimizer steps the phase's alternatives take together (every whole window without `prune`)."""
+        n = len(self.alternatives)
+        return self.prune.steps(n, begin, end) if self.prune else n * (end - begin)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> TrialsPlan:
@@ -254,7 +283,9 @@ class TrialsPlan:
             )
             for a in data["alternatives"]
         )
-        return TrialsPlan(**{**data, "alternatives": alts})
+        prune = data.get("prune")
+        prune = Prune(at=tuple(prune["at"]), keep=tuple(prune["keep"])) if prune is not None else None
+        return TrialsPlan(**{**data, "alternatives": alts, "prune": prune})
 
 
 @dataclass(frozen=True)
@@ -326,9 +357,10 @@ class Plan:
 
     @property
     def steps_with_trials(self) -> int:
-        """Optimizer steps a run takes: every alternative runs its phase's whole window."""
+        """Optimizer steps a run takes: every alternative runs its phase's whole window, or with
+        `prune` up to the rung where it stops."""
         return self.total_steps + sum(
-            (len(ph.trials.alternatives) - 1) * (ph.end - ph.begin) for ph in self.phases if ph.trials
+            ph.trials.steps(ph.begin, ph.end) - (ph.end - ph.begin) for ph in self.phases if ph.trials
         )
 
     def trial_changes(self, chosen: dict[str, int]) -> tuple[Change, ...]:
@@ -507,6 +539,7 @@ OPTIONAL: dict[type, dict[str, Any]] = {
         "reproducible": "machine",
     },
     PhasePlan: {"data": None, "stop_early": None, "restore_best": None, "trials": None},
+    TrialsPlan: {"prune": None},
 }
 
 
