@@ -17,7 +17,13 @@ from ftcompile.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = json.loads((ROOT / "tests" / "data" / "golden_plans.json").read_text())
 # Recipes on builtin data are counted; the others are planned with stated sizes.
-COUNTED = {"quickstart.toml", "quickstart-trials.toml", "digits-pretrain.toml"}
+COUNTED = {
+    "quickstart.toml",
+    "quickstart-trials.toml",
+    "digits-pretrain.toml",
+    "quickstart-portable.toml",
+    "digits-pretrain-portable.toml",
+}
 
 
 def _build(version: str) -> str:
