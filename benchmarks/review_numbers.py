@@ -143,7 +143,24 @@ def _plan_dict_expr(node: ast.expr, aliases: set[str], path: str) -> bool:
         return node.id in aliases or path in PLAN_DICT_NAMES.get(node.id, ())
     if isinstance(node, ast.Subscript):  # ph.scheduler["args"]["x"]: the outer read counts too
         return _string_key(node) is not None and _plan_dict_expr(node.value, aliases, path)
+    if isinstance(node, ast.BoolOp):  # (ph.scheduler or {}).get("type")
+        return any(_plan_dict_expr(v, aliases, path) for v in node.values)
     return False
+
+
+def _element_aliases(target: ast.expr, it: ast.expr, aliases: set[str], path: str) -> set[str]:
+    """Loop variables that hold plan dicts: `for g in plan.groups` (g), `for g, v in ph.lr.items()` (v)."""
+    if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("items", "values"):
+        if not _plan_dict_expr(it.func.value, aliases, path):
+            return set()
+        if it.func.attr == "values" and isinstance(target, ast.Name):
+            return {target.id}
+        if isinstance(target, ast.Tuple) and len(target.elts) == 2 and isinstance(target.elts[1], ast.Name):
+            return {target.elts[1].id}
+        return set()
+    if isinstance(it, ast.Attribute) and it.attr in ("groups", "augment") and isinstance(target, ast.Name):
+        return {target.id}  # tuples / lists of dicts
+    return set()
 
 
 def _scope(node: ast.AST) -> list[ast.AST]:
@@ -174,6 +191,8 @@ def string_key_reads(path: str, text: str) -> list[str]:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 if _plan_dict_expr(node.value, set(), path):
                     aliases.add(node.targets[0].id)
+            elif isinstance(node, (ast.For, ast.comprehension)):
+                aliases |= _element_aliases(node.target, node.iter, aliases, path)
         for node in nodes:
             hit = None
             if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _string_key(node) is not None:
