@@ -11,6 +11,8 @@ need them.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import inspect
 import os
 import unicodedata
@@ -20,14 +22,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ftcompile import split
+from ftcompile import split, tv_table
 from ftcompile.errors import RecipeError, did_you_mean
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-BUILTINS = ("digits",)
+BUILTINS = ("digits", "digits-10shot")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 # Every 5th sample of each class (position % 5 == 4) is a validation sample: 20 % val.
 DIGITS_VAL_EVERY = 5
+# Few-shot variants: the same validation images, and only the first N training images of each
+# class (a search benchmark that can tell schedules apart: benchmarks/search.py).
+DIGITS_SHOTS = {"digits-10shot": 10}
 
 Sample = tuple[Any, int]  # (relative file path or builtin index, class index)
 
@@ -128,7 +133,7 @@ def _builtin_splits(builtin: str, classes: Sequence[str]) -> Splits:
             key="data.builtin",
             suggestion=did_you_mean(builtin, BUILTINS) or f"builtins: {', '.join(BUILTINS)}",
         )
-    train_idx, val_idx, names = digits_split(classes)
+    train_idx, val_idx, names = digits_split(classes, DIGITS_SHOTS.get(builtin))
     labels = _digits_labels(names)
     targets = _digits_targets()
     return Splits(
@@ -147,8 +152,6 @@ def _digits_targets() -> tuple[int, ...]:
     `load_digits` reads it) without importing sklearn, which costs half a torch import;
     `load_digits()` when the file is not where sklearn keeps it.
     """
-    import importlib.util
-
     spec = importlib.util.find_spec("sklearn")
     csv = (
         Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
@@ -156,11 +159,9 @@ def _digits_targets() -> tuple[int, ...]:
         else None
     )
     if csv is not None and csv.is_file():
-        import gzip
-
         with gzip.open(csv, "rt") as rows:
             return tuple(int(float(row.rsplit(",", 1)[1])) for row in rows if row.strip())
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # start-up time: sklearn costs half a torch import (module docstring)
 
     return tuple(int(t) for t in load_digits().target)
 
@@ -170,12 +171,14 @@ def _digits_labels(names: Sequence[str]) -> dict[int, int]:
     return {int(name): index for index, name in enumerate(names)}
 
 
-def digits_split(classes: Sequence[str]) -> tuple[list[int], list[int], list[str]]:
+def digits_split(classes: Sequence[str], shots: int | None = None) -> tuple[list[int], list[int], list[str]]:
     """Train and val indices into `load_digits()`, and the class names.
 
     The split is fixed and stratified without randomness, so the plan and every run agree
     on it: within each class, in dataset order, every 5th sample (position % 5 == 4) is
     validation. Class names are sorted, so a subset ["9", "5"] maps "5" -> 0, "9" -> 1.
+    `shots`: only the first `shots` training samples of each class train (the others are
+    left out; validation is unchanged).
     """
     for name in classes:
         if name not in DIGIT_CLASSES:
@@ -194,7 +197,10 @@ def digits_split(classes: Sequence[str]) -> tuple[list[int], list[int], list[str
             continue
         position = seen[digit]
         seen[digit] += 1
-        (val if position % DIGITS_VAL_EVERY == DIGITS_VAL_EVERY - 1 else train).append(index)
+        if position % DIGITS_VAL_EVERY == DIGITS_VAL_EVERY - 1:
+            val.append(index)
+        elif shots is None or position - position // DIGITS_VAL_EVERY < shots:  # its rank among the training ones
+            train.append(index)
     return train, val, names
 
 
@@ -398,7 +404,7 @@ def _is_image(filename: str) -> bool:
 
 def augment_ops() -> dict[str, type]:
     """The torchvision.transforms.v2 classes a recipe may name in data.augment."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # start-up time: planning reads the recorded table, not torchvision
 
     return {
         name: obj
@@ -423,8 +429,6 @@ def signature_record(cls: type) -> dict[str, Any]:
 
 def augment_signatures() -> dict[str, dict[str, Any]]:
     """op name -> signature record: from the recorded torchvision table, else from torchvision."""
-    from ftcompile import tv_table
-
     recorded = tv_table.table()
     if recorded is not None:
         return recorded.transforms

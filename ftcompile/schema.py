@@ -212,11 +212,12 @@ class Data(Strict):
             "stratified split of data.train made at compile time, its file lists in the plan"
         ),
     )
-    builtin: Literal["digits"] | None = Field(
+    builtin: Literal["digits", "digits-10shot"] | None = Field(
         None,
         description=(
             '`"digits"`: scikit-learn\'s 1797 real 8x8 handwritten digits, upscaled; a fixed stratified '
-            "split (within each class, every 5th image is val)"
+            'split (within each class, every 5th image is val); `"digits-10shot"`: the same validation images, '
+            "and only the first 10 training images of each class (few-shot)"
         ),
     )
     classes: list[str] = Field(

@@ -144,7 +144,7 @@ class DigitsImages(Dataset):
 
 def _digits_images() -> torch.Tensor:
     """(1797, 1, 8, 8) uint8: values 0..16 scaled to 0..255."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # start-up time: ~1 s, only the builtin digits need it
 
     images = np.round(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
     return torch.from_numpy(images).unsqueeze(1)
@@ -157,7 +157,7 @@ def build_datasets(
     splits = resolve_splits(data.sources(), Path(root))
     train_tf = build_transforms(data, mean, std, train=True)
     val_tf = build_transforms(data, mean, std, train=False)
-    if splits.builtin == "digits":
+    if splits.builtin is not None:  # every builtin is scikit-learn's digits
         images = _digits_images()
         train: Dataset = DigitsImages(images, splits.train, train_tf)
         val: Dataset = DigitsImages(images, splits.val, val_tf)

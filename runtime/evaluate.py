@@ -89,7 +89,7 @@ def eval_dataset(run: LoadedRun, folder: Path | None) -> tuple[Any, str]:
         d = plan.data
         root = Path(run.env.get("data_root") or ".")
         splits = resolve_splits(d.sources(), root)
-        if splits.builtin == "digits":
+        if splits.builtin is not None:  # every builtin is scikit-learn's digits
             return DigitsImages(_digits_images(), splits.val, tf), f"{OWN_DATA} (digits)"
         assert splits.val_dir is not None
         return ImageFiles(splits.val_dir, splits.val, tf, key="data.val"), f"{OWN_DATA} ({splits.val_dir})"

@@ -96,6 +96,20 @@ def test_digits_split_rule_and_subset() -> None:
     assert not set(train) & set(val)
 
 
+def test_digits_10shot_keeps_the_validation_images_and_ten_training_images_per_class() -> None:
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    counts = count_data({"builtin": "digits-10shot", "classes": ["5", "6", "7", "8", "9"]}, Path("."))
+    # val as "digits": 5..9 hold 182 181 179 174 180 images -> 36 36 35 34 36 val (177)
+    assert (counts.train_size, counts.val_size, counts.class_counts) == (5 * 10, 36 + 36 + 35 + 34 + 36, (10,) * 5)
+    train, val, _ = digits_split(["5", "7"], shots=10)
+    assert val == digits_split(["5", "7"])[1]
+    fives = [i for i in range(len(target)) if target[i] == 5]
+    # the first 10 positions of the class that are not val (4 and 9 are): 0-3, 5-8, 10, 11
+    assert [i for i in train if target[i] == 5] == [fives[p] for p in (0, 1, 2, 3, 5, 6, 7, 8, 10, 11)]
+
+
 def test_compile_stage_imports_no_torch() -> None:
     code = "import sys, ftcompile.datasets; print('torch' in sys.modules or 'sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
