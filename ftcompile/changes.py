@@ -147,15 +147,17 @@ def build_all_changes(
             fork = _Tracker()
             fork.values = dict(tracker.values)
             _phase_changes(alt, resolved, pgs, copy.deepcopy(state), fork)
-            _cadence(alt, resolved, fork.changes)
+            prune = ph.trials.get("prune")  # every alternative is evaluated at each rung it may reach
+            _cadence(alt, resolved, fork.changes, prune.at if prune else ())
             trials[ph.name].append(tuple(fork.changes))
         _forget(state, tracker, pgs)
     return tuple(tracker.changes), trials
 
 
-def _cadence(ph: ResolvedPhase, resolved: Resolved, changes: list[Change]) -> None:
-    """The phase's evaluations and checkpoints; both always at its end."""
-    evals = set(_boundaries(ph, resolved.eval_every))
+def _cadence(ph: ResolvedPhase, resolved: Resolved, changes: list[Change], rungs: tuple[int, ...] = ()) -> None:
+    """The phase's evaluations and checkpoints; both always at its end (and evaluations at a
+    trial phase's rung points)."""
+    evals = set(_boundaries(ph, resolved.eval_every)) | set(rungs)
     ckpts = set(checkpoint_steps(ph, resolved))
     for step in sorted(evals | ckpts):
         # Checkpoint first where both fall: an evaluation that fails (an unreadable val

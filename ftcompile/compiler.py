@@ -245,7 +245,8 @@ def _trials_plan(ph: ResolvedPhase, changes: list[tuple[Change, ...]]) -> Trials
         TrialPlan(k=alt.k, label=alt.label, values=alt.values, train=rp.train, lr={}, changes=alt_changes)
         for (alt, rp), alt_changes in zip(ph.trials["alternatives"], changes, strict=False)
     )
-    return TrialsPlan(select=ph.trials["select"], mode=ph.trials["mode"], keep=ph.trials["keep"], alternatives=alts)
+    t = ph.trials
+    return TrialsPlan(select=t["select"], mode=t["mode"], keep=t["keep"], alternatives=alts, prune=t.get("prune"))
 
 
 def _shallow(plan: Plan) -> dict[str, Any]:

@@ -463,7 +463,7 @@ class PhaseCost:
     phase: str
     trial: int | None
     label: str | None
-    steps: int
+    steps: int  # with trials.prune: up to the rung where it stops in the costliest case (pruned_stops)
     evaluations: int
     batch_size: int
     image_size: int
@@ -482,7 +482,7 @@ class PhaseCost:
     fwd_flops: int  # per optimizer step
     bwd_flops: int
     other_flops: int  # computing cached features and the phase's evaluations
-    flops: int  # the whole phase (window) of this alternative
+    flops: int  # the whole phase (window) of this alternative, or with prune its steps up to `steps`
     step_seconds: tuple[float, float] | None = None
     seconds: tuple[float, float] | None = None
 
@@ -561,12 +561,31 @@ def _cached(ph: PhasePlan, alt: Any) -> str | None:
     return ph.cache["module"] if ph.cache.get("on") else None
 
 
-def _evaluations(plan: Plan, ph: PhasePlan, alt: Any) -> int:
+def _evaluations(plan: Plan, ph: PhasePlan, alt: Any, until: int | None = None) -> int:
     changes = alt.changes if alt is not None else plan.changes
-    n = sum(1 for c in changes if c.op == Op.EVALUATE and c.target == ph.name)
+    until = ph.end if until is None else until
+    n = sum(1 for c in changes if c.op == Op.EVALUATE and c.target == ph.name and c.step <= until)
     if alt is not None and n == 0:  # the alternative's evaluations sit in the plan's list
-        n = sum(1 for c in plan.changes if c.op == Op.EVALUATE and c.target == ph.name)
+        n = sum(1 for c in plan.changes if c.op == Op.EVALUATE and c.target == ph.name and c.step <= until)
     return n
+
+
+def pruned_stops(plan: Plan, step_flops: Any) -> dict[tuple[str, int], int]:
+    """With `trials.prune`, the step where each alternative stops in the costliest case: the
+    alternatives with the costliest steps (`step_flops(phase, alternative)`) go on longest,
+    the earlier first among equals. Which ones go on is decided by their metrics at run
+    time; this bound is what the estimate counts. Alternatives of unpruned phases are absent."""
+    out = {}
+    for ph in plan.phases:
+        t = ph.trials
+        if t is None or t.prune is None:
+            continue
+        order = sorted(t.alternatives, key=lambda a, ph=ph: (-step_flops(ph, a), a.k))
+        for r, a in enumerate(order):
+            out[(ph.name, a.k)] = next(
+                (at for at, kept in zip(t.prune.at, t.prune.keep, strict=True) if r >= kept), ph.end
+            )
+    return out
 
 
 def estimate(plan: Plan, profile: Any = None, memory: tuple[int | None, str] | None = None) -> Estimate:
@@ -583,22 +602,27 @@ def estimate(plan: Plan, profile: Any = None, memory: tuple[int | None, str] | N
     names = [ph.name for ph in plan.phases]
     steps_cache: dict[StepSetup, StepCost] = {}
     phases = []
-    for ph, alt, setup in setups(plan):
+    every = setups(plan)
+    for _, _, setup in every:
         if setup not in steps_cache:
             steps_cache[setup] = fm.step(setup)
+    flops_of = {(ph.name, alt.k): steps_cache[s].fwd_flops + steps_cache[s].bwd_flops for ph, alt, s in every if alt}
+    stops = pruned_stops(plan, lambda ph, a: flops_of[(ph.name, a.k)])
+    for ph, alt, setup in every:
         cost = steps_cache[setup]
+        stop = stops.get((ph.name, alt.k), ph.end) if alt is not None else ph.end
         # Optimizer state: every group trained now or by an earlier phase (torch keeps it).
         before = {g for earlier in plan.phases[: names.index(ph.name)] for g in earlier.train}
         state = 4 * slots * fm.numel(before | setup.train)
         copies = ((2 if ph.trials else 0) + (1 if ph.restore_best else 0)) * (model + state)
-        evaluations = _evaluations(plan, ph, alt)
+        evaluations = _evaluations(plan, ph, alt, stop)
         other = evaluations * data.val_size * fm.eval_flops(data.val_crop or setup.image_size, setup.cached)
         cache = 0
         if setup.cached:  # features of every image, computed once at the phase start
             cache = 4 * math.prod(fm.head_input(setup.image_size, setup.cached)) * images
             other += images * fm.backbone_flops(setup.image_size, setup.cached)
         peak = model + ema + copies + state + cost.step_peak + (cache if device == "cpu" else 0)
-        steps = ph.end - ph.begin
+        steps = stop - ph.begin
         phases.append(
             PhaseCost(
                 phase=ph.name,
@@ -653,6 +677,12 @@ def _timed(p: PhaseCost, rates: Any) -> PhaseCost:
 
 def _notes(plan: Plan) -> tuple[str, ...]:
     notes = ["one process: under torchrun each process holds its share of the batch"]
+    pruned = [ph.name for ph in plan.phases if ph.trials and ph.trials.prune]
+    if pruned:
+        notes.append(
+            f"trials.prune ({', '.join(pruned)}): each alternative counted up to the rung where it stops if the "
+            "alternatives with the costliest steps go on (the run's metrics decide which do)"
+        )
     if plan.run.compile:
         notes.append("run.compile: counted as eager; torch.compile usually needs less activation memory")
     if plan.run.precision != "fp32":

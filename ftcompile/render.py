@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile import memory, outputs
-from ftcompile.plan import Change, DataSpec, Plan, WeightsSpec, checkpoints_kept, phase_starts
+from ftcompile.plan import Change, DataSpec, PhasePlan, Plan, WeightsSpec, checkpoints_kept, phase_starts
 
 WIDTH = 100  # columns of `ftcompile plan` without --wide
 
@@ -349,11 +349,12 @@ def trials_text(plan: Plan, width: int) -> list[str]:
     for ph in phases:
         assert ph.trials is not None
         t = ph.trials
+        pruned = ", or to the rung where it is pruned" if t.prune else ""
         out += [
             "",
             *wrapped(
                 f"trials of {ph.name} ({len(t.alternatives)} alternatives, {t.mode}; each runs "
-                f"[{ph.begin}, {ph.end}) from the phase-start state; select {t.select}, keep {t.keep}):",
+                f"[{ph.begin}, {ph.end}) from the phase-start state{pruned}; select {t.select}, keep {t.keep}):",
                 width,
                 2,
             ),
@@ -364,7 +365,49 @@ def trials_text(plan: Plan, width: int) -> list[str]:
             rows.append([str(a.k), a.label, lrs[0] if lrs else ""])
             rows += [["", "", more] for more in lrs[1:]]
         out += ["  " + line for line in table(rows).splitlines()]
-    out += ["", f"cost: {plan.steps_with_trials} optimizer steps ({plan.total_steps} without trials)"]
+        out += prune_lines(ph, width)
+    cost = f"cost: {plan.steps_with_trials} optimizer steps ({plan.total_steps} without trials"
+    if any(ph.trials and ph.trials.prune for ph in phases):
+        full = plan.total_steps + sum(
+            (len(ph.trials.alternatives) - 1) * (ph.end - ph.begin) for ph in phases if ph.trials
+        )
+        cost += f", {full} without prune"
+    out += ["", cost + ")"]
+    return out
+
+
+def prune_lines(ph: PhasePlan, width: int) -> list[str]:
+    """A pruned trial phase's rungs: which steps run (alternatives x steps per stretch) and the
+    phase's cost in steps against every alternative's whole window."""
+    t = ph.trials
+    if t is None or t.prune is None:
+        return []
+    n, window = len(t.alternatives), ph.end - ph.begin
+    rows = []
+    stretches = t.prune.stretches(n, ph.begin, ph.end)
+    for i, (a, b, k) in enumerate(stretches):
+        runs = f"{k} {'alternative' if k == 1 else 'alternatives'} x {b - a} steps [{a}, {b})"
+        if i < len(t.prune.at):
+            kept = t.prune.keep[i]
+            what = f"rung {i + 1} at step {b}"
+            runs += f"; evaluated, the best {kept} {'goes' if kept == 1 else 'go'} on"
+        else:
+            what = f"to the end at step {b}"
+        rows.append([f"{what}:", runs])
+    steps, full = t.steps(ph.begin, ph.end), n * window
+    out = [
+        "",
+        *wrapped(f"  prune (successive halving on {t.select}, non-finite last, ties keep the earlier):", width, 4),
+    ]
+    w = max(len(what) for what, _ in rows)
+    out += [line for what, runs in rows for line in wrapped(f"    {what:<{w}}  {runs}", width, w + 6)]
+    out += wrapped(
+        f"    cost: {steps} steps against {full} without prune ({n} x {window}), {steps / full:.2f}x; in the best "
+        "and the worst case alike: the rungs fix how far each alternative runs (one whose loss becomes inf or "
+        "nan stops sooner)",
+        width,
+        6,
+    )
     return out
 
 

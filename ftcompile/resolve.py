@@ -23,7 +23,7 @@ from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.schema import Phase, Recipe, parse_duration
 from ftcompile.torch_args import check_optimizer, resolve_scheduler, with_valid
-from ftcompile.trials import alternatives, check_distinct_resolved
+from ftcompile.trials import alternatives, check_distinct_resolved, prune_plan
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,7 +51,8 @@ class ResolvedPhase:
     scheduler: dict[str, Any] | None  # {"type", "args"}; a dict-valued arg holds one value per group
     cache: dict[str, Any]  # {"on": bool, "why": str, "module": head module}
     data: dict[str, Any] | None = None  # the phase's own data (see PhasePlan.data), None: the recipe's
-    # With a trials table: {"select", "mode", "keep", "alternatives": [(Alternative, ResolvedPhase)]};
+    # With a trials table: {"select", "mode", "keep", "alternatives": [(Alternative, ResolvedPhase)],
+    # "prune": plan.Prune or None};
     # the phase's own fields are then those of the first alternative.
     trials: dict[str, Any] | None = None
 
@@ -644,9 +645,10 @@ def resolve_trials(
                 f"{err.message} (trial alternative {alt.k}: {alt.label})", key=err.key, suggestion=err.suggestion
             ) from None
     check_distinct_resolved(name, resolved)
-    t = phase.trials
+    t, first = phase.trials, resolved[0][1]
+    prune = prune_plan(name, phase, first.begin, first.end, len(resolved))
     return replace(
-        resolved[0][1], trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved}
+        first, trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved, "prune": prune}
     )
 
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
@@ -358,6 +367,73 @@ class PhaseData(Strict):
         return None if ops is None else _check_per_image(ops)
 
 
+def _rung_fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise PydanticCustomError(
+            "rung_point",
+            "{text}",
+            {"text": f"a rung point is a fraction of the phase's window between 0 and 1, exclusive (got {value!r})"},
+        )
+    return value
+
+
+def _kept_share(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise PydanticCustomError(
+            "kept_share",
+            "{text}",
+            {"text": f"keep is the share of the alternatives that go on at each rung, between 0 and 1 (got {value!r})"},
+        )
+    return value
+
+
+_OPEN_UNIT = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+RungPoint = Annotated[float, AfterValidator(_rung_fraction), WithJsonSchema(_OPEN_UNIT)]
+KeptShare = Annotated[float, AfterValidator(_kept_share), WithJsonSchema(_OPEN_UNIT)]
+
+
+class Prune(Strict):
+    """Successive halving inside a trial phase: at each rung point every alternative still
+    running is evaluated and the best `keep` share of them on `select` goes on; the others
+    stop there. A survivor trains exactly as it would without `prune` (same steps, same LR
+    window: the schedule is not compressed); pruning only decides who continues.
+
+    The compiler turns each fraction into a step of the window, the phase start plus
+    round(at x window steps), halves rounding up; each must be a step strictly inside the
+    window, after the one before. At each rung max(1, floor(n x keep)) of the n alternatives
+    running go on (floor, as successive halving keeps n / eta: 4 -> 2 -> 1 with keep = 0.5,
+    3 -> 1); a rung reached by a single alternative would prune nothing and is an error.
+    `prune` ends alternatives by their rung evaluations, so a phase with `stop_early` or
+    `restore_best` (which end or rewind an alternative by its own evaluations) cannot prune;
+    `[run] keep_best` sees the rung evaluations like any other.
+    """
+
+    at: list[RungPoint] = Field(
+        min_length=1,
+        description=(
+            "the rung points, as increasing fractions of the phase's window (0.25: a quarter of its steps); "
+            "every alternative still running is evaluated there"
+        ),
+    )
+    keep: KeptShare = Field(
+        description=("the share of the alternatives running that goes on at each rung: max(1, floor(n x keep))")
+    )
+
+    @field_validator("at")
+    @classmethod
+    def _increasing(cls, at: list[float]) -> list[float]:
+        for i in range(1, len(at)):
+            if at[i] <= at[i - 1]:
+                raise PydanticCustomError(
+                    "rung_order",
+                    "{text}",
+                    {
+                        "text": f"rung points must increase: at[{i}] = {at[i]!r} is not after at[{i - 1}] = {at[i - 1]!r}"
+                    },
+                )
+        return at
+
+
 class Trials(BaseModel):
     """Alternatives of a phase, each run from the phase's start state; the best one continues.
 
@@ -389,6 +465,14 @@ class Trials(BaseModel):
     keep: Literal["winner", "all"] = Field(
         "winner",
         description=("`winner`: only the winner's end state stays in `trials/<phase>/<k>/end.pt`; `all`: every one's"),
+    )
+    prune: Prune | None = Field(
+        None,
+        description=(
+            "successive halving: `{ at = [0.25, 0.5], keep = 0.5 }` evaluates every alternative still running at "
+            "each rung point (a fraction of the window) and lets the best `keep` share go on; unset: every "
+            "alternative runs the whole window"
+        ),
     )
 
     @property
@@ -758,8 +842,12 @@ _HINTS = {
     "bool_type": "write true or false, without quotes",
     "string_type": "write a string, in quotes",
     "list_type": "write a list: [ ... ]",
-    "dict_type": "write a table: { key = value }",
-    "model_type": "write a table: { key = value }",
+    # str.format: a brace that is text is doubled
+    "dict_type": "write a table: {{ key = value }}",
+    "model_type": "write a table: {{ key = value }}",
+    "rung_point": "e.g. at = [0.25, 0.5]: evaluate and prune at a quarter and at half of the window",
+    "kept_share": "e.g. keep = 0.5: the best half goes on at each rung",
+    "rung_order": "list the rung points once each, in increasing order: at = [0.25, 0.5]",
 }
 
 

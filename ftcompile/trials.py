@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
 from ftcompile.lr_expr import parse_expr
 from ftcompile.metrics import check_available
+from ftcompile.plan import Prune
 from ftcompile.schema import Phase, _hint, loc_to_key
 
 # Trial key -> how many dotted parts it may have (1: the field; 2: field.<group or argument>).
@@ -75,6 +78,64 @@ def alternatives(name: str, phase: Phase, num_classes: int, ema: bool = False) -
         _check_group_tables(name, phase, [a.phase for a in out])
     _check_distinct(where, keys, combos, trials.mode)
     return out
+
+
+def prune_plan(name: str, phase: Phase, begin: int, end: int, n: int) -> Prune | None:
+    """The rungs of `trials.prune` in steps, and how many alternatives go on at each.
+
+    A rung point `at[i]` (a fraction of the window of `end - begin` steps) is the step
+    `begin + round(at[i] x window)`, halves rounding up, computed on the decimal the recipe
+    wrote (0.29 x 100 is 29, not 28.999...). It must lie strictly inside the window and after
+    the rung before. At each rung max(1, floor(n x keep)) of the n alternatives running go on
+    (successive halving's floor: 4 -> 2 -> 1 with keep = 0.5; 3 -> 1); a rung that a single
+    alternative reaches would prune nothing. `stop_early` and `restore_best` end or rewind an
+    alternative by its own evaluations, so they do not go with `prune` (see schema.Prune).
+    """
+    spec = phase.trials.prune if phase.trials else None
+    if spec is None:
+        return None
+    where = f"phases.{name}.trials.prune"
+    for field in ("stop_early", "restore_best"):
+        if getattr(phase, field):
+            raise RecipeError(
+                f"prune and {field} do not go together: prune ranks the alternatives on their rung evaluations, "
+                f"{field} {'ends an alternative by its own' if field == 'stop_early' else 'rewinds an alternative to its best'}",
+                key=where,
+                suggestion=f"remove {field} from phases.{name}, or remove prune",
+            )
+    window = end - begin
+    keep = Fraction(str(spec.keep))
+    steps: list[int] = []
+    kept: list[int] = []
+    running = n
+    for i, share in enumerate(spec.at):
+        exact = Fraction(str(share)) * window
+        offset = math.floor(exact + Fraction(1, 2))
+        at = f"{where}.at[{i}]"
+        arithmetic = f"{share!r} x {window} steps = {float(exact):g}, step {offset} of the window"
+        if offset <= 0 or offset >= window:
+            raise RecipeError(
+                f"rung point {share!r} does not land inside the phase's window ({arithmetic}): "
+                + ("no step has run there" if offset <= 0 else "the window's end, where every survivor is judged"),
+                key=at,
+                suggestion=f"a rung point between {1 / window:.3g} and {1 - 1 / window:.3g} for this {window}-step window",
+            )
+        if steps and begin + offset == steps[-1]:
+            raise RecipeError(
+                f"rung points {spec.at[i - 1]!r} and {share!r} land on the same step {begin + offset} ({arithmetic})",
+                key=at,
+                suggestion=f"rung points at least {1 / window:.3g} apart (one step of this {window}-step window)",
+            )
+        if running == 1:
+            raise RecipeError(
+                f"one alternative is left after the rung at step {steps[-1]}: rung point {share!r} would prune nothing",
+                key=at,
+                suggestion="remove this rung point, or keep a larger share at each rung",
+            )
+        steps.append(begin + offset)
+        running = max(1, math.floor(running * keep))
+        kept.append(running)
+    return Prune(at=tuple(steps), keep=tuple(kept))
 
 
 def _check_key(where: str, phase: Phase, key: str, values: Any) -> RecipeError | None:
