@@ -35,6 +35,7 @@ class PhaseBest:
     step: int | None = None
     bad: int = 0  # evaluations since the last improvement
     snapshot: dict[str, Any] | None = None  # model + optimizer state at `step` (restore_best)
+    record: dict[str, Any] | None = None  # the evaluation at `step`
 
 
 class Watch:
@@ -42,11 +43,15 @@ class Watch:
         self.plan, self.run_dir, self.writes = plan, run_dir, writes
         self.current: PhaseBest | None = None
         self.run_best: dict[str, Any] | None = None  # {"step", "metric", "value"} of best.pt
+        # The evaluation of the model as it is (restore_best: the one gone back to); what a
+        # trial's alternative is judged on (runtime/search.py).
+        self.last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ decisions
 
     def evaluated(self, rec: dict[str, Any], phase: PhasePlan, model: Any, optimizer: Any) -> bool:
         """Take in one evaluation; True when the phase must stop early now."""
+        self.last = rec
         self._keep_best(rec, model)
         name = phase.stop_early["metric"] if phase.stop_early else phase.restore_best
         if name is None:
@@ -57,7 +62,7 @@ class Watch:
         new = metrics.value(rec, name)
         min_delta = phase.stop_early["min_delta"] if phase.stop_early else 0.0
         if metrics.improves(new, best.value, name, min_delta):
-            best.value, best.step, best.bad = new, rec["step"], 0
+            best.value, best.step, best.bad, best.record = new, rec["step"], 0, rec
             if phase.restore_best:
                 best.snapshot = {
                     "model": copy.deepcopy(model.state_dict()),
@@ -74,7 +79,10 @@ class Watch:
         if not phase.restore_best or best is None or best.phase != phase.name or best.snapshot is None:
             return None
         snapshot, best.snapshot = best.snapshot, None
-        return None if best.step == step else snapshot
+        if best.step == step:
+            return None
+        self.last = best.record
+        return snapshot
 
     def _keep_best(self, rec: dict[str, Any], model: Any) -> None:
         name = self.plan.run.keep_best
@@ -86,7 +94,7 @@ class Watch:
         self.run_best = {"step": rec["step"], "metric": name, "value": new}
         if self.writes and self.run_dir is not None:
             path = self.run_dir / "best.pt"
-            if rec.get("trial") is not None:  # an alternative's: best.pt once it is chosen (trials.choose)
+            if rec.get("trial") is not None:  # an alternative's: best.pt once it is chosen (search.choose)
                 path = self.run_dir / "trials" / rec["phase"] / str(rec["trial"]) / "best.pt"
                 path.parent.mkdir(parents=True, exist_ok=True)
             checkpoint.atomic_save({"model": model.state_dict(), **self.run_best}, path)
@@ -94,9 +102,14 @@ class Watch:
     # ------------------------------------------------------------ state
 
     def state(self) -> dict[str, Any]:
-        return {"phase": dict(vars(self.current)) if self.current else None, "run_best": copy.copy(self.run_best)}
+        return {
+            "phase": dict(vars(self.current)) if self.current else None,
+            "run_best": copy.copy(self.run_best),
+            "last": copy.copy(self.last),
+        }
 
     def load_state(self, state: dict[str, Any] | None) -> None:
         state = state or {}
         self.current = PhaseBest(**state["phase"]) if state.get("phase") else None
         self.run_best = copy.copy(state.get("run_best"))
+        self.last = copy.copy(state.get("last"))

@@ -58,6 +58,14 @@ class Logs:
                 [[row.get(h, "") for h in header] for row in rows]
             )
 
+    def merge(self, folder: Path) -> None:
+        """Append the records another process logged in `folder` (a trial search's stretch
+        run elsewhere, runtime/search.py): its metrics.jsonl, and its lr.csv without the header."""
+        if not self.enabled:
+            return
+        self.metrics.write((folder / "metrics.jsonl").read_text(encoding="utf-8"))
+        self.lr.write("".join((folder / "lr.csv").read_text(encoding="utf-8").splitlines(keepends=True)[1:]))
+
     def _files(self) -> dict[str, Any]:
         files = {"metrics.jsonl": self.metrics, "lr.csv": self.lr, "trials.csv": self.trial_rows}
         return {name: fh for name, fh in files.items() if fh is not None}

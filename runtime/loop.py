@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from ftcompile.runtime import checkpoint, distributed, retention, trials
+from ftcompile.runtime import checkpoint, distributed, retention, search
 from ftcompile.runtime.best import Watch
 from ftcompile.runtime.data import TrainBatches, build_datasets, cache_loader, class_weights, val_loader
 from ftcompile.runtime.distributed import Dist
@@ -34,7 +34,8 @@ from ftcompile.runtime.logs import Logs, Progress, print_eval, truncate_logs
 from ftcompile.runtime.mix import BatchMix, check_micro_batches, micro_batches
 from ftcompile.runtime.model import build
 from ftcompile.runtime.optim import build_optimizer
-from ftcompile.runtime.trials import Diverged, TrialState
+from ftcompile.runtime.runfiles import as_continued
+from ftcompile.runtime.trials import Diverged, Running, TrialState
 from torch import nn
 
 from ftcompile.apply import Executor
@@ -259,8 +260,9 @@ class Session:
         self.evals: list[dict[str, Any]] = []
         self.watch = Watch(plan, run_dir, d.main)  # stop_early, restore_best, keep_best
         self.phases = {ph.name: ph for ph in plan.phases}
-        # Trials (runtime/trials.py): the alternative chosen per trial phase so far, the one
-        # running now, and optimizer steps taken in all (alternatives go back to a phase start).
+        # Trials (runtime/trials.py, run by runtime/search.py): the alternative chosen per trial
+        # phase so far, the one running now, and optimizer steps taken in all (alternatives go
+        # back to a phase start).
         self.trials = TrialState(plan)
         self.executed = 0
         has_trials = any(ph.trials for ph in plan.phases)
@@ -344,33 +346,53 @@ class Session:
         """Carry out the plan's steps `[begin, end)` from where the session is (`begin`).
 
         Changes at step `end` that end the window (its evaluation and checkpoint) are done
-        too; the next window's set-up changes at `end` are left for it.
+        too; the next window's set-up changes at `end` are left for it. A trial phase is run
+        whole by the search (runtime/search.py), which leaves the session at its end with
+        the chosen alternative's state and changes.
         """
         if begin != self.step:
             raise ValueError(f"the session is at step {self.step}, not {begin}")
         if not begin <= end <= self.plan.total_steps:
             raise ValueError(f"window [{begin}, {end}) outside the plan's [0, {self.plan.total_steps})")
+        if self.trials.running is not None:
+            # Loaded inside a trial phase: its search goes on from here.
+            search.resume(self)
+        self.window(self.step, end)
+
+    def window(self, begin: int, end: int) -> None:
+        """The plan's steps `[begin, end)` from where the session is, as `run` (what a trial
+        search runs an alternative's stretch with)."""
+        if begin != self.step:
+            raise ValueError(f"the session is at step {self.step}, not {begin}")
         while True:
             started = time.perf_counter()
-            try:
-                # Apply the changes due at this step (only the window's own ones at its end,
-                # and at an alternative's end only its own); time spent evaluating and
-                # checkpointing is not the next step's.
-                started += self._apply_due(end)
-                # An alternative has run its window: the next one starts from the phase
-                # start, or the winner's end state continues.
-                if self.trials.at_end(self.step):
-                    trials.next_alternative(self)
-                    continue
-                if self.step >= end:
-                    return
-                # Cached features and the DDP / compile wrapper follow what the changes set.
-                self._prepare()
-                self._train_step(started)
-            except Diverged:
-                if self.trials.running is None:
-                    raise
-                trials.next_alternative(self, diverged=True)  # a diverged alternative ranks last
+            # Apply the changes due at this step (only the window's own ones at its end);
+            # time spent evaluating and checkpointing is not the next step's.
+            started += self._apply_due(end)
+            if self.step >= end:
+                return
+            # A trial phase starts: the search forks, runs and judges its alternatives, and
+            # leaves the session at the phase's end, following the winner.
+            if self.next_change < len(self.changes) and self.changes[self.next_change].op == Op.TRIAL:
+                search.run_phase(self, self.changes[self.next_change].target or "")
+                continue
+            # Cached features and the DDP / compile wrapper follow what the changes set.
+            self._prepare()
+            self._train_step(started)
+
+    def enter(self, state: dict[str, Any], chosen: dict[str, int], running: Running | None) -> None:
+        """Go to `state` (a trial phase's fork, an alternative's saved state) following the
+        alternatives `chosen` and `running`; the count of optimizer steps taken goes on."""
+        executed = self.executed
+        self.load_state(state)
+        self.trials.chosen, self.trials.running = dict(chosen), running
+        self.changes = self.trials.changes()
+        self.executed = executed
+        self.watch.last = None  # no evaluation of this alternative yet
+
+    def last_evaluation(self) -> dict[str, Any] | None:
+        """The evaluation of the model as it is (after restore_best, the one gone back to)."""
+        return self.watch.last
 
     def apply_setup(self) -> None:
         """Apply the set-up changes due at the current step (a phase's start: freezing, LRs,
@@ -394,12 +416,10 @@ class Session:
         outside = 0.0
         while self.next_change < len(self.changes) and self.changes[self.next_change].step == self.step:
             change = self.changes[self.next_change]
-            if (self.step == end or self.trials.at_end(self.step)) and change.op not in END_OF_WINDOW:
+            # At the window's end (or past it: stop_early jumps to its phase's end) only the
+            # window's own evaluation and checkpoint; a trial phase is the search's (run()).
+            if (self.step >= end and change.op not in END_OF_WINDOW) or change.op == Op.TRIAL:
                 break
-            if change.op == Op.TRIAL:
-                # Save the phase-start state; the first alternative's changes take this place.
-                trials.start(self, change.target or "")
-                continue
             self.next_change += 1
             if change.op in END_OF_WINDOW:
                 began = time.perf_counter()
@@ -656,16 +676,8 @@ class Session:
                 }
             )
             self._skip_to_end(phase)
-        restored = self._restore_best(phase) if self.step == phase.end else None
-        if self.trials.at_end(self.step):
-            # The alternative is over (at its window's end, or stopped early): it is judged on
-            # the evaluation of the state it ends with, its best one after restore_best.
-            judged = (
-                next(e for e in reversed(self.evals) if e["step"] == restored and e.get("trial") == rec["trial"])
-                if restored is not None
-                else rec
-            )
-            self.trials.running.results.append(trials.result(judged))  # type: ignore[union-attr]
+        if self.step == phase.end:
+            self._restore_best(phase)
         if stop:
             self.checkpoint()  # the phase's end checkpoint, which the jump skipped
 
@@ -759,7 +771,8 @@ def train(
         if session.ema is not None:
             checkpoint.atomic_save(session.ema.module.state_dict(), run_dir / "model_ema.pt")
         retention.prune(run_dir / "checkpoints", plan, finished=True)  # model.pt is safe first
-    return {"evals": session.evals, "seconds": time.perf_counter() - session.progress.started}
+    # Of a trial phase, the chosen alternative's evaluations.
+    return {"evals": as_continued(session.evals, session.trials.chosen), "seconds": time.perf_counter() - session.progress.started}
 
 
 def first_non_finite(model: nn.Module) -> str | None:

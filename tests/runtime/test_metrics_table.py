@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from ftcompile.runtime import trials
+from ftcompile.runtime import search
 from ftcompile.runtime.best import Watch
 from runtime_helpers import cli, metrics, recipe_text, write_recipe
 
@@ -103,8 +103,8 @@ def test_pick_keep_best_and_stop_early_follow_the_metric(ema_run: dict[str, Any]
     assert best != best_index(values, not larger), values
 
     # pick: the alternatives' results as the run keeps them.
-    results = [trials.result({**rec, "trial": i}) for i, rec in enumerate(evals)]
-    assert trials.pick(results, name) == best
+    results = [search.score({**rec, "trial": i}) for i, rec in enumerate(evals)]
+    assert search.pick(results, name) == best
 
     # keep_best: the first evaluation with the best value.
     plan: Plan = ema_run["plan"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from ftcompile.runtime import features as features_module
 from ftcompile.runtime.loop import Hooks, Session, StepInfo, observe
-from ftcompile.runtime.trials import pick
+from ftcompile.runtime.search import pick
 from runtime_helpers import assert_same_tensors, cli, load_tensors, metrics, metrics_bytes, recipe_text, write_recipe
 
 # warm: head only, cached features. head2: head only (cached), two LRs, select val_loss: lr 5
