@@ -447,7 +447,11 @@ class Trials(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     select: str = Field(
-        "val_top1", description=(f"the metric of each alternative's last evaluation that decides: {METRIC_NAMES}")
+        "val_top1",
+        description=(
+            "the metric of each alternative's last evaluation that decides (with `prune`, also its evaluation at "
+            f"each rung): {METRIC_NAMES}"
+        ),
     )
 
     @field_validator("select")
