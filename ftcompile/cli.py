@@ -592,6 +592,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     outputs.check_output(out / "lr_find.csv", outputs.LR_FIND_CSV, "--output", force=args.force)
     outputs.check_output(out / "lr_find.png", outputs.LR_FIND_PLOT, "--output", force=args.force)
     plan = _compile(args.recipe, args)
+    # A portable plan's test runs pinned, as its run does: the same curve on every machine.
+    restarted = _restart_pinned(plan, args)
+    if restarted is not None:
+        return restarted
     from ftcompile.runtime import lr_find as lrf
     from ftcompile.runtime.rundir import open_run, upstream_model
 

@@ -29,7 +29,7 @@ from ftcompile.runtime.curves import png
 from ftcompile.runtime.loop import END_OF_WINDOW, Hooks, Session, StepInfo
 from ftcompile.runtime.retention import find_phase_start
 
-from ftcompile import outputs
+from ftcompile import outputs, portable
 from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.lr_expr import resolve_lrs
 from ftcompile.plan import Op, PhasePlan, Plan
@@ -191,6 +191,7 @@ def lr_find(
     """The range test at the start of `phase_name`; `state`: the phase's start state (a run's
     checkpoint at its first step), else the phases before it are trained here."""
     phase = find_phase(plan, phase_name)
+    portable.enter(plan.run.reproducible)  # pinned threads; refused where the environment is not pinned
     losses = _Losses()
     session = Session(plan, root, run_dir=None, upstream=upstream, hooks=[losses])
     try:
@@ -304,10 +305,10 @@ def write_csv(found: Found, path: Path) -> None:
 def plot(found: Found, path: Path) -> bool:
     """lr_find.png: smoothed loss against the reference group's LR; False without matplotlib."""
     try:
-        import matplotlib
+        import matplotlib  # optional extra (plot): without it lr-find writes no figure
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional extra (plot)
     except ImportError:
         return False
     ref = found.base[found.reference]

@@ -186,3 +186,39 @@ def test_an_unpinned_runtime_refuses_a_portable_plan(
         start_run(compile_recipe(recipe), recipe, recipe.parent, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     assert os.environ["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.slow
+def test_lr_find_of_a_portable_plan_runs_pinned(recipe: Path, tmp_path: Path) -> None:
+    """lr-find restarts itself pinned as run does: the same curve whatever the caller's
+    environment asks for (AVX-512 and 2 threads, or nothing)."""
+    curves = []
+    for name, extra in (("asked-avx512", AVX512), ("plain", {})):
+        env = {**child_env(), **extra}
+        env.pop(portable.MARK, None)
+        out = tmp_path / name
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ftcompile",
+                "lr-find",
+                str(recipe),
+                "--phase",
+                "all",
+                "--steps",
+                "4",
+                "-o",
+                str(out),
+            ],
+            cwd=recipe.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "restarting with ONEDNN_MAX_CPU_ISA=AVX2" in done.stderr
+        curves.append((out / "lr_find.csv").read_bytes())
+    assert curves[0] == curves[1]
+    assert len(curves[0].splitlines()) == 5  # a header and the 4 steps of the test
