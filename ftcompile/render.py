@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import textwrap
 from collections.abc import Iterable, Iterator
@@ -418,10 +419,41 @@ def trace_csv(plan: Plan, rows: Iterable[tuple[int, str, list[float], int | None
 
 
 def trace_lines(plan: Plan, rows: Iterable[tuple[int, str, list[float], int | None]]) -> Iterator[str]:
-    """`trace_csv` line by line, so a long trace is written without being joined in memory."""
+    """`trace_csv` line by line, so a long trace is written without being joined in memory;
+    the rows in the order a run takes the steps (`run_order`)."""
     yield ",".join(["step", "phase", "trial", *plan.param_group_names]) + "\n"
-    for step, phase, lrs, trial in rows:
+    for step, phase, lrs, trial in run_order(plan, rows):
         yield ",".join([str(step), phase, "" if trial is None else str(trial), *(repr(float(x)) for x in lrs)]) + "\n"
+
+
+Row = tuple[int, str, list[float], int | None]
+
+
+def run_order(plan: Plan, rows: Iterable[Row]) -> Iterator[Row]:
+    """The trace's rows in the order a run takes the steps. A trial phase with `prune` goes
+    rung by rung: every alternative still running to the next rung point (k ascending), then
+    the survivors to the one after, as the run merges its logs. Every alternative's whole
+    window is listed, so a run's lr.csv is this trace less the stretches after the rung where
+    an alternative stopped. Other phases keep the trace's order (a trial phase without
+    `prune`: each alternative's whole window, k ascending)."""
+    rungs = {ph.name: ph.trials.prune.at for ph in plan.phases if ph.trials and ph.trials.prune}
+    held: list[Row] = []
+    for row in rows:
+        if held and row[1] != held[0][1]:
+            yield from _by_rung(held, rungs[held[0][1]])
+            held = []
+        if row[1] in rungs and row[3] is not None:
+            held.append(row)
+        else:
+            yield row
+    if held:
+        yield from _by_rung(held, rungs[held[0][1]])
+
+
+def _by_rung(rows: list[Row], at: tuple[int, ...]) -> list[Row]:
+    """A pruned phase's rows by stretch (the row of step s runs in the stretch after the rung
+    points <= s), then alternative; sorted() is stable, so each stretch's steps stay in order."""
+    return sorted(rows, key=lambda r: (bisect.bisect_right(at, r[0]), r[3]))
 
 
 def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path: Path) -> None:
