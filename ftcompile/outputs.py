@@ -226,18 +226,9 @@ def _is_plan(path: Path) -> bool:
     return isinstance(data, dict) and isinstance(data.get("format"), int) and "hash" in data and "phases" in data
 
 
-def _is_sidecar(path: Path) -> bool:
-    data = _json(path)
-    return isinstance(data, dict) and isinstance(data.get("format"), str) and "plan_hash" in data and "classes" in data
-
-
 def sidecar_of(path: Path) -> Path:
     """`model.onnx` -> `model.onnx.json`: what an export's file expects and means."""
     return path.with_name(path.name + ".json")
-
-
-def _is_export(path: Path) -> bool:
-    return _is_sidecar(sidecar_of(path))
 
 
 REPORT_MARK = "<meta name='generator' content='ftcompile report'>"
@@ -262,8 +253,6 @@ PLAN = Kind("a plan JSON", _is_plan)
 TRACE = Kind("an LR trace CSV", _starts_with(b"step,phase,trial,"))
 LR_PLOT = _figure("an LR plot", "lr-plot")
 REPORT = Kind("an ftcompile report", _is_report)
-EXPORT = Kind("an export (with its .json sidecar)", _is_export)
-SIDECAR = Kind("an export's sidecar", _is_sidecar)
 LR_FIND_CSV = Kind("an lr-find CSV", _starts_with(b"step,multiplier,"))
 LR_FIND_PLOT = _figure("an lr-find plot", "lr-find")
 CURVES = _figure("a curves figure", "curves")
