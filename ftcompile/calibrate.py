@@ -25,8 +25,9 @@ import os
 import re
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,13 @@ def cache_dir() -> Path:
 
 def device_name(device: str) -> str:
     if device == "cuda":
-        import torch
+        import torch  # start-up time: finding a profile (plan --estimate) needs no torch
 
         return torch.cuda.get_device_name(0)
     return provenance.cpu_model() or "cpu"
 
 
 def torch_version() -> str:
-    from importlib.metadata import version
-
     return version("torch")
 
 
@@ -135,7 +134,7 @@ def find(
     equals. A cuda device that is not visible here (planning on a laptop) takes the newest
     cuda profile of this torch and precision."""
     if device == "cuda":
-        import torch
+        import torch  # start-up time: finding a profile (plan --estimate) needs no torch
 
         if torch.cuda.is_available():
             paths = [profile_path(device, device_name(device), torch_version(), precision)]
@@ -212,9 +211,9 @@ def measure(ms: Any, setup: Any, steps: int = 3, sync: Callable[[], None] = lamb
     """Real training steps of `setup` on `ms` (estimate.ModelSteps on a real device): one to
     warm up (it creates the optimizer state, as a run's first step does), one counted by
     LiveTensors (untimed: counting slows it), then `steps` timed ones."""
-    import torch
+    import torch  # start-up time: finding a profile (plan --estimate) needs no torch
 
-    from ftcompile.estimate import LiveTensors, tensor_bytes
+    from ftcompile.estimate import LiveTensors, tensor_bytes  # imports torch: only measuring needs it
 
     net = ms.prepare(setup)
     ms.run_step(setup, net, sync=sync)  # warm-up: the optimizer state, the allocator's first blocks
@@ -233,9 +232,9 @@ def measure(ms: Any, setup: Any, steps: int = 3, sync: Callable[[], None] = lamb
 
 def calibrate(plan: Any, device: str, steps: int = 3, say: Callable[[str], None] = print) -> Rates:
     """Time real steps of every distinct phase setup of `plan` (at most 3) on `device`."""
-    import torch
+    import torch  # start-up time: finding a profile (plan --estimate) needs no torch
 
-    from ftcompile.estimate import ModelSteps, setups
+    from ftcompile.estimate import ModelSteps, setups  # imports torch: only measuring needs it
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     fake = ModelSteps(plan)
@@ -250,7 +249,6 @@ def calibrate(plan: Any, device: str, steps: int = 3, say: Callable[[str], None]
     scale = 1.0
     if device == "cpu" and biggest > CPU_STEP_FLOPS:
         scale = CPU_STEP_FLOPS / biggest
-        from dataclasses import replace
 
         chosen = [replace(s, batch=max(2, int(s.batch * scale))) for s in chosen]
         costs = [fake.step(s) for s in chosen]
@@ -289,8 +287,6 @@ def calibrate(plan: Any, device: str, steps: int = 3, say: Callable[[str], None]
 
 
 def _no_cache(setup: Any) -> Any:
-    from dataclasses import replace
-
     return replace(setup, cached=None)
 
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import sys
+import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftcompile.errors import RecipeError
+from ftcompile.errors import RecipeError, did_you_mean
 from ftcompile.plan import ModelSpec
 
 NO_DOWNLOAD_ENV = "FTCOMPILE_NO_DOWNLOAD"
@@ -95,7 +97,7 @@ class HubWeights:
 
 def locate(arch: str, name: str) -> HubWeights:
     """The hub file of `model.weights = name` for `arch` (a name the compiler accepted)."""
-    from ftcompile import arch as archs
+    from ftcompile import arch as archs  # imports torch: hub_dir and of_model serve the compiler without it
 
     return HubWeights(arch, name, archs.weights_url(arch, name))
 
@@ -122,8 +124,6 @@ def download(weights: HubWeights, progress: bool = True) -> None:
         err = weights.missing()
         err.message += f" ({NO_DOWNLOAD_ENV} is set: no download was tried)"
         raise err
-    import socket
-    import urllib.error
 
     import torch  # only to download: torch's downloader checks the hash and writes atomically
 
@@ -153,8 +153,7 @@ def ensure(weights: HubWeights, progress: bool = False) -> None:
 def parse_name(text: str) -> tuple[str, str]:
     """`resnet50`, `resnet50.IMAGENET1K_V2`, `resnet50:IMAGENET1K_V2` or torchvision's own
     `ResNet50_Weights.IMAGENET1K_V2` -> (arch, weights name); the arch alone means DEFAULT."""
-    from ftcompile import arch as archs
-    from ftcompile.errors import did_you_mean
+    from ftcompile import arch as archs  # imports torch: hub_dir and of_model serve the compiler without it
 
     head, _, member = text.replace(":", ".").partition(".")
     arch = head

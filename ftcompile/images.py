@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
 from ftcompile.datasets import Splits, resolve_splits
 from ftcompile.errors import RecipeError
 from ftcompile.plan import DataSpec
@@ -43,8 +47,6 @@ def float_grey(image: Any) -> Any:
     as it is; both rounded to the nearest level. Anything else (a negative value, one above
     255, NaN or inf) has no faithful 8-bit reading: a ValueError that says so.
     """
-    import numpy as np
-
     pixels = np.asarray(image, dtype=np.float64)
     if not np.isfinite(pixels).all():
         raise ValueError("a float image with NaN or infinite values; export it as 8- or 16-bit")
@@ -60,8 +62,6 @@ def float_grey(image: Any) -> Any:
 
 def check_image(path: Path) -> str | None:
     """None when the file decodes as an image; otherwise why not (one line)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -126,7 +126,6 @@ def _progress(total: int, enabled: bool | None) -> Callable[[int], None]:
         enabled = sys.stderr.isatty()
     if not enabled or total == 0:
         return lambda n: None
-    from tqdm import tqdm
 
     bar = tqdm(total=total, desc="verifying images", unit="img", file=sys.stderr, leave=False)
 

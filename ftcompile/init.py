@@ -30,7 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from PIL import Image
+
 import ftcompile
+from ftcompile import arch as archs
 from ftcompile import datasets
 from ftcompile.datasets import Splits
 from ftcompile.errors import RecipeError
@@ -161,8 +165,6 @@ def _verify(splits: Splits) -> None:
 
 def _sizes(splits: Splits) -> tuple[tuple[int, int], ...]:
     """(width, height) of up to SIZE_SAMPLE images, evenly spread over the listing (headers only)."""
-    from PIL import Image  # images.py imports PIL lazily too: `plan` and `check` never need it
-
     files = [p for p, _ in image_files(splits)]
     step = max(1, len(files) // SIZE_SAMPLE)
     out = []
@@ -191,8 +193,6 @@ class ModelChoice:
 
 def choose_model(arch: str | None, images: int, device: str) -> ModelChoice:
     """`--model` as given, else the default for this many images on this device."""
-    from ftcompile import arch as archs
-
     if arch is None:
         rows = [r for r in DEFAULT_MODELS if r[0] == device and images >= r[1]]
         _, _, arch, why = rows[-1]
@@ -212,8 +212,6 @@ def choose_model(arch: str | None, images: int, device: str) -> ModelChoice:
 
 def _pretrained(arch: str) -> str:
     """The member torchvision's DEFAULT points at (named, so the recipe says which), or "none"."""
-    from ftcompile import arch as archs
-
     names = [n for n in archs.valid_weights(arch) if n != "DEFAULT"]
     if not names:
         return "none"
@@ -222,8 +220,6 @@ def _pretrained(arch: str) -> str:
 
 
 def detect_device() -> str:
-    import torch  # only `init` asks: the default model depends on whether there is a GPU
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

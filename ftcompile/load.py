@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import re
 import sys
@@ -65,8 +66,6 @@ class LoadedRecipe:
 
 
 def canonical_json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 

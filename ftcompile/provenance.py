@@ -23,7 +23,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ftcompile.load import RECIPE_ENCODING
+from ftcompile.datasets import resolve_splits
+from ftcompile.errors import RecipeError
+from ftcompile.load import RECIPE_ENCODING, load_overridden
+from ftcompile.overrides import to_toml
 
 # What bitwise equality of two runs of one plan depends on, besides the library versions.
 MACHINE_KEYS = ("cpu", "cpu_capability", "threads", "cuda", "cudnn", "gpu")
@@ -102,8 +105,6 @@ def stored_recipe_text(recipe: Path, overrides: list[str]) -> str:
     merged recipe with the overrides applied (read back, it compiles to the same plan)."""
     if not overrides:
         return recipe.read_text(encoding="utf-8")
-    from ftcompile.load import load_overridden
-    from ftcompile.overrides import to_toml
 
     loaded = load_overridden(recipe, overrides)
     header = [
@@ -143,9 +144,6 @@ def recipe_warnings(run_dir: Path, env: dict[str, Any], source_hash: str) -> lis
 
 
 def _source_hash(recipe: Path, env: dict[str, Any]) -> str | None:
-    from ftcompile.errors import RecipeError
-    from ftcompile.load import load_overridden
-
     try:
         return load_overridden(recipe, env.get("overrides") or []).source_hash()
     except RecipeError:
@@ -154,9 +152,6 @@ def _source_hash(recipe: Path, env: dict[str, Any]) -> str | None:
 
 def _changed_keys(run_dir: Path, env: dict[str, Any], recipe: Path) -> list[str] | None:
     """Keys whose values differ between the stored recipe.toml and the recipe now (None: unknown)."""
-    from ftcompile.errors import RecipeError
-    from ftcompile.load import load_overridden
-
     try:
         stored = tomllib.loads((run_dir / "recipe.toml").read_text(encoding=RECIPE_ENCODING))
         if "extends" in stored:  # a plain copy of a child recipe: compare that file alone
@@ -174,8 +169,6 @@ def _changed_keys(run_dir: Path, env: dict[str, Any], recipe: Path) -> list[str]
 def data_fingerprint(data: dict[str, Any], root: Path) -> dict[str, Any]:
     """The data as the plan's lists see it: a hash of every (split, relative path, size) — or
     (split, index, label) for a builtin — and the images per class of each split."""
-    from ftcompile.datasets import resolve_splits
-
     splits = resolve_splits(data, root)
     digest = hashlib.sha256()
     counts: dict[str, dict[str, int]] = {}
@@ -230,7 +223,7 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """What bitwise equality depends on besides the plan and the library versions."""
-    import torch
+    import torch  # start-up time: calibrate and plan --estimate read cpu_model here without torch
 
     cuda = torch.cuda.is_available()
     return {

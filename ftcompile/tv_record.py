@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import torchvision
 
 from ftcompile import arch as archs
 from ftcompile import datasets, tv_table
@@ -36,8 +39,6 @@ def weights_record(arch: str) -> dict[str, Any]:
 
 def record() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(index, {arch: model record}) of the installed torchvision, asked live."""
-    import torchvision
-
     names = archs.arches()
     index = {
         "torchvision": torchvision.__version__,
@@ -70,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, help="default: ftcompile/tables/torchvision-<release>.zip")
     args = parser.parse_args(argv)
-    import os
 
     os.environ[tv_table.LIVE_ENV] = "1"  # ask torchvision, never an older table
     tv_table.table.cache_clear()

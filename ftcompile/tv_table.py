@@ -50,7 +50,7 @@ def torchvision_version() -> str:
                 return str(ast.literal_eval(node.value))
     except (AssertionError, OSError, SyntaxError, ValueError):
         pass
-    import torchvision
+    import torchvision  # start-up time: the table exists so that planning never imports torchvision
 
     return torchvision.__version__
 
@@ -120,7 +120,7 @@ def table() -> Table | None:
 
 def _internal_keys() -> frozenset[str]:
     """What nn.Module.__init__ puts in every module's __dict__ (hooks, registries, `training`)."""
-    from torch import nn
+    from torch import nn  # start-up time: datasets.py reads the table without torch
 
     return frozenset(vars(nn.Module()))
 
@@ -193,8 +193,8 @@ def _module_class(key: str, name: str, base_key: str) -> type:
 
 def rebuild(record: dict[str, Any]) -> Any:
     """The skeleton of a described model, on the meta device."""
-    import torch
-    from torch import nn
+    import torch  # start-up time: datasets.py reads the table without torch
+    from torch import nn  # start-up time: datasets.py reads the table without torch
 
     def tensor(spec: list[Any], param: bool) -> Any:
         shape, dtype, requires_grad = spec

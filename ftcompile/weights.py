@@ -9,9 +9,12 @@ is refused, with how to convert it instead of torch's advice to switch the check
 
 from __future__ import annotations
 
+import pickle
 import stat
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ftcompile.errors import RecipeError
 
@@ -69,7 +72,6 @@ def read_state(path: Path, key: str = "model.weights", map_location: Any = "cpu"
             key=key,
             suggestion="save model.state_dict(), not the model or a list",
         )
-    import torch
 
     odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if odd:
@@ -82,10 +84,6 @@ def read_state(path: Path, key: str = "model.weights", map_location: Any = "cpu"
 
 
 def _read_torch(path: Path, key: str, map_location: Any, mmap: bool) -> Any:
-    import pickle
-
-    import torch
-
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if not (magic.startswith(_ZIP) or magic.startswith(_PICKLE)):
@@ -111,7 +109,7 @@ def _read_torch(path: Path, key: str, map_location: Any, mmap: bool) -> Any:
 
 def _read_safetensors(path: Path, key: str, shapes_only: bool) -> dict[str, Any]:
     try:
-        from safetensors import safe_open
+        from safetensors import safe_open  # in try: an install without safetensors gets one message
         from safetensors.torch import load_file
     except ImportError:
         raise RecipeError(
@@ -122,7 +120,6 @@ def _read_safetensors(path: Path, key: str, shapes_only: bool) -> dict[str, Any]
     try:
         if not shapes_only:
             return load_file(str(path), device="cpu")
-        import torch
 
         with safe_open(str(path), framework="pt") as f:  # the header only: names, shapes, dtypes
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}

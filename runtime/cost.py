@@ -36,6 +36,7 @@ import torch
 from ftcompile.runtime.loop import Hooks, Session, StepInfo
 from ftcompile.runtime.runfiles import read_records
 
+from ftcompile import calibrate, estimate
 from ftcompile.estimate import LiveTensors, gib, tensor_bytes, tensors_in
 from ftcompile.plan import Plan
 
@@ -189,8 +190,6 @@ def table(plan: Plan, run_dir: Path, meter: CostMeter | None = None) -> str:
     median step time (forward, backward, optimizer; from `meter`, this process's steps).
     When the estimate had a device profile, the run's steps add an entry to it."""
     try:
-        from ftcompile import calibrate, estimate
-
         device = estimate.run_device(plan)
         rates = calibrate.find(device, plan.run.precision, plan.model.arch, plan.data.image_size, plan.data.batch_size)
         est = estimate.estimate(plan, rates)

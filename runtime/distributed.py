@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ftcompile.errors import RecipeError
 
@@ -70,7 +71,6 @@ def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
     """A fresh DDP wrapper over the parameters that require grad now."""
     if not d.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ftcompile import arch as archs
 from ftcompile import outputs
-from ftcompile.datasets import IMG_EXTENSIONS, class_folders, list_image_folder
+from ftcompile.datasets import IMG_EXTENSIONS, class_folders, list_image_folder, resolve_splits
 from ftcompile.errors import RecipeError
 from ftcompile.plan import Plan
 
@@ -84,8 +84,6 @@ def eval_dataset(run: LoadedRun, folder: Path | None) -> tuple[Any, str]:
     plan = run.plan
     tf = val_transform(plan)
     if folder is None:
-        from ftcompile.datasets import resolve_splits
-
         d = plan.data
         root = Path(run.env.get("data_root") or ".")
         splits = resolve_splits(d.sources(), root)

@@ -29,7 +29,7 @@ class TensorBoardHooks(Hooks):
     """Writes scalars from the session's step and evaluation hooks (rank 0)."""
 
     def __init__(self, plan: Plan, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional extra (tensorboard): needs the tensorboard package
 
         self.plan = plan
         self.folder = run_dir / FOLDER
@@ -59,7 +59,7 @@ class TensorBoardHooks(Hooks):
 
     def _trial_writer(self, record: dict[str, Any]) -> Any:
         """One sub-run per trial, with its hyperparameters (the label and the phase)."""
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional extra (tensorboard): needs the tensorboard package
 
         key = f"{record['phase']}/{record['trial']}"
         if key not in self.trial_writers:
