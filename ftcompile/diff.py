@@ -15,11 +15,14 @@ import difflib
 import json
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ftcompile.errors import RecipeError
+from ftcompile.errors import RecipeError, RecipeErrors
+from ftcompile.plan import Change, Op, Plan
+from ftcompile.render import describe_change
+from ftcompile.revisions import checkout, split_revision
 
 # Plan sections compared key by key; the rest of the plan has a section of its own below.
 SECTIONS = ("recipe", "versions", "seed", "model", "data", "optimizer", "run", "total_steps")
@@ -38,9 +41,6 @@ class Side:
 
 def read_side(spec: str, options: Any) -> Side:
     """A recipe, a plan.json, a run directory, or REV:path -> its plan data."""
-    from ftcompile.plan import Plan
-    from ftcompile.revisions import split_revision
-
     if split_revision(spec) is not None:
         return Side(spec, _revision_plan(spec, options))
     path = Path(spec)
@@ -55,7 +55,7 @@ def read_side(spec: str, options: Any) -> Side:
     if path.suffix == ".json":
         plan = Plan.load(path)
     else:
-        from ftcompile.compiler import compile_checked
+        from ftcompile.compiler import compile_checked  # imports torch: a plan.json side does not need it
 
         plan = compile_checked(path, options).plan
     return Side(spec, {**plan.to_dict(), "hash": plan.hash})
@@ -63,11 +63,7 @@ def read_side(spec: str, options: Any) -> Side:
 
 def _revision_plan(spec: str, options: Any) -> dict[str, Any]:
     """Compile the recipe as it was at the revision; errors name REV:path, not the temporary copy."""
-    from dataclasses import replace
-
-    from ftcompile.compiler import compile_checked
-    from ftcompile.errors import RecipeErrors
-    from ftcompile.revisions import checkout
+    from ftcompile.compiler import compile_checked  # imports torch: a plan.json side does not need it
 
     with tempfile.TemporaryDirectory(prefix="ftcompile-rev-") as tmp:
         out = checkout(spec, Path(tmp))
@@ -220,11 +216,17 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: (d["step"], d["side"] == "+"))  # old before new; record order kept
 
 
+# What ftcompile.trace.lr_trace reads of a plan: where both sides agree on all of them, the
+# traces are equal and torch (which the trace runs) is not imported.
+_TRACE_INPUTS = ("optimizer", "param_groups", "changes", "phases", "total_steps")
+
+
 def _lr_traces(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     """Per param group on both sides: the first step whose LR differs, and the largest
     absolute and relative (to the old LR, where it is not 0) differences."""
-    from ftcompile.plan import Plan
-    from ftcompile.trace import lr_trace
+    if all(old.get(k) == new.get(k) for k in _TRACE_INPUTS):
+        return []
+    from ftcompile.trace import lr_trace  # imports torch: only plans whose LR schedules may differ
 
     plans = [Plan.from_dict(p, source=label) for p, label in ((old, "old"), (new, "new"))]
     rows = [lr_trace(p) for p in plans]
@@ -303,9 +305,6 @@ def render(report: dict[str, Any], max_changes: int = 200, indent: str = "") -> 
 
 
 def _lines(r: dict[str, Any], max_changes: int) -> Iterator[str]:
-    from ftcompile.plan import Change, Op
-    from ftcompile.render import describe_change
-
     width = max(len(r["old"]["source"]), len(r["new"]["source"]))
     for side in ("old", "new"):
         yield f"{side}  {r[side]['source']:<{width}}  plan {(r[side]['hash'] or '?')[:12]}"
