@@ -40,6 +40,7 @@ from ftcompile.runtime.runfiles import (
     read_trials,
     status_of,
 )
+from ftcompile.runtime.search_cost import of_run, report_text
 
 from ftcompile import outputs
 from ftcompile.errors import RecipeError
@@ -214,6 +215,7 @@ def trials_section(runs: list[RunData]) -> str:
         for phase in phases:
             rows = [[_cell(h, t.get(h, "")) for h in header] for t in r.trials if t.get("phase", "") == phase]
             parts.append(f"<h3>{html.escape(r.label)}: phase {html.escape(phase)}</h3>" + _table(rows, header))
+        parts.append(f"<p>{html.escape(report_text(of_run(r.plan, r.dir), r.status == 'finished'))}</p>")
     return "".join(parts)
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from ftcompile.runtime import checkpoint
+from ftcompile.runtime import checkpoint, search_cost
 from ftcompile.runtime.trials import Diverged, Running, TrialState
 
 from ftcompile import metrics, outputs
@@ -271,6 +271,7 @@ def choose(trainer: Trainer) -> None:
         return
     final = [last_score(r, k) for k in range(len(spec.alternatives))]
     print_table(r.phase, spec, final, winner, reached(r, rung_points(trainer.plan, r.phase)) if spec.prune else None)
+    search_cost.say(trainer.plan, trainer.run_dir, r.phase, trainer.logs)  # steps and seconds beside a full grid
     if where is None or trainer.run_dir is None:
         return
     where.joinpath("fork.pt").unlink(missing_ok=True)
