@@ -23,6 +23,7 @@ COUNTED = {
     "digits-pretrain.toml",
     "quickstart-portable.toml",
     "digits-pretrain-portable.toml",
+    "fewshot-trials.toml",
 }
 
 

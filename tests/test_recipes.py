@@ -16,7 +16,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL = sorted(RECIPES.glob("*.toml"))
 # Recipes whose images are not in the repository are planned with given sizes, like
 #   ftcompile plan recipes/resnet50-gradual.toml --dataset-size 1020 --val-size 1020
-SIZES = {"quickstart.toml": None, "digits-pretrain.toml": None}
+SIZES = {"quickstart.toml": None, "digits-pretrain.toml": None, "fewshot-trials.toml": None}
 
 
 def test_the_issue_recipes_are_shipped() -> None:
