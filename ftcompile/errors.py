@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import difflib
 import errno
+import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 class RecipeError(Exception):
@@ -97,3 +99,18 @@ def os_error(err: OSError, path: str | Path | None = None, doing: str = "write")
         file=where if where is not None else "(path not known)",
         suggestion=_OS_HINTS.get(err.errno or -1, "check the path and the file system"),
     )
+
+
+# The parts of a pydantic error location that name a type or validator, not a key.
+_TYPE_TAG = re.compile(r"[\[\](),]|^(int|float|str|bool|list|dict)$|^(function|constrained|lax|literal|union)")
+
+
+def loc_to_key(loc: tuple[Any, ...]) -> str:
+    """pydantic's loc ('phases', 'warmup', 'lr', 'head') -> 'phases.warmup.lr.head'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _TYPE_TAG.search(str(part)):
+            out += ("." if out else "") + str(part)
+    return out

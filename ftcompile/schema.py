@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
+from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean, loc_to_key
 from ftcompile.load import LoadedRecipe
 from ftcompile.metrics import METRICS, metric
 
@@ -761,20 +761,6 @@ def parse_duration(value: Duration | float, steps_per_epoch: int) -> int:
     if unit.startswith("epoch"):
         return max(1, round(amount * steps_per_epoch))
     return max(1, int(amount))
-
-
-_TYPE_TAG = re.compile(r"[\[\](),]|^(int|float|str|bool|list|dict)$|^(function|constrained|lax|literal|union)")
-
-
-def loc_to_key(loc: tuple[Any, ...]) -> str:
-    """pydantic's loc ('phases', 'warmup', 'lr', 'head') -> 'phases.warmup.lr.head'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not _TYPE_TAG.search(str(part)):
-            out += ("." if out else "") + str(part)
-    return out
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

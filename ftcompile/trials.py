@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean
+from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean, loc_to_key
 from ftcompile.lr_expr import parse_expr
 from ftcompile.metrics import check_available
 from ftcompile.plan import Prune
-from ftcompile.schema import Phase, _hint, loc_to_key
+from ftcompile.schema import Phase, _hint
 
 # Trial key -> how many dotted parts it may have (1: the field; 2: field.<group or argument>).
 FIELDS = {

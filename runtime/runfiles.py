@@ -45,10 +45,9 @@ from ftcompile.runtime.lock import LOCK_FILE
 from ftcompile.runtime.logs import trials_header
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ftcompile.errors import RecipeError, RecipeErrors, os_error
+from ftcompile.errors import RecipeError, RecipeErrors, loc_to_key, os_error
 from ftcompile.metrics import METRICS
 from ftcompile.plan import Plan
-from ftcompile.schema import loc_to_key
 
 SUMMARY = "summary.json"
 STATUSES = ("running", "finished", "failed", "interrupted")  # what summary.json says

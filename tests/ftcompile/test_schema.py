@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftcompile.errors import RecipeError, RecipeErrors
+from ftcompile.errors import RecipeError, RecipeErrors, loc_to_key
 from ftcompile.load import load_recipe
-from ftcompile.schema import Recipe, json_schema, loc_to_key, parse_duration, validate
+from ftcompile.schema import Recipe, json_schema, parse_duration, validate
 
 Writer = Callable[..., Path]
 
