@@ -87,6 +87,35 @@ def _set(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _backend_options(p: argparse.ArgumentParser, resume: bool = False) -> None:
+    """Where the alternatives of trial phases run (runtime/ray_backend.py, docs/ray.md)."""
+    p.add_argument(
+        "--backend",
+        choices=["sequential", "ray"],
+        help="the run's recorded backend unless given"
+        if resume
+        else "sequential: one after another in this process (default); ray: side by side as Ray tasks",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Ray cluster to join (auto: the one `ray start` made); default: a local Ray",
+    )
+    p.add_argument("--gpus-per-trial", type=int, metavar="G", help="GPUs of each Ray task (0 or 1; default 0)")
+    p.add_argument(
+        "--max-parallel",
+        type=int,
+        metavar="K",
+        help="at most K alternatives at once (default: as Ray's resources allow)",
+    )
+
+
+def _backend(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    from ftcompile.runtime.ray_backend import backend_record  # start-up time: Ray backend only
+
+    return backend_record(args.backend, args.address, args.gpus_per_trial, args.max_parallel, recorded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftcompile",
@@ -184,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder that data paths are relative to (default: the recipe's folder; for a plan.json, the current folder)",
     )
     p.add_argument("--nproc", type=int, metavar="N", help="train on N processes (GPUs) through torchrun + DDP")
+    _backend_options(p)
     _set(p)
     p.set_defaults(func=cmd_run)
 
@@ -193,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: ftcompile resume runs/quickstart/1-ab12cd34",
     )
     p.add_argument("run_dir")
+    _backend_options(p, resume=True)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser(
@@ -534,7 +565,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ftcompile.plan import Plan
 
+    backend = _backend(args)  # checked (and Ray's presence) before anything is compiled or made
     if args.nproc and args.nproc > 1:
+        if backend is not None:
+            raise RecipeError(
+                "--backend ray with --nproc: a DDP run's trial phases on Ray is not supported yet",
+                key="--backend",
+                suggestion="leave out one of them",
+            )
         from ftcompile.runtime.distributed import launch
 
         argv = ["run", args.source] + [
@@ -561,9 +599,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if restarted is not None:
         return restarted
     _warn_memory(plan, source)
+    from ftcompile.runtime.ray_backend import check_device
     from ftcompile.runtime.rundir import start_run
 
-    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source)
+    check_device(backend, plan.run.device)
+    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source, backend=backend)
 
 
 LR_FIND_EPILOG = """examples:
@@ -647,10 +687,14 @@ def _restart_pinned(plan: Any, args: argparse.Namespace) -> int | None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.rundir import open_run, resume_run
+    from ftcompile.runtime.ray_backend import check_device  # start-up time: Ray backend only
+    from ftcompile.runtime.rundir import open_run, resume_run  # start-up time: imports torch
 
-    restarted = _restart_pinned(open_run(Path(args.run_dir))[0], args)
-    return restarted if restarted is not None else resume_run(Path(args.run_dir))
+    plan, env = open_run(Path(args.run_dir))
+    backend = _backend(args, env.get("backend"))  # the recorded one, unless another is given
+    check_device(backend, plan.run.device)
+    restarted = _restart_pinned(plan, args)
+    return restarted if restarted is not None else resume_run(Path(args.run_dir), backend)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:

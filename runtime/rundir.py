@@ -166,18 +166,28 @@ def _main_then_all(d: Any, make: Callable[[], Any]) -> Any:
     return result
 
 
-def start_run(plan: Plan, recipe: Path | None, root: Path, out: Path | None, source: Path | None = None) -> int:
+def start_run(
+    plan: Plan,
+    recipe: Path | None,
+    root: Path,
+    out: Path | None,
+    source: Path | None = None,
+    backend: dict[str, Any] | None = None,
+) -> int:
+    """`backend`: where trial alternatives run (runtime/ray_backend.py's record; None: here)."""
     from ftcompile.runtime import distributed
 
     with blamed(source or recipe):
         if recipe is None:  # a plan.json: its data must be the data the plan counted
             check_data(plan, root, "--data-root")
-        run_new(plan, recipe, root, out)
+        run_new(plan, recipe, root, out, backend)
     distributed.shutdown(distributed.init(plan.run.device))
     return 0
 
 
-def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Path:
+def run_new(
+    plan: Plan, recipe: Path | None, root: Path, out: Path | None, backend: dict[str, Any] | None = None
+) -> Path:
     """Verify the images, create and lock the run directory (rank 0; the others learn its
     name), record, train."""
     from ftcompile.runtime import distributed
@@ -195,9 +205,10 @@ def run_new(plan: Plan, recipe: Path | None, root: Path, out: Path | None) -> Pa
                 from ftcompile.provenance import stored_recipe_text
 
                 text = stored_recipe_text(recipe, plan.recipe.get("overrides", []))
-            _write_record(run_dir, plan, text, env_record(plan, recipe, root, d.world))
+            env = env_record(plan, recipe, root, d.world)
+            _write_record(run_dir, plan, text, {**env, "backend": backend} if backend else env)
         distributed.barrier(d)
-        _train(plan, run_dir, root, None, d)
+        _train(plan, run_dir, root, None, d, backend)
     return run_dir
 
 
@@ -237,7 +248,8 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "model.pt").is_file()
 
 
-def resume_run(run_dir: Path) -> int:
+def resume_run(run_dir: Path, backend: dict[str, Any] | None = None) -> int:
+    """`backend`: the one to go on with (the CLI's: the recorded one unless another was given)."""
     plan, env = open_run(run_dir)
     if is_finished(run_dir):  # nothing to do, and nothing touched; what changed since is still said
         for line in changed_since(run_dir, plan, env):
@@ -271,10 +283,18 @@ def resume_run(run_dir: Path) -> int:
             _main_then_all(d, lambda: check_logs(run_dir, found[1], found[0].name))
             if d.main:
                 print(f"resuming at step {found[1]['step']} of {plan.total_steps}", file=sys.stderr)
+        if d.main and backend != env.get("backend"):  # another backend given: the next resume goes on with it
+            outputs.write_json(run_dir / "env.json", checked(Env, _with_backend(env, backend)))
         distributed.barrier(d)
-        _train(plan, run_dir, root, state, d)
+        _train(plan, run_dir, root, state, d, backend)
     distributed.shutdown(d)
     return 0
+
+
+def _with_backend(env: dict[str, Any], backend: dict[str, Any] | None) -> dict[str, Any]:
+    """env.json's record with `backend` (left out for the sequential one)."""
+    rest = {k: v for k, v in env.items() if k != "backend"}
+    return {**rest, "backend": backend} if backend else rest
 
 
 def _source(run_dir: Path) -> Path:
@@ -354,7 +374,9 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
                     new_dir,
                     plan,
                     recipe.read_text(encoding="utf-8") if recipe.is_file() else None,
-                    {**env, **rerun_record(plan, env), "processes": d.world, "rerun_of": str(run_dir)},
+                    _with_backend(
+                        {**env, **rerun_record(plan, env), "processes": d.world, "rerun_of": str(run_dir)}, None
+                    ),
                 )
             distributed.barrier(d)
             _train(plan, new_dir, root, None, d)
@@ -394,26 +416,48 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
     return run_new(upstream, upstream_root / Path(weights["value"]).name, upstream_root, None) / "model.pt"
 
 
-def _train(plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any) -> None:
+def _train(
+    plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any, backend: dict[str, Any] | None = None
+) -> None:
     from ftcompile.runtime.loop import train
 
+    if backend is not None and d.enabled:
+        raise RecipeError(
+            "--backend ray in a DDP run (torchrun): a DDP run's trial phases on Ray is not supported yet",
+            key="--backend",
+            suggestion="leave out --backend, or run on one process",
+        )
     upstream = upstream_model(plan, root)
     if not d.main:
         train(plan, run_dir, root, state, d, upstream=upstream)
         return
     outputs.remove_stale_temps(run_dir)  # what a killed writer left (only ftcompile's own temporary names)
     from ftcompile.runtime import cost
+    from ftcompile.runtime.ray_backend import make_backend
     from ftcompile.runtime.status import RunStatus
     from ftcompile.runtime.tensorboard import log_hooks
 
     status = RunStatus(run_dir, plan, state)
+    runner = make_backend(backend)  # None: the alternatives run here, one after another
     try:
         # summary.json; TensorBoard when asked; peak memory per phase (runtime/cost.py)
         with status.tracking(), log_hooks(plan, run_dir) as hooks, cost.metered(plan) as meter:
-            result = train(plan, run_dir, root, state, d, upstream=upstream, hooks=[status, meter, *hooks])
+            result = train(
+                plan,
+                run_dir,
+                root,
+                state,
+                d,
+                upstream=upstream,
+                hooks=[status, meter, *hooks],
+                **({"backend": runner} if runner is not None else {}),
+            )
     except KeyboardInterrupt as exc:
         # Ctrl-C or SIGTERM: the checkpoints on disk are complete (atomic writes); say how to go on.
         raise Interrupted(signum_of(exc), f"interrupted; continue with `ftcompile resume {run_dir}`") from None
+    finally:
+        if runner is not None:
+            runner.close()  # a local Ray it started is shut down
     print_summary(plan, result, run_dir)
     print(cost.table(plan, run_dir, meter))  # estimate against measurement, so a wrong estimate is seen
     _after_run(run_dir)

@@ -149,6 +149,15 @@ class Machine(_File):
     gpu: str | None = None
 
 
+class Backend(_File):
+    """`--backend ray` and its options (runtime/ray_backend.py); `resume` goes on with it."""
+
+    name: Literal["ray"]
+    address: str | None = None
+    gpus_per_trial: int = 0
+    max_parallel: int | None = None
+
+
 class Env(_File):
     """Only `data_root` is needed (resume, eval and rerun find the data there); the rest is
     provenance, compared when a run is resumed or rerun."""
@@ -168,6 +177,7 @@ class Env(_File):
     machine: Machine | None = None
     reproducible: dict[str, Any] | None = None  # run.reproducible's record (ftcompile/portable.py)
     rerun_of: str | None = None
+    backend: Backend | None = None  # where trial alternatives run; left out: one after another (sequential)
 
 
 # ---------------------------------------------------------------- eval.json (evaluate.evaluate_run)
