@@ -364,7 +364,11 @@ def bench(name: str, recipe: Path, methods: str, work: Path) -> dict[str, Any]:
                 print(f"  ({m}) not available: {why}", flush=True)
                 continue
             args = ("--backend", "ray", "--max-parallel", "2") if m == "e" else ()
-            outcomes[m] = trials_run(m, pruned(recipe), names, work, *args)
+            try:
+                outcomes[m] = trials_run(m, pruned(recipe), names, work, *args)
+            except Exception as err:  # a backend still being built fails here: say so, go on
+                outcomes[m] = Outcome(m, note=f"failed: {type(err).__name__}: {str(err).splitlines()[0]}")
+                print(f"  ({m}) failed: {err}", flush=True)
         elif m == "d":
             outcomes[m] = optuna_study(combos, phases, work)
     best = outcomes["a"].top1 if "a" in outcomes else None
