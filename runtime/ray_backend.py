@@ -171,7 +171,8 @@ def run_in_worker(run_dir: str, stretch: Stretch, threads: int, versions: dict[s
     here = Path(run_dir)
     if not (here / "plan.json").is_file():
         raise RecipeError(
-            f"the Ray worker on {node} cannot see the run directory {run_dir} (no plan.json there)",
+            f"the Ray worker on {node} cannot see this run directory (no plan.json there)",
+            file=run_dir,  # named first, so that the CLI does not name the recipe instead
             key="--backend",
             suggestion="put the run directory on storage every Ray node mounts at the same path "
             "(--out /shared/runs/...), or run on one machine",
@@ -183,6 +184,7 @@ def run_in_worker(run_dir: str, stretch: Stretch, threads: int, versions: dict[s
         )
         raise RecipeError(
             f"the Ray worker on {node} runs {differ}: its results would not be the driver's",
+            file=run_dir,
             key="--backend",
             suggestion="install the same versions on every Ray node",
         )
@@ -266,14 +268,14 @@ class RayBackend:
                     _, in_flight = ray.wait(in_flight, num_returns=1)
                 refs.append(self._task.remote(where, stretch, self.threads, self.versions))
                 in_flight.append(refs[-1])
-            return [self._get(ray, ref, stretch) for ref, stretch in zip(refs, stretches, strict=True)]
+            return [self._get(ray, ref, stretch, where) for ref, stretch in zip(refs, stretches, strict=True)]
         except BaseException:
             for ref in refs:  # Ctrl-C or an error: no worker goes on writing into the run directory
                 ray.cancel(ref, force=True)
             raise
 
     @staticmethod
-    def _get(ray: Any, ref: Any, stretch: Stretch) -> StretchResult:
+    def _get(ray: Any, ref: Any, stretch: Stretch, run_dir: str) -> StretchResult:
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as err:
@@ -288,10 +290,11 @@ class RayBackend:
         ) as err:
             raise RecipeError(
                 f"alternative {stretch.k} of the trial phase {stretch.phase!r} (steps {stretch.begin}-{stretch.end}) "
-                f"lost its Ray worker {RETRIES + 1} times: {type(err).__name__}",
+                f"lost its Ray worker ({type(err).__name__}; tried {RETRIES + 1} times)",
+                file=run_dir,
                 key="--backend",
-                suggestion="see the Ray logs (/tmp/ray/session_latest/logs); the run directory keeps the finished "
-                "alternatives: `ftcompile resume RUN` goes on",
+                suggestion="see the Ray logs (/tmp/ray/session_latest/logs on the worker's node); the finished "
+                f"alternatives stay in the run directory: `ftcompile resume {run_dir}` goes on",
             ) from None
 
     def close(self) -> None:
