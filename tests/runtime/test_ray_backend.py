@@ -14,7 +14,15 @@ import pytest
 import torch
 from ftcompile.runtime import ray_backend
 from ftcompile.runtime.ray_backend import backend_record, run_in_worker
-from runtime_helpers import assert_same_tensors, cli, load_tensors, metrics_bytes, recipe_text, write_recipe
+from runtime_helpers import (
+    assert_same_tensors,
+    cli,
+    cli_process,
+    load_tensors,
+    metrics_bytes,
+    recipe_text,
+    write_recipe,
+)
 
 from ftcompile.errors import RecipeError
 
@@ -329,3 +337,17 @@ def test_a_worker_that_cannot_see_the_run_directory_fails_its_task(ray_local: Pa
         RayBackend().run(tmp_path / "elsewhere", [Stretch("head2", 0, 2, 4)])
     assert str(err.value).startswith(f"{tmp_path / 'elsewhere'}: --backend: the Ray worker on ")
     assert "cannot see this run directory (no plan.json there)" in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_portable_run_starts_and_stops_its_own_local_ray(tmp_path: Path) -> None:
+    """`ftcompile run R --backend ray` with no Ray running: the command starts a local Ray and
+    shuts it down; a portable plan (1 thread, pinned instruction sets) gives the sequential bits."""
+    text = recipe_text("ray-portable", PHASES, run=RUN + '\nreproducible = "portable"')
+    recipe = write_recipe(tmp_path, text)
+    sequential = cli_process("run", recipe, "--out", tmp_path / "sequential", cwd=tmp_path)
+    assert sequential.returncode == 0, sequential.stderr
+    on_ray = cli_process("run", recipe, "--out", tmp_path / "ray", "--backend", "ray", cwd=tmp_path)
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert "(run_in_worker pid=" in on_ray.stdout + on_ray.stderr  # Ray's workers printed the evaluations
+    same_run(tmp_path / "sequential", tmp_path / "ray")
