@@ -32,13 +32,14 @@ class Logs:
     trials: bool = False  # the plan has trial phases: trials.csv too
     _digests: dict[str, _Digest] = field(default_factory=dict, init=False, repr=False)
     ema: bool = False  # the run keeps an EMA: trials.csv has the EMA's metrics too
+    rungs: int = 0  # the most rung points of a trial phase (`prune`): trials.csv's rung columns
 
     def __post_init__(self) -> None:
         if not self.enabled:
             return
         self.metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")
         self.lr = _csv(self.folder / "lr.csv", ["step", "phase", "trial", *self.names])
-        self.trial_rows = _csv(self.folder / "trials.csv", trials_header(self.ema)) if self.trials else None
+        self.trial_rows = _csv(self.folder / "trials.csv", trials_header(self.ema, self.rungs)) if self.trials else None
 
     def record(self, rec: dict[str, Any]) -> None:
         if self.enabled:
@@ -53,7 +54,7 @@ class Logs:
         """One row per alternative of a trial phase (phase, k, label, metrics, chosen); a
         column a row lacks (a metric the evaluation did not report) is left empty."""
         if self.enabled and self.trial_rows is not None:
-            header = trials_header(self.ema)
+            header = trials_header(self.ema, self.rungs)
             csv.writer(self.trial_rows, lineterminator="\n").writerows(
                 [[row.get(h, "") for h in header] for row in rows]
             )
@@ -113,10 +114,14 @@ class _Digest:
         return {"size": self.size, "lines": self.lines, "sha256": self.sha.hexdigest()}
 
 
-def trials_header(ema: bool) -> list[str]:
+def trials_header(ema: bool, rungs: int = 0) -> list[str]:
     """trials.csv's columns: every metric of the METRICS table that the run reports, by the
-    name a recipe gives it (the EMA weights' metrics only when the run keeps an EMA)."""
-    return ["phase", "k", "label", *(m.name for m in METRICS.values() if ema or not m.ema), "chosen"]
+    name a recipe gives it (the EMA weights' metrics only when the run keeps an EMA). With
+    `prune` in a trial phase (`rungs`: the most rung points of one), then the step each
+    alternative reached and its `select` value at each rung point (rung1, rung2, ...)."""
+    metric_names = [m.name for m in METRICS.values() if ema or not m.ema]
+    pruned = ["reached", *(f"rung{i + 1}" for i in range(rungs))] if rungs else []
+    return ["phase", "k", "label", *metric_names, "chosen", *pruned]
 
 
 TRIALS_HEADER = trials_header(ema=False)  # ["phase", "k", "label", "val_loss", "val_top1", "val_top5", "chosen"]

@@ -35,7 +35,7 @@ from ftcompile.runtime.mix import BatchMix, check_micro_batches, micro_batches
 from ftcompile.runtime.model import build
 from ftcompile.runtime.optim import build_optimizer
 from ftcompile.runtime.runfiles import as_continued
-from ftcompile.runtime.trials import Diverged, Running, TrialState
+from ftcompile.runtime.trials import Diverged, Running, TrialState, rung_count
 from torch import nn
 
 from ftcompile.apply import Executor
@@ -264,10 +264,18 @@ class Session:
         # phase so far, the one running now, and optimizer steps taken in all (alternatives go
         # back to a phase start).
         self.trials = TrialState(plan)
+        self.search_backend: search.Backend | None = None  # where stretches of alternatives run (None: here)
         self.executed = 0
         has_trials = any(ph.trials for ph in plan.phases)
         self.logs = (
-            Logs(run_dir, plan.param_group_names, enabled=d.main, trials=has_trials, ema=plan.run.ema is not None)
+            Logs(
+                run_dir,
+                plan.param_group_names,
+                enabled=d.main,
+                trials=has_trials,
+                ema=plan.run.ema is not None,
+                rungs=rung_count(plan),
+            )
             if run_dir
             else None
         )
@@ -356,7 +364,7 @@ class Session:
             raise ValueError(f"window [{begin}, {end}) outside the plan's [0, {self.plan.total_steps})")
         if self.trials.running is not None:
             # Loaded inside a trial phase: its search goes on from here.
-            search.resume(self)
+            search.resume(self, self.search_backend)
         self.window(self.step, end)
 
     def window(self, begin: int, end: int) -> None:
@@ -374,7 +382,7 @@ class Session:
             # A trial phase starts: the search forks, runs and judges its alternatives, and
             # leaves the session at the phase's end, following the winner.
             if self.next_change < len(self.changes) and self.changes[self.next_change].op == Op.TRIAL:
-                search.run_phase(self, self.changes[self.next_change].target or "")
+                search.run_phase(self, self.changes[self.next_change].target or "", self.search_backend)
                 continue
             # Cached features and the DDP / compile wrapper follow what the changes set.
             self._prepare()
@@ -754,11 +762,15 @@ def train(
     d: Dist = Dist(),
     upstream: Path | None = None,
     hooks: Sequence[Hooks] = (),
+    backend: search.Backend | None = None,
 ) -> dict[str, Any]:
-    """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint."""
+    """Carry out `plan` in `run_dir`; with `resume`, continue from that checkpoint. `backend`:
+    where the stretches of trial alternatives run (runtime/search.py; None: here, in turn)."""
     if resume is not None and d.main:
         truncate_logs(run_dir, resume["logs"])  # what was logged after the checkpoint
     session = Session(plan, root, run_dir, d, upstream, hooks)
+    if backend is not None:
+        session.search_backend = backend
     try:
         if resume is not None:
             session.load_state(resume)
@@ -772,7 +784,10 @@ def train(
             checkpoint.atomic_save(session.ema.module.state_dict(), run_dir / "model_ema.pt")
         retention.prune(run_dir / "checkpoints", plan, finished=True)  # model.pt is safe first
     # Of a trial phase, the chosen alternative's evaluations.
-    return {"evals": as_continued(session.evals, session.trials.chosen), "seconds": time.perf_counter() - session.progress.started}
+    return {
+        "evals": as_continued(session.evals, session.trials.chosen),
+        "seconds": time.perf_counter() - session.progress.started,
+    }
 
 
 def first_non_finite(model: nn.Module) -> str | None:

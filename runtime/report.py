@@ -215,8 +215,28 @@ def trials_section(runs: list[RunData]) -> str:
         for phase in phases:
             rows = [[_cell(h, t.get(h, "")) for h in header] for t in r.trials if t.get("phase", "") == phase]
             parts.append(f"<h3>{html.escape(r.label)}: phase {html.escape(phase)}</h3>" + _table(rows, header))
+            parts.append(_rungs(r, phase))
         parts.append(f"<p>{html.escape(report_text(of_run(r.plan, r.dir), r.status == 'finished'))}</p>")
     return "".join(parts)
+
+
+def _rungs(r: RunData, phase: str) -> str:
+    """With prune: the phase's rung points and which alternatives stopped at each."""
+    ph = next(p for p in r.plan.phases if p.name == phase)
+    if ph.trials is None or ph.trials.prune is None:
+        return ""
+    rows = [t for t in r.trials if t.get("phase") == phase]
+    lines = []
+    for step in (*ph.trials.prune.at, ph.end):
+        ks = [f"k={t['k']} ({t['label']})" for t in rows if t.get("reached") == str(step)]
+        where = "ran to the end" if step == ph.end else f"stopped at step {step}"
+        lines.append(f"{where}: {', '.join(ks) if ks else 'none'}")
+    at = ", ".join(str(s) for s in ph.trials.prune.at)
+    return (
+        f"<p>Rungs at steps {at} of [{ph.begin}, {ph.end}), select {html.escape(ph.trials.select)}: "
+        + "; ".join(html.escape(line) for line in lines)
+        + ".</p>"
+    )
 
 
 def _cell(column: str, value: str) -> str:

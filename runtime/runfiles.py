@@ -43,11 +43,12 @@ from typing import Any, Literal
 
 from ftcompile.runtime.lock import LOCK_FILE
 from ftcompile.runtime.logs import trials_header
+from ftcompile.runtime.trials import rung_count
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ftcompile.errors import RecipeError, RecipeErrors, loc_to_key, os_error
 from ftcompile.metrics import METRICS
-from ftcompile.plan import Plan
+from ftcompile.plan import Plan, TrialsPlan
 
 SUMMARY = "summary.json"
 STATUSES = ("running", "finished", "failed", "interrupted")  # what summary.json says
@@ -563,7 +564,8 @@ def read_trials(run_dir: Path, plan: Plan) -> list[dict[str, str]]:
     if not lines:
         return []
     (_, header), *body = lines
-    expected = trials_header(ema=plan.run.ema is not None)  # the EMA's metrics too with [run] ema
+    # The EMA's metrics too with [run] ema; with prune, the step reached and the rung values.
+    expected = trials_header(ema=plan.run.ema is not None, rungs=rung_count(plan))
     if header != expected:
         raise _error(path, f"the header is {','.join(header)}, ftcompile writes {','.join(expected)}", line=1)
     specs = {ph.name: ph.trials for ph in plan.phases if ph.trials}
@@ -606,6 +608,7 @@ def read_trials(run_dir: Path, plan: Plan) -> list[dict[str, str]]:
         for m in METRICS.values():  # losses are >= 0, accuracies (maximised) in [0, 1]
             if m.name in row:
                 _number(path, n, m.name, row[m.name], low=0.0, high=1.0 if m.maximise else None)
+        _rung_fields(path, n, row, spec)
         if row["chosen"] not in ("true", "false"):
             raise _error(path, f"{row['chosen']!r} is neither true nor false", key="chosen", line=n)
         if row["chosen"] == "true":
@@ -619,6 +622,18 @@ def read_trials(run_dir: Path, plan: Plan) -> list[dict[str, str]]:
             chosen[row["phase"]] = k
         rows.append(row)
     return rows
+
+
+def _rung_fields(path: Path, n: int, row: dict[str, str], spec: TrialsPlan) -> None:
+    """With prune: `reached` is the phase's end or one of its rung points; rung<i> a metric
+    value (empty past the rung the alternative reached, or the phase's rungs)."""
+    if "reached" not in row:
+        return
+    if row["reached"] and not row["reached"].isdigit():
+        raise _error(path, f"{row['reached']!r} is not a step", key="reached", line=n)
+    maximise = METRICS[spec.select].maximise
+    for column in (c for c in row if c.startswith("rung")):
+        _number(path, n, column, row[column], low=0.0, high=1.0 if maximise else None)
 
 
 def chosen_alternatives(run_dir: Path, plan: Plan) -> dict[str, int]:

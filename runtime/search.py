@@ -125,7 +125,7 @@ def pick(results: list[dict[str, Any]], select: str) -> int | None:
 
 def rank(results: list[dict[str, Any]], select: str) -> list[int]:
     """The alternatives best first, by `pick` (ties: the earlier; non-finite: last, in order)."""
-    rest, order = list(results), []
+    rest, order = list(results), list[int]()
     while rest:
         best = pick(rest, select)
         if best is None:
@@ -392,31 +392,18 @@ class InProcess:
         t, ts = self.trainer, self.trainer.trials
         r = ts.running
         assert r is not None
-        end_of_phase = rung_points(t.plan, s.phase)[-1]
         if s != self.live:
             start = self._start_state(s)
             r.k, r.begin, r.end = s.k, s.begin, s.end
             t.enter(start, ts.chosen, r)
         self.live = None
-        where = folder(t.run_dir, s.phase)
-        try:
-            t.window(t.step, s.end)
-            rec = t.last_evaluation()
-            if rec is None or rec.get("trial") != s.k or rec["phase"] != s.phase:
-                raise AssertionError(f"alternative {s.k} of {s.phase} ended at step {t.step} with no evaluation")
-            res, step = score(rec), t.step
-            state = t.state()
-            if t.d.main and t.run_dir is not None:
-                _save(state, state_file(t.run_dir, s.phase, s.k, step, t.plan))
-            elif t.run_dir is None and step != end_of_phase:
-                self.held[s.k] = state  # no run directory: the rung's states stay in memory
-            if step == end_of_phase and pick([*r.results, res], ts.specs[s.phase].select) == s.k:
-                ts.best = (s.k, state)
-        except Diverged:  # a diverged alternative ranks last
-            res, step = diverged(s.k), s.end
-        if t.d.main:
-            _write_score(where, res)
-        result = StretchResult(s, res, step)
+        result, state = _run(t, s, t.run_dir)
+        end_of_phase = rung_points(t.plan, s.phase)[-1]
+        if state is not None and t.run_dir is None and result.step != end_of_phase:
+            self.held[s.k] = state  # no run directory: the rung's states stay in memory
+        if state is not None and result.step == end_of_phase:
+            if pick([*r.results, result.score], ts.specs[s.phase].select) == s.k:
+                ts.best = (s.k, state)  # the best end state so far, kept in memory for the choice
         _take(r, result, end_of_phase)
         return result
 
@@ -446,3 +433,58 @@ class _LiveFirst:
             return self.then.run(run_dir, stretches)
         first = [self.live.run(run_dir, [self.live.live])[0]]
         return first + self.then.run(run_dir, [s for s in stretches if s != first[0].stretch])
+
+
+def _run(t: Trainer, s: Stretch, run_dir: Path | None) -> tuple[StretchResult, dict[str, Any] | None]:
+    """Run stretch `s` from where the session is (it has entered the stretch's start state):
+    its steps and evaluations, then its score and its state at the end (None: it diverged),
+    kept (rank 0) in trials/<phase>/<k>/ with metrics.json."""
+    where = folder(run_dir, s.phase)
+    try:
+        t.window(t.step, s.end)
+    except Diverged:  # a diverged alternative ranks last
+        res, step, state = diverged(s.k), s.end, None
+    else:
+        rec = t.last_evaluation()
+        if rec is None or rec.get("trial") != s.k or rec["phase"] != s.phase:
+            raise AssertionError(f"alternative {s.k} of {s.phase} ended at step {t.step} with no evaluation")
+        res, step, state = score(rec), t.step, t.state()
+        if t.d.main and run_dir is not None:
+            _save(state, state_file(run_dir, s.phase, s.k, step, t.plan))
+    if t.d.main:
+        _write_score(where, res)
+    return StretchResult(s, res, step), state
+
+
+def run_stretch(run_dir: Path, stretch: Stretch) -> StretchResult:
+    """Run one stretch in this process from the run directory alone (plan.json, env.json's data
+    root, the stretch's start state: fork.pt or trials/<phase>/<k>/at-<begin>.pt); what a Ray
+    task calls. Writes only under trials/<phase>/<k>/: the state at its end, metrics.json, and
+    its log rows in logs-<end>/ (metrics.jsonl, lr.csv) for the driver to merge. No
+    checkpoints: the driver's run holds those. Results do not depend on the process."""
+    # Imported here: loop imports this module (and rundir the CLI's run-directory rules).
+    from ftcompile.runtime.logs import Logs
+    from ftcompile.runtime.loop import Session
+    from ftcompile.runtime.rundir import open_run, upstream_model
+
+    plan, env = open_run(run_dir)
+    root = Path(env.get("data_root") or ".")
+    session = Session(plan, root, None, upstream=upstream_model(plan, root))
+    # The alternative's keep_best improvements go to trials/<phase>/<k>/best.pt (runtime/best.py).
+    session.watch.run_dir, session.watch.writes = run_dir, session.d.main
+    logs_dir = run_dir / "trials" / stretch.phase / str(stretch.k) / f"logs-{stretch.end}"
+    shutil.rmtree(logs_dir, ignore_errors=True)  # a retried task starts its logs again
+    logs_dir.mkdir(parents=True)
+    session.logs = Logs(logs_dir, plan.param_group_names, ema=plan.run.ema is not None)
+    try:
+        if stretch.begin == rung_points(plan, stretch.phase)[0]:
+            start = _load(run_dir / "trials" / stretch.phase / "fork.pt")
+        else:
+            start = _load(state_file(run_dir, stretch.phase, stretch.k, stretch.begin, plan))
+        running = Running(stretch.phase, stretch.begin, stretch.end, stretch.k)
+        session.enter(start, dict((start.get("trials") or {}).get("chosen") or {}), running)
+        result, _ = _run(session, stretch, run_dir)
+    finally:
+        session.close()
+    result.logs = logs_dir
+    return result

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from ftcompile.runtime.features import FeatureCache
 
 
+def rung_count(plan: Plan) -> int:
+    """The most rung points (`prune.at`) of one trial phase of the plan; 0 without prune."""
+    return max((len(ph.trials.prune.at) for ph in plan.phases if ph.trials and ph.trials.prune), default=0)
+
+
 class Diverged(RecipeError):
     """The loss became inf or nan. Inside a trial the alternative ranks last; elsewhere it is
     the user error it always was."""
