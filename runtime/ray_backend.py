@@ -10,7 +10,7 @@ that cannot see it fails its task with a message naming the path and the node.
 
 Ray decides placement, resources and retries; nothing here schedules:
 - each task asks for `num_gpus = G` (`--gpus-per-trial`) and, on a CPU, as many CPUs as the
-  threads it computes with;
+  threads it computes with (a cluster with fewer now is a warning: an autoscaler may add them);
 - at most K tasks are in flight (`--max-parallel`, a `ray.wait` window), else as many as the
   cluster's resources allow;
 - a worker that dies (killed, out of memory, its node lost) is retried by Ray (`max_retries`)
@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,22 +228,21 @@ class RayBackend:
                 ) from None
             self._owned = True
         self._ray = ray
+        # An autoscaling cluster (KubeRay, a cluster launcher) may have fewer resources now than
+        # it will start for the tasks, so too few is a warning: the tasks wait for them.
         resources = ray.cluster_resources()
-        if self.gpus and resources.get("GPU", 0) < self.gpus:
-            raise RecipeError(
-                f"--gpus-per-trial {self.gpus}: the Ray cluster has {resources.get('GPU', 0):g} GPUs",
-                key="--gpus-per-trial",
-                suggestion="add GPU nodes to the cluster (`ray start --address ...` on them), or leave it out",
-            )
         cpus = 1 if self.gpus else self.threads
-        if resources.get("CPU", 0) < cpus:
-            raise RecipeError(
-                f"each alternative computes with {self.threads} threads (as this process does), "
-                f"and the Ray cluster has {resources.get('CPU', 0):g} CPUs",
-                key="--backend",
-                suggestion=f"set OMP_NUM_THREADS={int(resources.get('CPU', 1))} or less before ftcompile starts, "
-                "or add CPUs to the cluster",
-            )
+        asked = {"GPU": self.gpus, "CPU": cpus}
+        for kind, n in asked.items():
+            if n and resources.get(kind, 0) < n:
+                why = f" (its {self.threads} threads, as this process computes)" if kind == "CPU" else ""
+                print(
+                    f"warning: each alternative asks Ray for {n} {kind}{why}, and the Ray cluster has "
+                    f"{resources.get(kind, 0):g} now: its tasks wait until a node that has them joins"
+                    + ("; set OMP_NUM_THREADS lower before ftcompile starts" if kind == "CPU" else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
         options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": self.gpus, "max_retries": RETRIES}
         if self.env_vars:
             options["runtime_env"] = {"env_vars": self.env_vars}

@@ -351,3 +351,47 @@ def test_a_portable_run_starts_and_stops_its_own_local_ray(tmp_path: Path) -> No
     assert on_ray.returncode == 0, on_ray.stderr
     assert "(run_in_worker pid=" in on_ray.stdout + on_ray.stderr  # Ray's workers printed the evaluations
     same_run(tmp_path / "sequential", tmp_path / "ray")
+
+
+class _FakeRay:
+    """What RayBackend._start asks of `ray`, for a cluster that has no CPU yet (an autoscaler's)."""
+
+    def __init__(self) -> None:
+        self.shut = False
+        self.options: dict = {}
+
+    def is_initialized(self) -> bool:
+        return True  # this process's own Ray: used, left running
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 0.0}
+
+    def remote(self, fn: object) -> object:
+        fake = self
+
+        class Remote:
+            def options(self, **options: object) -> object:
+                fake.options = options
+                return self
+
+        return Remote()
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_a_cluster_without_the_resources_yet_is_a_warning_and_a_callers_ray_stays_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ftcompile.runtime.ray_backend import RayBackend
+
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    backend = RayBackend(max_parallel=2)
+    backend._start()
+    err = capsys.readouterr().err
+    assert f"each alternative asks Ray for {backend.threads} CPU" in err and "wait until a node" in err
+    assert fake.options["num_cpus"] == backend.threads and fake.options["num_gpus"] == 0
+    assert fake.options["max_retries"] == ray_backend.RETRIES
+    backend.close()
+    assert not fake.shut
