@@ -450,7 +450,7 @@ def _train(
                 d,
                 upstream=upstream,
                 hooks=[status, meter, *hooks],
-                **({"backend": runner} if runner is not None else {}),
+                backend=runner,
             )
     except KeyboardInterrupt as exc:
         # Ctrl-C or SIGTERM: the checkpoints on disk are complete (atomic writes); say how to go on.
