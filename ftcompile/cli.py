@@ -657,7 +657,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     )
     out.mkdir(parents=True, exist_ok=True)
     lrf.write_csv(found, out / "lr_find.csv")
-    print(lrf.report(found, _written_phase(args.recipe, args, phase.name)))
+    print(lrf.report(found, _paste_line(args, found)))
     wrote = [out / "lr_find.csv"]
     if lrf.plot(found, out / "lr_find.png"):
         wrote.append(out / "lr_find.png")
@@ -667,15 +667,15 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
-def _written_phase(path: str, args: argparse.Namespace, name: str) -> Any:
-    """The phase as the recipe writes it (its `lr` table with expressions), for lr-find's
-    paste-in line; None for a compiled plan.json, which keeps only numbers."""
-    if Path(path).suffix == ".json":
+def _paste_line(args: argparse.Namespace, found: Any) -> str | None:
+    """lr-find's paste-in `lr` line, formatted on the recipe side from the phase as the
+    recipe writes it (the runtime knows the plan only); None when the test suggests nothing."""
+    if found.suggestion is None:
         return None
-    from ftcompile.load import load_overridden
-    from ftcompile.schema import validate
+    from ftcompile.lr_paste import paste_line  # start-up time: this command only
 
-    return validate(load_overridden(path, tuple(getattr(args, "overrides", ())))).phases.get(name)
+    overrides = getattr(args, "overrides", ())
+    return paste_line(args.recipe, overrides, found.phase.name, found.base, found.suggestion["steepest"])
 
 
 def _restart_pinned(plan: Any, args: argparse.Namespace) -> int | None:

@@ -22,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ftcompile.errors import RecipeError
+from ftcompile.keylines import key_lines, line_in
 from ftcompile.overrides import Override, apply_overrides, parse_override
 
 # Keys whose values are paths relative to the recipe that holds them.
@@ -52,13 +53,7 @@ class LoadedRecipe:
         """Line of a key path, or of its nearest enclosing key that has one (none for a --set value)."""
         if any(o.covers(key) for o in self.overrides):
             return None
-        parts = key.replace("[", ".[").split(".")
-        while parts:
-            found = self.lines.get(".".join(parts).replace(".[", "["))
-            if found is not None:
-                return found
-            parts.pop()
-        return None
+        return line_in(self.lines, key)
 
     def source_hash(self) -> str:
         """Hash of the merged content: comments and key order do not change it."""
@@ -70,8 +65,6 @@ def canonical_json(obj: Any) -> str:
 
 
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
-# Characters of a (dotted, possibly quoted) key as the line scan sees it.
-_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.\"' ")
 # A base recipe that extends another that extends another ... this deep is a mistake (or a
 # generated chain); each level is read, parsed and merged, so the depth is bounded.
 MAX_EXTENDS_DEPTH = 32
@@ -119,53 +112,6 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         ) from None
 
 
-def key_lines(text: str) -> dict[str, int]:
-    """Key path -> line number, from a line scan (tomllib keeps no positions).
-
-    Each line is looked at a constant number of times (no backtracking regex): a recipe
-    line of any length costs time proportional to its length.
-    """
-    lines: dict[str, int] = {}
-    table = ""
-    for no, raw in enumerate(text.splitlines(), start=1):
-        header = _header(raw)
-        if header is not None:
-            table = _strip_quotes(header)
-            lines.setdefault(table, no)
-            continue
-        key = _key(raw)
-        if key is not None and not raw.lstrip().startswith("#"):
-            name = _strip_quotes(key)
-            full = f"{table}.{name}" if table else name
-            lines.setdefault(full, no)
-    return lines
-
-
-def _header(raw: str) -> str | None:
-    """The name in a `[table]` or `[[array]]` line (a comment may follow), else None."""
-    rest = raw.lstrip()
-    if not rest.startswith("["):
-        return None
-    rest = rest[2:] if rest.startswith("[[") else rest[1:]
-    close = rest.find("]")
-    if close < 0:
-        return None
-    name, after = rest[:close], rest[close + 1 :]
-    after = (after[1:] if after.startswith("]") else after).lstrip()
-    if not name.strip() or (after and not after.startswith("#")):
-        return None
-    return name.strip()
-
-
-def _key(raw: str) -> str | None:
-    """The key of a `key = value` line (dotted and quoted parts kept as written), else None."""
-    head, eq, _ = raw.partition("=")
-    name = head.strip()
-    if not eq or not name or not _KEY_CHARS.issuperset(name):
-        return None
-    return name
-
-
 def _check_nesting(data: dict[str, Any], path: Path, lines: dict[str, int]) -> None:
     """Refuse values nested deeper than MAX_NESTING, naming the first key path that is."""
     stack: list[tuple[Any, str, int]] = [(data, "", 0)]
@@ -184,10 +130,6 @@ def _check_nesting(data: dict[str, Any], path: Path, lines: dict[str, int]) -> N
             stack += [(v, f"{key}.{k}" if key else str(k), depth + 1) for k, v in value.items()]
         elif isinstance(value, list):
             stack += [(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value)]
-
-
-def _strip_quotes(key: str) -> str:
-    return ".".join(p.strip().strip("\"'") for p in key.split("."))
 
 
 def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ is written but the CSV (and plot) asked for: the session has no run directory.
 The suggestion is for the phase's reference group: the last group of its `train` list (the
 head in the usual order, the group `lr_decay` and expressions start from). It is one
 multiplier of all the phase's LRs, so the line to paste is the phase's whole `lr` table with
-its numbers scaled and its expressions kept (`paste_lr`). A flat curve (`flat`) suggests
-nothing: its steepest point would be noise.
+its numbers scaled and its expressions kept: the recipe side formats it (ftcompile/lr_paste.py,
+from the phase as the recipe writes it) and `report` prints it. A flat curve (`flat`)
+suggests nothing: its steepest point would be noise.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from ftcompile.runtime.retention import find_phase_start
 
 from ftcompile import outputs, portable
 from ftcompile.errors import RecipeError, did_you_mean
-from ftcompile.lr_expr import resolve_lrs
 from ftcompile.plan import Op, PhasePlan, Plan
-from ftcompile.schema import Phase
 
 BETA = 0.98  # smoothing of the loss (fastai's value), bias-corrected
 DIVERGE = 4.0  # stop when the smoothed loss exceeds this many times its minimum so far
@@ -107,34 +106,6 @@ def flat(losses: list[float], smoothed: list[float]) -> dict[str, float] | None:
     return {"fall": fall, "noise": noise} if fall <= noise else None
 
 
-def _toml_number(x: float) -> str:
-    text = f"{x:.2g}"
-    return text if any(c in text for c in ".en") else text + ".0"  # 5 -> 5.0: a TOML float
-
-
-def paste_lr(name: str, phase: Phase, mult: float) -> str:
-    """The phase's `lr` table with every LR times `mult`: its numbers scaled (2 significant
-    digits), its expressions and `lr_decay` kept, which scales every group when the
-    expressions are ratios ("head / 3"). An expression that does not scale so ("head / 3 +
-    1e-5") makes every trained group a number instead."""
-    written = phase.lr
-    planned = resolve_lrs(name, phase)
-    if isinstance(written, (int, float)):
-        return f"lr = {_toml_number(written * mult)}"
-    if isinstance(written, dict) and written:
-        scaled = {g: v if isinstance(v, str) else v * mult for g, v in written.items()}
-        got = resolve_lrs(name, phase.model_copy(update={"lr": scaled}))
-        if all(math.isclose(got[g], planned[g] * mult, rel_tol=1e-9) for g in planned):  # the expressions scale
-            return (
-                "lr = { "
-                + ", ".join(
-                    f'{g} = "{v}"' if isinstance(v, str) else f"{g} = {_toml_number(v)}" for g, v in scaled.items()
-                )
-                + " }"
-            )
-    return "lr = { " + ", ".join(f"{g} = {_toml_number(planned[g] * mult)}" for g in phase.train) + " }"
-
-
 # ------------------------------------------------------------ the run
 
 
@@ -171,9 +142,10 @@ def planned_lrs(plan: Plan, phase: PhasePlan) -> dict[str, float]:
     """Param group -> the lr the phase sets at its start, for the groups it trains."""
     trained = {pg.name for pg in plan.param_groups if pg.group in phase.train}
     return {
-        c.target: c.value
+        c.target: float(c.value)
         for c in plan.changes
         if c.step == phase.begin and c.op == Op.SET and c.field == "lr" and c.target in trained
+        if isinstance(c.value, (int, float))
     }
 
 
@@ -315,12 +287,13 @@ def plot(found: Found, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([ref * r["multiplier"] for r in found.rows], [r["smoothed"] for r in found.rows], label="smoothed loss")
     ax.plot([ref * r["multiplier"] for r in found.rows], [r["loss"] for r in found.rows], alpha=0.3, label="loss")
-    for key, style in (("steepest", "--"), ("minimum_10", ":")) if found.suggestion else ():
+    suggestion = found.suggestion or {}
+    for key, style in (("steepest", "--"), ("minimum_10", ":")) if suggestion else ():
         ax.axvline(
-            ref * found.suggestion[key],
+            ref * suggestion[key],
             ls=style,
             color="grey",
-            label=f"{key.replace('_10', ' / 10')} {ref * found.suggestion[key]:.2g}",
+            label=f"{key.replace('_10', ' / 10')} {ref * suggestion[key]:.2g}",
         )
     smoothed = [r["smoothed"] for r in found.rows if math.isfinite(r["smoothed"])]
     ax.set_ylim(0.95 * min(smoothed), 1.05 * max(smoothed))  # raw spikes would flatten the curve
@@ -334,9 +307,9 @@ def plot(found: Found, path: Path) -> bool:
     return True
 
 
-def report(found: Found, written: Phase | None = None) -> str:
-    """What the test found; `written`: the phase as the recipe writes it, for a paste-in
-    `lr` table that is valid as it stands (without it, every trained group as a number)."""
+def report(found: Found, paste: str | None = None) -> str:
+    """What the test found; `paste`: the `lr = ...` line to paste into the phase, every LR
+    times the steepest-descent multiplier (ftcompile.lr_paste.paste_line; without it, none)."""
     ref, sug = found.reference, found.suggestion
     lr = found.base[ref]
     n = len(found.rows)
@@ -355,17 +328,14 @@ def report(found: Found, written: Phase | None = None) -> str:
             ]
         )
     steep, low = lr * sug["steepest"], lr * sug["minimum_10"]
-    table = (
-        paste_lr(found.phase.name, written, sug["steepest"])
-        if written is not None
-        else "lr = { " + ", ".join(f"{g} = {_toml_number(v * sug['steepest'])}" for g, v in found.base.items()) + " }"
-    )
-    return "\n".join(
-        [
-            head,
-            f"  steepest descent  {ref} lr {steep:.2g}  (x{sug['steepest']:.3g} the planned LRs)",
-            f"  minimum / 10      {ref} lr {low:.2g}  (x{sug['minimum_10']:.3g})",
+    lines = [
+        head,
+        f"  steepest descent  {ref} lr {steep:.2g}  (x{sug['steepest']:.3g} the planned LRs)",
+        f"  minimum / 10      {ref} lr {low:.2g}  (x{sug['minimum_10']:.3g})",
+    ]
+    if paste is not None:
+        lines += [
             f"paste into [phases.{found.phase.name}] (every LR of the phase x{sug['steepest']:.3g}):",
-            f"  {table}",
+            f"  {paste}",
         ]
-    )
+    return "\n".join(lines)

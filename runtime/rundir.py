@@ -16,7 +16,8 @@ from ftcompile.runtime.lock import LOCK_FILE, RunLock
 from ftcompile.runtime.runfiles import Env, checked, continued_evals, read_env
 
 from ftcompile import outputs, portable
-from ftcompile.errors import RecipeError, os_error
+from ftcompile.errors import RecipeError, RecipeErrors, os_error
+from ftcompile.keylines import key_lines, line_in
 from ftcompile.plan import Plan
 from ftcompile.signals import Interrupted, signum_of
 
@@ -137,14 +138,13 @@ def blamed(source: Path | None) -> Iterator[None]:
     except RecipeError as err:
         if source is None:
             raise
-        from ftcompile.compiler import locate
-        from ftcompile.load import LoadedRecipe, key_lines
-
         try:
             lines = key_lines(source.read_text(encoding="utf-8")) if source.suffix == ".toml" else {}
         except (OSError, UnicodeDecodeError):
             lines = {}
-        raise locate(err, LoadedRecipe(source, {}, lines)) from None
+        for e in err.errors if isinstance(err, RecipeErrors) else [err]:
+            e.located(source, line_in(lines, e.key) if e.key else None)
+        raise err from None
 
 
 def _main_then_all(d: Any, make: Callable[[], Any]) -> Any:

@@ -8,6 +8,9 @@ the stage that calls it (STYLE.md habit 14).
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -78,3 +81,43 @@ def test_compile_stages_never_import_the_runtime() -> None:
         if name.startswith("ftcompile.") and not name.startswith("ftcompile.runtime") and name != "ftcompile.cli":
             runtime = [t for t in graph.successors(name) if t.startswith("ftcompile.runtime")]
             assert not runtime, f"{name} imports {runtime}: only the CLI's run commands call the runtime"
+
+
+# ---------------------------------------------------------------- the runtime reads the plan only
+
+RECIPE_LANGUAGE = ("ftcompile.schema", "ftcompile.load", "ftcompile.compiler")
+# Justified exceptions, module -> {recipe-language module: why}.
+RECIPE_LANGUAGE_EXCEPTIONS = {
+    # cost -> calibrate -> provenance, which records the recipe's files (its `extends` chain,
+    # with --set merged) in env.json: it reads the recipe *file* with the loader, never the
+    # schema or the compiler.
+    "ftcompile.runtime.cost": {"ftcompile.load": "provenance reads the recipe files"},
+}
+# One fresh interpreter; the third-party libraries are imported once, then each runtime
+# module is imported in a forked child of its own, so what it pulls in is its own.
+IMPORTED_BY = """
+import json, multiprocessing, sys
+import numpy, pydantic, torch, torchvision
+
+def imported(name):
+    __import__(name)
+    return [m for m in {watch!r} if m in sys.modules]
+
+with multiprocessing.get_context("fork").Pool(2, maxtasksperchild=1) as pool:
+    print(json.dumps(dict(zip({names!r}, pool.map(imported, {names!r}, chunksize=1)))))
+"""
+
+
+def test_the_runtime_reaches_the_recipe_language_only_through_the_plan() -> None:
+    """No runtime module imports ftcompile.schema / load / compiler (issue 18 §3): the CLI
+    compiles, the runtime gets a Plan (and plain data, e.g. lr-find's paste-in line)."""
+    names = sorted(f"ftcompile.runtime.{p.stem}" for p in (ROOT / "runtime").glob("*.py") if p.stem != "__init__")
+    script = IMPORTED_BY.format(watch=RECIPE_LANGUAGE, names=names)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert sorted(found) == names
+    wrong = {m: [r for r in got if r not in RECIPE_LANGUAGE_EXCEPTIONS.get(m, {})] for m, got in found.items()}
+    assert not any(wrong.values()), {m: got for m, got in wrong.items() if got}
+    for m, allowed in RECIPE_LANGUAGE_EXCEPTIONS.items():  # an exception no longer needed is dropped
+        assert set(allowed) <= set(found[m]), f"{m} no longer imports {set(allowed) - set(found[m])}: drop it"

@@ -184,13 +184,13 @@ def _phase(recipe: str, name: str):
 def test_the_paste_in_line_is_the_phases_whole_lr_table_scaled(recipe: str, phase: str, mult: float, line: str) -> None:
     """A new user pasted `lr = { layer4 = 5.1e-06 }` from lr-find --phase layer4 into the
     quickstart: 'group head is trained but has no LR'. The line is now the phase's table."""
-    from ftcompile.runtime.lr_find import paste_lr
+    from ftcompile.lr_paste import paste_lr
 
     assert paste_lr(phase, _phase(recipe, phase), mult) == line
 
 
 def test_the_paste_in_line_compiles_in_the_quickstart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ftcompile.runtime.lr_find import paste_lr
+    from ftcompile.lr_paste import paste_lr
 
     recipes = Path(__file__).parents[2] / "recipes"
     pasted = paste_lr("layer4", _phase("quickstart.toml", "layer4"), 1 / 30).removeprefix("lr = ")
@@ -203,11 +203,19 @@ def test_the_paste_in_line_compiles_in_the_quickstart(tmp_path: Path, capsys: py
 
 
 def test_an_expression_that_does_not_scale_makes_every_group_a_number() -> None:
-    from ftcompile.runtime.lr_find import paste_lr
+    from ftcompile.lr_paste import paste_lr
 
     phase = _phase("quickstart.toml", "layer4").model_copy(update={"lr": {"head": 0.03, "layer4": "head / 3 + 0.01"}})
     # planned: head 0.03, layer4 0.02; x 0.1 each
     assert paste_lr("layer4", phase, 0.1) == "lr = { head = 0.003, layer4 = 0.002 }"
+
+
+def test_a_plan_json_pastes_every_trained_group_as_a_number() -> None:
+    """A compiled plan.json keeps no expressions: the line is the planned LRs, scaled."""
+    from ftcompile.lr_paste import paste_line
+
+    line = paste_line("runs/x/plan.json", (), "tune", {"head": 0.03, "layer4": 0.01}, 0.5)
+    assert line == "lr = { head = 0.015, layer4 = 0.005 }"
 
 
 def test_a_flat_curve_suggests_nothing_and_a_falling_one_does() -> None:

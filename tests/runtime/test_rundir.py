@@ -13,10 +13,11 @@ from pathlib import Path
 import ftcompile.runtime.checkpoint as checkpoint
 import pytest
 import torch
-from ftcompile.runtime.rundir import open_run, version_warnings
+from ftcompile.runtime.rundir import blamed, open_run, version_warnings
 from PIL import Image
 from runtime_helpers import Recorded, assert_same_tensors, cli, load_tensors, metrics_bytes, recipe_text, write_recipe
 
+from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.plan import Plan, plan_hash
 
 
@@ -252,3 +253,16 @@ def test_a_last_batch_of_one_image_is_a_user_error(tmp_path: Path, capsys: pytes
         "drop_last = true",
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_an_error_in_a_run_names_the_stored_recipes_file_and_line(tmp_path: Path) -> None:
+    """blamed: the line of the error's key, or of its nearest enclosing key, in the stored
+    recipe.toml (a line scan of the text: the runtime needs no recipe loader for it)."""
+    src = tmp_path / "recipe.toml"
+    src.write_text('name = "x"\n\n[data]\ntrain = "d"\n')
+    with pytest.raises(RecipeErrors) as caught, blamed(src):
+        raise RecipeErrors([RecipeError("bad", key="data.train"), RecipeError("worse", key="data.val")])
+    assert [(e.file, e.line) for e in caught.value.errors] == [(str(src), 4), (str(src), 3)]
+    with pytest.raises(RecipeError) as one, blamed(tmp_path / "plan.json"):  # a plan.json: the file, no line
+        raise RecipeError("bad", key="data.train")
+    assert (one.value.file, one.value.line) == (str(tmp_path / "plan.json"), None)
