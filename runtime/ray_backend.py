@@ -72,7 +72,7 @@ def backend_record(
     "max_parallel"}. `recorded` is the run's record (resume): kept unless a backend is given;
     options given without --backend change the recorded Ray backend's. Options that make no
     sense are one error each (exit 2), before any run directory is made."""
-    options = {"address": address, "gpus_per_trial": gpus_per_trial, "max_parallel": max_parallel}
+    options: dict[str, Any] = {"address": address, "gpus_per_trial": gpus_per_trial, "max_parallel": max_parallel}
     given = {k: v for k, v in options.items() if v is not None}
     if name is None:
         name = recorded["name"] if recorded else "sequential"
@@ -88,7 +88,7 @@ def backend_record(
                 suggestion="add --backend ray, or leave it out",
             )
         return None
-    record = {"name": "ray", "address": None, "gpus_per_trial": 0, "max_parallel": None}
+    record: dict[str, Any] = {"name": "ray", "address": None, "gpus_per_trial": 0, "max_parallel": None}
     record.update({k: base[k] for k in record if k in base and k != "name"})
     record.update(given)
     if record["max_parallel"] is not None and record["max_parallel"] < 1:
