@@ -58,7 +58,7 @@ def run_hand(plan: Plan, root: Path) -> StepTimes:
     from ftcompile.runtime.model import build
     from torch import nn
 
-    assert len(plan.phases) == 1 and plan.phases[0].scheduler and plan.phases[0].scheduler["type"] == "OneCycleLR"
+    assert len(plan.phases) == 1 and plan.phases[0].scheduler and plan.phases[0].scheduler.type == "OneCycleLR"
     random.seed(plan.seed), np.random.seed(plan.seed), torch.manual_seed(plan.seed)
     torch.use_deterministic_algorithms(plan.run.deterministic, warn_only=True)
     run, data, phase = plan.run, plan.data, plan.phases[0]
@@ -69,7 +69,7 @@ def run_hand(plan: Plan, root: Path) -> StepTimes:
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = dict(model.named_parameters())
-    max_lr = phase.scheduler["args"]["max_lr"]  # per group: the group's lr
+    max_lr = phase.scheduler.args["max_lr"]  # per group: the group's lr
     groups = [
         {
             "params": [params[n] for n in pg.params],
@@ -79,7 +79,7 @@ def run_hand(plan: Plan, root: Path) -> StepTimes:
         for pg in plan.param_groups
     ]
     opt = optimizer_class(plan.optimizer.type)(groups, **plan.optimizer.kwargs)
-    args = {k: v for k, v in phase.scheduler["args"].items() if k not in ("max_lr", "total_steps")}
+    args = {k: v for k, v in phase.scheduler.args.items() if k not in ("max_lr", "total_steps")}
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=[g["lr"] for g in groups], total_steps=plan.total_steps, **args
     )

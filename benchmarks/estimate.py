@@ -136,7 +136,7 @@ def compare(plan: object, rates: object, device: str, budget: float, steps: int)
         name = ph.name if alt is None else f"{ph.name}/{alt.k}"
         rows.append(
             [
-                plan.recipe["name"],
+                plan.recipe.name,
                 name,
                 f"{setup.batch * setup.micro_batches}x{setup.image_size}"  # type: ignore[attr-defined]
                 + (f" ({note})" if note else "")

@@ -61,7 +61,7 @@ def epoch_seconds(root: Path, arch: str, size: int, epochs: int, cache: bool) ->
     recipe = root / f"{arch}-{epochs}-{cache}.toml"
     recipe.write_text(RECIPE.format(arch=arch, size=size, epochs=epochs, cache=str(cache).lower()))
     plan = compile_recipe(recipe)
-    assert plan.phases[0].cache["on"] == cache, plan.phases[0].cache
+    assert plan.phases[0].cache.on == cache, plan.phases[0].cache
     spe = plan.data.steps_per_epoch
     seconds = [s.seconds for s in run_runtime(plan, root).steps]
     return sum(seconds[:spe]), sum(seconds[spe:]) / (epochs - 1)

@@ -100,7 +100,7 @@ def main() -> None:
     rows = [("trials (greedy, one run)", trials)]
     for label, one in combination_plans(recipe):
         print(f"from scratch: {label}", flush=True)
-        rows.append((label, timed_run(one, recipe, out / one.recipe["name"])))
+        rows.append((label, timed_run(one, recipe, out / one.recipe.name)))
     scratch_s = sum(r["seconds"] for _, r in rows[1:])
     scratch_steps = sum(r["steps"] for _, r in rows[1:])
     width = max(len(label) for label, _ in rows)

@@ -10,12 +10,15 @@ as it does on a fresh optimizer (CyclicLR, for one, sets lr = base_lr before `in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ftcompile.plan import Change, Op, SchedulerStart
 from ftcompile.torch_args import momentum_field, scheduler_class
 
 # Keys a scheduler stores in param groups; cleared before the next scheduler starts.
@@ -37,21 +40,22 @@ class GroupView(Optimizer):
         self.state = optimizer.state
         self.param_groups = [optimizer.param_groups[i] for i in indices]
         self._opt_called = True  # steps happen on the real optimizer
-        self._optimizer_step_pre_hooks = {}
-        self._optimizer_step_post_hooks = {}
-        self._optimizer_state_dict_pre_hooks = {}
-        self._optimizer_state_dict_post_hooks = {}
-        self._optimizer_load_state_dict_pre_hooks = {}
-        self._optimizer_load_state_dict_post_hooks = {}
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
         self._warned_capturable_if_run_uncaptured = True
 
-    def step(self, closure: Any = None) -> None:  # pragma: no cover - never called
+    def step(self, closure: object = None) -> NoReturn:  # pragma: no cover - never called
         raise RuntimeError("a GroupView is never stepped")
 
 
 class Executor:
-    """Applies `set`, `scheduler` and `reset_state` changes and steps the live scheduler."""
+    """Applies `set`, `scheduler` and `reset_state` changes (the ops whose kind is "optimizer")
+    and steps the live scheduler."""
 
     def __init__(self, optimizer: Optimizer, param_group_names: Sequence[str]) -> None:
         self.optimizer = optimizer
@@ -59,40 +63,52 @@ class Executor:
         self.momentum = momentum_field(type(optimizer).__name__)
         self.scheduler: LRScheduler | None = None
         self.scheduler_end = 0
+        self._indices: list[int] = []
+        self.handlers: dict[Op, Callable[[Change], None]] = {
+            Op.SET: self._set,
+            Op.SCHEDULER: self._scheduler,
+            Op.RESET_STATE: self._reset_state,
+        }
 
-    def apply(self, change: dict[str, Any]) -> None:
-        op = change["op"]
-        if op == "set":
-            self._set(change["target"], change["field"], change["value"])
-        elif op == "scheduler" and change["value"] is None:
-            self.scheduler = None
-        elif op == "scheduler":
-            self.start_scheduler(change["value"], change["step"])
-        elif op == "reset_state":
-            self._reset_state(change["target"])
+    def apply(self, change: Change) -> None:
+        handler = self.handlers.get(change.op)
+        if handler is None:
+            raise ValueError(f"the executor applies optimizer changes, not {change.op}")
+        handler(change)
 
-    def _set(self, target: str, field: str, value: float) -> None:
+    def _set(self, change: Change) -> None:
+        target, field, value = change.target, change.field, change.value
+        assert target is not None and field is not None and isinstance(value, (int, float)), change
         group = self.optimizer.param_groups[self.index[target]]
         if field == "momentum" and self.momentum == "betas":
             group["betas"] = (value, group["betas"][1])
         else:
             group[field] = value
 
-    def _reset_state(self, target: str) -> None:
-        for param in self.optimizer.param_groups[self.index[target]]["params"]:
+    def _scheduler(self, change: Change) -> None:
+        if change.value is None:
+            self.scheduler = None
+            return
+        assert isinstance(change.value, SchedulerStart), change
+        self.start_scheduler(change.value)
+
+    def _reset_state(self, change: Change) -> None:
+        assert change.target is not None, change
+        for param in self.optimizer.param_groups[self.index[change.target]]["params"]:
             self.optimizer.state.pop(param, None)
 
-    def start_scheduler(self, spec: dict[str, Any], step: int) -> None:
+    def start_scheduler(self, spec: SchedulerStart) -> None:
         """Build a fresh scheduler over the phase's groups, at their current lr."""
-        indices = [self.index[name] for name in spec["param_groups"]]
+        indices = [self.index[name] for name in spec.param_groups]
         for i in indices:
             group = self.optimizer.param_groups[i]
             for key in _SCHEDULER_KEYS:
                 group.pop(key, None)
         self._indices = indices
         view = GroupView(self.optimizer, indices)
-        self.scheduler = scheduler_class(spec["type"])(view, **spec["args"])
-        self.scheduler_end = spec["end"]
+        # A copy: a scheduler may keep (and change) the lists it is given; the plan's stay as written.
+        self.scheduler = scheduler_class(spec.type)(view, **copy.deepcopy(dict(spec.args)))
+        self.scheduler_end = spec.end
 
     def rebind(self) -> None:
         """After optimizer.load_state_dict (which makes new group dicts), point the view at them."""

@@ -15,7 +15,8 @@ head, stem and stages cover every parameter exactly once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 
 from ftcompile import tv_table
 from ftcompile.errors import RecipeError, did_you_mean
+from ftcompile.plan import HeadSpec
 
 POOLS = ("avg", "max", "concat")
 
@@ -35,7 +37,7 @@ def arches() -> list[str]:
     recorded = tv_table.table()
     if recorded is not None:
         return recorded.arches
-    import torchvision
+    import torchvision  # start-up time: planning reads the recorded table (tv_table), not torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -68,7 +70,7 @@ class AdaptiveConcatPool2d(nn.Module):
 def _regnet_widths_on_cpu() -> Iterator[None]:
     """RegNet computes its block widths with tensors and `.tolist()`, which the meta device
     cannot do; run just that arithmetic on the CPU (not thread-safe: patches a classmethod)."""
-    from torchvision.models import regnet as _regnet
+    from torchvision.models import regnet as _regnet  # start-up time: torchvision only to build a model
 
     original = _regnet.BlockParams.__dict__["from_init_params"]
 
@@ -76,11 +78,11 @@ def _regnet_widths_on_cpu() -> Iterator[None]:
         with torch.device("cpu"):
             return original.__func__(cls, *args, **kwargs)
 
-    _regnet.BlockParams.from_init_params = classmethod(on_cpu)  # type: ignore[method-assign]
+    _regnet.BlockParams.from_init_params = classmethod(on_cpu)
     try:
         yield
     finally:
-        _regnet.BlockParams.from_init_params = original  # type: ignore[method-assign]
+        _regnet.BlockParams.from_init_params = original
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,7 @@ def valid_weights(arch: str) -> list[str]:
     recorded = tv_table.table()
     if recorded is not None:
         return recorded.weight_names(arch)
-    import torchvision
+    import torchvision  # start-up time: planning reads the recorded table (tv_table), not torchvision
 
     names = list(torchvision.models.get_model_weights(arch).__members__)
     return names if "DEFAULT" in names else names + ["DEFAULT"]
@@ -309,7 +311,7 @@ def weights_stats(arch: str, name: str) -> tuple[tuple[float, ...], tuple[float,
     recorded = tv_table.table()
     if recorded is not None:
         return recorded.weight_stats(arch, name)
-    import torchvision
+    import torchvision  # start-up time: planning reads the recorded table (tv_table), not torchvision
 
     enum = torchvision.models.get_model_weights(arch)
     member = enum.DEFAULT if name == "DEFAULT" else enum[name]
@@ -335,17 +337,17 @@ def weights_sizes(arch: str, name: str) -> tuple[int, int]:
 
 
 def _weights_member(arch: str, name: str) -> Any:
-    import torchvision
+    import torchvision  # start-up time: planning reads the recorded table (tv_table), not torchvision
 
     enum = torchvision.models.get_model_weights(arch)
     return enum.DEFAULT if name == "DEFAULT" else enum[name]
 
 
 def torchvision_model(
-    arch: str, device: str = "meta", weights: object | None = None, builder_args: dict | None = None
+    arch: str, device: str = "meta", weights: object | None = None, builder_args: Mapping[str, Any] | None = None
 ) -> nn.Module:
     """torchvision's own model with its own head, auxiliary classifiers removed."""
-    import torchvision
+    import torchvision  # start-up time: planning reads the recorded table (tv_table), not torchvision
 
     check_arch(arch)
     row = family(arch)
@@ -361,25 +363,28 @@ def torchvision_model(
 def build_model(
     arch: str,
     num_classes: int,
-    head: dict | None,
+    head: HeadSpec | Mapping[str, Any] | None,
     device: str = "meta",
     weights: object | None = None,
-    builder_args: dict | None = None,
+    builder_args: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build torchvision's model with our head; on "meta" it costs no memory or init time.
 
-    `builder_args` are the recipe's extra builder keywords (checked by `check_builder_args`).
+    `head` is the plan's `model.head` (or that table as a dict, as an export's sidecar holds
+    it); `builder_args` are the recipe's extra builder keywords (checked by `check_builder_args`).
     """
     return replace_head(torchvision_model(arch, device, weights, builder_args), arch, num_classes, head)
 
 
-def compile_model(arch: str, num_classes: int, head: dict | None, builder_args: dict | None = None) -> nn.Module:
+def compile_model(
+    arch: str, num_classes: int, head: HeadSpec | None, builder_args: Mapping[str, Any] | None = None
+) -> nn.Module:
     """What the compiler resolves a recipe against: the model with our head on the meta
     device, rebuilt from the recorded table (no torchvision import, no forward code) when
     there is one for the installed torchvision and it knows what the builder arguments do,
     else built by torchvision."""
     check_arch(arch)
-    model = tv_table.skeleton(arch, builder_args)
+    model = tv_table.skeleton(arch, dict(builder_args or {}))
     if model is None:
         model = torchvision_model(arch, builder_args=builder_args)
     return replace_head(model, arch, num_classes, head)
@@ -398,7 +403,6 @@ def builder_arg_names(arch: str) -> list[str]:
     names = recorded.builder_arg_names(arch) if recorded is not None else None
     if names is not None:
         return names
-    import inspect
 
     model_cls = type(build_model(arch, 2, None, device="meta"))
     names = []
@@ -414,7 +418,7 @@ def builder_arg_names(arch: str) -> list[str]:
 def _strip_aux(model: nn.Module, row: Family) -> None:
     """Drop auxiliary classifiers: they only add a second output the training loop ignores."""
     if row.aux:
-        model.aux_logits = False
+        setattr(model, "aux_logits", False)  # noqa: B010 - a plain bool where torch types a module attribute
         for name in row.aux:
             setattr(model, name, None)
 
@@ -422,7 +426,7 @@ def _strip_aux(model: nn.Module, row: Family) -> None:
 # ----------------------------------------------------------------------------- head
 
 
-def replace_head(model: nn.Module, arch: str, num_classes: int, head: dict | None) -> nn.Module:
+def replace_head(model: nn.Module, arch: str, num_classes: int, head: HeadSpec | Mapping[str, Any] | None) -> nn.Module:
     """Swap in the recipe's classifier; keeps torchvision's attribute name so the
     state_dict keys (and the `head` alias) stay where torchvision puts them."""
     row = family(arch)
@@ -431,12 +435,11 @@ def replace_head(model: nn.Module, arch: str, num_classes: int, head: dict | Non
             path = _last_layer(model, row.head)
             _set_module(model, path, _resized(_get_module(model, path), num_classes))
         else:
-            _replace_with_mlp(model, arch, row, num_classes, head)
+            _replace_with_mlp(model, arch, row, num_classes, HeadSpec.of(head))
     return model
 
 
-def _replace_with_mlp(model: nn.Module, arch: str, row: Family, num_classes: int, head: dict) -> None:
-    head = {k: v for k, v in head.items() if v is not None}  # a dumped schema model may hold None
+def _replace_with_mlp(model: nn.Module, arch: str, row: Family, num_classes: int, head: HeadSpec) -> None:
     pool = _pool_choice(arch, row, head)
     old = _get_module(model, row.head)
     kept = list(old.children())[: row.keep]
@@ -449,19 +452,19 @@ def _replace_with_mlp(model: nn.Module, arch: str, row: Family, num_classes: int
     if row.drop:
         _set_module(model, row.drop, nn.Identity())
     flatten = [nn.Flatten()] if row.pool_in_head else []
-    layers = _mlp(n_in, [*head.get("hidden", []), num_classes], head)
+    layers = _mlp(n_in, [*head.hidden, num_classes], head)
     _set_module(model, row.head, nn.Sequential(*kept, *flatten, *layers))
 
 
-def _pool_choice(arch: str, row: Family, head: dict) -> str:
+def _pool_choice(arch: str, row: Family, head: HeadSpec) -> str:
     """`pool` only makes sense where a CNN feature map is pooled into a vector."""
-    if "pool" in head and row.tokens:
+    if head.pool is not None and row.tokens:
         raise RecipeError(
             f"{arch} is a transformer; head pooling is for CNNs only",
             key="model.head.pool",
             suggestion=f"remove model.head.pool; {arch} {row.tokens}",
         )
-    pool = head.get("pool", "avg")
+    pool = head.pool or "avg"
     if pool not in POOLS:
         raise RecipeError(
             f"unknown pooling {pool!r}",
@@ -490,13 +493,13 @@ def _place_pool(model: nn.Module, row: Family, pool: str) -> None:
     _set_module(model, row.pool, new)
 
 
-def _mlp(n_in: int, widths: list[int], head: dict) -> list[nn.Module]:
+def _mlp(n_in: int, widths: list[int], head: HeadSpec) -> list[nn.Module]:
     """fastai's head: per Linear [BatchNorm1d] [Dropout] Linear, activation between Linears."""
-    dropouts = _dropouts(head.get("dropout", 0.0), len(widths))
-    activation = _activation(head.get("activation", "relu"))
+    dropouts = _dropouts(head.dropout, len(widths))
+    activation = _activation(head.activation)
     layers: list[nn.Module] = []
     for i, (width, p) in enumerate(zip(widths, dropouts, strict=False)):
-        if head.get("batchnorm", False):
+        if head.batchnorm:
             layers.append(nn.BatchNorm1d(n_in))
         if p > 0:
             layers.append(nn.Dropout(p))
@@ -507,8 +510,8 @@ def _mlp(n_in: int, widths: list[int], head: dict) -> list[nn.Module]:
     return layers
 
 
-def _dropouts(dropout: float | list[float], n_linear: int) -> list[float]:
-    if not isinstance(dropout, (list, tuple)):
+def _dropouts(dropout: float | Sequence[float], n_linear: int) -> list[float]:
+    if isinstance(dropout, (int, float)):
         return [float(dropout)] * n_linear
     if len(dropout) != n_linear:
         raise RecipeError(
@@ -550,7 +553,8 @@ def _resized(layer: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(layer, nn.Linear):
         return nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
     assert isinstance(layer, nn.Conv2d)
-    return nn.Conv2d(layer.in_channels, num_classes, layer.kernel_size, layer.stride)
+    (kh, kw), (sh, sw) = layer.kernel_size[:2], layer.stride[:2]
+    return nn.Conv2d(layer.in_channels, num_classes, (kh, kw), (sh, sw))
 
 
 def _widened(norm: nn.LayerNorm) -> nn.LayerNorm:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from ftcompile.errors import RecipeError
 
 _BN_MESSAGE = "more than 1 value per channel"  # torch.nn.functional.batch_norm's check
@@ -34,9 +36,7 @@ def one_image_steps(
     for ph in phases:
         d = ph.data
         b, n, start, size = (
-            (d["batch_size"], d["steps_per_epoch"], d["data_begin"], d["image_size"])
-            if d
-            else (batch_size, spe, 0, image_size)
+            (d.batch_size, d.steps_per_epoch, d.data_begin, d.image_size) if d else (batch_size, spe, 0, image_size)
         )
         if train_size - (n - 1) * b != 1:
             continue
@@ -61,8 +61,6 @@ def check_one_image_batches(
     `make_model()` gives the model on the meta device with its forward code; it is called
     only when some epoch ends with a 1-image batch.
     """
-    import torch
-
     steps = one_image_steps(phases, spe, train_size, batch_size, image_size, drop_last)
     if not steps:
         return

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftcompile.groups import GroupInfo, prefix_match
+from ftcompile.plan import FeatureCacheSpec, JSONObject
 from ftcompile.schema import Phase
 
 
@@ -37,7 +38,7 @@ def below_head(model: Any, head: list[str], groups: tuple[GroupInfo, ...]) -> Be
     )
 
 
-def cacheability(phase: Phase, below: BelowHead, augment: list[dict[str, Any]]) -> dict[str, Any]:
+def cacheability(phase: Phase, below: BelowHead, augment: list[JSONObject]) -> FeatureCacheSpec:
     """Whether the frozen part's output can be computed once and reused for every epoch.
 
     Safe when only the head trains, BatchNorm below it keeps its statistics (bn = "frozen")
@@ -45,8 +46,8 @@ def cacheability(phase: Phase, below: BelowHead, augment: list[dict[str, Any]]) 
     accepts random augmentation / dropout applied once, `false` turns the cache off.
     """
 
-    def no(why: str) -> dict[str, Any]:
-        return {"on": False, "why": why, "module": below.head_module}
+    def no(why: str) -> FeatureCacheSpec:
+        return FeatureCacheSpec(on=False, why=why, module=below.head_module)
 
     if phase.cache_features is False:
         return no("cache_features = false")
@@ -62,8 +63,6 @@ def cacheability(phase: Phase, below: BelowHead, augment: list[dict[str, Any]]) 
             return no("train augmentation is random (cache_features = true applies it once)")
         if below.random:
             return no("dropout / stochastic depth below the head (cache_features = true accepts it)")
-    return {
-        "on": True,
-        "why": "opted in" if phase.cache_features else "only the head trains",
-        "module": below.head_module,
-    }
+    return FeatureCacheSpec(
+        on=True, why="opted in" if phase.cache_features else "only the head trains", module=below.head_module
+    )

@@ -9,9 +9,9 @@ both fall, the checkpoint comes first).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass, field
 
-from ftcompile.plan import Change, Op, ParamGroup
+from ftcompile.plan import Change, ChangeValue, Op, ParamGroup, SchedulerStart
 from ftcompile.resolve import Resolved, ResolvedPhase
 from ftcompile.torch_args import base_value
 
@@ -28,14 +28,29 @@ def param_groups(resolved: Resolved) -> tuple[ParamGroup, ...]:
     return tuple(out)
 
 
+# What the cache state holds after a trial phase: unknown, so the next phase sets it again.
+_UNKNOWN = "<after trials>"
+
+
+@dataclass
+class _State:
+    """What the model and the optimizer hold after the changes so far."""
+
+    base_wd: float | None  # the optimizer's weight_decay, None when it has none
+    base_mom: float | None  # its momentum (or beta1)
+    trained: dict[str, bool] = field(default_factory=dict)  # group -> trainable
+    bn: dict[str, str] = field(default_factory=dict)  # group -> BatchNorm mode
+    cache: str | None = None  # the head module trained on cached features, or None
+
+
 class _Tracker:
     """Emits a `set` only when the value differs from what the optimizer holds."""
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, str], Any] = {}
+        self.values: dict[tuple[str, str], ChangeValue] = {}
         self.changes: list[Change] = []
 
-    def set(self, step: int, target: str, field: str, value: Any, force: bool = False) -> None:
+    def set(self, step: int, target: str, field: str, value: float, force: bool = False) -> None:
         if force or self.values.get((target, field)) != value:
             self.changes.append(Change(step, Op.SET, target, field, value))
         self.values[(target, field)] = value
@@ -45,7 +60,7 @@ def _phase_changes(
     ph: ResolvedPhase,
     resolved: Resolved,
     pgs: tuple[ParamGroup, ...],
-    state: dict[str, Any],
+    state: _State,
     tracker: _Tracker,
 ) -> None:
     s = ph.begin
@@ -54,19 +69,19 @@ def _phase_changes(
     bn_groups = set(resolved.bn_groups.values())
     for g in resolved.groups:
         trained = g.name in train
-        if state["trained"].get(g.name) != trained:
+        if state.trained.get(g.name) != trained:
             tracker.changes.append(Change(s, Op.UNFREEZE if trained else Op.FREEZE, g.name))
-            state["trained"][g.name] = trained
+            state.trained[g.name] = trained
         mode = "frozen" if (ph.bn == "frozen" and not trained) else "train"
-        if g.name in bn_groups and state["bn"].get(g.name) != mode:
+        if g.name in bn_groups and state.bn.get(g.name) != mode:
             tracker.changes.append(Change(s, Op.BN, g.name, value=mode))
-            state["bn"][g.name] = mode
-    cache = ph.cache["module"] if ph.cache["on"] else None
-    if cache != state.get("cache"):
+            state.bn[g.name] = mode
+    cache = ph.cache.module if ph.cache.on else None
+    if cache != state.cache:
         # Train the head on features of the frozen part computed once (None: stop doing so).
         tracker.changes.append(Change(s, Op.FEATURES, ph.name, value=cache))
-        state["cache"] = cache
-    base_wd, base_mom = state["base_wd"], state["base_mom"]
+        state.cache = cache
+    base_wd, base_mom = state.base_wd, state.base_mom
     for pg in pgs:
         trained = pg.group in train
         # A scheduler may have moved lr (and momentum) during the last phase: set them again.
@@ -81,18 +96,18 @@ def _phase_changes(
     tracker.changes.append(Change(s, Op.SCHEDULER, ph.name, value=_scheduler_spec(ph, trained_pgs)))
 
 
-def _scheduler_spec(ph: ResolvedPhase, pgs: list[ParamGroup]) -> dict[str, Any] | None:
+def _scheduler_spec(ph: ResolvedPhase, pgs: list[ParamGroup]) -> SchedulerStart | None:
     """Per-group arguments (from `lr` expressions) become one value per param group; when
     all are equal, a scalar, which every torch scheduler accepts."""
     if ph.scheduler is None:
         return None
     args = {}
-    for key, value in ph.scheduler["args"].items():
+    for key, value in ph.scheduler.args.items():
         if isinstance(value, dict):
             values = [value[pg.group] for pg in pgs]
             value = values[0] if len(set(values)) == 1 else values
         args[key] = value
-    return {"type": ph.scheduler["type"], "param_groups": [pg.name for pg in pgs], "args": args, "end": ph.end}
+    return SchedulerStart(type=ph.scheduler.type, param_groups=tuple(pg.name for pg in pgs), args=args, end=ph.end)
 
 
 def _boundaries(ph: ResolvedPhase, every: int) -> list[int]:
@@ -125,12 +140,11 @@ def build_all_changes(
     changes are made from the same state (the one before the phase); after a trial phase the
     next phase sets every group's state again, so what follows does not depend on the winner.
     """
-    state: dict[str, Any] = {
-        "trained": {},
-        "bn": {},
-        "base_wd": base_value(resolved.optimizer["type"], resolved.optimizer["kwargs"], "weight_decay"),
-        "base_mom": base_value(resolved.optimizer["type"], resolved.optimizer["kwargs"], "momentum"),
-    }
+    opt = resolved.optimizer
+    state = _State(
+        base_wd=base_value(opt.type, opt.kwargs, "weight_decay"),
+        base_mom=base_value(opt.type, opt.kwargs, "momentum"),
+    )
     tracker = _Tracker()
     for pg in pgs:
         if not pg.decay:
@@ -143,11 +157,11 @@ def build_all_changes(
             continue
         tracker.changes.append(Change(ph.begin, Op.TRIAL, ph.name))
         trials[ph.name] = []
-        for _, alt in ph.trials["alternatives"]:
+        for _, alt in ph.trials.alternatives:
             fork = _Tracker()
             fork.values = dict(tracker.values)
             _phase_changes(alt, resolved, pgs, copy.deepcopy(state), fork)
-            prune = ph.trials.get("prune")  # every alternative is evaluated at each rung it may reach
+            prune = ph.trials.prune  # every alternative is evaluated at each rung it may reach
             _cadence(alt, resolved, fork.changes, prune.at if prune else ())
             trials[ph.name].append(tuple(fork.changes))
         _forget(state, tracker, pgs)
@@ -168,8 +182,8 @@ def _cadence(ph: ResolvedPhase, resolved: Resolved, changes: list[Change], rungs
             changes.append(Change(step, Op.EVALUATE, ph.name))
 
 
-def _forget(state: dict[str, Any], tracker: _Tracker, pgs: tuple[ParamGroup, ...]) -> None:
+def _forget(state: _State, tracker: _Tracker, pgs: tuple[ParamGroup, ...]) -> None:
     """After a trial phase the optimizer and model hold the winner's settings, unknown here:
     the next phase sets every group's trainability, BatchNorm mode, cache, lr and weight decay."""
-    state["trained"], state["bn"], state["cache"] = {}, {}, "<after trials>"
+    state.trained, state.bn, state.cache = {}, {}, _UNKNOWN
     tracker.values = {(pg.name, "weight_decay"): 0.0 for pg in pgs if not pg.decay}

@@ -7,14 +7,18 @@ must not import torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftcompile import outputs
-from ftcompile.errors import RecipeError
+from ftcompile import __version__, outputs, portable
+from ftcompile.errors import RecipeError, os_error
+from ftcompile.options import CompileOptions
+from ftcompile.runtime.formats import FORMATS
 from ftcompile.signals import exit_code, raised_as_interrupts
 
 DIFF_EPILOG = """examples:
@@ -360,14 +364,25 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    titles = [f.title for f in FORMATS.values()]
     p = sub.add_parser(
         "export",
-        help="the run's model as TorchScript, safetensors or ONNX (+ a sidecar .json)",
+        help=f"the run's model as {', '.join(titles[:-1])} or {titles[-1]} (+ a sidecar .json)",
         epilog="example: ftcompile export runs/quickstart/1-ab12cd34 --format onnx -o model.onnx",
     )
     p.add_argument("run_dir")
-    p.add_argument("--format", required=True, choices=["torchscript", "safetensors", "onnx"])
-    p.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/model.<ext>")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        help="; ".join(f"{name}: loads with {f.loads_with}" for name, f in FORMATS.items()),
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="default: " + ", ".join(f"RUN_DIR/{f.default_name}" for f in FORMATS.values()),
+    )
     _force(p)
     p.set_defaults(func=cmd_export)
 
@@ -393,9 +408,7 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_runs)
 
 
-def _options(args: argparse.Namespace, **extra: Any) -> Any:
-    from ftcompile.compiler import CompileOptions
-
+def _options(args: argparse.Namespace, **extra: Any) -> CompileOptions:
     return CompileOptions(
         dataset_size=getattr(args, "dataset_size", None),
         val_size=getattr(args, "val_size", None),
@@ -405,13 +418,13 @@ def _options(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _compile(path: str, args: argparse.Namespace, **extra: Any):
-    from ftcompile.compiler import compile_checked
+    from ftcompile.compiler import compile_checked  # start-up time: imports torch
 
     return compile_checked(path, _options(args, **extra)).plan
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ftcompile import render
+    from ftcompile import render  # start-up time: this command only
 
     # Before compiling: a path that holds something else than an earlier plan, trace or plot is refused.
     for path, kind, option in (
@@ -425,7 +438,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.output:
         outputs.write_text(Path(args.output), plan.to_json() + "\n")
     if args.trace or args.plot:
-        from ftcompile.trace import lr_trace
+        from ftcompile.trace import lr_trace  # start-up time: imports torch
 
         rows = lr_trace(plan)
         if args.trace:
@@ -456,7 +469,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             )
         )
         if cost is not None:
-            from ftcompile import estimate
+            from ftcompile import estimate  # start-up time: imports torch
 
             print(estimate.render(cost))
         for what, path in (("plan", args.output), ("trace", args.trace), ("plot", args.plot)):
@@ -468,8 +481,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Compile each recipe. Where a data folder is absent (a CI runner, a pre-commit hook)
     everything but the step counts is still checked, against a nominal dataset size."""
-    from ftcompile.compiler import compile_checked
-    from ftcompile.render import counted
+    from ftcompile.compiler import compile_checked  # start-up time: imports torch
+    from ftcompile.render import counted  # start-up time: this command only
 
     options = _options(args, nominal_data=not args.require_data)
     failed = 0
@@ -504,7 +517,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _weights_cached(plan, where: str | Path, required: bool) -> None:
     """torchvision weights that are not in torch's hub cache: `run` downloads them, or fails on a
     machine without network. A warning that says which file goes where; an error with --require-data."""
-    from ftcompile import hub
+    from ftcompile import hub  # start-up time: this command only
 
     cached = hub.of_model(plan.model)
     if cached is None or cached.present():
@@ -516,7 +529,7 @@ def _weights_cached(plan, where: str | Path, required: bool) -> None:
 
 def _warn_memory(plan, where: str | Path) -> None:
     """Parameters, gradients and optimizer state that exceed this machine: said before a run."""
-    from ftcompile import memory
+    from ftcompile import memory  # start-up time: this command only
 
     text = memory.warning(plan)
     if text:
@@ -525,7 +538,7 @@ def _warn_memory(plan, where: str | Path) -> None:
 
 def _verify_images(plan, recipe: Path) -> int:
     """Decode every image of the plan's data (relative to the recipe's folder)."""
-    from ftcompile.images import verify_data
+    from ftcompile.images import verify_data  # start-up time: this command only
 
     try:
         return verify_data(plan.data, recipe.parent)
@@ -544,7 +557,7 @@ def _schema_marked(path: Path) -> bool:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ftcompile import diff
+    from ftcompile import diff  # start-up time: this command only
 
     options = _options(args)
     report = diff.compare(diff.read_side(args.old, options), diff.read_side(args.new, options))
@@ -556,15 +569,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ftcompile.schema import json_schema
+    from ftcompile.schema import json_schema  # start-up time: this command only
 
     print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ftcompile.plan import Plan
-
     backend = _backend(args)  # checked (and Ray's presence) before anything is compiled or made
     if args.nproc and args.nproc > 1:
         if backend is not None:
@@ -573,13 +584,35 @@ def cmd_run(args: argparse.Namespace) -> int:
                 key="--backend",
                 suggestion="leave out one of them",
             )
-        from ftcompile.runtime.distributed import launch
+        from ftcompile.runtime.distributed import launch  # start-up time: imports torch
 
+        # A portable plan's processes start pinned: this command again, pinned, whose torchrun
+        # workers inherit the environment.
+        restarted = _restart_pinned(_run_plan(args)[0], args)
+        if restarted is not None:
+            return restarted
         argv = ["run", args.source] + [
             f"--{k.replace('_', '-')}={v}" for k, v in (("out", args.out), ("data_root", args.data_root)) if v
         ]
         argv += [f"--set={o}" for o in args.overrides]
         return launch(args.nproc, argv)
+
+    source = Path(args.source)
+    plan, recipe_path, root = _run_plan(args)
+    restarted = _restart_pinned(plan, args)
+    if restarted is not None:
+        return restarted
+    _warn_memory(plan, source)
+    from ftcompile.runtime.ray_backend import check_device  # start-up time: Ray backend only
+    from ftcompile.runtime.rundir import start_run  # start-up time: imports torch
+
+    check_device(backend, plan.run.device)
+    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source, backend=backend)
+
+
+def _run_plan(args: argparse.Namespace) -> tuple[Any, Path | None, Path]:
+    """`run`'s plan, the recipe file it came from (None for a plan.json) and the data root."""
+    from ftcompile.plan import Plan  # start-up time: this command only
 
     source = Path(args.source)
     if source.suffix == ".json":
@@ -589,21 +622,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 key="--set",
                 suggestion="run the recipe with --set, or compile a new plan: ftcompile plan RECIPE --set ... -o plan.json",
             )
-        plan, recipe_path = Plan.load(source), None
-        root = Path(args.data_root) if args.data_root else Path.cwd()
-    else:
-        # The augment ops are built once here, as the runtime will build them (it imports torchvision anyway).
-        plan, recipe_path = _compile(str(source), args, build_transforms=True), source
-        root = Path(args.data_root) if args.data_root else source.parent
-    restarted = _restart_pinned(plan, args)
-    if restarted is not None:
-        return restarted
-    _warn_memory(plan, source)
-    from ftcompile.runtime.ray_backend import check_device
-    from ftcompile.runtime.rundir import start_run
-
-    check_device(backend, plan.run.device)
-    return start_run(plan, recipe_path, root, Path(args.out) if args.out else None, source=source, backend=backend)
+        return Plan.load(source), None, Path(args.data_root) if args.data_root else Path.cwd()
+    # The augment ops are built once here, as the runtime will build them (it imports torchvision anyway).
+    plan = _compile(str(source), args, build_transforms=True)
+    return plan, source, Path(args.data_root) if args.data_root else source.parent
 
 
 LR_FIND_EPILOG = """examples:
@@ -636,8 +658,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     restarted = _restart_pinned(plan, args)
     if restarted is not None:
         return restarted
-    from ftcompile.runtime import lr_find as lrf
-    from ftcompile.runtime.rundir import open_run, upstream_model
+    from ftcompile.runtime import lr_find as lrf  # start-up time: imports torch
+    from ftcompile.runtime.rundir import open_run, upstream_model  # start-up time: imports torch
 
     phase = lrf.find_phase(plan, args.phase)
     root = Path(args.data_root) if args.data_root else Path(args.recipe).parent
@@ -681,8 +703,6 @@ def _paste_line(args: argparse.Namespace, found: Any) -> str | None:
 def _restart_pinned(plan: Any, args: argparse.Namespace) -> int | None:
     """A portable plan runs in a process whose environment pins instruction sets and threads
     before torch starts: this command again, so pinned (ftcompile/portable.py); None: go on here."""
-    from ftcompile import portable
-
     return portable.restart_pinned(plan.run.reproducible, args.argv)
 
 
@@ -698,7 +718,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.rundir import open_run, rerun_run
+    from ftcompile.runtime.rundir import open_run, rerun_run  # start-up time: imports torch
 
     restarted = _restart_pinned(open_run(Path(args.run_dir))[0], args)
     return restarted if restarted is not None else rerun_run(Path(args.run_dir), Path(args.out) if args.out else None)
@@ -706,9 +726,9 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Survey the folder, choose the model, write the recipe, and compile it as `check` does."""
-    from ftcompile import init, outputs
-    from ftcompile.compiler import CompileOptions, compile_checked
-    from ftcompile.render import counted
+    from ftcompile import init  # start-up time: imports torch
+    from ftcompile.compiler import compile_checked  # start-up time: imports torch
+    from ftcompile.render import counted  # start-up time: this command only
 
     out = Path(args.output)
     if args.image_size is not None and not 8 <= args.image_size <= 2048:
@@ -735,7 +755,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"{survey.train_size} train / {survey.val_size} val images; {counted(len(plan.phases), 'phase')}, "
         f"{plan.steps_with_trials} optimizer steps with trials ({plan.total_steps} without)"
     )
-    from ftcompile import hub
+    from ftcompile import hub  # start-up time: this command only
 
     cached = hub.of_model(plan.model)
     if cached is not None and not cached.present():
@@ -746,7 +766,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_weights(args: argparse.Namespace) -> int:
     """Which file torchvision's weights are, where torch looks for it, and the download."""
-    from ftcompile import hub
+    from ftcompile import hub  # start-up time: this command only
 
     arch, name = _weights_name(args.name)
     if arch is None:
@@ -769,18 +789,18 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def _weights_name(text: str) -> tuple[str | None, str]:
     """NAME of `ftcompile weights`: ARCH[.WEIGHTS] or a recipe .toml (its model.arch and model.weights)."""
-    from ftcompile import hub
+    from ftcompile import hub  # start-up time: this command only
 
     if not text.endswith(".toml"):
         return hub.parse_name(text)
-    from ftcompile.compiler import locate
-    from ftcompile.load import load_overridden
-    from ftcompile.schema import validate
+    from ftcompile.compiler import locate  # start-up time: imports torch
+    from ftcompile.load import load_overridden  # start-up time: this command only
+    from ftcompile.schema import validate  # start-up time: this command only
 
     loaded = load_overridden(text, ())
     try:
         model = validate(loaded).model
-        from ftcompile import arch as archs
+        from ftcompile import arch as archs  # start-up time: imports torch
 
         if model.weights not in archs.valid_weights(model.arch):
             return None, model.weights
@@ -793,10 +813,8 @@ def _init_lr_find(survey: Any, model: Any, options: Any, force: bool) -> Any:
     """`init --lr-find`: the recipe as it would be written, its head phase's LR range test
     (compile stages never import the runtime, so it is wired here), the curve beside the
     recipe, and the options with the steepest-descent LR for the head."""
-    import dataclasses
-
-    from ftcompile import hub, init, outputs
-    from ftcompile.compiler import CompileOptions, compile_checked
+    from ftcompile import hub, init  # start-up time: imports torch
+    from ftcompile.compiler import compile_checked  # start-up time: imports torch
 
     out = options.recipe
     csv, png = out.with_name(out.stem + ".lr_find.csv"), out.with_name(out.stem + ".lr_find.png")
@@ -811,7 +829,7 @@ def _init_lr_find(survey: Any, model: Any, options: Any, force: bool) -> Any:
     cached = hub.of_model(plan.model)
     if cached is not None:
         hub.ensure(cached, progress=sys.stderr.isatty())
-    from ftcompile.runtime import lr_find as lrf
+    from ftcompile.runtime import lr_find as lrf  # start-up time: imports torch
 
     print("lr-find: the head phase's LR range test (100 steps)", file=sys.stderr, flush=True)
     found = lrf.lr_find(plan, out.parent, "head", steps=100)
@@ -827,31 +845,31 @@ def _init_lr_find(survey: Any, model: Any, options: Any, force: bool) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.evaluate import eval_command
+    from ftcompile.runtime.evaluate import eval_command  # start-up time: imports torch
 
     return eval_command(Path(args.run_dir), Path(args.data) if args.data else None, args.weights, args.tta, args.json)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.evaluate import predict_command
+    from ftcompile.runtime.evaluate import predict_command  # start-up time: imports torch
 
     return predict_command(Path(args.run_dir), args.images, args.topk, args.json)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.export import export_command
+    from ftcompile.runtime.export import export_command  # start-up time: imports torch
 
     return export_command(Path(args.run_dir), args.format, Path(args.output) if args.output else None, args.force)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.report import report_command
+    from ftcompile.runtime.report import report_command  # start-up time: this command only
 
     return report_command([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None, args.force)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.runs import runs_command
+    from ftcompile.runtime.runs import runs_command  # start-up time: this command only
 
     return runs_command(Path(args.root), args.json)
 
@@ -885,7 +903,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _memory_size(text: str) -> int:
-    from ftcompile.memory import parse_size
+    from ftcompile.memory import parse_size  # start-up time: this command only
 
     try:
         return parse_size(text)
@@ -911,7 +929,7 @@ def _estimate(plan, where: str | Path, memory: tuple[int | None, str] | None = N
 def _check_cost(plan, path: str, device_memory: int | None) -> int:
     """check --estimate / --device-memory: one line of peaks; with --device-memory, a phase
     that may not fit is a failure (1), else a warning (0)."""
-    from ftcompile import estimate
+    from ftcompile import estimate  # start-up time: imports torch
 
     memory = (device_memory, "--device-memory") if device_memory else None
     cost = _estimate(plan, path, memory)
@@ -932,9 +950,7 @@ def _check_cost(plan, path: str, device_memory: int | None) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Time a few steps of the recipe's model (or a standard one) and store the device profile."""
-    import tempfile
-
-    from ftcompile import calibrate, estimate
+    from ftcompile import calibrate, estimate  # start-up time: imports torch
 
     if args.steps < 1:
         raise RecipeError(f"--steps {args.steps}: at least 1", key="--steps", suggestion="e.g. --steps 3")
@@ -949,12 +965,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.device:
         overrides["device"] = args.device
     if overrides:
-        from dataclasses import replace
-
-        plan = replace(plan, run=replace(plan.run, **overrides))
+        plan = dataclasses.replace(plan, run=dataclasses.replace(plan.run, **overrides))
     device = estimate.run_device(plan)
     if device == "cuda":
-        import torch
+        import torch  # start-up time: imports torch
 
         if not torch.cuda.is_available():
             raise RecipeError(
@@ -978,8 +992,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from ftcompile import __version__
-
         print(f"ftcompile {__version__}")
         return 0
     if not getattr(args, "func", None):
@@ -996,8 +1008,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as err:  # disk full, permission, read-only file system, a file where a folder should be
-        from ftcompile.errors import os_error
-
         print(f"error: {os_error(err, doing='read or write')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a run says how to continue it (rundir._train)

@@ -8,46 +8,37 @@ resolver.
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import ftcompile
 from ftcompile import portable
 from ftcompile.changes import build_all_changes, param_groups
 from ftcompile.errors import RecipeError, RecipeErrors
 from ftcompile.load import LoadedRecipe, load_overridden
 from ftcompile.metrics import check_available
+from ftcompile.options import CompileOptions
 from ftcompile.plan import (
     FORMAT,
     Change,
-    DataSpec,
-    ModelSpec,
-    OptimizerSpec,
+    GroupSpec,
     PhasePlan,
     Plan,
+    RecipeRecord,
     RunSpec,
+    StopEarlySpec,
     TrialPlan,
     TrialsPlan,
-    WeightsSpec,
 )
-from ftcompile.resolve import Resolved, ResolvedPhase, resolve
+from ftcompile.resolve import Resolved, ResolvedPhase, Upstream, resolve
 from ftcompile.schema import Recipe, validate
 from ftcompile.trace import lr_summary, lr_trace
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    """What the command line adds to a recipe."""
-
-    dataset_size: int | None = None  # --dataset-size: train images, where data.train is absent
-    val_size: int | None = None  # --val-size: validation images, where data.val is absent
-    nominal_data: bool = False  # `check`: an absent data folder gets a nominal size, not an error
-    build_transforms: bool = False  # build the augment ops once (imports torchvision; `run` does)
-    needs_data: bool = False  # `run`: an absent data folder is an error whose hint is not --dataset-size
-    overrides: tuple[str, ...] = ()  # --set KEY=VALUE, in order
-    data_root: Path | None = None  # data folders are relative to this, not to the recipe's folder
+from ftcompile.tv_table import torchvision_version
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,7 @@ def compile_checked(path: str | Path, options: CompileOptions, _chain: tuple[Pat
         chain = (*_chain, loaded.path.resolve())
         root = options.data_root or loaded.folder
         upstream, upstream_nominal = compile_upstream(recipe.model.weights, loaded.folder, chain, options)
-        portable.check_upstream(recipe.run.reproducible, recipe.model.weights, upstream)
+        portable.check_upstream(recipe.run.reproducible, recipe.model.weights, upstream.plan if upstream else None)
         resolved = resolve(
             recipe,
             root,
@@ -106,8 +97,6 @@ EXTRAS = {"tensorboard": ("tensorboard", "tensorboard")}
 
 def check_extras(recipe: Recipe) -> None:
     """`[run] log = ["tensorboard"]` without the tensorboard package fails now, not mid-run."""
-    import importlib.util
-
     for name in recipe.run.log:
         if name in EXTRAS:
             module, extra = EXTRAS[name]
@@ -121,7 +110,7 @@ def check_extras(recipe: Recipe) -> None:
 
 def compile_upstream(
     weights: str, folder: Path, chain: tuple[Path, ...], options: CompileOptions
-) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+) -> tuple[Upstream | None, tuple[str, ...]]:
     """`weights = "pretrain.toml"`: that recipe's plan (compiled with its own data), or None."""
     if not weights.endswith(".toml"):
         return None, ()
@@ -147,62 +136,27 @@ def compile_upstream(
         compiled = compile_checked(path, own, _chain=chain)
     except RecipeError as err:
         raise RecipeError(f"upstream recipe {weights} fails to compile: {err}", key="model.weights") from None
-    plan = {"plan": json.loads(compiled.plan.to_json()), "root": relative}
-    return plan, tuple(f"{weights}: {key}" for key in compiled.nominal_data)
+    return Upstream(compiled.plan, relative), tuple(f"{weights}: {key}" for key in compiled.nominal_data)
 
 
 def build_plan(
     resolved: Resolved, recipe: Recipe, source_name: str, source_hash: str, overrides: tuple[str, ...] = ()
 ) -> Plan:
-    import torch
-
-    import ftcompile
-    from ftcompile.tv_table import torchvision_version
-
     pgs = param_groups(resolved)
-    total = resolved.model["total_params"]
-    group_numel = {g.name: g.numel for g in resolved.groups}
     changes, trial_changes = build_all_changes(resolved, pgs)
-    phases = tuple(
-        PhasePlan(
-            name=ph.name,
-            after=ph.after,
-            begin=ph.begin,
-            end=ph.end,
-            epochs=float(ph.epochs),
-            train=ph.train,
-            trainable_params=sum(group_numel[g] for g in ph.train),
-            trainable_pct=round(100.0 * sum(group_numel[g] for g in ph.train) / max(total, 1), 2),
-            bn=ph.bn,
-            optimizer_state=ph.optimizer_state,
-            scheduler=ph.scheduler and {"type": ph.scheduler["type"], "args": ph.scheduler["args"]},
-            lr={},
-            cache=ph.cache,
-            **metric_driven(recipe, ph.name, resolved.model["num_classes"]),
-            data=ph.data,
-            trials=_trials_plan(ph, trial_changes.get(ph.name, [])),
-        )
-        for ph in resolved.phases
-    )
+    phases = tuple(_phase_plan(ph, recipe, resolved, trial_changes.get(ph.name, [])) for ph in resolved.phases)
     if recipe.run.keep_best:
-        check_available(
-            recipe.run.keep_best, resolved.model["num_classes"], "run.keep_best", recipe.run.ema is not None
-        )
+        check_available(recipe.run.keep_best, resolved.model.num_classes, "run.keep_best", recipe.run.ema is not None)
     draft = Plan(
         format=FORMAT,
         # --set overrides are part of what was compiled (the key is absent without any).
-        recipe={
-            "name": recipe.name,
-            "file": source_name,
-            "source_hash": source_hash,
-            **({"overrides": list(overrides)} if overrides else {}),
-        },
+        recipe=RecipeRecord(name=recipe.name, file=source_name, source_hash=source_hash, overrides=overrides),
         versions={"torch": torch.__version__, "torchvision": torchvision_version(), "ftcompile": ftcompile.__version__},
         seed=recipe.seed,
-        model=ModelSpec(**{**resolved.model, "weights": WeightsSpec(**resolved.model["weights"])}),
-        data=DataSpec(**resolved.data),
-        optimizer=OptimizerSpec(**resolved.optimizer),
-        groups=tuple({"name": g.name, "selectors": list(g.selectors), "numel": g.numel} for g in resolved.groups),
+        model=resolved.model,
+        data=resolved.data,
+        optimizer=resolved.optimizer,
+        groups=tuple(GroupSpec(g.name, tuple(g.selectors), g.numel) for g in resolved.groups),
         param_groups=pgs,
         phases=phases,
         changes=changes,
@@ -212,7 +166,7 @@ def build_plan(
                 "eval_every": resolved.eval_every,
                 "checkpoint_every": resolved.checkpoint_every,
                 "bn_modules": resolved.bn_groups,
-                **(resolved.run_extra or {}),
+                "ema": resolved.ema,
             }
         ),
         total_steps=resolved.total_steps,
@@ -222,19 +176,44 @@ def build_plan(
     return Plan(**{**_shallow(final), "hash": hashlib.sha256(final.canonical_body().encode()).hexdigest()})
 
 
-def metric_driven(recipe: Recipe, name: str, num_classes: int) -> dict[str, Any]:
+def _phase_plan(
+    ph: ResolvedPhase, recipe: Recipe, resolved: Resolved, trial_changes: list[tuple[Change, ...]]
+) -> PhasePlan:
+    """A phase of the plan; its LR windows come from the trace."""
+    group_numel = {g.name: g.numel for g in resolved.groups}
+    trainable = sum(group_numel[g] for g in ph.train)
+    stop_early, restore_best = metric_driven(recipe, ph.name, resolved.model.num_classes)
+    return PhasePlan(
+        name=ph.name,
+        after=ph.after,
+        begin=ph.begin,
+        end=ph.end,
+        epochs=float(ph.epochs),
+        train=ph.train,
+        trainable_params=trainable,
+        trainable_pct=round(100.0 * trainable / max(resolved.model.total_params, 1), 2),
+        bn=ph.bn,
+        optimizer_state=ph.optimizer_state,
+        scheduler=ph.scheduler,
+        lr={},
+        cache=ph.cache,
+        stop_early=stop_early,
+        restore_best=restore_best,
+        data=ph.data,
+        trials=_trials_plan(ph, trial_changes),
+    )
+
+
+def metric_driven(recipe: Recipe, name: str, num_classes: int) -> tuple[StopEarlySpec | None, str | None]:
     """A phase's `stop_early` and `restore_best`, with the metric restore_best compares made
     explicit: stop_early's metric, else run.keep_best's, else val_loss."""
     phase = recipe.phases[name]
-    out: dict[str, Any] = {}
-    if phase.stop_early is not None:
-        check_available(
-            phase.stop_early.metric, num_classes, f"phases.{name}.stop_early.metric", recipe.run.ema is not None
-        )
-        out["stop_early"] = phase.stop_early.model_dump()
-    if phase.restore_best:
-        out["restore_best"] = phase.stop_early.metric if phase.stop_early else recipe.run.keep_best or "val_loss"
-    return out
+    s = phase.stop_early
+    if s is not None:
+        check_available(s.metric, num_classes, f"phases.{name}.stop_early.metric", recipe.run.ema is not None)
+    stop_early = StopEarlySpec(metric=s.metric, patience=s.patience, min_delta=s.min_delta) if s else None
+    restore_best = (s.metric if s else recipe.run.keep_best or "val_loss") if phase.restore_best else None
+    return stop_early, restore_best
 
 
 def _trials_plan(ph: ResolvedPhase, changes: list[tuple[Change, ...]]) -> TrialsPlan | None:
@@ -243,10 +222,10 @@ def _trials_plan(ph: ResolvedPhase, changes: list[tuple[Change, ...]]) -> Trials
         return None
     alts = tuple(
         TrialPlan(k=alt.k, label=alt.label, values=alt.values, train=rp.train, lr={}, changes=alt_changes)
-        for (alt, rp), alt_changes in zip(ph.trials["alternatives"], changes, strict=False)
+        for (alt, rp), alt_changes in zip(ph.trials.alternatives, changes, strict=False)
     )
     t = ph.trials
-    return TrialsPlan(select=t["select"], mode=t["mode"], keep=t["keep"], alternatives=alts, prune=t.get("prune"))
+    return TrialsPlan(select=t.select, mode=t.mode, keep=t.keep, alternatives=alts, prune=t.prune)
 
 
 def _shallow(plan: Plan) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def _groups(old: dict[str, Any], new: dict[str, Any], field: str) -> dict[str, A
     return {k: v for k, v in out.items() if v}
 
 
-def _trials(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]] | None:
+def _trials(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]] | None:
     """Trial alternatives of a phase, by label (phases that have a `trials` list)."""
     if "trials" not in old and "trials" not in new:
         return None

@@ -52,10 +52,12 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from ftcompile import arch as archs
+from ftcompile.memory import machine_memory
 from ftcompile.plan import Op, PhasePlan, Plan
-from ftcompile.torch_args import state_tensors
+from ftcompile.torch_args import optimizer_class, state_tensors
 
 # Estimates are shown as ranges. Memory: the fake step counts tensors exactly as a real one
 # (held to 15% by a test); a GPU adds allocator rounding and cuDNN workspaces, hence the
@@ -168,7 +170,6 @@ def _conv_backward_flop(
     `groups`: torch (2.14 included) computes it as a convolution of transposed shapes, which
     lose the group division, so a depthwise convolution's weight gradient counted C times
     (EfficientNet's backward came out 40x its forward, ConvNeXt's 8x; pytorch/pytorch#183405)."""
-    from torch.utils.flop_counter import conv_flop_count
 
     def t(shape: list[int]) -> list[int]:
         return [shape[1], shape[0], *shape[2:]]
@@ -184,8 +185,6 @@ def _conv_backward_flop(
 
 def flop_counter() -> Any:
     """FlopCounterMode as autograd runs the step, grouped convolutions' backward corrected."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
 
 
@@ -250,9 +249,7 @@ class ModelSteps:
         spec = plan.model
         self.fake = None
         if device == "fake":
-            from torch._subclasses.fake_tensor import (
-                FakeTensorMode,  # imports torch._dynamo: only for an estimate
-            )
+            from torch._subclasses.fake_tensor import FakeTensorMode  # imports torch._dynamo: only for an estimate
 
             # Built on the meta device (RegNet's width arithmetic needs real numbers), then fake.
             model = archs.build_model(
@@ -271,7 +268,7 @@ class ModelSteps:
                 model.to(memory_format=torch.channels_last)
         self.model, self.plan, self.device = model, plan, "cpu" if device == "fake" else device
         named = dict(model.named_parameters())
-        self.group_params = {g: [] for g in {pg.group for pg in plan.param_groups}}
+        self.group_params: dict[str, list[nn.Parameter]] = {g: [] for g in {pg.group for pg in plan.param_groups}}
         for pg in plan.param_groups:
             self.group_params[pg.group].extend(named[n] for n in pg.params)
         modules = dict(model.named_modules())
@@ -336,8 +333,6 @@ class ModelSteps:
         """The run's one optimizer, built as runtime/optim.py builds it: every param group of
         the plan (no-decay parts at weight_decay 0), the recipe's class and arguments."""
         if self._optimizer is None:
-            from ftcompile.torch_args import optimizer_class
-
             named = dict(self.model.named_parameters())
             groups = [
                 {"params": [named[n] for n in pg.params], **({} if pg.decay else {"weight_decay": 0.0})}
@@ -365,7 +360,7 @@ class ModelSteps:
             with self.context():
                 x = self.inputs(setup)
                 y = torch.zeros(setup.batch, dtype=torch.long, device=self.device)
-                counter = flop_counter() if flops else contextlib.nullcontext()
+                counter: Any = flop_counter() if flops else contextlib.nullcontext()
                 with counter, saved_for_backward(skip) as saved, autocast(setup.precision):
                     loss = nn.functional.cross_entropy(net(x).float(), y)
                 fwd_flops += counter.get_total_flops() if flops else 0
@@ -512,8 +507,6 @@ def run_device(plan: Plan) -> str:
 def device_memory(device: str) -> tuple[int | None, str]:
     """The memory a phase must fit in, and what it is: the GPU's when `device` is cuda and
     one is visible, else the machine's RAM."""
-    from ftcompile.memory import machine_memory
-
     if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return props.total_memory, f"GPU 0 ({props.name})"
@@ -524,15 +517,13 @@ def setups(plan: Plan) -> list[tuple[PhasePlan, Any, StepSetup]]:
     """(phase, alternative or None, step setup) of every phase and trial alternative."""
     out = []
     for ph in plan.phases:
-        data = ph.data or {"image_size": plan.data.image_size, "batch_size": plan.data.batch_size}
+        data = ph.data or plan.data  # the batch and image size of the phase
         alternatives = ph.trials.alternatives if ph.trials else [None]
         for alt in alternatives:
             train = alt.train if alt is not None else ph.train
             cached = _cached(ph, alt)
             frozen_bn = (
-                frozenset(g["name"] for g in plan.groups if g["name"] not in train)
-                if ph.bn == "frozen"
-                else frozenset()
+                frozenset(g.name for g in plan.groups if g.name not in train) if ph.bn == "frozen" else frozenset()
             )
             out.append(
                 (
@@ -541,9 +532,9 @@ def setups(plan: Plan) -> list[tuple[PhasePlan, Any, StepSetup]]:
                     StepSetup(
                         train=frozenset(train),
                         frozen_bn=frozen_bn,
-                        batch=data["batch_size"] // plan.run.accumulate,
+                        batch=data.batch_size // plan.run.accumulate,
                         micro_batches=plan.run.accumulate,
-                        image_size=data["image_size"],
+                        image_size=data.image_size,
                         precision=plan.run.precision,
                         channels_last=plan.run.channels_last,
                         cached=cached,
@@ -557,8 +548,8 @@ def _cached(ph: PhasePlan, alt: Any) -> str | None:
     if alt is not None:
         for c in alt.changes:
             if c.op == Op.FEATURES:
-                return c.value
-    return ph.cache["module"] if ph.cache.get("on") else None
+                return c.value if isinstance(c.value, str) else None
+    return ph.cache.module if ph.cache.on else None
 
 
 def _evaluations(plan: Plan, ph: PhasePlan, alt: Any, until: int | None = None) -> int:
@@ -580,7 +571,7 @@ def pruned_stops(plan: Plan, step_flops: Any) -> dict[tuple[str, int], int]:
         t = ph.trials
         if t is None or t.prune is None:
             continue
-        order = sorted(t.alternatives, key=lambda a, ph=ph: (-step_flops(ph, a), a.k))
+        order = sorted(t.alternatives, key=lambda a: (-step_flops(ph, a), a.k))  # noqa: B023 (sorted here, in this iteration)
         for r, a in enumerate(order):
             out[(ph.name, a.k)] = next(
                 (at for at, kept in zip(t.prune.at, t.prune.keep, strict=True) if r >= kept), ph.end

@@ -29,6 +29,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -105,7 +106,7 @@ def survey(folder: Path, batch_size: int = DEFAULT_BATCH, verify: bool = True) -
             "give a folder of class folders (FOLDER/<class>/<image>), or one with train/ and val/ in it",
         )
     train, val = _layout(folder)
-    data = {
+    data: dict[str, Any] = {
         "train": str(train.resolve()),
         "val": str(val.resolve()) if val else {"split": SPLIT, "seed": 0},
         "classes": [],

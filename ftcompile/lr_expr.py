@@ -70,7 +70,7 @@ def evaluate(tree: ast.expr, env: dict[str, float]) -> float:
     is a ValueError naming the part of the expression where it happens."""
     if isinstance(tree, ast.Constant):
         try:
-            return _real(float(tree.value), tree)
+            return _real(float(tree.value), tree)  # type: ignore[arg-type]  # a str or bytes constant fails here
         except OverflowError:  # an integer literal beyond a float
             raise ValueError(_too_large(tree)) from None
     if isinstance(tree, ast.Name):
@@ -109,7 +109,7 @@ def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
     key = f"phases.{phase_name}.lr"
     train = list(phase.train)
     given: dict[str, float | str] = (
-        {g: phase.lr for g in train} if isinstance(phase.lr, (int, float, str)) and phase.lr != {} else dict(phase.lr)
+        {g: phase.lr for g in train} if isinstance(phase.lr, (int, float, str)) else dict(phase.lr)
     )
     for g in given:
         if g not in train:
@@ -153,7 +153,7 @@ def resolve_lrs(phase_name: str, phase: Phase) -> dict[str, float]:
             except ValueError as exc:
                 raise RecipeError(str(exc), key=f"{key}.{g}") from None
         elif g in given:
-            lrs[g] = float(given[g])  # type: ignore[arg-type]
+            lrs[g] = float(given[g])
         elif phase.lr_decay is not None and train.index(g) < len(train) - 1:
             lrs[g] = value(train[train.index(g) + 1]) * phase.lr_decay
         else:

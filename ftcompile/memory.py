@@ -11,10 +11,11 @@ parameter that ever trains (torch keeps it after a group is frozen again).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from ftcompile.plan import Plan
 from ftcompile.torch_args import state_tensors
 
 FP32 = 4
@@ -32,8 +33,8 @@ class Memory:
         return self.params + self.grads + self.state
 
 
-def estimate(plan: Any) -> Memory:
-    numel = {g["name"]: g["numel"] for g in plan.groups}
+def estimate(plan: Plan) -> Memory:
+    numel = {g.name: g.numel for g in plan.groups}
     trained_ever = {g for ph in plan.phases for g in ph.train}
     most_trained = max((sum(numel[g] for g in ph.train) for ph in plan.phases), default=0)
     slots = state_tensors(plan.optimizer.type, plan.optimizer.kwargs)
@@ -68,7 +69,7 @@ def size(n: float) -> str:
     return f"{int(n)} B"
 
 
-def describe(plan: Any) -> str:
+def describe(plan: Plan) -> str:
     m = estimate(plan)
     return (
         f"memory params {size(m.params)} + gradients {size(m.grads)} + {m.optimizer} state {size(m.state)}"
@@ -76,7 +77,7 @@ def describe(plan: Any) -> str:
     )
 
 
-def warning(plan: Any, available: int | None = None) -> str | None:
+def warning(plan: Plan, available: int | None = None) -> str | None:
     """A warning when parameters, gradients and optimizer state alone exceed the machine."""
     available = machine_memory() if available is None else available
     m = estimate(plan)
@@ -109,8 +110,6 @@ _UNITS = {
 def parse_size(text: str) -> int:
     """'24GB', '24 GiB', '80G', '512MB' -> bytes. Binary units throughout: a "24 GB" GPU has
     24 GiB, which is what nvidia-smi and torch.cuda report."""
-    import re
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = m.group(2).upper() if m else None
     if m is None or unit not in _UNITS:

@@ -49,7 +49,9 @@ class Override:
 
     def covers(self, key: str | None) -> bool:
         """Whether an error at `key` is about a value this override gave."""
-        return bool(key) and (key == self.key or key.startswith((self.key + ".", self.key + "[")))
+        if not key:
+            return False
+        return key == self.key or key.startswith((self.key + ".", self.key + "["))
 
 
 def shown_set(text: str) -> str:

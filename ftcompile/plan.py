@@ -11,18 +11,42 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from ftcompile.errors import RecipeError
 
 FORMAT = 1
 
+# What plan.json can hold. A plan field of this type is a user's mapping passed through as
+# written (builder or optimizer keyword arguments, checked against a signature by the
+# compiler); every field of a fixed shape is a record below.
+JSONValue: TypeAlias = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
+JSONObject: TypeAlias = dict[str, JSONValue]
+
+# The metadata of a field added after format 1's first plans: left out of plan.json at its
+# default, so a plan that does not use it keeps its hash. Every field with a default is
+# declared so (tests/ftcompile/test_plan_records.py); `OPTIONAL` is derived from it.
+OPTIONAL_FIELD: Mapping[str, bool] = {"optional": True}
+
+
+class OpKind(Enum):
+    """How a change acts, declared by each `Op` member."""
+
+    SETUP = "setup"  # sets up the model or the loop: replayed when a run resumes or a trial forks
+    OPTIMIZER = "optimizer"  # sets up the optimizer (apply.Executor); replayed too
+    EVENT = "event"  # only happens (an evaluation, a checkpoint, a phase's trials): never replayed
+
 
 class Op(str, Enum):
-    """What a change does. A str enum: it is its own JSON value ("set", ...)."""
+    """What a change does. A str enum: it is its own JSON value ("set", ...).
+
+    Each member's kind (`OP_KINDS`, right below; the import fails without it) says whether
+    `Session.load_state` replays it before a saved step (`replayed`) and whether the
+    Executor applies it (`on_optimizer`), so a new op cannot be added without saying both."""
 
     PHASE = "phase"  # a phase begins (for logs)
     FREEZE = "freeze"  # requires_grad off, gradient cleared
@@ -31,7 +55,7 @@ class Op(str, Enum):
     FEATURES = "features"  # train the head on cached inputs (value: head module) or stop (None)
     SET = "set"  # a param group's field (lr, weight_decay, momentum) = value
     RESET_STATE = "reset_state"  # clear a param group's optimizer state
-    SCHEDULER = "scheduler"  # start a scheduler (value: its spec) or none
+    SCHEDULER = "scheduler"  # start a scheduler (value: a SchedulerStart) or none
     EVALUATE = "evaluate"
     CHECKPOINT = "checkpoint"
     TRIAL = "trial"  # the phase's alternatives run here (target: phase); see PhasePlan.trials
@@ -39,26 +63,88 @@ class Op(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def kind(self) -> OpKind:
+        return OP_KINDS[self]
+
+    @property
+    def replayed(self) -> bool:
+        """Set-up state: applied again, in order, up to the step a run resumes or forks from."""
+        return self.kind is not OpKind.EVENT
+
+    @property
+    def on_optimizer(self) -> bool:
+        return self.kind is OpKind.OPTIMIZER
+
+
+OP_KINDS: dict[Op, OpKind] = {
+    Op.PHASE: OpKind.SETUP,
+    Op.FREEZE: OpKind.SETUP,
+    Op.UNFREEZE: OpKind.SETUP,
+    Op.BN: OpKind.SETUP,
+    Op.FEATURES: OpKind.SETUP,
+    Op.SET: OpKind.OPTIMIZER,
+    Op.RESET_STATE: OpKind.OPTIMIZER,
+    Op.SCHEDULER: OpKind.OPTIMIZER,
+    Op.EVALUATE: OpKind.EVENT,
+    Op.CHECKPOINT: OpKind.EVENT,
+    Op.TRIAL: OpKind.EVENT,
+}
+if set(OP_KINDS) != set(Op):
+    raise TypeError(f"ops without a kind in OP_KINDS: {sorted(set(Op) - set(OP_KINDS))}")
 
 # Change ops that act on the optimizer (the rest act on the model or the loop).
-OPTIMIZER_OPS = (Op.SET, Op.SCHEDULER, Op.RESET_STATE)
+OPTIMIZER_OPS = tuple(op for op in Op if op.on_optimizer)
 
 
 @dataclass(frozen=True)
 class WeightsSpec:
     """Where the starting weights come from: `kind` torchvision | file | recipe | none.
 
-    For kind "recipe", `plan` is the upstream recipe's whole plan (its hash covers it) and
-    `root` that recipe's folder relative to this one's.
+    For kind "recipe", `plan` is the upstream recipe's whole plan as plan.json holds it (its
+    hash covers it; `Plan.from_dict(plan)` reads it) and `root` that recipe's folder relative
+    to this one's.
     """
 
     kind: str
     value: str | None
-    root: str | None = None
-    plan: dict[str, Any] | None = None
+    root: str | None = field(default=None, metadata=OPTIONAL_FIELD)
+    plan: JSONObject | None = field(default=None, metadata=OPTIONAL_FIELD)
 
-    def json_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if v is not None or k == "value"}
+    @property
+    def upstream_hash(self) -> str:
+        """The upstream plan's hash (kind "recipe"); "" for the other kinds."""
+        return str(self.plan["hash"]) if self.plan else ""
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The [model.head] table as validated: a new classifier head (ftcompile/arch.py builds it)."""
+
+    pool: str | None  # "avg" | "max" | "concat"; None: avg (and an error for no transformer)
+    hidden: tuple[int, ...]  # widths of the hidden Linear layers
+    dropout: float | tuple[float, ...]  # one for every Linear, or one per Linear
+    batchnorm: bool
+    activation: str
+
+    # The schema's defaults (ftcompile/schema.py Head), for a table that leaves keys out.
+    DEFAULTS = {"pool": None, "hidden": (), "dropout": 0.0, "batchnorm": False, "activation": "relu"}
+
+    @staticmethod
+    def of(table: HeadSpec | Mapping[str, Any]) -> HeadSpec:
+        """From the schema's dump, plan.json or a sidecar (lists become tuples); absent keys
+        (and None) take the schema's defaults."""
+        if isinstance(table, HeadSpec):
+            return table
+        t = {**HeadSpec.DEFAULTS, **{k: v for k, v in table.items() if v is not None}}
+        dropout = t["dropout"]
+        return HeadSpec(
+            pool=t["pool"],
+            hidden=tuple(t["hidden"]),
+            dropout=tuple(dropout) if isinstance(dropout, (list, tuple)) else dropout,
+            batchnorm=t["batchnorm"],
+            activation=t["activation"],
+        )
 
 
 @dataclass(frozen=True)
@@ -66,10 +152,18 @@ class ModelSpec:
     arch: str
     weights: WeightsSpec
     num_classes: int
-    head: dict[str, Any] | None  # the [model.head] table as validated, or None (a single Linear)
+    head: HeadSpec | None  # None: torchvision's head with a new last layer
     total_params: int
-    builder_args: dict[str, Any] = field(default_factory=dict)  # extra torchvision builder kwargs
-    head_weights: str = "new"  # "load": the weights file's head tensors are loaded too
+    # Extra torchvision builder kwargs: the user's mapping, checked against the builder's
+    # signature by the compiler, passed to it as written.
+    builder_args: JSONObject = field(default_factory=dict, metadata=OPTIONAL_FIELD)
+    head_weights: str = field(default="new", metadata=OPTIONAL_FIELD)  # "load": the file's head tensors too
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> ModelSpec:
+        return ModelSpec(
+            **{**d, "weights": WeightsSpec(**d["weights"]), "head": HeadSpec.of(d["head"]) if d["head"] else None}
+        )
 
 
 # Val images are resized to image_size / 0.875 then centre-cropped: the standard ImageNet
@@ -89,17 +183,37 @@ class ValPreprocessing:
 
 
 @dataclass(frozen=True)
+class MixSpec:
+    """Batch-level MixUp / CutMix, timm's parameters (runtime/mix.py)."""
+
+    mixup_alpha: float
+    cutmix_alpha: float
+    prob: float
+    switch_prob: float
+
+
+@dataclass(frozen=True)
+class ValSplit:
+    """data.val = { split, seed }: the validation set taken from data.train (ftcompile/split.py)."""
+
+    split: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """The [data] table as validated, plus what the compiler counted and derived."""
 
     train: str | None
-    val: str | None
+    val: str | ValSplit | None
     builtin: str | None
     classes: list[str]
     image_size: int
     batch_size: int
     workers: int
-    augment: list[dict[str, Any]]
+    # torchvision.transforms.v2 ops, {"op": class name, **its keyword arguments}: the user's
+    # tables, checked against the class signatures by the compiler.
+    augment: list[JSONObject]
     balance: str
     label_smoothing: float
     drop_last: bool
@@ -110,20 +224,34 @@ class DataSpec:
     steps_per_epoch: int
     mean: list[float]
     std: list[float]
-    mix: dict[str, float] | None = None  # MixUp/CutMix: mixup_alpha, cutmix_alpha, prob, switch_prob
-    val_resize: int | None = None  # shorter side before the val centre crop; None: image_size / 0.875
-    val_crop: int | None = None  # None: image_size
+    mix: MixSpec | None = field(default=None, metadata=OPTIONAL_FIELD)
+    # the shorter side before the val centre crop; None: image_size / 0.875
+    val_resize: int | None = field(default=None, metadata=OPTIONAL_FIELD)
+    val_crop: int | None = field(default=None, metadata=OPTIONAL_FIELD)  # None: image_size
     # data.val = { split, seed }: the files of each split, "class/relative/path", as the compiler
     # chose them (ftcompile/split.py); the runtime reads exactly these. None: no split, or
     # compiled where the folder is absent (the runtime then makes the split from the folder).
-    split_files: dict[str, list[str]] | None = None
+    split_files: dict[str, list[str]] | None = field(default=None, metadata=OPTIONAL_FIELD)
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> DataSpec:
+        val = d["val"]
+        return DataSpec(
+            **{
+                **d,
+                "val": ValSplit(**val) if isinstance(val, dict) else val,
+                "mix": MixSpec(**d["mix"]) if d.get("mix") else None,
+            }
+        )
 
     def sources(self) -> dict[str, Any]:
-        """Where the samples come from, as `datasets.resolve_splits` / `count_data` read it."""
+        """Where the samples come from, in the recipe's table form that `datasets.resolve_splits`
+        and `count_data` read."""
+        val = self.val
         return {
             "builtin": self.builtin,
             "train": self.train,
-            "val": self.val,
+            "val": {"split": val.split, "seed": val.seed} if isinstance(val, ValSplit) else val,
             "classes": self.classes,
             **({"split_files": self.split_files} if self.split_files is not None else {}),
         }
@@ -150,10 +278,21 @@ class DataSpec:
 @dataclass(frozen=True)
 class OptimizerSpec:
     type: str  # a torch.optim class
-    kwargs: dict[str, Any]  # its arguments, checked against its signature
+    # Its keyword arguments: the user's mapping, checked against the class signature by the
+    # compiler, passed to it as written.
+    kwargs: JSONObject
     no_decay: str | list[str]
-    clip_grad_norm: float | None = None
-    clip_grad_value: float | None = None
+    clip_grad_norm: float | None = field(default=None, metadata=OPTIONAL_FIELD)
+    clip_grad_value: float | None = field(default=None, metadata=OPTIONAL_FIELD)
+
+
+@dataclass(frozen=True)
+class EmaSpec:
+    """[run] ema: an exponential moving average of the weights (runtime/ema.py)."""
+
+    decay: float
+    every: int  # steps between updates
+    warmup: bool  # timm's warmup of the decay
 
 
 DEFAULT_LOG = ("jsonl",)
@@ -170,14 +309,21 @@ class RunSpec:
     compile: bool
     checkpoint_every: int  # 0: "never" (phase ends only, as keep_checkpoints needs)
     eval_every: int
-    bn_modules: dict[str, str]
-    keep_best: str | None = None  # metric of best.pt (None: no best.pt)
-    keep_checkpoints: str = "boundaries"  # "boundaries" | "all" | "last" | "none"
-    log: list[str] = field(default_factory=lambda: list(DEFAULT_LOG))  # "jsonl" always; "tensorboard"
-    accumulate: int = 1  # micro-batches per optimizer step
-    ema: dict[str, Any] | None = None  # {"decay", "every" (steps), "warmup"}
-    sync_bn: bool = False
-    reproducible: str = "machine"  # "portable": pinned instruction sets and threads (ftcompile/portable.py)
+    bn_modules: dict[str, str]  # BatchNorm module name -> its group
+    keep_best: str | None = field(default=None, metadata=OPTIONAL_FIELD)  # metric of best.pt (None: no best.pt)
+    # "boundaries" | "all" | "last" | "none"
+    keep_checkpoints: str = field(default="boundaries", metadata=OPTIONAL_FIELD)
+    # "jsonl" always; "tensorboard"
+    log: list[str] = field(default_factory=lambda: list(DEFAULT_LOG), metadata=OPTIONAL_FIELD)
+    accumulate: int = field(default=1, metadata=OPTIONAL_FIELD)  # micro-batches per optimizer step
+    ema: EmaSpec | None = field(default=None, metadata=OPTIONAL_FIELD)
+    sync_bn: bool = field(default=False, metadata=OPTIONAL_FIELD)
+    # "portable": pinned instruction sets and threads (ftcompile/portable.py)
+    reproducible: str = field(default="machine", metadata=OPTIONAL_FIELD)
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> RunSpec:
+        return RunSpec(**{**d, **({"ema": EmaSpec(**d["ema"])} if d.get("ema") else {})})
 
 
 KEEP_CHECKPOINTS = ("boundaries", "all", "last", "none")
@@ -222,6 +368,29 @@ class ParamGroup:
 
 
 @dataclass(frozen=True)
+class GroupSpec:
+    """A recipe group: its selectors as written and the parameters they cover."""
+
+    name: str
+    selectors: tuple[str, ...]
+    numel: int
+
+
+@dataclass(frozen=True)
+class LRWindow:
+    """A trained group's LR over a phase, from the trace (ftcompile/trace.py)."""
+
+    first: float
+    peak: float
+    last: float
+
+
+def lr_windows(table: Mapping[str, Mapping[str, float]]) -> dict[str, LRWindow]:
+    """group -> its window, from plan.json."""
+    return {g: LRWindow(**w) for g, w in table.items()}
+
+
+@dataclass(frozen=True)
 class TrialPlan:
     """One alternative of a trial phase: its values, LRs and the changes of its window."""
 
@@ -229,7 +398,7 @@ class TrialPlan:
     label: str
     values: dict[str, Any]  # trial key -> value
     train: tuple[str, ...]
-    lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
+    lr: dict[str, LRWindow]  # trained group -> its LR window
     changes: tuple[Change, ...]  # replace the phase's `trial` change when this alternative runs
 
 
@@ -264,7 +433,8 @@ class TrialsPlan:
     mode: str
     keep: str  # winner | all: whose end checkpoints stay in trials/<phase>/<k>/
     alternatives: tuple[TrialPlan, ...]
-    prune: Prune | None = None  # successive halving: rung steps and how many go on at each
+    # successive halving: rung steps and how many go on at each
+    prune: Prune | None = field(default=None, metadata=OPTIONAL_FIELD)
 
     def steps(self, begin: int, end: int) -> int:
         """Optimizer steps the phase's alternatives take together (every whole window without `prune`)."""
@@ -278,7 +448,8 @@ class TrialsPlan:
                 **{
                     **a,
                     "train": tuple(a["train"]),
-                    "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in a["changes"]),
+                    "lr": lr_windows(a["lr"]),
+                    "changes": tuple(Change.from_json(c) for c in a["changes"]),
                 }
             )
             for a in data["alternatives"]
@@ -286,6 +457,64 @@ class TrialsPlan:
         prune = data.get("prune")
         prune = Prune(at=tuple(prune["at"]), keep=tuple(prune["keep"])) if prune is not None else None
         return TrialsPlan(**{**data, "alternatives": alts, "prune": prune})
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A phase's scheduler as the recipe gives it, its arguments resolved."""
+
+    type: str  # a torch.optim.lr_scheduler class
+    # Its keyword arguments, checked against the class signature by the compiler; a dict value
+    # holds one value per group (from an `lr` expression).
+    args: JSONObject
+
+
+@dataclass(frozen=True)
+class SchedulerStart:
+    """The value of a `scheduler` change: a fresh scheduler over the phase's param groups,
+    stepped until optimizer step `end` (apply.Executor)."""
+
+    type: str
+    param_groups: tuple[str, ...]
+    args: JSONObject  # one value per argument, or a list of one per param group
+    end: int
+
+
+@dataclass(frozen=True)
+class FeatureCacheSpec:
+    """A phase's feature-cache decision (ftcompile/cache.py): whether the head trains on
+    features of `module`'s input computed once, and why (or why not)."""
+
+    on: bool
+    why: str
+    module: str | None  # the head module, or None where the head is not one module
+
+
+@dataclass(frozen=True)
+class StopEarlySpec:
+    """End the phase after `patience` evaluations without an improvement > `min_delta` of `metric`."""
+
+    metric: str
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    """A phase's own data (per-phase overrides): the batch of step s is batch
+    (s - data_begin) % steps_per_epoch of epoch epoch_base + (s - data_begin) // steps_per_epoch."""
+
+    image_size: int
+    batch_size: int
+    augment: list[JSONObject]  # as DataSpec.augment
+    mix: MixSpec | None
+    steps_per_epoch: int
+    data_begin: int  # the step where this data segment begins
+    epoch_base: int  # the epoch number of its first epoch
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> PhaseData:
+        return PhaseData(**{**d, "mix": MixSpec(**d["mix"]) if d["mix"] else None})
 
 
 @dataclass(frozen=True)
@@ -300,17 +529,38 @@ class PhasePlan:
     trainable_pct: float
     bn: str
     optimizer_state: str
-    scheduler: dict[str, Any] | None
-    lr: dict[str, dict[str, float]]  # group -> {"first", "peak", "last"}
-    cache: dict[str, Any]  # feature cache: {"on", "why", "module"}
-    stop_early: dict[str, Any] | None = None  # {"metric", "patience", "min_delta"}: end = an upper bound
-    restore_best: str | None = None  # metric whose best evaluation the phase ends with
+    scheduler: SchedulerSpec | None
+    lr: dict[str, LRWindow]  # trained group -> its LR window
+    cache: FeatureCacheSpec
+    # with stop_early, `end` is an upper bound
+    stop_early: StopEarlySpec | None = field(default=None, metadata=OPTIONAL_FIELD)
+    # the metric whose best evaluation the phase ends with
+    restore_best: str | None = field(default=None, metadata=OPTIONAL_FIELD)
     # The phase's own data (per-phase overrides), or None: the recipe's [data] from step 0.
-    # {"image_size", "batch_size", "augment", "mix", "steps_per_epoch", "data_begin", "epoch_base"}:
-    # the batch of step s is batch (s - data_begin) % steps_per_epoch of epoch
-    # epoch_base + (s - data_begin) // steps_per_epoch.
-    data: dict[str, Any] | None = None
-    trials: TrialsPlan | None = None  # the phase's fields are then its first alternative's
+    data: PhaseData | None = field(default=None, metadata=OPTIONAL_FIELD)
+    # the phase's fields are then its first alternative's
+    trials: TrialsPlan | None = field(default=None, metadata=OPTIONAL_FIELD)
+
+    @staticmethod
+    def from_json(p: Mapping[str, Any]) -> PhasePlan:
+        return PhasePlan(
+            **{
+                **p,
+                "after": tuple(p["after"]),
+                "train": tuple(p["train"]),
+                "scheduler": SchedulerSpec(**p["scheduler"]) if p["scheduler"] else None,
+                "lr": lr_windows(p["lr"]),
+                "cache": FeatureCacheSpec(**p["cache"]),
+                "stop_early": StopEarlySpec(**p["stop_early"]) if p.get("stop_early") else None,
+                "data": PhaseData.from_json(p["data"]) if p.get("data") else None,
+                "trials": TrialsPlan.from_dict(p["trials"]) if p.get("trials") else None,
+            }
+        )
+
+
+# What a change sets: a param group field's number (set), a BatchNorm mode or a head module
+# (bn, features), a scheduler to start (scheduler); None for the rest.
+ChangeValue: TypeAlias = float | str | SchedulerStart | None
 
 
 @dataclass(frozen=True)
@@ -321,19 +571,36 @@ class Change:
     op: Op
     target: str | None = None
     field: str | None = None
-    value: Any = None
+    value: ChangeValue = None
+
+    @staticmethod
+    def from_json(c: Mapping[str, Any]) -> Change:
+        op, value = Op(c["op"]), c.get("value")
+        if op is Op.SCHEDULER and value is not None:
+            value = SchedulerStart(**{**value, "param_groups": tuple(value["param_groups"])})
+        return Change(**{**c, "op": op, "value": value})
+
+
+@dataclass(frozen=True)
+class RecipeRecord:
+    """The recipe a plan was compiled from."""
+
+    name: str
+    file: str  # its file name
+    source_hash: str  # of its text
+    overrides: tuple[str, ...] = field(default=(), metadata=OPTIONAL_FIELD)  # --set KEY=VALUE, in order
 
 
 @dataclass(frozen=True)
 class Plan:
     format: int
-    recipe: dict[str, Any]
-    versions: dict[str, str]
+    recipe: RecipeRecord
+    versions: dict[str, str]  # torch, torchvision, ftcompile
     seed: int
     model: ModelSpec
     data: DataSpec
     optimizer: OptimizerSpec
-    groups: tuple[dict[str, Any], ...]
+    groups: tuple[GroupSpec, ...]
     param_groups: tuple[ParamGroup, ...]
     phases: tuple[PhasePlan, ...]
     changes: tuple[Change, ...]
@@ -342,7 +609,8 @@ class Plan:
     hash: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.canonical_body())  # tuples -> lists, exactly as in the file
+        body: dict[str, Any] = json.loads(self.canonical_body())  # tuples -> lists, exactly as in the file
+        return body
 
     def canonical_body(self) -> str:
         """canonical(asdict(self) without "hash"), without asdict's deep copy of every value:
@@ -415,29 +683,21 @@ class Plan:
             )
         check_fields(body, source)
         try:
+            recipe = body["recipe"]
             return Plan(
                 **{
                     **body,
-                    "model": ModelSpec(**{**body["model"], "weights": WeightsSpec(**body["model"]["weights"])}),
-                    "data": DataSpec(**body["data"]),
+                    "recipe": RecipeRecord(**{**recipe, "overrides": tuple(recipe.get("overrides", ()))}),
+                    "model": ModelSpec.from_json(body["model"]),
+                    "data": DataSpec.from_json(body["data"]),
                     "optimizer": OptimizerSpec(**body["optimizer"]),
-                    "run": RunSpec(**body["run"]),
-                    "groups": tuple(body["groups"]),
+                    "run": RunSpec.from_json(body["run"]),
+                    "groups": tuple(GroupSpec(**{**g, "selectors": tuple(g["selectors"])}) for g in body["groups"]),
                     "param_groups": tuple(
                         ParamGroup(**{**p, "params": tuple(p["params"])}) for p in body["param_groups"]
                     ),
-                    "phases": tuple(
-                        PhasePlan(
-                            **{
-                                **p,
-                                "after": tuple(p["after"]),
-                                "train": tuple(p["train"]),
-                                "trials": TrialsPlan.from_dict(p["trials"]) if p.get("trials") else None,
-                            }
-                        )
-                        for p in body["phases"]
-                    ),
-                    "changes": tuple(Change(**{**c, "op": Op(c["op"])}) for c in body["changes"]),
+                    "phases": tuple(PhasePlan.from_json(p) for p in body["phases"]),
+                    "changes": tuple(Change.from_json(c) for c in body["changes"]),
                     "hash": stored,
                 }
             )
@@ -467,12 +727,13 @@ def check_fields(body: dict[str, Any], source: str) -> None:
     runs/<name>/) or a phase `../x` (trials/<phase>/), or carrying a seed numpy refuses, is
     refused here, before anything is made; so is an upstream plan embedded in it.
     """
-    from ftcompile.schema import MAX_NAME, MAX_SEED, SLUG, folder_name_problem
+    from ftcompile.schema import MAX_NAME, MAX_SEED, SLUG, folder_name_problem  # start-up time: pydantic, 0.9 s
 
     recipe = body.get("recipe")
     name = recipe.get("name") if isinstance(recipe, dict) else None
     slug = isinstance(name, str) and re.fullmatch(SLUG, name) and len(name) <= MAX_NAME
-    problem = folder_name_problem(name) if slug else "is not a slug"  # a slug may still be a Windows device: con
+    # a slug may still be a Windows device: con
+    problem = folder_name_problem(name) if slug and isinstance(name, str) else "is not a slug"
     if problem:
         raise RecipeError(
             f"recipe name {name!r} {problem} (it names the run directory runs/<name>/)",
@@ -501,46 +762,51 @@ def check_fields(body: dict[str, Any], source: str) -> None:
         check_fields(upstream, f"{source} (the upstream plan in model.weights)")
 
 
-def _dataclass_fields(obj: Any) -> dict[str, Any]:
-    """json.dumps hook: a nested dataclass (ParamGroup, PhasePlan, Change, the sections) as its
-    fields, as asdict gives, or as its own `json_fields()` where it leaves out empty ones."""
-    if type(obj) in OPTIONAL:  # fields added later are left out at their default: older plans keep their hash
-        return {k: v for k, v in vars(obj).items() if k not in OPTIONAL[type(obj)] or v != OPTIONAL[type(obj)][k]}
-    if type(obj) in (
-        Change,
-        ParamGroup,
-        PhasePlan,
-        ModelSpec,
-        DataSpec,
-        OptimizerSpec,
-        RunSpec,
-    ):  # __dict__ is their fields
-        return vars(obj)
-    if hasattr(obj, "json_fields"):
-        return obj.json_fields()
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in fields(obj)}
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+def optional_defaults(record: type) -> dict[str, Any]:
+    """The fields of a plan record declared with `metadata=OPTIONAL_FIELD`, and their defaults."""
+    return {
+        f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+        for f in fields(record)
+        if f.metadata.get("optional")
+    }
 
 
-# Fields added after format 1's first plans (training knobs, metric-driven phases, retention,
-# logging): each is left out of the JSON at its default value, so older plans keep their hash.
+def _is_record(obj: Any) -> bool:
+    return isinstance(obj, type) and is_dataclass(obj)
+
+
+# Every record of the plan (the dataclasses of this module) -> its optional fields and their
+# defaults: each is left out of the JSON at its default value, so older plans keep their hash.
 OPTIONAL: dict[type, dict[str, Any]] = {
-    ModelSpec: {"builder_args": {}, "head_weights": "new"},
-    DataSpec: {"mix": None, "val_resize": None, "val_crop": None, "split_files": None},
-    OptimizerSpec: {"clip_grad_norm": None, "clip_grad_value": None},
-    RunSpec: {
-        "accumulate": 1,
-        "ema": None,
-        "sync_bn": False,
-        "keep_best": None,
-        "keep_checkpoints": "boundaries",
-        "log": list(DEFAULT_LOG),
-        "reproducible": "machine",
-    },
-    PhasePlan: {"data": None, "stop_early": None, "restore_best": None, "trials": None},
-    TrialsPlan: {"prune": None},
+    cls: defaults
+    for cls in list(globals().values())
+    if _is_record(cls) and cls.__module__ == __name__ and (defaults := optional_defaults(cls))
 }
+# How each record becomes JSON, by type (a plan holds ~10^5 changes: one dict lookup each).
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _encoder(record: type) -> Callable[[Any], dict[str, Any]]:
+    omit = optional_defaults(record)
+    if not omit:
+        return vars  # __dict__ is a frozen dataclass's fields
+    return lambda obj: {k: v for k, v in vars(obj).items() if k not in omit or v != omit[k]}
+
+
+def _dataclass_fields(obj: Any) -> dict[str, Any]:
+    """json.dumps hook: a plan record as its fields, as asdict gives, less its optional fields
+    at their defaults."""
+    encode = _ENCODERS.get(type(obj))
+    if encode is None:
+        if not (is_dataclass(obj) and not isinstance(obj, type)):
+            raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+        encode = _ENCODERS[type(obj)] = _encoder(type(obj))
+    return encode(obj)
+
+
+def as_json(obj: Any) -> Any:
+    """A plan record (or anything holding records) as plan.json holds it: dicts and lists."""
+    return json.loads(json.dumps(obj, default=_dataclass_fields))
 
 
 def canonical(obj: Any) -> str:
@@ -549,25 +815,3 @@ def canonical(obj: Any) -> str:
 
 def plan_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(body).encode()).hexdigest()
-
-
-def change_dict(change: Change) -> dict[str, Any]:
-    """`asdict(change)` for the Executor; only a container value (a scheduler spec) is copied,
-    not every float of ~10^5 `set` changes."""
-    value = change.value
-    return {
-        "step": change.step,
-        "op": change.op,
-        "target": change.target,
-        "field": change.field,
-        "value": _copied(value),
-    }
-
-
-def _copied(value: Any) -> Any:
-    """What asdict does to a JSON-like value: containers copied, scalars shared."""
-    if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copied(v) for v in value)
-    return value

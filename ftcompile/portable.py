@@ -29,9 +29,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftcompile.errors import RecipeError
+
+if TYPE_CHECKING:
+    from ftcompile.plan import Plan
 
 MODES = ("machine", "portable")
 PORTABLE = "portable"
@@ -159,13 +162,12 @@ def machine_warnings(mode: str, env: dict[str, Any], now: dict[str, Any], generi
     return [generic[0] + verdict, *generic[1:]]
 
 
-def check_upstream(mode: str, weights: str, upstream: dict[str, Any] | None) -> None:
+def check_upstream(mode: str, weights: str, upstream: Plan | None) -> None:
     """A portable run is as portable as the model it starts from: an upstream recipe's run
     (`model.weights = "other.toml"`, trained first or found in runs/) must be portable too."""
     if mode != PORTABLE or upstream is None:
         return
-    theirs = upstream["plan"]["run"].get("reproducible", "machine")
-    if theirs != PORTABLE:
+    if upstream.run.reproducible != PORTABLE:
         raise RecipeError(
             f"the upstream recipe {weights} is not portable: a portable run starting from its model gives "
             "the same bits only where that model does",

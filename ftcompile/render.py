@@ -10,7 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile import memory, outputs
-from ftcompile.plan import Change, DataSpec, PhasePlan, Plan, WeightsSpec, checkpoints_kept, phase_starts
+from ftcompile.errors import RecipeError
+from ftcompile.plan import (
+    Change,
+    DataSpec,
+    HeadSpec,
+    MixSpec,
+    PhasePlan,
+    Plan,
+    SchedulerStart,
+    ValSplit,
+    WeightsSpec,
+    checkpoints_kept,
+    phase_starts,
+)
 
 WIDTH = 100  # columns of `ftcompile plan` without --wide
 
@@ -31,23 +44,21 @@ def _lr(x: float) -> str:
     return f"{x:.3g}"
 
 
-def head_layers(head: dict[str, Any] | None) -> str:
+def head_layers(head: HeadSpec | None) -> str:
     if not head:
         return "Linear"
-    widths = [*head.get("hidden", []), "C"]
-    pool = head.get("pool") or "avg"
-    bn = "BN+" if head.get("batchnorm") else ""
+    widths = [*head.hidden, "C"]
+    pool = head.pool or "avg"
+    bn = "BN+" if head.batchnorm else ""
     return f"{pool}pool -> " + " -> ".join(f"{bn}Linear({w})" for w in widths)
 
 
 def weights_text(weights: WeightsSpec) -> str:
     if weights.kind == "none":
         return "none (random init)"
-    if weights.kind == "file":
-        return weights.value
     if weights.kind == "recipe":
-        return f"model.pt of {weights.value} (plan {weights.plan['hash'][:8]})"
-    return weights.value
+        return f"model.pt of {weights.value} (plan {weights.upstream_hash[:8]})"
+    return str(weights.value)  # a file, or a torchvision weights name
 
 
 def table(rows: list[list[str]]) -> str:
@@ -120,8 +131,9 @@ def describe_change(c: Change, plan: Plan | None = None) -> str:
     if c.op == "scheduler":
         if c.value is None:
             return f"constant LR (no scheduler) for {c.target}"
-        args = ", ".join(f"{k}={_short(v)}" for k, v in c.value["args"].items())
-        return f"start {c.value['type']}({args}) on {', '.join(c.value['param_groups'])}"
+        assert isinstance(c.value, SchedulerStart)
+        args = ", ".join(f"{k}={_short(v)}" for k, v in c.value.args.items())
+        return f"start {c.value.type}({args}) on {', '.join(c.value.param_groups)}"
     if c.op in ("evaluate", "checkpoint"):
         return f"{c.op} ({where_in_phase(plan, c) if plan else f'end of {c.target}'})"
     return c.op
@@ -155,9 +167,9 @@ def checkpoints_line(plan: Plan) -> str:
     )
 
 
-def _val_text(val: Any) -> str:
+def _val_text(val: str | ValSplit | None) -> str:
     """data.val: a folder, or `split 0.15 (seed 0)` for a split made at compile time."""
-    return f"split {val['split']:g} (seed {val.get('seed', 0)})" if isinstance(val, dict) else str(val)
+    return f"split {val.split:g} (seed {val.seed})" if isinstance(val, ValSplit) else str(val)
 
 
 def _header(plan: Plan) -> list[list[str]]:
@@ -165,7 +177,7 @@ def _header(plan: Plan) -> list[list[str]]:
     m, d = plan.model, plan.data
     source = f"builtin {d.builtin}" if d.builtin else f"{d.train} | {_val_text(d.val)}"
     return [
-        [f"plan {plan.hash[:12]}", f"recipe {plan.recipe['name']} ({plan.recipe['file']})", f"seed {plan.seed}"],
+        [f"plan {plan.hash[:12]}", f"recipe {plan.recipe.name} ({plan.recipe.file})", f"seed {plan.seed}"],
         [
             "model",
             m.arch,
@@ -194,11 +206,11 @@ def _header(plan: Plan) -> list[list[str]]:
 
 def _wide_phases(plan: Plan) -> str:
     rows = [["phase", "after", "steps", "epochs", "train (params, % of model)", "lr first / peak / last", "scheduler"]]
-    numel = {g["name"]: g["numel"] for g in plan.groups}
+    numel = {g.name: g.numel for g in plan.groups}
     for ph in plan.phases:
         trained = ", ".join(f"{g} {_num(numel[g])}" for g in ph.train) + f" ({ph.trainable_pct:.1f}%)"
-        lrs = "; ".join(f"{g} {_lr(v['first'])}/{_lr(v['peak'])}/{_lr(v['last'])}" for g, v in ph.lr.items())
-        sched = ph.scheduler["type"] if ph.scheduler else "constant"
+        lrs = "; ".join(f"{g} {_lr(v.first)}/{_lr(v.peak)}/{_lr(v.last)}" for g, v in ph.lr.items())
+        sched = ph.scheduler.type if ph.scheduler else "constant"
         rows.append(
             [ph.name, ",".join(ph.after) or "-", f"[{ph.begin}, {ph.end})", f"{ph.epochs:g}", trained, lrs, sched]
         )
@@ -209,7 +221,7 @@ def _phases(plan: Plan, width: int) -> list[str]:
     """The phase table in `width` columns: trained groups wrap; LRs get lines of their own."""
     rows = [["phase", "after", "steps", "epochs", "train (% of model)", "scheduler"]]
     for ph in plan.phases:
-        sched = ph.scheduler["type"] if ph.scheduler else "constant"
+        sched = ph.scheduler.type if ph.scheduler else "constant"
         rows.append(
             [
                 ph.name,
@@ -221,7 +233,7 @@ def _phases(plan: Plan, width: int) -> list[str]:
             ]
         )
     out = [wrap_table(rows, width, column=4), ""]
-    sizes = ", ".join(f"{g['name']} {_num(g['numel'])}" for g in plan.groups)
+    sizes = ", ".join(f"{g.name} {_num(g.numel)}" for g in plan.groups)
     out += wrapped(f"group params: {sizes}", width, 2)
     out += ["", "lr first / peak / last:"]
     pw = max(len(ph.name) for ph in plan.phases)
@@ -229,7 +241,7 @@ def _phases(plan: Plan, width: int) -> list[str]:
     for ph in plan.phases:
         for i, (g, v) in enumerate(ph.lr.items()):
             name = ph.name if i == 0 else ""
-            out.append(f"  {name:<{pw}}  {g:<{gw}}  {_lr(v['first'])} / {_lr(v['peak'])} / {_lr(v['last'])}".rstrip())
+            out.append(f"  {name:<{pw}}  {g:<{gw}}  {_lr(v.first)} / {_lr(v.peak)} / {_lr(v.last)}".rstrip())
     return out
 
 
@@ -252,9 +264,7 @@ def render(plan: Plan, max_changes: int = 200, wide: bool = False, summary: bool
     names = max(len(ph.name) for ph in plan.phases)
     out += ["", "feature cache (frozen part computed once, head trained on its output):"]
     for ph in plan.phases:
-        out += wrapped(
-            f"  {ph.name:<{names}}  {'yes' if ph.cache['on'] else 'no '}  {ph.cache['why']}", width, names + 9
-        )
+        out += wrapped(f"  {ph.name:<{names}}  {'yes' if ph.cache.on else 'no '}  {ph.cache.why}", width, names + 9)
     out += metric_driven_lines(plan, names)
     out += ["", f"changes ({len(plan.changes)}; at step S = after S optimizer steps):"]
     for c in plan.changes[:max_changes]:
@@ -274,7 +284,7 @@ def metric_driven_lines(plan: Plan, width: int) -> list[str]:
             s = ph.stop_early
             evals = plan.evaluations(ph.name)
             parts.append(
-                f"stop_early {s['metric']} patience {s['patience']} min_delta {s['min_delta']:g} "
+                f"stop_early {s.metric} patience {s.patience} min_delta {s.min_delta:g} "
                 f"({evals} evaluations planned{' per alternative' if ph.trials else ''})"
             )
         if ph.restore_best:
@@ -291,12 +301,12 @@ def val_pipeline(d: DataSpec) -> str:
     return f"Resize({val.resize}) -> CenterCrop({val.crop})"
 
 
-def _mix_text(mix: dict[str, Any] | None) -> str:
+def _mix_text(mix: MixSpec | None) -> str:
     if not mix:
         return "off"
     return (
-        f"MixUp(alpha={mix['mixup_alpha']:g}) / CutMix(alpha={mix['cutmix_alpha']:g}), prob {mix['prob']:g}, "
-        f"switch_prob {mix['switch_prob']:g}; soft-target cross-entropy"
+        f"MixUp(alpha={mix.mixup_alpha:g}) / CutMix(alpha={mix.cutmix_alpha:g}), prob {mix.prob:g}, "
+        f"switch_prob {mix.switch_prob:g}; soft-target cross-entropy"
     )
 
 
@@ -322,9 +332,9 @@ def knob_lines(plan: Plan) -> list[str]:
             "(divided by the number of processes)"
         )
     if r.ema:
-        warm = ", warmup" if r.ema["warmup"] else ""
+        warm = ", warmup" if r.ema.warmup else ""
         out.append(
-            f"ema    decay {r.ema['decay']:g} every {r.ema['every']} step(s){warm}: also evaluated (*_ema) "
+            f"ema    decay {r.ema.decay:g} every {r.ema.every} step(s){warm}: also evaluated (*_ema) "
             "and saved (model_ema.pt)"
         )
     if r.sync_bn:
@@ -333,9 +343,9 @@ def knob_lines(plan: Plan) -> list[str]:
         if ph.data is not None:
             pd = ph.data
             out.append(
-                f"data   phase {ph.name}: image {pd['image_size']}  batch {pd['batch_size']}  "
-                f"steps/epoch {pd['steps_per_epoch']}  augment {len(pd['augment'])} op(s)  "
-                f"mix {'on' if pd['mix'] else 'off'}  (epoch {pd['epoch_base']} at step {pd['data_begin']})"
+                f"data   phase {ph.name}: image {pd.image_size}  batch {pd.batch_size}  "
+                f"steps/epoch {pd.steps_per_epoch}  augment {len(pd.augment)} op(s)  "
+                f"mix {'on' if pd.mix else 'off'}  (epoch {pd.epoch_base} at step {pd.data_begin})"
             )
     return out
 
@@ -362,7 +372,7 @@ def trials_text(plan: Plan, width: int) -> list[str]:
         ]
         rows = [["k", "alternative", "trained group: lr first / peak / last"]]
         for a in t.alternatives:
-            lrs = [f"{g}: {_lr(v['first'])} / {_lr(v['peak'])} / {_lr(v['last'])}" for g, v in a.lr.items()]
+            lrs = [f"{g}: {_lr(v.first)} / {_lr(v.peak)} / {_lr(v.last)}" for g, v in a.lr.items()]
             rows.append([str(a.k), a.label, lrs[0] if lrs else ""])
             rows += [["", "", more] for more in lrs[1:]]
         out += ["  " + line for line in table(rows).splitlines()]
@@ -458,13 +468,11 @@ def _by_rung(rows: list[Row], at: tuple[int, ...]) -> list[Row]:
 
 def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path: Path) -> None:
     try:
-        import matplotlib
+        import matplotlib  # optional extra (plot)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional extra (plot)
     except ImportError:
-        from ftcompile.errors import RecipeError
-
         raise RecipeError("--plot needs matplotlib", key="--plot", suggestion="pip install 'ftcompile[plot]'") from None
     fig, ax = plt.subplots(figsize=(11, 4.5))
     rows = [r for r in rows if not r[3]]  # a trial phase: its first alternative
@@ -485,7 +493,8 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path:
     base = [name.removesuffix(".no_decay") for name in plan.param_group_names]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if len(set(base)) > len(colors):  # one colour per group as long as tab20 lasts
-        colors = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20").colors]
+        tab20 = plt.get_cmap("tab20")
+        colors = [matplotlib.colors.to_hex(tab20(i)) for i in range(tab20.N)]
     color_of = {g: colors[i % len(colors)] for i, g in enumerate(dict.fromkeys(base))}
     for i, name in enumerate(plan.param_group_names):
         # lr 0 = frozen: a gap on a log axis, not a plunge to the bottom.
@@ -506,7 +515,7 @@ def plot(plan: Plan, rows: list[tuple[int, str, list[float], int | None]], path:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate (log; gaps: frozen)")
     ax.set_yscale("log")
-    ax.set_title(f"{plan.recipe['name']} ({plan.hash[:8]})", pad=18)
+    ax.set_title(f"{plan.recipe.name} ({plan.hash[:8]})", pad=18)
     ax.legend(fontsize="small", ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     buf = io.BytesIO()

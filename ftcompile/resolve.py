@@ -9,6 +9,7 @@ weights arrives already compiled: the pipeline (`compiler`) compiles it first.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -16,14 +17,36 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ftcompile import arch as archs
+from ftcompile import datasets
 from ftcompile.batchnorm import check_one_image_batches
 from ftcompile.cache import BelowHead, below_head, cacheability
 from ftcompile.errors import RecipeError, did_you_mean
+from ftcompile.graph import phase_order
 from ftcompile.groups import GroupInfo, bn_modules, param_infos, resolve_groups
+from ftcompile.load import _looks_like_path
 from ftcompile.lr_expr import resolve_lrs
+from ftcompile.plan import (
+    DataSpec,
+    EmaSpec,
+    FeatureCacheSpec,
+    HeadSpec,
+    JSONObject,
+    MixSpec,
+    ModelSpec,
+    OptimizerSpec,
+    PhaseData,
+    Plan,
+    Prune,
+    SchedulerSpec,
+    WeightsSpec,
+)
 from ftcompile.schema import Phase, Recipe, parse_duration
-from ftcompile.torch_args import check_optimizer, resolve_scheduler, with_valid
-from ftcompile.trials import alternatives, check_distinct_resolved, prune_plan
+from ftcompile.torch_checks import check_optimizer, resolve_scheduler, with_valid
+from ftcompile.trials import Alternative, alternatives, check_distinct_resolved, prune_plan
+from ftcompile.weights import check_fits, read_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,27 +64,46 @@ class ResolvedPhase:
     after: tuple[str, ...]
     begin: int
     end: int
-    epochs: float | None
+    epochs: float
     train: tuple[str, ...]
     lr: dict[str, float]
     weight_decay: dict[str, float]
     momentum: dict[str, float]
     bn: str
     optimizer_state: str
-    scheduler: dict[str, Any] | None  # {"type", "args"}; a dict-valued arg holds one value per group
-    cache: dict[str, Any]  # {"on": bool, "why": str, "module": head module}
-    data: dict[str, Any] | None = None  # the phase's own data (see PhasePlan.data), None: the recipe's
-    # With a trials table: {"select", "mode", "keep", "alternatives": [(Alternative, ResolvedPhase)],
-    # "prune": plan.Prune or None};
-    # the phase's own fields are then those of the first alternative.
-    trials: dict[str, Any] | None = None
+    scheduler: SchedulerSpec | None  # a dict-valued argument holds one value per group
+    cache: FeatureCacheSpec
+    data: PhaseData | None = None  # the phase's own data (see PhasePlan.data), None: the recipe's
+    # With a trials table: its alternatives, each resolved like a phase; the phase's own
+    # fields are then those of the first alternative.
+    trials: ResolvedTrials | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedTrials:
+    """A phase's trials table, resolved: what plan.TrialsPlan is made from."""
+
+    select: str
+    mode: str
+    keep: str
+    alternatives: list[tuple[Alternative, ResolvedPhase]]
+    prune: Prune | None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An upstream recipe named as weights (`weights = "pretrain.toml"`), compiled by the
+    pipeline first: its plan, and its folder relative to this recipe's."""
+
+    plan: Plan
+    root: str
 
 
 @dataclass(frozen=True)
 class Resolved:
-    model: dict[str, Any]
-    data: dict[str, Any]
-    optimizer: dict[str, Any]
+    model: ModelSpec
+    data: DataSpec
+    optimizer: OptimizerSpec
     groups: tuple[GroupInfo, ...]
     no_decay: frozenset[str]
     numels: dict[str, int]
@@ -71,33 +113,31 @@ class Resolved:
     checkpoint_every: int
     bn_groups: dict[str, str]  # BatchNorm module name -> group
     keep_checkpoints: str = "boundaries"  # [run] keep_checkpoints; checkpoint_every 0 = "never"
-    run_extra: dict[str, Any] | None = None  # accumulate / ema (every in steps) / sync_bn for RunSpec
+    ema: EmaSpec | None = None  # [run] ema, `every` in steps
     nominal_data: tuple[str, ...] = ()  # keys of absent data folders given nominal sizes (`check`)
 
 
 # ---------------------------------------------------------------- model
 
 
-def resolve_weights(arch: str, weights: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve_weights(arch: str, weights: str, upstream: Upstream | None = None) -> WeightsSpec:
     """A torchvision weights name, a state_dict file, an upstream recipe, or none.
 
     An upstream recipe (`weights = "pretrain.toml"`) means: the final model.pt of that
     recipe's run; its whole plan is embedded, so the runtime can train it first when no
     finished run of exactly that plan exists, and the hash covers it. `upstream` is that
-    plan, compiled by the pipeline: {"plan": plan dict, "root": its folder relative to ours}.
+    recipe compiled by the pipeline.
     """
-    from ftcompile import arch as archs
-
     if weights.lower() == "none":
-        return {"kind": "none", "value": None}
+        return WeightsSpec(kind="none", value=None)
     valid = archs.valid_weights(arch)
     if weights in valid:
-        return {"kind": "torchvision", "value": weights}
+        return WeightsSpec(kind="torchvision", value=weights)
     if weights.endswith(".toml"):
         assert upstream is not None, "the pipeline compiles an upstream recipe before resolving"
-        return {"kind": "recipe", "value": weights, "root": upstream["root"], "plan": upstream["plan"]}
+        return WeightsSpec(kind="recipe", value=weights, root=upstream.root, plan=json.loads(upstream.plan.to_json()))
     if _looks_like_file(weights):
-        return {"kind": "file", "value": weights}
+        return WeightsSpec(kind="file", value=weights)
     raise RecipeError(
         f"{weights!r} is not a weights name for {arch} nor a state_dict file",
         key="model.weights",
@@ -109,36 +149,32 @@ def resolve_weights(arch: str, weights: str, upstream: dict[str, Any] | None = N
 
 def _looks_like_file(value: str) -> bool:
     """The same test `load` uses to decide that a weights value is a path to rebase."""
-    from ftcompile.load import _looks_like_path
-
     return _looks_like_path(value)
 
 
-def check_weights_file(weights: dict[str, Any], folder: Path, model: Any, arch: str) -> None:
+def check_weights_file(weights: WeightsSpec, folder: Path, model: Any, arch: str) -> None:
     """A weights file on this machine is read (names and shapes only) and must fit the
     model, as `run` will require; one that is not here is left to `run` (a plan can be
     compiled where the files are not)."""
-    from ftcompile import arch as archs
-    from ftcompile.weights import check_fits, read_state
-
-    if weights["kind"] != "file":
+    if weights.kind != "file" or weights.value is None:
         return
-    path = folder / weights["value"]
+    path = folder / weights.value
     if not os.path.lexists(path):
         return
     state = read_state(path, map_location="meta", mmap=True)
     check_fits(state, model.state_dict(), archs.aliases(arch, model)["head"], arch, path)
 
 
-def normalisation(arch: str, weights: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std from the torchvision weights' metadata, ImageNet statistics otherwise."""
-    if weights["kind"] == "recipe":
-        data = weights["plan"]["data"]
-        return tuple(data["mean"]), tuple(data["std"])
-    if weights["kind"] == "torchvision":
-        from ftcompile import arch as archs
-
-        return archs.weights_stats(arch, weights["value"])
+def normalisation(
+    arch: str, weights: WeightsSpec, upstream: Upstream | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std of the upstream recipe's data, or from the torchvision weights' metadata,
+    ImageNet statistics otherwise."""
+    if weights.kind == "recipe":
+        assert upstream is not None
+        return tuple(upstream.plan.data.mean), tuple(upstream.plan.data.std)
+    if weights.kind == "torchvision" and weights.value is not None:
+        return archs.weights_stats(arch, weights.value)
     return IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -150,7 +186,7 @@ def resolve(
     folder: Path,
     dataset_size: int | None = None,
     val_size: int | None = None,
-    upstream: dict[str, Any] | None = None,
+    upstream: Upstream | None = None,
     *,
     nominal: bool = False,
     build_transforms: bool = False,
@@ -160,9 +196,6 @@ def resolve(
     folders, `nominal` gives absent folders a nominal size instead (for `check`);
     `needs_data`: the command trains or evaluates (`run`), so an absent folder's hint is where
     to put the data, not the sizes that let `plan` go on without it."""
-    from ftcompile import arch as archs
-    from ftcompile import datasets
-
     m = recipe.model
     archs.check_arch(m.arch)
     weights = resolve_weights(m.arch, m.weights, upstream)
@@ -171,7 +204,7 @@ def resolve(
     counts, nominal_data = _counts(data, folder, dataset_size, val_size, m.num_classes, nominal, needs_data)
     class_names = list(counts.class_names)
     num_classes = _num_classes(m.num_classes, class_names)
-    head = m.head.model_dump() if m.head else None
+    head = HeadSpec.of(m.head.model_dump()) if m.head else None
     model = _meta_model(m.arch, num_classes, head, m.builder_args)
     check_weights_file(weights, folder, model, m.arch)
     opt = recipe.optimizer
@@ -204,18 +237,18 @@ def resolve(
         data["drop_last"],
     )
     if m.head_weights == "load":
-        check_head_weights(m.arch, model, weights, folder)
+        check_head_weights(m.arch, model, weights, folder, upstream)
     run = recipe.run
-    mean, std = normalisation(m.arch, weights)
-    model_info = {
-        "arch": m.arch,
-        "weights": weights,
-        "num_classes": num_classes,
-        "head": head,
-        "total_params": sum(p.numel for p in params),
-        "builder_args": dict(m.builder_args),
-        "head_weights": m.head_weights,
-    }
+    mean, std = normalisation(m.arch, weights, upstream)
+    model_info = ModelSpec(
+        arch=m.arch,
+        weights=weights,
+        num_classes=num_classes,
+        head=head,
+        total_params=sum(p.numel for p in params),
+        builder_args=dict(m.builder_args),
+        head_weights=m.head_weights,
+    )
     data.update(
         train_size=counts.train_size,
         val_size=counts.val_size,
@@ -228,14 +261,14 @@ def resolve(
     )
     return Resolved(
         model=model_info,
-        data=data,
-        optimizer={
-            "type": opt.type,
-            "kwargs": opt.kwargs,
-            "no_decay": opt.no_decay,
-            "clip_grad_norm": opt.clip_grad_norm,
-            "clip_grad_value": opt.clip_grad_value,
-        },
+        data=DataSpec.from_json(data),
+        optimizer=OptimizerSpec(
+            type=opt.type,
+            kwargs=opt.kwargs,
+            no_decay=opt.no_decay,
+            clip_grad_norm=opt.clip_grad_norm,
+            clip_grad_value=opt.clip_grad_value,
+        ),
         groups=groups,
         no_decay=frozenset(p.name for p in params if p.no_decay),
         numels={p.name: p.numel for p in params},
@@ -245,18 +278,16 @@ def resolve(
         checkpoint_every=checkpoint_every,
         bn_groups=bn_groups,
         keep_checkpoints=recipe.run.keep_checkpoints,
-        run_extra={
-            "accumulate": run.accumulate,
-            "ema": run.ema and {**run.ema.model_dump(), "every": parse_duration(run.ema.every, spe)},
-            "sync_bn": run.sync_bn,
-        },
+        ema=EmaSpec(decay=run.ema.decay, every=parse_duration(run.ema.every, spe), warmup=run.ema.warmup)
+        if run.ema
+        else None,
         nominal_data=nominal_data,
     )
 
 
 def _num_classes(wanted: int | str, class_names: list[str]) -> int:
     """`model.num_classes` checked against the data ("auto": one per class folder)."""
-    num_classes = len(class_names) if wanted == "auto" else wanted
+    num_classes = wanted if isinstance(wanted, int) else len(class_names)  # "auto"
     if num_classes < len(class_names):
         raise RecipeError(
             f"num_classes = {num_classes} but the data has {len(class_names)} classes",
@@ -270,7 +301,7 @@ def _num_classes(wanted: int | str, class_names: list[str]) -> int:
     return num_classes
 
 
-def _meta_model(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> Any:
+def _meta_model(arch: str, num_classes: int, head: HeadSpec | None, builder_args: JSONObject) -> Any:
     """The model with the recipe's head on the meta device; a builder's refusal is a recipe error."""
 
     check_builder_args(arch, builder_args)
@@ -303,16 +334,14 @@ _BUILD_ERRORS = (
 )
 
 
-def _quiet_build(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> Any:
+def _quiet_build(arch: str, num_classes: int, head: HeadSpec | None, builder_args: JSONObject) -> Any:
     """compile_model without torch's warning about zero-element tensors (reported below instead)."""
-    from ftcompile import arch as archs
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return archs.compile_model(arch, num_classes, head, builder_args)
 
 
-def _builds(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> bool:
+def _builds(arch: str, num_classes: int, head: HeadSpec | None, builder_args: JSONObject) -> bool:
     try:
         model = _quiet_build(arch, num_classes, head, builder_args)
     except _BUILD_ERRORS:
@@ -320,7 +349,7 @@ def _builds(arch: str, num_classes: int, head: dict[str, Any] | None, builder_ar
     return all(p.numel() > 0 for p in model.parameters())
 
 
-def _blamed_builder_arg(arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any]) -> str:
+def _blamed_builder_arg(arch: str, num_classes: int, head: HeadSpec | None, builder_args: JSONObject) -> str:
     """model.builder_args.<name> when that argument alone stops the build, else model.builder_args."""
     if len(builder_args) > 1:
         for name, value in builder_args.items():
@@ -330,7 +359,7 @@ def _blamed_builder_arg(arch: str, num_classes: int, head: dict[str, Any] | None
 
 
 def _build_error(
-    arch: str, num_classes: int, head: dict[str, Any] | None, builder_args: dict[str, Any], exc: Exception
+    arch: str, num_classes: int, head: HeadSpec | None, builder_args: JSONObject, exc: Exception
 ) -> RecipeError:
     """The builder's refusal, blamed on the key that causes it: the builder arguments when the
     model builds without them (so a --set of one is named), else the head or num_classes."""
@@ -357,15 +386,13 @@ def _resolve_phases(
 ) -> list[ResolvedPhase]:
     """Every phase in graph order, each starting where the one before ends (with its trials,
     its own data and the feature-cache decision that data allows)."""
-    from ftcompile.graph import phase_order
-
     order = phase_order({name: list(p.after) for name, p in recipe.phases.items()})
     phases: list[ResolvedPhase] = []
     step = 0
     for name in order:
         ph_data, ph_spe = segments.enter(name, recipe.phases[name], step)
-        augment = ph_data["augment"] if ph_data else segments.data["augment"]
-        mix = ph_data["mix"] if ph_data else segments.data["mix"]
+        augment = ph_data.augment if ph_data else segments.augment
+        mix = ph_data.mix if ph_data else segments.mix
         resolved = resolve_trials(
             name,
             recipe.phases[name],
@@ -382,6 +409,10 @@ def _resolve_phases(
         phases.append(replace(resolved, data=ph_data))
         step = phases[-1].end
     return phases
+
+
+def _scheduler(resolved: dict[str, Any] | None) -> SchedulerSpec | None:
+    return SchedulerSpec(type=resolved["type"], args=resolved["args"]) if resolved else None
 
 
 def check_plan_size(
@@ -427,7 +458,7 @@ def resolve_phase(
                 raise RecipeError(
                     f"unknown group {g!r}", key=f"phases.{name}.{field}.{g}", suggestion=did_you_mean(g, group_names)
                 )
-    length = max(1, int(round(phase.epochs * spe) if phase.epochs is not None else phase.steps))
+    length = max(1, round(phase.epochs * spe) if phase.epochs is not None else phase.steps or 0)
     if begin + length > MAX_STEPS:
         raise RecipeError(
             f"the run would be {begin + length} optimizer steps long, more than {MAX_STEPS}",
@@ -447,7 +478,7 @@ def resolve_phase(
         momentum=dict(phase.momentum),
         bn=phase.bn,
         optimizer_state=phase.optimizer_state,
-        scheduler=resolve_scheduler(name, phase, length, spe, lrs),
+        scheduler=_scheduler(resolve_scheduler(name, phase, length, spe, lrs)),
         cache=cacheability(phase, below, augment),
     )
 
@@ -482,6 +513,21 @@ def check_accumulate(batch_size: int, accumulate: int, key: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SegmentData:
+    """What per-phase data overrides may change: a new value starts a new data segment."""
+
+    image_size: int
+    batch_size: int
+    augment: list[JSONObject]
+    mix: MixSpec | None
+
+    @staticmethod
+    def of(table: dict[str, Any]) -> SegmentData:
+        mix = table["mix"]
+        return SegmentData(table["image_size"], table["batch_size"], table["augment"], MixSpec(**mix) if mix else None)
+
+
 class DataSegments:
     """Per-phase data overrides cut the run into segments of equal data (size, batch, augment,
     mix). Inside a segment the epochs run on across phases, as without overrides; a new
@@ -491,56 +537,61 @@ class DataSegments:
 
     def __init__(self, data: dict[str, Any], train_size: int, accumulate: int, build: bool = False) -> None:
         self.build = build  # build each augment op (imports torchvision: `run`), else check signatures
-        self.base = self._config(data)
-        self.data, self.train_size, self.accumulate = data, train_size, accumulate
+        self.base = SegmentData.of(data)
+        self.drop_last, self.train_size, self.accumulate = bool(data["drop_last"]), train_size, accumulate
         self.config, self.begin, self.epoch_base = self.base, 0, 0
-        self.spe = steps_per_epoch(train_size, data["batch_size"], data["drop_last"], "data.batch_size")
+        self.spe = steps_per_epoch(train_size, self.base.batch_size, self.drop_last, "data.batch_size")
 
-    @staticmethod
-    def _config(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: d[k] for k in ("image_size", "batch_size", "augment", "mix")}
+    @property
+    def augment(self) -> list[JSONObject]:
+        """The recipe's own [data] augment."""
+        return self.base.augment
 
-    def enter(self, name: str, phase: Phase, step: int) -> tuple[dict[str, Any] | None, int]:
-        """The phase's data dict (or None) and its steps per epoch."""
-        config = dict(self.base)
+    @property
+    def mix(self) -> MixSpec | None:
+        return self.base.mix
+
+    def enter(self, name: str, phase: Phase, step: int) -> tuple[PhaseData | None, int]:
+        """The phase's own data (or None) and its steps per epoch."""
+        config = self.base
         if phase.data is not None:
             over = phase.data.model_dump(exclude_none=True)
             if "augment" in over:
-                from ftcompile import datasets
-
                 try:
                     datasets.validate_augment(over["augment"], build=self.build)
                 except RecipeError as err:
                     raise RecipeError(err.message, key=f"phases.{name}.{err.key}", suggestion=err.suggestion) from None
-            if over.get("mix") is False:
-                over["mix"] = None
-            config.update(over)
+            if "mix" in over:
+                over["mix"] = MixSpec(**over["mix"]) if over["mix"] is not False else None
+            config = replace(config, **over)
         if config != self.config:
             key = f"phases.{name}.data.batch_size"
             self.epoch_base += math.ceil((step - self.begin) / self.spe)
             self.config, self.begin = config, step
-            self.spe = steps_per_epoch(self.train_size, config["batch_size"], self.data["drop_last"], key)
-            check_accumulate(config["batch_size"], self.accumulate, key)
+            self.spe = steps_per_epoch(self.train_size, config.batch_size, self.drop_last, key)
+            check_accumulate(config.batch_size, self.accumulate, key)
         if self.begin == 0 and self.config == self.base:
             return None, self.spe
-        return {
-            **self.config,
-            "steps_per_epoch": self.spe,
-            "data_begin": self.begin,
-            "epoch_base": self.epoch_base,
-        }, self.spe
+        c = self.config
+        return PhaseData(
+            image_size=c.image_size,
+            batch_size=c.batch_size,
+            augment=c.augment,
+            mix=c.mix,
+            steps_per_epoch=self.spe,
+            data_begin=self.begin,
+            epoch_base=self.epoch_base,
+        ), self.spe
 
 
-def no_cache_with_mix(cache: dict[str, Any]) -> dict[str, Any]:
+def no_cache_with_mix(cache: FeatureCacheSpec) -> FeatureCacheSpec:
     """MixUp / CutMix blend the images themselves: cached features of unmixed images are not them."""
-    if not cache["on"]:
+    if not cache.on:
         return cache
-    return {**cache, "on": False, "why": "batch-level mixing (data.mix) needs the images"}
+    return replace(cache, on=False, why="batch-level mixing (data.mix) needs the images")
 
 
 def check_builder_args(arch: str, args: dict[str, Any]) -> None:
-    from ftcompile import arch as archs
-
     if not args:
         return
     valid = archs.builder_arg_names(arch)
@@ -570,27 +621,28 @@ def check_builder_args(arch: str, args: dict[str, Any]) -> None:
             )
 
 
-def check_head_weights(arch: str, model: Any, weights: dict[str, Any], folder: Path) -> None:
+def check_head_weights(
+    arch: str, model: Any, weights: WeightsSpec, folder: Path, upstream: Upstream | None = None
+) -> None:
     """`head_weights = "load"`: the weights' head tensors must have the recipe's head shapes."""
-    from ftcompile import arch as archs
-
-    if weights["kind"] not in ("file", "recipe"):
+    if weights.kind not in ("file", "recipe"):
         raise RecipeError(
-            f'head_weights = "load" needs weights from a file or an upstream recipe, not {weights["kind"]}',
+            f'head_weights = "load" needs weights from a file or an upstream recipe, not {weights.kind}',
             key="model.head_weights",
             suggestion='use head_weights = "new" (torchvision weights carry the ImageNet head)',
         )
     head = archs.aliases(arch, model)["head"]
     in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head)  # noqa: E731
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if in_head(k)}
-    if weights["kind"] == "file":
-        theirs = _file_shapes(folder / weights["value"])
-        source = weights["value"]
+    if weights.kind == "file":
+        theirs = _file_shapes(folder / str(weights.value))
+        source = str(weights.value)
     else:
-        up = weights["plan"]["model"]
-        upstream_model = archs.compile_model(up["arch"], up["num_classes"], up["head"], up.get("builder_args"))
+        assert upstream is not None
+        up = upstream.plan.model
+        upstream_model = archs.compile_model(up.arch, up.num_classes, up.head, up.builder_args)
         theirs = {k: tuple(v.shape) for k, v in upstream_model.state_dict().items()}
-        source = f"the model of {weights['value']}"
+        source = f"the model of {weights.value}"
     for k, shape in ours.items():
         if k not in theirs:
             raise RecipeError(
@@ -607,8 +659,6 @@ def check_head_weights(arch: str, model: Any, weights: dict[str, Any], folder: P
 
 
 def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    import torch
-
     if not path.is_file():
         raise RecipeError(
             f"file not found: {path}", key="model.weights", suggestion="the path is relative to the recipe's folder"
@@ -648,7 +698,7 @@ def resolve_trials(
     t, first = phase.trials, resolved[0][1]
     prune = prune_plan(name, phase, first.begin, first.end, len(resolved))
     return replace(
-        first, trials={"select": t.select, "mode": t.mode, "keep": t.keep, "alternatives": resolved, "prune": prune}
+        first, trials=ResolvedTrials(select=t.select, mode=t.mode, keep=t.keep, alternatives=resolved, prune=prune)
     )
 
 
@@ -663,8 +713,6 @@ def _counts(
 ) -> tuple[Any, tuple[str, ...]]:
     """Count the data; a folder that is absent takes the size given on the command line
     (or, for `check`, a nominal one). Returns the counts and the keys given nominal sizes."""
-    from ftcompile import datasets
-
     absent = datasets.absent_folders(data, folder)
     if not absent:
         return datasets.count_data(data, folder), ()
@@ -693,8 +741,6 @@ def _counts(
 def _absent_error(data: dict[str, Any], folder: Path, key: str, needs_data: bool = False) -> None:
     """The absent folder's own error, with the way to go on: for `plan` and `check`, sizes
     that stand in for the data; for `run`, which needs the images, where they may be."""
-    from ftcompile import datasets
-
     try:
         datasets.count_folder(data, folder, key)
     except RecipeError as err:

@@ -9,6 +9,8 @@ the torch class signature in `resolve`, not here, so `check` stays import-light.
 from __future__ import annotations
 
 import re
+import typing
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -780,8 +782,6 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _unwrap(annotation: Any) -> Any:
-    import typing
-
     for arg in (annotation, *typing.get_args(annotation)):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
@@ -791,7 +791,7 @@ def _unwrap(annotation: Any) -> Any:
     return None
 
 
-def _to_error(err: dict[str, Any], loaded: LoadedRecipe) -> RecipeError:
+def _to_error(err: Mapping[str, Any], loaded: LoadedRecipe) -> RecipeError:
     loc = tuple(err["loc"])
     key = loc_to_key(loc)
     kind = err["type"]

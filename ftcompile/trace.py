@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, Op, PhasePlan, Plan, change_dict
+from ftcompile.plan import OPTIMIZER_OPS, Change, LRWindow, Op, PhasePlan, Plan, SchedulerStart
 from ftcompile.torch_args import dummy_optimizer
 
 
@@ -33,7 +32,8 @@ def lr_trace(plan: Plan) -> list[tuple[int, str, list[float], int | None]]:
     names = list(_phase_per_step(plan))
     phases = {ph.name: ph for ph in plan.phases}
     rows: list[tuple[int, str, list[float], int | None]] = []
-    step, segment = 0, []
+    step = 0
+    segment: list[Change] = []  # the optimizer changes since the last trial phase
     for change in plan.changes:
         if change.op == Op.TRIAL:
             _window(ex, segment, step, change.step, names, None, rows)
@@ -83,18 +83,18 @@ def _phase_per_step(plan: Plan) -> Iterator[str]:
         yield phases[k].name if phases[k].begin <= step < phases[k].end else plan.phase_at(step).name
 
 
-def _apply_checked(ex: Any, change: Change) -> None:
+def _apply_checked(ex: Executor, change: Change) -> None:
     try:
-        ex.apply(change_dict(change))
+        ex.apply(change)
     except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise RecipeError(
-            f"{change.value['type'] if isinstance(change.value, dict) else change.op} rejects its arguments: {exc}",
-            key=f"phases.{change.target}.scheduler" if change.op == "scheduler" else "optimizer",
+            f"{change.value.type if isinstance(change.value, SchedulerStart) else change.op} rejects its arguments: {exc}",
+            key=f"phases.{change.target}.scheduler" if change.op == Op.SCHEDULER else "optimizer",
             suggestion="check the scheduler arguments against the torch.optim.lr_scheduler documentation",
         ) from None
 
 
-def _step_checked(ex: Any, steps_done: int, phase: str) -> None:
+def _step_checked(ex: Executor, steps_done: int, phase: str) -> None:
     """A scheduler whose arguments only fail (or overflow) when it steps is a recipe error too."""
     key = f"phases.{phase}.scheduler"
     try:
@@ -123,11 +123,11 @@ def lr_summary(rows: list[tuple[int, str, list[float], int | None]], plan: Plan)
     for _, phase, lrs, trial in rows:  # one pass: a plan may hold 10^5 steps
         windows.setdefault((phase, trial), []).append(lrs)
 
-    def summary(train: tuple[str, ...], window: list[list[float]]) -> dict[str, dict[str, float]]:
+    def summary(train: tuple[str, ...], window: list[list[float]]) -> dict[str, LRWindow]:
         lr = {}
         for g in train:
             values = [r[first_pg[g]] for r in window]
-            lr[g] = {"first": values[0], "peak": max(values), "last": values[-1]}
+            lr[g] = LRWindow(first=values[0], peak=max(values), last=values[-1])
         return lr
 
     out = []

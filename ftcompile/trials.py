@@ -241,7 +241,7 @@ def _same(value: Any) -> Any:
 def _expr_form(tree: ast.expr) -> Any:
     """An expression's tree with every number a float and no formatting (depth is bounded by parse_expr)."""
     if isinstance(tree, ast.Constant):
-        return ("number", float(tree.value))
+        return ("number", float(tree.value))  # type: ignore[arg-type]  # a str or bytes constant fails here
     if isinstance(tree, ast.Name):
         return ("name", tree.id)
     if isinstance(tree, ast.UnaryOp):
@@ -292,8 +292,12 @@ def _validated(
         own = [(path, e) for path, e in found if any(_touches(k, path) for k in values)] or found
         errors: dict[str, RecipeError] = {}
         for path, err in own:
-            key = next((k for k in values if _touches(k, path)), None)
-            at = f"{where}.{key}[{list(keys[key]).index(values[key])}]" if key else f"phases.{name}.{path}"
+            trial_key = next((k for k in values if _touches(k, path)), None)
+            at = (
+                f"{where}.{trial_key}[{list(keys[trial_key]).index(values[trial_key])}]"
+                if trial_key
+                else f"phases.{name}.{path}"
+            )
             message = err["msg"].removeprefix("Value error, ") + f" (alternative {label})"
             errors.setdefault(at, RecipeError(message, key=at, suggestion=_hint(err["type"], err.get("ctx") or {})))
         found_errors = list(errors.values())

@@ -179,7 +179,7 @@ def _tuples(value: Any) -> Any:
 
 
 @cache
-def _module_class(key: str, name: str, base_key: str) -> type:
+def _module_class(key: str, name: str, base_key: str) -> type[Any]:
     """torch.nn's own class, or for torchvision's a stand-in with the same name deriving from
     the same torch.nn class, so isinstance checks and `type(m).__name__` read the same."""
     module, _, qualname = base_key.rpartition(".")
@@ -205,7 +205,7 @@ def rebuild(record: dict[str, Any]) -> Any:
     for entry in record["modules"]:
         spec = record["classes"][entry["class"]]
         cls = _module_class(entry["class"], spec["name"], spec["base"])
-        m = cls.__new__(cls)
+        m = cls.__new__(cls)  # type: ignore[call-overload]  # a recorded nn.Module subclass, made without __init__
         nn.Module.__init__(m)
         m.__dict__.update({k: _tuples(v) for k, v in entry["attrs"].items()})
         for k, p in entry["params"]:
@@ -250,6 +250,7 @@ def rates_record(build: Any, names: list[str]) -> dict[str, list[list[Any]] | No
                 if not isinstance(half, float) or not math.isclose(half, (v0 + v1) / 2, rel_tol=1e-9, abs_tol=1e-12):
                     moved = None
                     break
+                assert moved is not None  # a None above ends this loop
                 moved.append([name, attr, v0, v1])
             if moved is None:
                 break

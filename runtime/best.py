@@ -53,14 +53,14 @@ class Watch:
         """Take in one evaluation; True when the phase must stop early now."""
         self.last = rec
         self._keep_best(rec, model)
-        name = phase.stop_early["metric"] if phase.stop_early else phase.restore_best
+        name = phase.stop_early.metric if phase.stop_early else phase.restore_best
         if name is None:
             return False
         if self.current is None or self.current.phase != phase.name:
             self.current = PhaseBest(phase.name, name)
         best = self.current
         new = metrics.value(rec, name)
-        min_delta = phase.stop_early["min_delta"] if phase.stop_early else 0.0
+        min_delta = phase.stop_early.min_delta if phase.stop_early else 0.0
         if metrics.improves(new, best.value, name, min_delta):
             best.value, best.step, best.bad, best.record = new, rec["step"], 0, rec
             if phase.restore_best:
@@ -70,7 +70,7 @@ class Watch:
                 }
         else:
             best.bad += 1
-        return bool(phase.stop_early) and best.bad >= phase.stop_early["patience"] and rec["step"] < phase.end
+        return phase.stop_early is not None and best.bad >= phase.stop_early.patience and rec["step"] < phase.end
 
     def best_state(self, phase: PhasePlan, step: int) -> dict[str, Any] | None:
         """The state to go back to at the end of `phase` (None: the model is already its best,

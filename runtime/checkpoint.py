@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     try:
         with outputs.writing(path, _open_new) as fh:
             writer = _Writer(fh)
-            torch.save(obj, writer)
+            torch.save(obj, cast("IO[bytes]", writer))  # a file as far as torch.save goes: write and flush
     except RuntimeError as exc:
         if writer is not None and writer.error is not None:
             if isinstance(writer.error, OSError):
@@ -107,7 +107,7 @@ def content_digest(obj: Any) -> str:
             t = item.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
             if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
         elif isinstance(item, dict):
             h.update(f"D{len(item)};".encode())
             for key, value in reversed(list(item.items())):
@@ -125,7 +125,9 @@ def content_digest(obj: Any) -> str:
 
 def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True: the MT19937 state as a tuple
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     state: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
         "numpy": {

@@ -22,10 +22,10 @@ PLOT_HINT = "pip install 'ftcompile[plot]' (matplotlib)"
 def pyplot() -> Any:
     """matplotlib's pyplot on the Agg backend, or a RecipeError saying how to get it."""
     try:
-        import matplotlib
+        import matplotlib  # optional extra (plot): a missing one is the RecipeError below
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional extra (plot)
     except ImportError:
         raise RecipeError("matplotlib is not installed", suggestion=PLOT_HINT) from None
     return plt
@@ -45,7 +45,7 @@ class CurveData:
 
     @property
     def label(self) -> str:
-        return f"{self.plan.recipe.get('name')} {self.dir.name}"
+        return f"{self.plan.recipe.name} {self.dir.name}"
 
 
 def shade_phases(ax: Any, plan: Plan, label: bool) -> None:

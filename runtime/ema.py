@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ftcompile.plan import EmaSpec
+
 
 def _warmup_ema_fn(decay: float) -> Any:
     """timm's ModelEma warmup: the n-th update uses min(decay, (1 + n) / (10 + n))."""
@@ -36,8 +38,8 @@ def _warmup_ema_fn(decay: float) -> Any:
 class Ema:
     """The EMA model of a run; `update(model, steps_done)` after each optimizer step."""
 
-    def __init__(self, model: nn.Module, spec: dict[str, Any]) -> None:
-        self.decay, self.every, self.warmup = float(spec["decay"]), int(spec["every"]), bool(spec["warmup"])
+    def __init__(self, model: nn.Module, spec: EmaSpec) -> None:
+        self.decay, self.every, self.warmup = float(spec.decay), int(spec.every), bool(spec.warmup)
         avg_fn = _warmup_ema_fn(self.decay) if self.warmup else get_ema_multi_avg_fn(self.decay)
         self.averaged = AveragedModel(model, multi_avg_fn=avg_fn, use_buffers=True)
         # AveragedModel copies the model at its first update; start it at the initial weights.

@@ -76,6 +76,8 @@ def _write_onnx(run: LoadedRun, example: torch.Tensor, path: Path) -> None:
             dynamic_shapes=({0: batch},),
             external_data=False,
         )
+        if program is None:  # torch.onnx.export gives None only on the old TorchScript path, not dynamo=True
+            raise RuntimeError("torch.onnx.export made no ONNX program")
         program.save(str(tmp))
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tqdm import tqdm
+
 from ftcompile.errors import RecipeError, os_error
 from ftcompile.metrics import METRICS
 
@@ -208,8 +210,6 @@ class Progress:
         self.images = 0
         self.bar: Any = None
         if self.enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(
                 total=total,
                 initial=initial,

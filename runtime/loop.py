@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,10 +40,10 @@ from torch import nn
 
 from ftcompile.apply import Executor
 from ftcompile.errors import RecipeError
-from ftcompile.plan import OPTIMIZER_OPS, Change, DataSpec, Op, PhasePlan, Plan, change_dict
+from ftcompile.plan import Change, DataSpec, Op, PhasePlan, Plan
 
 # Changes that set up state (replayed on load_state); evaluate / checkpoint only happen.
-REPLAYED = (Op.PHASE, Op.FREEZE, Op.UNFREEZE, Op.BN, Op.FEATURES, *OPTIMIZER_OPS)
+REPLAYED = tuple(op for op in Op if op.replayed)  # each op declares it (plan.OP_KINDS)
 # Changes at a window's end step that still belong to the window (the phase's last evaluation).
 END_OF_WINDOW = (Op.EVALUATE, Op.CHECKPOINT)
 
@@ -223,7 +223,7 @@ class Session:
         counts = data.class_counts if data.balance == "sampler" else None
         self.batches = TrainBatches(self.train_ds, data, self.plan.seed, counts, rank=d.rank, world=d.world)
         self.val_loader = val_loader(val_ds, data, rank=d.rank, world=d.world)
-        self._phase_data: dict[str, tuple[TrainBatches, Any, BatchMix | None]] = {}
+        self._phase_data: dict[str, tuple[TrainBatches, Any, DataSpec]] = {}  # data_begin -> its data
         self._segment: str | None = None  # the data segment the batch iterator belongs to
 
     def _setup_model(self, upstream: Path | None) -> None:
@@ -442,13 +442,14 @@ class Session:
         if change.op == Op.PHASE:
             self.phase = change.target or self.phase
         elif change.op == Op.FEATURES:
-            self.wanted_features = change.value
+            self.wanted_features = change.value if isinstance(change.value, str) else None
         elif change.op in (Op.FREEZE, Op.UNFREEZE):
             self.groups.set_trainable(change.target or "", change.op == Op.UNFREEZE)
         elif change.op == Op.BN:
-            (self.groups.frozen_bn.add if change.value == "frozen" else self.groups.frozen_bn.discard)(change.target)
-        elif change.op in OPTIMIZER_OPS:
-            self.executor.apply(change_dict(change))
+            group = change.target or ""
+            (self.groups.frozen_bn.add if change.value == "frozen" else self.groups.frozen_bn.discard)(group)
+        elif change.op.on_optimizer:
+            self.executor.apply(change)
         self._rewrap |= change.op in (Op.FREEZE, Op.UNFREEZE, Op.FEATURES)
 
     def _prepare(self) -> None:
@@ -473,7 +474,7 @@ class Session:
             trained = self.model.get_submodule(self.features.module) if self.features else self.model
             self.net = distributed.wrap(trained, self.d, self.device)
             if self.plan.run.compile:
-                self.net = torch.compile(self.net)
+                self.net = cast(nn.Module, torch.compile(self.net))  # an OptimizedModule
             self._rewrap = False
 
     def _train_step(self, started: float) -> None:
@@ -569,14 +570,14 @@ class Session:
         if phase.data is None:
             return self.batches, self.train_ds, self.plan.data
         pd = phase.data
-        key = f"{pd['data_begin']}"
+        key = f"{pd.data_begin}"
         if key not in self._phase_data:
             spec = replace(
                 self.plan.data,
-                image_size=pd["image_size"],
-                batch_size=pd["batch_size"],
-                augment=pd["augment"],
-                mix=pd["mix"],
+                image_size=pd.image_size,
+                batch_size=pd.batch_size,
+                augment=pd.augment,
+                mix=pd.mix,
             )
             check_micro_batches(
                 spec.batch_size, self.plan.run.accumulate, self.d.world, f"phases.{phase.name}.data.batch_size"
@@ -584,8 +585,8 @@ class Session:
             train_ds, _, _ = build_datasets(spec, self.root, spec.mean, spec.std)
             counts = spec.class_counts if spec.balance == "sampler" else None
             batches = TrainBatches(train_ds, spec, self.plan.seed, counts, rank=self.d.rank, world=self.d.world)
-            self._phase_data[key] = (batches, train_ds, spec)  # type: ignore[assignment]
-        return self._phase_data[key]  # type: ignore[return-value]
+            self._phase_data[key] = (batches, train_ds, spec)
+        return self._phase_data[key]
 
     def _position(self, step: int) -> tuple[TrainBatches, int, int, BatchMix | None]:
         """Which batch step `step` trains on: (its batches, epoch, batch in the epoch, mixer)."""
@@ -596,9 +597,9 @@ class Session:
             segment = "recipe"
         else:
             pd = phase.data
-            epoch, b = divmod(step - pd["data_begin"], pd["steps_per_epoch"])
-            epoch += pd["epoch_base"]
-            segment = str(pd["data_begin"])
+            epoch, b = divmod(step - pd.data_begin, pd.steps_per_epoch)
+            epoch += pd.epoch_base
+            segment = str(pd.data_begin)
         if segment != self._segment:
             self._segment, self._batch_iter = segment, None
         mixer = (

@@ -14,6 +14,7 @@ from ftcompile.runtime.data import stream_seed
 from torchvision.transforms import v2
 
 from ftcompile.errors import RecipeError
+from ftcompile.plan import MixSpec
 
 MIX_STREAM = 2**31 - 2  # the seed stream of the batch mixing (CACHE_STREAM is 2**31 - 1)
 
@@ -23,12 +24,10 @@ class BatchMix:
     mixed, by CutMix with probability `switch_prob` when both kinds are on; targets become
     class probabilities (an unmixed batch: one-hot), for a soft-target cross-entropy."""
 
-    def __init__(self, spec: dict[str, float], num_classes: int, seed: int) -> None:
-        self.prob, self.switch_prob = float(spec["prob"]), float(spec["switch_prob"])
-        self.mixup = v2.MixUp(alpha=spec["mixup_alpha"], num_classes=num_classes) if spec["mixup_alpha"] > 0 else None
-        self.cutmix = (
-            v2.CutMix(alpha=spec["cutmix_alpha"], num_classes=num_classes) if spec["cutmix_alpha"] > 0 else None
-        )
+    def __init__(self, spec: MixSpec, num_classes: int, seed: int) -> None:
+        self.prob, self.switch_prob = float(spec.prob), float(spec.switch_prob)
+        self.mixup = v2.MixUp(alpha=spec.mixup_alpha, num_classes=num_classes) if spec.mixup_alpha > 0 else None
+        self.cutmix = v2.CutMix(alpha=spec.cutmix_alpha, num_classes=num_classes) if spec.cutmix_alpha > 0 else None
         self.num_classes, self.seed = num_classes, seed
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from ftcompile.weights import check_fits, read_state
 
 
 def torchvision_weights(arch: str, name: str) -> Any:
-    import torchvision
+    import torchvision  # start-up time: only torchvision's pretrained weights need it
 
     enum = torchvision.models.get_model_weights(arch)
     return enum.DEFAULT if name == "DEFAULT" else enum[name]
@@ -36,6 +36,7 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
     arch, kind, value = spec.arch, spec.weights.kind, spec.weights.value
     num_classes, head = spec.num_classes, spec.head
     if kind == "torchvision":
+        assert value is not None  # a weights name
         weights = torchvision_weights(arch, value)
         cached = hub.locate(arch, value)
         hub.ensure(cached)  # `run` fetched it before making the run directory; lr-find and eval come here
@@ -52,6 +53,7 @@ def build(spec: ModelSpec, root: Path, upstream: Path | None = None) -> nn.Modul
     )
     with_head = spec.head_weights == "load"
     if kind == "file":
+        assert value is not None  # a path
         load_backbone(model, arch, root / value, with_head)
     elif kind == "recipe":
         if upstream is None:

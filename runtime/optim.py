@@ -7,10 +7,11 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from ftcompile.plan import Plan
 from ftcompile.torch_args import optimizer_class
 
 
-def build_optimizer(model: nn.Module, plan: Any) -> Optimizer:
+def build_optimizer(model: nn.Module, plan: Plan) -> Optimizer:
     """Its structure never changes, so every checkpoint loads into it.
 
     Frozen groups stay in it with lr 0 and no gradients; unfreezing changes values only.
@@ -22,4 +23,5 @@ def build_optimizer(model: nn.Module, plan: Any) -> Optimizer:
         if not pg.decay:
             group["weight_decay"] = 0.0
         groups.append(group)
-    return optimizer_class(plan.optimizer.type)(groups, **plan.optimizer.kwargs)
+    optimizer: Optimizer = optimizer_class(plan.optimizer.type)(groups, **plan.optimizer.kwargs)
+    return optimizer

@@ -2,7 +2,7 @@
 
 The driver (the `ftcompile run` process) builds a rung's stretches (runtime/search.py) and
 hands them to a backend; this one runs each `Stretch` as a Ray task that calls
-`search.run_stretch(run_dir, stretch)` in a worker process. The worker reads the stretch's
+`stretch.run_stretch(run_dir, stretch)` (runtime/stretch.py) in a worker process. The worker reads the stretch's
 start state from the run directory and writes only under `trials/<phase>/<k>/`; the driver
 reads the results back in stretch order and judges. So the run directory must be on storage
 every worker sees (one machine: any folder; a cluster: a shared file system), and a worker
@@ -190,9 +190,11 @@ def run_in_worker(run_dir: str, stretch: Stretch, threads: int, versions: dict[s
             suggestion="install the same versions on every Ray node",
         )
     torch.set_num_threads(threads)
-    from ftcompile.runtime import search
+    # Imported in the worker: it builds a training session (loop, torch), which the driver's
+    # import of this module (rundir, before any trial phase) does not need.
+    from ftcompile.runtime import stretch as work
 
-    return search.run_stretch(here, stretch)
+    return work.run_stretch(here, stretch)
 
 
 class RayBackend:

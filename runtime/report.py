@@ -14,6 +14,7 @@ import base64
 import html
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def _eval_of(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
         return result
     if not (run_dir / "model.pt").is_file():
         return None
+    # imports torch: a report of runs that have an eval.json needs none
     from ftcompile.runtime.evaluate import evaluate_run
 
     try:
@@ -137,8 +139,7 @@ def lr_figure(run: RunData) -> Any:
 
 
 def confusion_figure(result: dict[str, Any]) -> bytes:
-    import tempfile
-
+    # imports torch: a report of runs that have an eval.json needs none
     from ftcompile.runtime.evaluate import plot_confusion
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -300,8 +301,8 @@ def plan_section(runs: list[RunData]) -> str:
                         f"{ph.epochs:g}",
                         ", ".join(ph.train),
                         f"{ph.trainable_pct}%",
-                        (ph.scheduler or {}).get("type", "constant"),
-                        ", ".join(f"{g} {v['peak']:.3g}" for g, v in ph.lr.items()),
+                        ph.scheduler.type if ph.scheduler else "constant",
+                        ", ".join(f"{g} {v.peak:.3g}" for g, v in ph.lr.items()),
                     ]
                     for ph in p.phases
                 ],
@@ -370,7 +371,7 @@ def report_command(run_dirs: list[Path], out: Path | None, force: bool = False) 
     if not run_dirs:
         raise RecipeError("no run directory given", suggestion="ftcompile report runs/<name>/<n>-<hash8>")
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 - optional extra (plot): checked before any work
     except ImportError:
         raise RecipeError(
             "the report draws its figures with matplotlib, which is not installed", suggestion=PLOT_HINT

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
-from ftcompile.runtime.runfiles import Env, checked, continued_evals, read_env
+from ftcompile.runtime.runfiles import RUNS, Env, checked, continued_evals, finished_upstream, open_run
 
 from ftcompile import outputs, portable
 from ftcompile.errors import RecipeError, RecipeErrors, os_error
 from ftcompile.keylines import key_lines, line_in
 from ftcompile.plan import Plan
 from ftcompile.signals import Interrupted, signum_of
-
-RUNS = Path("runs")
 
 
 def new_run_dir(plan: Plan, out: Path | None, lock: RunLock) -> Path:
@@ -43,7 +41,7 @@ def new_run_dir(plan: Plan, out: Path | None, lock: RunLock) -> Path:
                 lock.release()
                 raise
             return out
-        parent = RUNS / plan.recipe["name"]
+        parent = RUNS / plan.recipe.name
         _check_inside(parent, RUNS)
         parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -97,7 +95,7 @@ def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> d
         "recipe": str(recipe) if recipe else None,
         "data_root": str(root.resolve()),
         # provenance: the recipe's git commit and files, the data, what bitwise equality needs
-        **provenance.recipe_record(recipe, plan.recipe.get("overrides", [])),
+        **provenance.recipe_record(recipe, list(plan.recipe.overrides)),
         "data": provenance.data_fingerprint(plan.to_dict()["data"], root),
         "machine": provenance.machine(),
         "reproducible": portable.record(plan.run.reproducible),
@@ -109,7 +107,7 @@ def changed_since(run_dir: Path, plan: Plan, env: dict[str, Any]) -> list[str]:
     from ftcompile import provenance
     from ftcompile.errors import RecipeError
 
-    lines = provenance.recipe_warnings(run_dir, env, plan.recipe["source_hash"])
+    lines = provenance.recipe_warnings(run_dir, env, plan.recipe.source_hash)
     try:
         lines += provenance.data_warnings(
             env, provenance.data_fingerprint(plan.to_dict()["data"], Path(env["data_root"]))
@@ -204,7 +202,7 @@ def run_new(
             if recipe is not None:
                 from ftcompile.provenance import stored_recipe_text
 
-                text = stored_recipe_text(recipe, plan.recipe.get("overrides", []))
+                text = stored_recipe_text(recipe, list(plan.recipe.overrides))
             env = env_record(plan, recipe, root, d.world)
             _write_record(run_dir, plan, text, {**env, "backend": backend} if backend else env)
         distributed.barrier(d)
@@ -231,16 +229,6 @@ def verify_images(plan: Plan, root: Path) -> None:
     from ftcompile.images import verify_data
 
     verify_data(plan.data, root)
-
-
-def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
-    if not outputs.is_run_dir(run_dir):
-        raise RecipeError(
-            f"{run_dir} is not a run directory (no plan.json / env.json)",
-            file=run_dir,
-            suggestion="pass a folder made by ftcompile run, e.g. runs/<name>/1-ab12cd34",
-        )
-    return Plan.load(run_dir / "plan.json"), read_env(run_dir)  # each checked (runtime/runfiles.py)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -404,16 +392,13 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
     weights = plan.model.weights
     if weights.kind != "recipe" or weights.plan is None or weights.value is None or weights.root is None:
         return None
+    found = finished_upstream(plan)
+    if found is not None:
+        return found
     upstream = Plan.from_dict(weights.plan, source=weights.value)
-    for run in sorted(RUNS.glob(f"{upstream.recipe['name']}/*-{upstream.hash[:8]}")):
-        if (run / "model.pt").is_file():
-            return run / "model.pt"
     upstream_root = root / weights.root
     print(f"weights: no finished run of {weights.value} (plan {upstream.hash[:8]}); training it first", flush=True)
     return run_new(upstream, upstream_root / Path(weights.value).name, upstream_root, None) / "model.pt"
-    upstream_root = root / weights["root"]
-    print(f"weights: no finished run of {weights['value']} (plan {upstream.hash[:8]}); training it first", flush=True)
-    return run_new(upstream, upstream_root / Path(weights["value"]).name, upstream_root, None) / "model.pt"
 
 
 def _train(

@@ -38,6 +38,7 @@ import math
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ from ftcompile.runtime.logs import trials_header
 from ftcompile.runtime.trials import rung_count
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ftcompile import outputs
 from ftcompile.errors import RecipeError, RecipeErrors, loc_to_key, os_error
 from ftcompile.metrics import METRICS
 from ftcompile.plan import Plan, TrialsPlan
@@ -273,7 +275,7 @@ class StepRecord(_Record):
 
 # An evaluation's metrics are the metrics a recipe can name (ftcompile.metrics, one table):
 # val_loss and top1 always, top-5 above 5 classes, the EMA weights' with [run] ema.
-EvalRecord = create_model(
+EvalRecord = create_model(  # type: ignore[call-overload]  # pydantic types no **fields mapping
     "EvalRecord",
     __base__=_Record,
     __doc__="An evaluation: its step, phase, alternative (in a trial phase) and metrics.",
@@ -373,7 +375,7 @@ def _damaged(path: Path, exc: ValidationError, line: int | None = None, shown: i
     return errors[0] if len(errors) == 1 else RecipeErrors(errors)
 
 
-def _said(err: dict[str, Any]) -> str:
+def _said(err: Mapping[str, Any]) -> str:
     kind = err["type"]
     if kind == "missing":
         return "missing"
@@ -431,6 +433,31 @@ def _read_json(path: Path, model: type[BaseModel]) -> dict[str, Any] | None:
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """summary.json, or None for a run that has none (a run from before summary.json existed)."""
     return _read_json(run_dir / SUMMARY, Summary)
+
+
+RUNS = Path("runs")  # where runs go (runs/<recipe name>/<n>-<plan hash>), from the current folder
+
+
+def open_run(run_dir: Path) -> tuple[Plan, dict[str, Any]]:
+    if not outputs.is_run_dir(run_dir):
+        raise RecipeError(
+            f"{run_dir} is not a run directory (no plan.json / env.json)",
+            file=run_dir,
+            suggestion="pass a folder made by ftcompile run, e.g. runs/<name>/1-ab12cd34",
+        )
+    return Plan.load(run_dir / "plan.json"), read_env(run_dir)  # each checked
+
+
+def finished_upstream(plan: Plan) -> Path | None:
+    """model.pt of a finished run of the plan's upstream plan (weights = "other.toml"), or None."""
+    weights = plan.model.weights
+    if weights.kind != "recipe" or weights.plan is None or weights.value is None:
+        return None
+    upstream = Plan.from_dict(weights.plan, source=weights.value)
+    for run in sorted(RUNS.glob(f"{upstream.recipe.name}/*-{upstream.hash[:8]}")):
+        if (run / "model.pt").is_file():
+            return run / "model.pt"
+    return None
 
 
 def read_env(run_dir: Path) -> dict[str, Any]:

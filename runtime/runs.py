@@ -87,7 +87,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
     s = summary or {}
     return {
         "path": str(run_dir),
-        "recipe": plan.recipe.get("name"),
+        "recipe": plan.recipe.name,
         "plan_hash": plan.hash,
         "status": status,
         "error": s.get("error") if status in ("failed", "interrupted") else None,

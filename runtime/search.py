@@ -12,7 +12,7 @@ The unit of work is a `Stretch`: alternative k from step `begin` (the phase star
 point) to step `end` (a rung point or the phase's end). A `Backend` runs the stretches of a
 rung and says what each scored: `InProcess` (the default) one after another on the live
 session, its logs and checkpoints the run's own, so a run interrupted inside a stretch
-resumes inside it; other backends (runtime/ray_backend.py) call `run_stretch` in other
+resumes inside it; other backends (runtime/ray_backend.py) call `run_stretch` (runtime/stretch.py) in other
 processes and the driver merges the log rows they wrote, in stretch order. The driver is the
 session's process: it builds a rung's stretches, judges, prunes and continues.
 
@@ -166,7 +166,7 @@ def state_file(run_dir: Path, phase: str, k: int, step: int, plan: Plan) -> Path
     return run_dir / "trials" / phase / str(k) / ("end.pt" if step == end else f"at-{step}.pt")
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -261,7 +261,7 @@ def choose(trainer: Trainer) -> None:
         state = ts.best[1]
     else:  # resumed after the winner finished (or it ran elsewhere): its end state is on disk
         assert where is not None and trainer.run_dir is not None
-        state = _load(state_file(trainer.run_dir, r.phase, winner, rung_points(trainer.plan, r.phase)[-1], ts.plan))
+        state = load(state_file(trainer.run_dir, r.phase, winner, rung_points(trainer.plan, r.phase)[-1], ts.plan))
     trainer.enter(state, {**ts.chosen, r.phase: winner}, None)
     ts.fork, ts.best, ts.features = None, None, None
     rows = trial_rows(spec, r, winner, rung_points(trainer.plan, r.phase))
@@ -397,7 +397,7 @@ class InProcess:
             r.k, r.begin, r.end = s.k, s.begin, s.end
             t.enter(start, ts.chosen, r)
         self.live = None
-        result, state = _run(t, s, t.run_dir)
+        result, state = run_here(t, s, t.run_dir)
         end_of_phase = rung_points(t.plan, s.phase)[-1]
         if state is not None and t.run_dir is None and result.step != end_of_phase:
             self.held[s.k] = state  # no run directory: the rung's states stay in memory
@@ -414,12 +414,12 @@ class InProcess:
             if ts.fork is None:  # resumed: the fork was saved before the interruption
                 where = folder(t.run_dir, s.phase)
                 assert where is not None, "a resumed trial needs its run directory"
-                ts.fork = _load(where / "fork.pt")
+                ts.fork = load(where / "fork.pt")
             return ts.fork
         if s.k in self.held:
             return self.held.pop(s.k)
         assert t.run_dir is not None, "a resumed trial needs its run directory"
-        return _load(state_file(t.run_dir, s.phase, s.k, s.begin, t.plan))
+        return load(state_file(t.run_dir, s.phase, s.k, s.begin, t.plan))
 
 
 class _LiveFirst:
@@ -435,7 +435,7 @@ class _LiveFirst:
         return first + self.then.run(run_dir, [s for s in stretches if s != first[0].stretch])
 
 
-def _run(t: Trainer, s: Stretch, run_dir: Path | None) -> tuple[StretchResult, dict[str, Any] | None]:
+def run_here(t: Trainer, s: Stretch, run_dir: Path | None) -> tuple[StretchResult, dict[str, Any] | None]:
     """Run stretch `s` from where the session is (it has entered the stretch's start state):
     its steps and evaluations, then its score and its state at the end (None: it diverged),
     kept (rank 0) in trials/<phase>/<k>/ with metrics.json."""
@@ -454,37 +454,3 @@ def _run(t: Trainer, s: Stretch, run_dir: Path | None) -> tuple[StretchResult, d
     if t.d.main:
         _write_score(where, res)
     return StretchResult(s, res, step), state
-
-
-def run_stretch(run_dir: Path, stretch: Stretch) -> StretchResult:
-    """Run one stretch in this process from the run directory alone (plan.json, env.json's data
-    root, the stretch's start state: fork.pt or trials/<phase>/<k>/at-<begin>.pt); what a Ray
-    task calls. Writes only under trials/<phase>/<k>/: the state at its end, metrics.json, and
-    its log rows in logs-<end>/ (metrics.jsonl, lr.csv) for the driver to merge. No
-    checkpoints: the driver's run holds those. Results do not depend on the process."""
-    # Imported here: loop imports this module (and rundir the CLI's run-directory rules).
-    from ftcompile.runtime.logs import Logs
-    from ftcompile.runtime.loop import Session
-    from ftcompile.runtime.rundir import open_run, upstream_model
-
-    plan, env = open_run(run_dir)
-    root = Path(env.get("data_root") or ".")
-    session = Session(plan, root, None, upstream=upstream_model(plan, root))
-    # The alternative's keep_best improvements go to trials/<phase>/<k>/best.pt (runtime/best.py).
-    session.watch.run_dir, session.watch.writes = run_dir, session.d.main
-    logs_dir = run_dir / "trials" / stretch.phase / str(stretch.k) / f"logs-{stretch.end}"
-    shutil.rmtree(logs_dir, ignore_errors=True)  # a retried task starts its logs again
-    logs_dir.mkdir(parents=True)
-    session.logs = Logs(logs_dir, plan.param_group_names, ema=plan.run.ema is not None)
-    try:
-        if stretch.begin == rung_points(plan, stretch.phase)[0]:
-            start = _load(run_dir / "trials" / stretch.phase / "fork.pt")
-        else:
-            start = _load(state_file(run_dir, stretch.phase, stretch.k, stretch.begin, plan))
-        running = Running(stretch.phase, stretch.begin, stretch.end, stretch.k)
-        session.enter(start, dict((start.get("trials") or {}).get("chosen") or {}), running)
-        result, _ = _run(session, stretch, run_dir)
-    finally:
-        session.close()
-    result.logs = logs_dir
-    return result

@@ -57,7 +57,7 @@ class SearchCost:
 def search_cost(plan: Plan, steps: Iterable[dict[str, Any]]) -> SearchCost:
     """The cost of the run whose step records (metrics.jsonl's `step` records) are `steps`."""
     trial_phases = [ph for ph in plan.phases if ph.trials]
-    counted = {ph.name: [0, 0.0] for ph in trial_phases}
+    counted: dict[str, list[float]] = {ph.name: [0, 0.0] for ph in trial_phases}
     run_steps, run_seconds = 0, 0.0
     for rec in steps:
         run_steps += 1
@@ -67,13 +67,14 @@ def search_cost(plan: Plan, steps: Iterable[dict[str, Any]]) -> SearchCost:
             counted[rec["phase"]][1] += rec["seconds"]
     return SearchCost(
         phases=tuple(
-            PhaseCost(ph.name, len(ph.trials.alternatives), counted[ph.name][0], counted[ph.name][1])
+            PhaseCost(ph.name, len(ph.trials.alternatives), int(counted[ph.name][0]), counted[ph.name][1])
             for ph in trial_phases
+            if ph.trials is not None
         ),
         run_steps=run_steps,
         run_seconds=run_seconds,
         run_length=plan.total_steps,
-        combinations=math.prod(len(ph.trials.alternatives) for ph in trial_phases),
+        combinations=math.prod([len(ph.trials.alternatives) for ph in trial_phases if ph.trials is not None]),
     )
 
 

@@ -55,9 +55,14 @@ def phase_table(plan: Plan, evals: list[dict[str, Any]]) -> dict[str, Any]:
         last[rec["phase"]] = rec
     table = {}
     for ph in plan.phases:
-        rec = last.get(ph.name)
-        done = rec is not None and rec["step"] >= ph.end
-        table[ph.name] = {"begin": ph.begin, "end": ph.end, "done": done, "metrics": _metrics(rec) if rec else None}
+        at_end = last.get(ph.name)
+        done = at_end is not None and at_end["step"] >= ph.end
+        table[ph.name] = {
+            "begin": ph.begin,
+            "end": ph.end,
+            "done": done,
+            "metrics": _metrics(at_end) if at_end else None,
+        }
     return table
 
 
@@ -120,7 +125,7 @@ class RunStatus(Hooks):
                     "error": error,
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
-                    "recipe": self.plan.recipe.get("name"),
+                    "recipe": self.plan.recipe.name,
                     "plan_hash": self.plan.hash,
                     "started": self.started_at,
                     "updated": _now(),

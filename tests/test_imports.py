@@ -2,7 +2,8 @@
 
 A cycle makes a newcomer read two modules to understand either; the pipeline is assembled
 in `ftcompile/compiler.py` (compile) and `runtime/rundir.py` (run) so that no stage imports
-the stage that calls it (STYLE.md habit 14).
+the stage that calls it (STYLE.md habit 14). Commands that only read files (`runs`, `diff`
+of plan files and run directories) never import torch (STYLE.md habit 19).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,3 +123,60 @@ def test_the_runtime_reaches_the_recipe_language_only_through_the_plan() -> None
     assert not any(wrong.values()), {m: got for m, got in wrong.items() if got}
     for m, allowed in RECIPE_LANGUAGE_EXCEPTIONS.items():  # an exception no longer needed is dropped
         assert set(allowed) <= set(found[m]), f"{m} no longer imports {set(allowed) - set(found[m])}: drop it"
+
+
+# ---------------------------------------------------------------- commands that only read files
+
+READS_ONLY = """
+import sys
+from ftcompile.cli import main
+rc = main({argv!r})
+assert rc in (0, 1), rc
+loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "torchvision")))
+assert not loaded, "torch was imported: " + ", ".join(loaded[:5])
+print("ok")
+"""
+
+
+def read_only(argv: list[str], cwd: Path) -> str:
+    """`ftcompile ARGV` in a fresh process that fails if torch was imported; its output."""
+    proc = subprocess.run(
+        [sys.executable, "-c", READS_ONLY.format(argv=argv)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("ok")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/quickstart/1-* and 2-*: the quickstart's plan and the same with seed = 1, each a
+    finished run as far as the readers go (plan.json, env.json, summary.json written by the
+    runtime's own writers; nothing trained)."""
+    from ftcompile.runtime.status import RunStatus
+
+    from ftcompile.compiler import compile_checked
+    from ftcompile.options import CompileOptions
+
+    root = tmp_path_factory.mktemp("reads")
+    for n, overrides in ((1, ()), (2, ("seed=1",))):
+        plan = compile_checked(ROOT / "recipes" / "quickstart.toml", CompileOptions(overrides=overrides)).plan
+        run_dir = root / "runs" / "quickstart" / f"{n}-{plan.hash[:8]}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "plan.json").write_text(plan.to_json() + "\n")
+        (run_dir / "env.json").write_text(json.dumps({"data_root": str(root)}))
+        RunStatus(run_dir, plan).write("finished")
+    return root
+
+
+def test_runs_does_not_import_torch(two_runs: Path) -> None:
+    out = read_only(["runs", "runs"], two_runs)
+    assert out.count("finished") == 2 and "quickstart" in out
+
+
+def test_diff_of_plan_files_and_run_directories_does_not_import_torch(two_runs: Path) -> None:
+    a, b = sorted((two_runs / "runs" / "quickstart").iterdir())
+    for old, new in ((a, b), (a / "plan.json", b / "plan.json")):
+        out = read_only(["diff", str(old), str(new)], two_runs)
+        assert "seed: 0 -> 1" in out
+    assert "the plans are equal" in read_only(["diff", str(a), str(a / "plan.json")], two_runs)

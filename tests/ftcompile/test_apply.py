@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ftcompile.apply import Executor, GroupView
+from ftcompile.plan import SchedulerStart
 from ftcompile.torch_args import LENGTH_ARGS, MOMENTUM_FIELD, momentum_field, optimizer_class
 
 
@@ -49,7 +50,7 @@ def test_the_view_shares_the_real_groups() -> None:
 def test_schedulers_step_over_a_view_and_write_into_the_real_groups(spec: dict) -> None:
     opt = real_optimizer()
     ex = Executor(opt, ["a", "b", "c"])
-    ex.start_scheduler({**spec, "param_groups": ["a", "c"], "end": 100}, step=0)
+    ex.start_scheduler(SchedulerStart(spec["type"], ("a", "c"), spec["args"], end=100))
     for step in range(1, 6):
         opt.step()
         ex.after_step(step)

@@ -10,6 +10,7 @@ import pytest
 from ftcompile.cli import main
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
+from ftcompile.plan import FeatureCacheSpec, as_json
 
 BASE = """
 name = "c"
@@ -43,12 +44,10 @@ def first_phase(
     path = tmp_path / "r.toml"
     path.write_text(BASE.format(arch=arch, augment=augment, bn=bn, cache=cache))
     plan = compile_recipe(path)
-    assert plan.phases[1].cache == {
-        "on": False,
-        "why": "trains body below the head",
-        "module": plan.phases[0].cache["module"],
-    }
-    return plan.phases[0].cache
+    assert plan.phases[1].cache == FeatureCacheSpec(
+        on=False, why="trains body below the head", module=plan.phases[0].cache.module
+    )
+    return as_json(plan.phases[0].cache)  # as plan.json holds it
 
 
 def test_head_only_frozen_bn_no_augmentation_is_cached(tmp_path: Path) -> None:
@@ -86,7 +85,7 @@ def test_token_model_caches_its_head_input(tmp_path: Path) -> None:
     path.write_text(
         BASE.format(arch="vit_b_16", augment="[]", bn="frozen", cache="").replace("image_size = 32", "image_size = 224")
     )
-    assert compile_recipe(path).phases[0].cache == {"on": True, "why": "only the head trains", "module": "heads"}
+    assert compile_recipe(path).phases[0].cache == FeatureCacheSpec(on=True, why="only the head trains", module="heads")
 
 
 def test_plan_shows_cache_and_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -195,7 +195,7 @@ def test_ema_and_trials_add_their_copies(write: Callable[..., Path]) -> None:
 def test_feature_cache_phase_runs_the_head_alone(write: Callable[..., Path]) -> None:
     text = three_phases(image_size=32, batch=4).replace('train = ["head"]\n', 'train = ["head"]\nbn = "frozen"\n', 1)
     plan = compiled(write, text)
-    assert plan.phases[0].cache["on"]
+    assert plan.phases[0].cache.on
     est = estimate.estimate(plan)
     head = est.phases[0]
     assert head.fwd_flops == 2 * 4 * 512 * 10  # the Linear on cached features

@@ -11,7 +11,7 @@ import torch
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
-from ftcompile.plan import Plan
+from ftcompile.plan import EmaSpec, MixSpec, PhaseData, Plan
 from ftcompile.render import render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,11 +87,11 @@ def test_every_knob_is_in_the_plan_and_its_hash(tmp_path: Path) -> None:
     )
     assert knobs.hash != plain.hash
     assert knobs.model.builder_args == {"zero_init_residual": True}
-    assert knobs.data.mix == {"mixup_alpha": 0.2, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5}
+    assert knobs.data.mix == MixSpec(mixup_alpha=0.2, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5)
     assert (knobs.data.val_resize, knobs.data.val_crop) == (20, 16)
     assert knobs.optimizer.clip_grad_norm == 1.0 and "clip_grad_norm" not in knobs.optimizer.kwargs
     assert knobs.run.accumulate == 2 and knobs.run.sync_bn
-    assert knobs.run.ema == {"decay": 0.99, "every": 2, "warmup": False}
+    assert knobs.run.ema == EmaSpec(decay=0.99, every=2, warmup=False)
     # the JSON round trip keeps every field (plan.json -> ftcompile run plan.json)
     assert Plan.from_dict(json.loads(knobs.to_json())) == knobs
     text = render(knobs)
@@ -123,16 +123,16 @@ def test_phase_augment_with_mixup_is_an_error_too(tmp_path: Path) -> None:
 
 
 def test_mix_turns_the_feature_cache_off(tmp_path: Path) -> None:
-    assert plan_of(tmp_path, warmup='bn = "frozen"').phases[0].cache["on"]
+    assert plan_of(tmp_path, warmup='bn = "frozen"').phases[0].cache.on
     mixed = plan_of(tmp_path, warmup='bn = "frozen"', data="mix = { mixup_alpha = 0.2 }")
-    assert not mixed.phases[0].cache["on"] and "data.mix" in mixed.phases[0].cache["why"]
+    assert not mixed.phases[0].cache.on and "data.mix" in mixed.phases[0].cache.why
     # even when asked for
     asked = plan_of(tmp_path, warmup='bn = "frozen"\ncache_features = true', data="mix = { mixup_alpha = 0.2 }")
-    assert not asked.phases[0].cache["on"]
+    assert not asked.phases[0].cache.on
     # a phase that turns mixing off may cache again
     off = plan_of(tmp_path, warmup='bn = "frozen"\ndata = { mix = false }', data="mix = { mixup_alpha = 0.2 }")
-    assert off.phases[0].cache["on"] and off.phases[0].data["mix"] is None
-    assert off.phases[1].data["mix"]["mixup_alpha"] == 0.2
+    assert off.phases[0].cache.on and off.phases[0].data.mix is None
+    assert off.phases[1].data and off.phases[1].data.mix and off.phases[1].data.mix.mixup_alpha == 0.2
 
 
 def test_accumulate_must_divide_the_batch(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_stochastic_depth_refuses_the_feature_cache(tmp_path: Path) -> None:
             '[model]\narch = "efficientnet_b0"\nbuilder_args = { dropout = 0.0, stochastic_depth_prob = 0.0 }',
         )
     )
-    assert compile_recipe(path).phases[0].cache["on"]
+    assert compile_recipe(path).phases[0].cache.on
     path.write_text(
         text.replace(
             '[model]\narch = "efficientnet_b0"',
@@ -190,7 +190,7 @@ def test_stochastic_depth_refuses_the_feature_cache(tmp_path: Path) -> None:
         )
     )
     cache = compile_recipe(path).phases[0].cache
-    assert not cache["on"] and "stochastic depth" in cache["why"]
+    assert not cache.on and "stochastic depth" in cache.why
 
 
 def test_per_phase_data_steps_and_positions(tmp_path: Path) -> None:
@@ -198,18 +198,12 @@ def test_per_phase_data_steps_and_positions(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, warmup="data = { image_size = 24, batch_size = 32 }", all="data = { batch_size = 8 }")
     warm, full = plan.phases
     assert (warm.begin, warm.end) == (0, 4)
-    assert warm.data == {
-        "image_size": 24,
-        "batch_size": 32,
-        "augment": [],
-        "mix": None,
-        "steps_per_epoch": 14,
-        "data_begin": 0,
-        "epoch_base": 0,
-    }
+    assert warm.data == PhaseData(
+        image_size=24, batch_size=32, augment=[], mix=None, steps_per_epoch=14, data_begin=0, epoch_base=0
+    )
     # the second phase: its epoch counts its own batches (54), from a fresh epoch 1
     assert (full.begin, full.end) == (4, 4 + 54)
-    assert full.data["steps_per_epoch"] == 54 and full.data["epoch_base"] == 1 and full.data["data_begin"] == 4
+    assert full.data and (full.data.steps_per_epoch, full.data.epoch_base, full.data.data_begin) == (54, 1, 4)
     assert "phase all: image 16  batch 8  steps/epoch 54" in render(plan)
 
 
@@ -243,7 +237,7 @@ def timm_layer_decay(name: str, n_blocks: int, factor: float) -> float:
 def test_vit_layer_decay_recipe_matches_timm() -> None:
     plan = compile_recipe(REPO / "recipes" / "vit-layer-decay.toml", dataset_size=1000, val_size=100)
     finetune = plan.phases[-1]
-    peak = {g: v["peak"] for g, v in finetune.lr.items()}  # OneCycleLR's max_lr = the resolved lr
+    peak = {g: v.peak for g, v in finetune.lr.items()}  # OneCycleLR's max_lr = the resolved lr
     checked = 0
     for pg in plan.param_groups:
         for name in pg.params:

@@ -82,7 +82,7 @@ def test_extends_is_relative_to_the_recipe_not_the_cwd(
     assert load_recipe(child).data["seed"] == 1
     monkeypatch.chdir(tmp_path)
     assert load_recipe(Path("exp/child.toml")).data["seed"] == 1
-    assert compile_recipe("exp/child.toml").recipe["name"] == "child"
+    assert compile_recipe("exp/child.toml").recipe.name == "child"
 
 
 def test_base_data_paths_are_rebased_onto_the_child(

@@ -71,10 +71,10 @@ def test_override_changes_the_plan_and_is_recorded(write: Writer, tiny: str) -> 
     path = write(tiny)
     base = compile_recipe(path)
     plan = compiled(path, "phases.full.epochs=2", 'phases.full.lr.body="head / 100"')
-    assert plan.recipe["overrides"] == ["phases.full.epochs=2", 'phases.full.lr.body="head / 100"']
-    assert "overrides" not in base.recipe  # a plan without --set is as before
+    assert plan.recipe.overrides == ("phases.full.epochs=2", 'phases.full.lr.body="head / 100"')
+    assert "overrides" not in base.to_dict()["recipe"]  # a plan without --set is as before
     assert (plan.phases[1].begin, plan.phases[1].end) == (23, 69)  # 2 epochs of 23 steps
-    assert plan.phases[1].lr["body"]["first"] == pytest.approx(0.01 / 100)
+    assert plan.phases[1].lr["body"].first == pytest.approx(0.01 / 100)
     assert plan.hash != base.hash
 
 
@@ -82,7 +82,7 @@ def test_same_override_as_the_file_gives_the_same_training(write: Writer, tiny: 
     path = write(tiny)
     edited = write(tiny.replace("epochs = 1\nlr = { head = 0.01", "epochs = 2\nlr = { head = 0.01"), "edited.toml")
     a, b = compiled(path, "phases.full.epochs=2"), compile_recipe(edited)
-    assert a.to_dict()["changes"] == b.to_dict()["changes"] and a.recipe["source_hash"] == b.recipe["source_hash"]
+    assert a.to_dict()["changes"] == b.to_dict()["changes"] and a.recipe.source_hash == b.recipe.source_hash
 
 
 def test_override_errors_name_the_set_and_the_key(capsys: pytest.CaptureFixture[str], write: Writer, tiny: str) -> None:

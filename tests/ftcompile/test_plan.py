@@ -17,7 +17,7 @@ import pytest
 
 from ftcompile.compiler import compile_recipe
 from ftcompile.errors import RecipeError
-from ftcompile.plan import FORMAT, Change, Plan, WeightsSpec
+from ftcompile.plan import FORMAT, Change, LRWindow, Plan, WeightsSpec, as_json
 from ftcompile.trace import lr_trace
 
 Writer = Callable[..., Path]
@@ -111,10 +111,10 @@ def test_lr_trace_across_phase_boundaries(write: Writer) -> None:
 def test_phase_lr_summary(write: Writer) -> None:
     plan = compile_recipe(write(TRACE))
     a, b, c, d = plan.phases
-    assert a.lr == {"head": {"first": 0.1, "peak": 0.1, "last": 0.025}}
-    assert b.lr["head"] == pytest.approx({"first": 0.1, "peak": 0.175, "last": 0.175}, rel=1e-12)
-    assert c.lr["head"]["first"] == 0.4
-    assert d.lr == {"head": {"first": 0.3, "peak": 0.3, "last": 0.3}}
+    assert a.lr == {"head": LRWindow(first=0.1, peak=0.1, last=0.025)}
+    assert as_json(b.lr["head"]) == pytest.approx({"first": 0.1, "peak": 0.175, "last": 0.175}, rel=1e-12)
+    assert c.lr["head"].first == 0.4
+    assert d.lr == {"head": LRWindow(first=0.3, peak=0.3, last=0.3)}
 
 
 def test_scheduler_is_constructed_fresh_at_each_phase(write: Writer) -> None:
@@ -216,7 +216,7 @@ def test_reset_state_and_per_group_overrides(write: Writer, tiny: str) -> None:
 
 def test_trainable_counts(write: Writer, tiny: str) -> None:
     plan = compile_recipe(write(tiny))
-    numel = {g["name"]: g["numel"] for g in plan.groups}
+    numel = {g.name: g.numel for g in plan.groups}
     assert numel["head"] == 512 * 10 + 10  # fc: 512 -> 10, weight and bias
     assert plan.phases[0].trainable_params == numel["head"]
     assert plan.phases[1].trainable_params == plan.model.total_params == numel["head"] + numel["body"]

@@ -346,7 +346,7 @@ def test_memory_estimate_of_a_billion_classes_and_the_warning_above_the_machine(
     write: Writer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plan = compile_recipe(write(DIGITS))
-    trained = sum(g["numel"] for g in plan.groups)  # phase `full` trains everything
+    trained = sum(g.numel for g in plan.groups)  # phase `full` trains everything
     m = memory.estimate(plan)
     # fp32: parameters, gradients of the largest trained set, one SGD momentum buffer each
     assert (m.params, m.grads, m.state) == (4 * plan.model.total_params, 4 * trained, 4 * trained)

@@ -317,7 +317,7 @@ def test_layer_wise_decay_on_vit_b_16(write: Writer) -> None:
     blocks = "\n".join(f'block{i} = ["encoder.layers.encoder_layer_{i}"]' for i in range(12))
     text = VIT.format(blocks=blocks, train=", ".join(f'"block{i}"' for i in range(12)))
     plan = compile_recipe(write(text))
-    groups = {g["name"]: g for g in plan.groups}
+    groups = {g.name: g for g in plan.groups}
     assert list(groups) == ["embed", *BLOCKS, "head", "rest"]  # rest = encoder.ln
     pg_params = {pg.name: pg.params for pg in plan.param_groups}
     for i in range(12):
@@ -333,7 +333,7 @@ def test_layer_wise_decay_on_vit_b_16(write: Writer) -> None:
     assert "embed" not in set_lr and "rest.no_decay" not in set_lr
     first = {c.target: c.value for c in plan.changes if c.op == "set" and c.field == "lr" and c.step == 0}
     assert first["embed"] == first["rest.no_decay"] == first["block0"] == 0.0
-    assert finetune.lr["block0"]["first"] == pytest.approx(1e-3 * 0.65**12, rel=1e-12)
+    assert finetune.lr["block0"].first == pytest.approx(1e-3 * 0.65**12, rel=1e-12)
 
 
 # ---------------------------------------------------------------- durations and schedulers
@@ -423,7 +423,7 @@ def test_durations_become_steps(sched_plan: Plan) -> None:
     assert lengths == {"onecycle": half, "cosine": spe, "restarts": 2 * spe, "cyclic": 30, "step": 40, "linear": 7}
     assert sched_plan.phases[0].begin == 0
     assert all(a.end == b.begin for a, b in zip(sched_plan.phases, sched_plan.phases[1:], strict=False))
-    args = {p.name: p.scheduler["args"] for p in sched_plan.phases}
+    args = {p.name: p.scheduler.args for p in sched_plan.phases}
     assert args["restarts"]["T_0"] == spe  # "1 epoch"
     assert args["cyclic"]["step_size_up"] == half  # "0.5 epoch"
     assert args["step"]["step_size"] == 30  # "30 steps"
@@ -431,30 +431,30 @@ def test_durations_become_steps(sched_plan: Plan) -> None:
 
 
 def test_length_arguments_default_to_the_phase_length(sched_plan: Plan) -> None:
-    args = {p.name: p.scheduler["args"] for p in sched_plan.phases}
+    args = {p.name: p.scheduler.args for p in sched_plan.phases}
     assert args["onecycle"]["total_steps"] == round(0.5 * STEPS_PER_EPOCH)
     assert args["cosine"]["T_max"] == STEPS_PER_EPOCH
     assert args["linear"]["total_iters"] == 7
 
 
 def test_max_lr_defaults_to_each_groups_lr(sched_plan: Plan) -> None:
-    args = {p.name: p.scheduler["args"] for p in sched_plan.phases}
+    args = {p.name: p.scheduler.args for p in sched_plan.phases}
     assert args["onecycle"]["max_lr"] == {"body": 0.01 / 10, "head": 0.01}
     assert args["cyclic"]["max_lr"] == {"body": 0.01 / 10, "head": 0.01}
     # the change the runtime applies holds one value per param group of the phase
     [start] = [c for c in sched_plan.changes if c.op == "scheduler" and c.target == "onecycle"]
-    assert start.value["param_groups"] == ["body", "body.no_decay", "head", "head.no_decay"]
-    assert start.value["args"]["max_lr"] == [0.001, 0.001, 0.01, 0.01]
+    assert start.value.param_groups == ("body", "body.no_decay", "head", "head.no_decay")
+    assert start.value.args["max_lr"] == [0.001, 0.001, 0.01, 0.01]
 
 
 def test_lr_expression_in_a_scheduler_argument_is_per_group(sched_plan: Plan) -> None:
     cyclic = next(p for p in sched_plan.phases if p.name == "cyclic")
-    assert cyclic.scheduler["args"]["base_lr"] == {"body": 0.01 / 10 / 10, "head": 0.01 / 10}
+    assert cyclic.scheduler.args["base_lr"] == {"body": 0.01 / 10 / 10, "head": 0.01 / 10}
     [start] = [c for c in sched_plan.changes if c.op == "scheduler" and c.target == "cyclic"]
-    assert start.value["args"]["base_lr"] == [0.0001, 0.0001, 0.001, 0.001]
+    assert start.value.args["base_lr"] == [0.0001, 0.0001, 0.001, 0.001]
     # a group's CyclicLR starts at its base_lr: lr / 10
-    assert cyclic.lr["head"]["first"] == pytest.approx(0.001, rel=1e-12)
-    assert cyclic.lr["head"]["peak"] <= 0.01 * (1 + 1e-12)  # up to max_lr = lr
+    assert cyclic.lr["head"].first == pytest.approx(0.001, rel=1e-12)
+    assert cyclic.lr["head"].peak <= 0.01 * (1 + 1e-12)  # up to max_lr = lr
 
 
 def test_a_plain_string_scheduler_argument_stays_a_string(write: Writer, tiny: str) -> None:
@@ -463,7 +463,7 @@ def test_a_plain_string_scheduler_argument_stays_a_string(write: Writer, tiny: s
         'lr = { head = 0.1 }\nscheduler = { type = "CyclicLR", base_lr = "lr / 4", mode = "triangular2", step_size_up = 2 }',
     )
     plan = compile_recipe(write(text))
-    assert plan.phases[0].scheduler["args"]["mode"] == "triangular2"
+    assert plan.phases[0].scheduler.args["mode"] == "triangular2"
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_alternatives_in_the_plan(tiny: str, write: Writer) -> None:
         "body=head / 100, weight_decay.body=0",
         "body=head / 100, weight_decay.body=0.001",
     ]
-    assert [a.lr["body"]["first"] for a in full.trials.alternatives] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert [a.lr["body"].first for a in full.trials.alternatives] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
     # The main change list holds one `trial` change; each alternative has its own window's changes.
     assert [c.op for c in plan.changes if c.step == 2][-1] == Op.TRIAL
     wd = [

@@ -59,7 +59,7 @@ def run(tmp_path: Path, name: str, cache: str = "") -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(RECIPE.format(name=name, cache=cache))
     plan = compile_recipe(path)
-    assert plan.phases[0].cache["on"] is (cache == "")
+    assert plan.phases[0].cache.on is (cache == "")
     out = tmp_path / name
     rundir.start_run(plan, path, tmp_path, out)
     return out

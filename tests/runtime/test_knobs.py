@@ -21,7 +21,7 @@ from ftcompile.runtime.mix import BatchMix, micro_batches
 from ftcompile.runtime.model import build
 
 from ftcompile.compiler import compile_recipe
-from ftcompile.plan import Plan
+from ftcompile.plan import MixSpec, Plan
 
 RECIPE = """
 name = "{name}"
@@ -254,7 +254,7 @@ def test_eval_reads_the_ema_weights_the_run_wrote(tmp_path: Path, capsys: pytest
 
 def test_batch_mix_gives_soft_targets_drawn_per_step() -> None:
     x, y = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    mix = BatchMix({"mixup_alpha": 0.4, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5}, 3, seed=0)
+    mix = BatchMix(MixSpec(mixup_alpha=0.4, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5), 3, seed=0)
     xm, ym = mix(x, y, step=5)
     assert ym.shape == (8, 3) and torch.allclose(ym.sum(1), torch.ones(8))
     lam = ym[0, 0].item()  # sample 0 (class 0) mixed with the rolled sample 7 (class 1)
@@ -262,7 +262,7 @@ def test_batch_mix_gives_soft_targets_drawn_per_step() -> None:
     xs, ys = mix(x, y, step=5)
     assert torch.equal(xs, xm) and torch.equal(ys, ym)  # a pure function of the step
     assert not torch.equal(mix(x, y, step=6)[1], ym)
-    off = BatchMix({"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.0, "switch_prob": 0.5}, 3, seed=0)
+    off = BatchMix(MixSpec(mixup_alpha=0.4, cutmix_alpha=1.0, prob=0.0, switch_prob=0.5), 3, seed=0)
     xo, yo = off(x, y, step=5)
     assert torch.equal(xo, x) and torch.equal(yo, torch.nn.functional.one_hot(y, 3).float())
 

@@ -10,7 +10,6 @@ CosineAnnealingWarmRestarts, CosineAnnealingLR. Each is run once per session, in
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 from runtime_helpers import Recorded, cli, metrics
 
 from ftcompile.apply import Executor
-from ftcompile.plan import OPTIMIZER_OPS, Plan
+from ftcompile.plan import OPTIMIZER_OPS, Change, Op, Plan, SchedulerStart
 from ftcompile.torch_args import dummy_optimizer
 
 RUNS = ["run_a", "run_b"]
@@ -47,7 +46,7 @@ def planned(plan: Plan, field: str) -> list[list[float]]:
     rows, i = [], 0
     for step in range(plan.total_steps):
         while i < len(changes) and changes[i].step == step:
-            ex.apply(asdict(changes[i]))
+            ex.apply(changes[i])
             i += 1
         rows.append([float(g[field]) if field in g else float(g["betas"][0]) for g in opt.param_groups])
         ex.after_step(step + 1)
@@ -60,7 +59,7 @@ def planned(plan: Plan, field: str) -> list[list[float]]:
 def test_recipes_cover_every_shipped_scheduler(run_a: Recorded, run_b: Recorded) -> None:
     """The two recipes exercise what the lr tests below claim to cover."""
     phases = [*run_a.plan.phases, *run_b.plan.phases]
-    used = {ph.scheduler["type"] for ph in phases if ph.scheduler}
+    used = {ph.scheduler.type for ph in phases if ph.scheduler}
     shipped = set()
     for recipe in sorted(Path(__file__).resolve().parents[2].glob("recipes/*.toml")):
         shipped |= {
@@ -102,14 +101,12 @@ def test_a_later_phase_scheduler_runs_as_on_a_fresh_optimizer(name: str, args: d
 
     opt = dummy_optimizer("SGD", {"momentum": 0.9}, 2)
     ex = Executor(opt, ["a", "b"])
-    ex.start_scheduler(
-        {"type": "OneCycleLR", "param_groups": ["a", "b"], "end": 4, "args": {"max_lr": 0.5, "total_steps": 4}}, 0
-    )
+    ex.start_scheduler(SchedulerStart("OneCycleLR", ("a", "b"), {"max_lr": 0.5, "total_steps": 4}, end=4))
     for step in range(4):
         ex.after_step(step + 1)
     for field, value in (("lr", 0.1), ("momentum", 0.9)):  # what the plan sets at a phase start
-        ex.apply({"op": "set", "target": "a", "field": field, "value": value, "step": 4})
-    ex.start_scheduler({"type": name, "param_groups": ["a"], "end": 12, "args": args}, 4)
+        ex.apply(Change(4, Op.SET, "a", field, value))
+    ex.start_scheduler(SchedulerStart(name, ("a",), args, end=12))
     got = []
     for step in range(4, 12):
         got.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))

@@ -23,7 +23,7 @@ from ftcompile.runtime.best import Watch
 from runtime_helpers import cli, metrics, recipe_text, write_recipe
 
 from ftcompile.metrics import METRICS
-from ftcompile.plan import Plan
+from ftcompile.plan import Plan, StopEarlySpec
 
 # Per metric: the eval record's key and whether larger is better, written out (not read from
 # the table under test).
@@ -110,7 +110,7 @@ def test_pick_keep_best_and_stop_early_follow_the_metric(ema_run: dict[str, Any]
     plan: Plan = ema_run["plan"]
     plan = dataclasses.replace(plan, run=dataclasses.replace(plan.run, keep_best=name))
     phase = dataclasses.replace(
-        plan.phases[0], end=10**9, stop_early={"metric": name, "patience": 1, "min_delta": 0.0}, restore_best=None
+        plan.phases[0], end=10**9, stop_early=StopEarlySpec(metric=name, patience=1, min_delta=0.0), restore_best=None
     )
     watch = Watch(plan, None, writes=False)
     stops = [watch.evaluated(rec, phase, None, None) for rec in evals]

@@ -222,3 +222,24 @@ def test_lr_find_of_a_portable_plan_runs_pinned(recipe: Path, tmp_path: Path) ->
         curves.append((out / "lr_find.csv").read_bytes())
     assert curves[0] == curves[1]
     assert len(curves[0].splitlines()) == 5  # a header and the 4 steps of the test
+
+
+def test_nproc_of_a_portable_plan_starts_torchrun_pinned(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --nproc N` of a portable plan restarts itself pinned before torchrun starts (its
+    workers inherit the environment); once pinned, it launches torchrun."""
+    from ftcompile.runtime import distributed
+
+    launched: list[tuple[int, list[str]]] = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append((nproc, argv)) or 0)
+    restarts: list[str] = []
+    real_restart = portable.restart_pinned
+    monkeypatch.setattr(portable, "restart_pinned", lambda mode, argv: restarts.append(mode) or 7)
+    for name in (*portable.PINS, portable.MARK):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["run", str(recipe), "--nproc", "2"]) == 7  # the pinned child's exit code
+    assert restarts == ["portable"] and launched == []
+
+    monkeypatch.setattr(portable, "restart_pinned", real_restart)
+    monkeypatch.setattr(os, "environ", portable.pinned_environment())  # as the restarted process sees it
+    assert main(["run", str(recipe), "--nproc", "2"]) == 0
+    assert launched and launched[0][0] == 2

@@ -196,7 +196,7 @@ def test_run_with_set_stores_the_overridden_recipe(tmp_path: Path, capsys: pytes
     result = cli(capsys, "run", recipe, "--out", out, "--set", "phases.only.steps=3", "--set", "seed=4")
     assert result.rc == 0, result.err
     plan = Plan.load(out / "plan.json")
-    assert plan.recipe["overrides"] == ["phases.only.steps=3", "seed=4"] and plan.total_steps == 3
+    assert plan.recipe.overrides == ("phases.only.steps=3", "seed=4") and plan.total_steps == 3
     stored = tomllib.loads((out / "recipe.toml").read_text())
     assert stored["seed"] == 4 and stored["phases"]["only"]["steps"] == 3
     # the stored recipe compiles to the same training (only the recorded overrides differ)

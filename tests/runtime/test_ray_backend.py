@@ -196,8 +196,9 @@ def _worker_controls() -> Callable[[], None]:
         # A stand-in for run_stretch in a folder marked `stand-in` (the backend's own tests):
         # no training; fails with a user error where a `fail-<k>` file says so.
         from ftcompile.runtime import search
+        from ftcompile.runtime import stretch as work
 
-        real = search.run_stretch
+        real = work.run_stretch
 
         def run_stretch(run_dir: Path, stretch: search.Stretch) -> search.StretchResult:
             if not (run_dir / "stand-in").exists():
@@ -209,7 +210,7 @@ def _worker_controls() -> Callable[[], None]:
                 raise RecipeError(f"stretch {stretch.k} cannot read its data", key="data.train")
             return search.StretchResult(stretch, {"k": stretch.k, "val_loss": 1.0 / (1 + stretch.k)}, stretch.end)
 
-        search.run_stretch = run_stretch
+        work.run_stretch = run_stretch
 
     return setup
 

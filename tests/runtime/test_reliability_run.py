@@ -241,7 +241,8 @@ def test_a_rehashed_plan_json_naming_a_path_outside_runs_is_refused_before_anyth
         )
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "work" / RUNS).exists()
     # and a Plan made in code (not loaded) is stopped where the folder is made
-    plan = dataclasses.replace(compile_recipe(recipe), recipe={**data["recipe"], "name": "../../escaped"})
+    plan = compile_recipe(recipe)
+    plan = dataclasses.replace(plan, recipe=dataclasses.replace(plan.recipe, name="../../escaped"))
     with pytest.raises(RecipeError, match="outside runs/"):
         new_run_dir(plan, None, RunLock())
     assert not (tmp_path / "escaped").exists()

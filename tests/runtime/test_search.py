@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ftcompile.runtime import search
+from ftcompile.runtime import search, stretch
 from ftcompile.runtime.loop import Hooks, Session, StepInfo, observe
 from ftcompile.runtime.search import Stretch, StretchResult
 from ftcompile.runtime.trials import Running
@@ -75,7 +75,7 @@ class Elsewhere:
     def run(self, run_dir: Path | None, stretches: Sequence[Stretch]) -> list[StretchResult]:
         assert run_dir is not None
         self.ran += stretches
-        return [search.run_stretch(run_dir, s) for s in stretches]
+        return [stretch.run_stretch(run_dir, s) for s in stretches]
 
 
 class UseBackend(Hooks):

@@ -27,7 +27,7 @@ def plan(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     path = folder / "r.toml"
     path.write_text(RECIPE.format(name="window", cache="" if request.param == "cached" else "cache_features = false"))
     plan = compile_recipe(path)
-    assert plan.phases[0].cache["on"] == (request.param == "cached")
+    assert plan.phases[0].cache.on == (request.param == "cached")
     assert (plan.phases[0].begin, plan.phases[0].end, plan.total_steps) == (0, HEAD_STEPS, HEAD_STEPS + 4)
     return plan
 
