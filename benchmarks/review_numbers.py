@@ -110,7 +110,7 @@ def classify(annotation: str) -> str:
     words = set(annotation.replace("[", " ").replace("]", " ").replace(",", " ").replace("|", " ").split())
     if "Any" in words or annotation.strip() in ("dict", "list", "object"):
         return "untyped"
-    if words & {"dict", "Mapping"}:
+    if words & {"dict", "Mapping", "JSONObject"}:  # JSONObject: plan.py's dict[str, JSONValue]
         return "mapping"
     return "typed"
 
