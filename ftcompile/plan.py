@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from ftcompile import defaults
 from ftcompile.errors import RecipeError
 
 FORMAT = 1
@@ -127,16 +128,13 @@ class HeadSpec:
     batchnorm: bool
     activation: str
 
-    # The schema's defaults (ftcompile/schema.py Head), for a table that leaves keys out.
-    DEFAULTS = {"pool": None, "hidden": (), "dropout": 0.0, "batchnorm": False, "activation": "relu"}
-
     @staticmethod
     def of(table: HeadSpec | Mapping[str, Any]) -> HeadSpec:
         """From the schema's dump, plan.json or a sidecar (lists become tuples); absent keys
         (and None) take the schema's defaults."""
         if isinstance(table, HeadSpec):
             return table
-        t = {**HeadSpec.DEFAULTS, **{k: v for k, v in table.items() if v is not None}}
+        t = {**defaults.HEAD, **{k: v for k, v in table.items() if v is not None}}
         dropout = t["dropout"]
         return HeadSpec(
             pool=t["pool"],
@@ -157,7 +155,9 @@ class ModelSpec:
     # Extra torchvision builder kwargs: the user's mapping, checked against the builder's
     # signature by the compiler, passed to it as written.
     builder_args: JSONObject = field(default_factory=dict, metadata=OPTIONAL_FIELD)
-    head_weights: str = field(default="new", metadata=OPTIONAL_FIELD)  # "load": the file's head tensors too
+    head_weights: str = field(
+        default=defaults.HEAD_WEIGHTS, metadata=OPTIONAL_FIELD
+    )  # "load": the file's head tensors too
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> ModelSpec:
@@ -295,9 +295,6 @@ class EmaSpec:
     warmup: bool  # timm's warmup of the decay
 
 
-DEFAULT_LOG = ("jsonl",)
-
-
 @dataclass(frozen=True)
 class RunSpec:
     """The [run] table with durations in steps, and which group owns each BatchNorm layer."""
@@ -312,14 +309,14 @@ class RunSpec:
     bn_modules: dict[str, str]  # BatchNorm module name -> its group
     keep_best: str | None = field(default=None, metadata=OPTIONAL_FIELD)  # metric of best.pt (None: no best.pt)
     # "boundaries" | "all" | "last" | "none"
-    keep_checkpoints: str = field(default="boundaries", metadata=OPTIONAL_FIELD)
+    keep_checkpoints: str = field(default=defaults.KEEP_CHECKPOINTS, metadata=OPTIONAL_FIELD)
     # "jsonl" always; "tensorboard"
-    log: list[str] = field(default_factory=lambda: list(DEFAULT_LOG), metadata=OPTIONAL_FIELD)
-    accumulate: int = field(default=1, metadata=OPTIONAL_FIELD)  # micro-batches per optimizer step
+    log: list[str] = field(default_factory=lambda: list(defaults.LOG), metadata=OPTIONAL_FIELD)
+    accumulate: int = field(default=defaults.ACCUMULATE, metadata=OPTIONAL_FIELD)  # micro-batches per optimizer step
     ema: EmaSpec | None = field(default=None, metadata=OPTIONAL_FIELD)
-    sync_bn: bool = field(default=False, metadata=OPTIONAL_FIELD)
+    sync_bn: bool = field(default=defaults.SYNC_BN, metadata=OPTIONAL_FIELD)
     # "portable": pinned instruction sets and threads (ftcompile/portable.py)
-    reproducible: str = field(default="machine", metadata=OPTIONAL_FIELD)
+    reproducible: str = field(default=defaults.REPRODUCIBLE, metadata=OPTIONAL_FIELD)
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> RunSpec:
@@ -778,9 +775,9 @@ def _is_record(obj: Any) -> bool:
 # Every record of the plan (the dataclasses of this module) -> its optional fields and their
 # defaults: each is left out of the JSON at its default value, so older plans keep their hash.
 OPTIONAL: dict[type, dict[str, Any]] = {
-    cls: defaults
+    cls: declared
     for cls in list(globals().values())
-    if _is_record(cls) and cls.__module__ == __name__ and (defaults := optional_defaults(cls))
+    if _is_record(cls) and cls.__module__ == __name__ and (declared := optional_defaults(cls))
 }
 # How each record becomes JSON, by type (a plan holds ~10^5 changes: one dict lookup each).
 _ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ftcompile import defaults
 from ftcompile.errors import RecipeError, RecipeErrors, did_you_mean, loc_to_key
 from ftcompile.load import LoadedRecipe
 from ftcompile.metrics import METRICS, metric
@@ -98,19 +99,19 @@ class Head(Strict):
     """A new classifier head, fastai style (BatchNorm1d, Dropout, Linear, activation)."""
 
     pool: Literal["avg", "max", "concat"] | None = Field(
-        None,
+        defaults.HEAD_POOL,
         description=(
             "`avg`, `max` or `concat` (max and avg side by side, 2x features); unset: `avg`. CNNs only: "
             "ViT, Swin and MaxViT pool with their tokens, and `pool` is an error there"
         ),
     )
-    hidden: list[PositiveInt] = Field([], description="widths of hidden Linear layers")
+    hidden: list[PositiveInt] = Field(list(defaults.HEAD_HIDDEN), description="widths of hidden Linear layers")
     dropout: Prob | list[Prob] = Field(
-        0.0, description=("one float for every Linear, or one per Linear (`len(hidden) + 1`)")
+        defaults.HEAD_DROPOUT, description=("one float for every Linear, or one per Linear (`len(hidden) + 1`)")
     )
-    batchnorm: bool = Field(False, description="BatchNorm1d before each Linear")
+    batchnorm: bool = Field(defaults.HEAD_BATCHNORM, description="BatchNorm1d before each Linear")
     activation: str = Field(
-        "relu",
+        defaults.HEAD_ACTIVATION,
         description=("any elementwise `torch.nn` activation by lower-case name (`gelu`, `silu`, `leaky_relu`, ...)"),
     )
 
@@ -157,7 +158,7 @@ class Model(Strict):
         ),
     )
     head_weights: Literal["new", "load"] = Field(
-        "new",
+        defaults.HEAD_WEIGHTS,
         description=(
             '`"load"`: with weights from a file or an upstream recipe, load the head\'s tensors too '
             "(continuing a model fine-tuned on the same classes); each is checked against the file's shape"
@@ -621,7 +622,7 @@ class Run(Strict):
         "1 epoch", description=(f"{DURATION_HELP}, counted from each phase's start; and always at each phase end")
     )
     keep_checkpoints: Literal["boundaries", "all", "last", "none"] = Field(
-        "boundaries",
+        defaults.KEEP_CHECKPOINTS,
         description=(
             "which checkpoints stay on disk: `boundaries` (the newest + the phase starts), `all`, `last` "
             "(the newest) or `none` (none once finished)"
@@ -640,25 +641,26 @@ class Run(Strict):
 
     # metrics.jsonl is always written: resume relies on it.
     log: list[Literal["jsonl", "tensorboard"]] = Field(
-        ["jsonl"],
+        list(defaults.LOG),
         description=(
             '`["jsonl", "tensorboard"]` adds TensorBoard event files in `RUN_DIR/tensorboard/` (needs the '
             "`tensorboard` extra; without it, a compile error); metrics.jsonl is always written"
         ),
     )
     accumulate: PositiveInt = Field(
-        1, description=("micro-batches per optimizer step; `data.batch_size` stays the images per step")
+        defaults.ACCUMULATE,
+        description=("micro-batches per optimizer step; `data.batch_size` stays the images per step"),
     )
     ema: Ema | None = Field(
         None,
         description=("an exponential moving average of the weights, evaluated beside them and saved as `model_ema.pt`"),
     )
     sync_bn: bool = Field(
-        False,
+        defaults.SYNC_BN,
         description=("BatchNorm becomes SyncBatchNorm when several processes run on GPUs; a no-op with one process"),
     )
     reproducible: Literal["machine", "portable"] = Field(
-        "machine",
+        defaults.REPRODUCIBLE,
         description=(
             '`machine`: bitwise repeatable on the same kind of machine; `"portable"`: oneDNN, ATen and MKL pinned '
             "to AVX2 and one thread, so the run gives the same bits on any x86-64 CPU with AVX2 (CPU only, fp32; "

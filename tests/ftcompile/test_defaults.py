@@ -2,7 +2,8 @@
 
 A plan record's default is what a plan.json without that key means (plans written before the
 knob existed); the schema's default is what a recipe without it compiles to. Each knob both
-declare must say the same, so a change to one without the other fails here.
+declare must say the same. Both read it from `ftcompile/defaults.py`; the tests below fail
+when a record or a schema model declares its own literal instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from ftcompile import defaults
 from ftcompile import plan as P
 from ftcompile import schema as S
 
@@ -80,3 +82,20 @@ def test_each_listed_difference_is_still_a_shared_knob() -> None:
     for record, name in DIFFERENT:
         rec, model = names[record]
         assert name in {f.name for f in dataclasses.fields(rec)} and name in model.model_fields
+
+
+def test_each_shared_default_is_declared_in_the_defaults_module() -> None:
+    """None and {} mean "absent" on both sides; every other shared default lives in defaults.py."""
+    for record, name, planned, _ in shared_knobs():
+        if planned is None or planned == {}:
+            continue
+        declared = getattr(defaults, name.upper(), None)
+        assert declared is not None, f"{record}.{name}: declare its default in ftcompile/defaults.py"
+        assert planned == (list(declared) if isinstance(declared, tuple) else declared), f"{record}.{name}"
+
+
+def test_a_head_table_that_leaves_keys_out_means_the_schema_head() -> None:
+    """A sidecar or plan with `head = {}` builds the head a recipe with `[model.head]` alone gets."""
+    recipe = S.Head().model_dump()
+    assert recipe == {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.HEAD.items()}
+    assert P.HeadSpec.of({}) == P.HeadSpec.of(recipe)
