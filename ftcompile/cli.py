@@ -115,7 +115,7 @@ def _backend_options(p: argparse.ArgumentParser, resume: bool = False) -> None:
 
 
 def _backend(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    from ftcompile.runtime.ray_backend import backend_record  # start-up time: Ray backend only
+    from ftcompile.runtime.ray_backend import backend_record  # start-up time: imports torch
 
     return backend_record(args.backend, args.address, args.gpus_per_trial, args.max_parallel, recorded)
 
@@ -603,7 +603,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if restarted is not None:
         return restarted
     _warn_memory(plan, source)
-    from ftcompile.runtime.ray_backend import check_device  # start-up time: Ray backend only
+    from ftcompile.runtime.ray_backend import check_device  # start-up time: imports torch
     from ftcompile.runtime.rundir import start_run  # start-up time: imports torch
 
     check_device(backend, plan.run.device)
@@ -707,7 +707,7 @@ def _restart_pinned(plan: Any, args: argparse.Namespace) -> int | None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from ftcompile.runtime.ray_backend import check_device  # start-up time: Ray backend only
+    from ftcompile.runtime.ray_backend import check_device  # start-up time: imports torch
     from ftcompile.runtime.rundir import open_run, resume_run  # start-up time: imports torch
 
     plan, env = open_run(Path(args.run_dir))

@@ -37,6 +37,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torchvision
+
+import ftcompile
 from ftcompile import portable
 from ftcompile.errors import RecipeError
 
@@ -111,8 +115,6 @@ def backend_record(
             suggestion="--gpus-per-trial 1 runs one alternative per GPU, as many side by side as there are GPUs",
         )
     if gpus and record["address"] is None:
-        import torch
-
         if not torch.cuda.is_available():
             raise RecipeError(
                 f"--gpus-per-trial {gpus}: this machine has no CUDA GPU, and no --address names a cluster that has",
@@ -145,18 +147,13 @@ def make_backend(record: dict[str, Any] | None) -> RayBackend | None:
 
 
 def _versions() -> dict[str, str]:
-    import torch
-    import torchvision
-
-    import ftcompile
-
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__}
 
 
 def _node() -> str:
     host = socket.gethostname()
     try:
-        import ray
+        import ray  # the `ray` extra; this runs in a Ray worker, where it is installed
 
         ip = ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 (the name is for a message only)
@@ -166,8 +163,6 @@ def _node() -> str:
 
 def run_in_worker(run_dir: str, stretch: Stretch, threads: int, versions: dict[str, str]) -> StretchResult:
     """What each Ray task runs: the stretch, in the worker's process, computing as the driver does."""
-    import torch
-
     node = _node()
     here = Path(run_dir)
     if not (here / "plan.json").is_file():
@@ -201,8 +196,6 @@ class RayBackend:
     """Runs stretches as Ray tasks (see the module's docstring); the search's `Backend`."""
 
     def __init__(self, address: str | None = None, gpus_per_trial: int = 0, max_parallel: int | None = None) -> None:
-        import torch
-
         self.address, self.gpus, self.max_parallel = address, gpus_per_trial, max_parallel
         self.threads = torch.get_num_threads()  # the driver's, so the workers compute as it does
         self.versions = _versions()

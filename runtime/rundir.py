@@ -12,13 +12,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+import torchvision
+from ftcompile.runtime import checkpoint, cost, distributed
+from ftcompile.runtime.curves import write_curves
 from ftcompile.runtime.lock import LOCK_FILE, RunLock
+from ftcompile.runtime.logs import check_logs, truncate_logs
+from ftcompile.runtime.loop import pick_device, train
+from ftcompile.runtime.ray_backend import make_backend
 from ftcompile.runtime.runfiles import RUNS, Env, checked, continued_evals, finished_upstream, open_run
+from ftcompile.runtime.status import RunStatus
+from ftcompile.runtime.tensorboard import log_hooks
 
-from ftcompile import outputs, portable
+import ftcompile
+from ftcompile import hub, outputs, portable, provenance
+from ftcompile.datasets import count_data
 from ftcompile.errors import RecipeError, RecipeErrors, os_error
+from ftcompile.images import verify_data
 from ftcompile.keylines import key_lines, line_in
 from ftcompile.plan import Plan
+from ftcompile.provenance import stored_recipe_text
 from ftcompile.signals import Interrupted, signum_of
 
 
@@ -73,13 +86,6 @@ def _check_inside(path: Path, root: Path) -> None:
 
 
 def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> dict[str, Any]:
-    import torch
-    import torchvision
-    from ftcompile.runtime.loop import pick_device
-
-    import ftcompile
-    from ftcompile import provenance
-
     return {
         "versions": {
             "torch": torch.__version__,
@@ -104,9 +110,6 @@ def env_record(plan: Plan, recipe: Path | None, root: Path, world: int = 1) -> d
 
 def changed_since(run_dir: Path, plan: Plan, env: dict[str, Any]) -> list[str]:
     """rerun / resume: what differs from the run's recipe, data and machine, one line each."""
-    from ftcompile import provenance
-    from ftcompile.errors import RecipeError
-
     lines = provenance.recipe_warnings(run_dir, env, plan.recipe.source_hash)
     try:
         lines += provenance.data_warnings(
@@ -148,8 +151,6 @@ def blamed(source: Path | None) -> Iterator[None]:
 def _main_then_all(d: Any, make: Callable[[], Any]) -> Any:
     """make() on rank 0 and its result on every rank; an error there is raised on every
     rank (instead of leaving the others waiting for a broadcast)."""
-    from ftcompile.runtime import distributed
-
     if not d.enabled:
         return make()
     result, error = None, None
@@ -173,8 +174,6 @@ def start_run(
     backend: dict[str, Any] | None = None,
 ) -> int:
     """`backend`: where trial alternatives run (runtime/ray_backend.py's record; None: here)."""
-    from ftcompile.runtime import distributed
-
     with blamed(source or recipe):
         if recipe is None:  # a plan.json: its data must be the data the plan counted
             check_data(plan, root, "--data-root")
@@ -188,8 +187,6 @@ def run_new(
 ) -> Path:
     """Verify the images, create and lock the run directory (rank 0; the others learn its
     name), record, train."""
-    from ftcompile.runtime import distributed
-
     portable.enter(plan.run.reproducible)  # pinned threads; refused where the environment is not pinned
     d = distributed.init(plan.run.device)
     _main_then_all(d, lambda: verify_images(plan, root))
@@ -200,8 +197,6 @@ def run_new(
         if d.main:
             text = None
             if recipe is not None:
-                from ftcompile.provenance import stored_recipe_text
-
                 text = stored_recipe_text(recipe, list(plan.recipe.overrides))
             env = env_record(plan, recipe, root, d.world)
             _write_record(run_dir, plan, text, {**env, "backend": backend} if backend else env)
@@ -214,8 +209,6 @@ def fetch_weights(plan: Plan) -> None:
     """torchvision weights are in torch's hub cache, downloaded now if need be, before the
     run directory is made: a machine without network fails here, saying which file to put
     where, and leaves no failed run behind to shift the run numbers."""
-    from ftcompile import hub
-
     cached = hub.of_model(plan.model)
     if cached is not None:
         hub.ensure(cached, progress=sys.stderr.isatty())
@@ -226,8 +219,6 @@ def verify_images(plan: Plan, root: Path) -> None:
     bar on a terminal): a bad file would otherwise stop the run where it is first read, an
     epoch in for a val image, and alone. All bad files are one error, raised before the
     run directory is made (or, on resume, before any step)."""
-    from ftcompile.images import verify_data
-
     verify_data(plan.data, root)
 
 
@@ -244,7 +235,6 @@ def resume_run(run_dir: Path, backend: dict[str, Any] | None = None) -> int:
             print(line, file=sys.stderr)
         print(f"run is finished: {run_dir}")
         return 0
-    from ftcompile.runtime import checkpoint, distributed
 
     portable.enter(plan.run.reproducible)
     d = distributed.init(plan.run.device)
@@ -259,7 +249,6 @@ def resume_run(run_dir: Path, backend: dict[str, Any] | None = None) -> int:
                 print(line, file=sys.stderr)
         # The newest good checkpoint of this plan (damaged ones and other plans' are set aside).
         found = checkpoint.find_newest(run_dir / "checkpoints", move_bad=d.main, plan_hash=plan.hash)
-        from ftcompile.runtime.logs import check_logs, truncate_logs
 
         state = found[1] if found else None
         if found is None:
@@ -294,8 +283,6 @@ def check_data(plan: Plan, root: Path, where: str) -> None:
     """The data under `root` is the data the plan counted: sizes, class names and per-class
     counts (the last two when the plan was compiled with the data, not --dataset-size).
     A moved or edited data_root, or data changed since, is an error before any step."""
-    from ftcompile.datasets import count_data
-
     data = plan.data
     try:
         found = count_data(data.sources(), root)
@@ -326,11 +313,6 @@ def check_data(plan: Plan, root: Path, where: str) -> None:
 
 def version_warnings(plan: Plan) -> list[str]:
     """One line per library whose version differs from the one the plan was made with."""
-    import torch
-    import torchvision
-
-    import ftcompile
-
     now = {"torch": torch.__version__, "torchvision": torchvision.__version__, "ftcompile": ftcompile.__version__}
     return [
         f"warning: the plan was made with {lib} {plan.versions.get(lib)}, this is {version}"
@@ -342,7 +324,6 @@ def version_warnings(plan: Plan) -> list[str]:
 def rerun_run(run_dir: Path, out: Path | None) -> int:
     plan, env = open_run(run_dir)
     portable.enter(plan.run.reproducible)
-    from ftcompile.runtime import distributed
 
     d = distributed.init(plan.run.device)
     with blamed(_source(run_dir)):
@@ -375,8 +356,6 @@ def rerun_run(run_dir: Path, out: Path | None) -> int:
 def rerun_record(plan: Plan, env: dict[str, Any]) -> dict[str, Any]:
     """What a rerun records of its own: the data and machine it runs on (the recipe's
     provenance stays the original run's: the plan is the original's)."""
-    from ftcompile import provenance
-
     record: dict[str, Any] = {"machine": provenance.machine()}
     try:
         record["data"] = provenance.data_fingerprint(plan.to_dict()["data"], Path(env["data_root"]))
@@ -404,8 +383,6 @@ def upstream_model(plan: Plan, root: Path) -> Path | None:
 def _train(
     plan: Plan, run_dir: Path, root: Path, state: dict[str, Any] | None, d: Any, backend: dict[str, Any] | None = None
 ) -> None:
-    from ftcompile.runtime.loop import train
-
     if backend is not None and d.enabled:
         raise RecipeError(
             "--backend ray in a DDP run (torchrun): a DDP run's trial phases on Ray is not supported yet",
@@ -417,10 +394,6 @@ def _train(
         train(plan, run_dir, root, state, d, upstream=upstream)
         return
     outputs.remove_stale_temps(run_dir)  # what a killed writer left (only ftcompile's own temporary names)
-    from ftcompile.runtime import cost
-    from ftcompile.runtime.ray_backend import make_backend
-    from ftcompile.runtime.status import RunStatus
-    from ftcompile.runtime.tensorboard import log_hooks
 
     status = RunStatus(run_dir, plan, state)
     runner = make_backend(backend)  # None: the alternatives run here, one after another
@@ -451,8 +424,6 @@ def _train(
 
 def _after_run(run_dir: Path) -> None:
     """curves.png (plot extra) and the command that makes the run's report."""
-    from ftcompile.runtime.curves import write_curves
-
     try:
         path = write_curves([run_dir], run_dir / "curves.png")
     except RecipeError as err:

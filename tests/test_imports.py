@@ -89,11 +89,13 @@ def test_compile_stages_never_import_the_runtime() -> None:
 
 RECIPE_LANGUAGE = ("ftcompile.schema", "ftcompile.load", "ftcompile.compiler")
 # Justified exceptions, module -> {recipe-language module: why}.
+# provenance records the recipe's files (its `extends` chain, with --set merged) in env.json:
+# it reads the recipe *file* with the loader, never the schema or the compiler. rundir writes
+# env.json (and cost -> calibrate -> provenance); evaluate, export and report open runs
+# through rundir.
+PROVENANCE = {"ftcompile.load": "provenance reads the recipe files"}
 RECIPE_LANGUAGE_EXCEPTIONS = {
-    # cost -> calibrate -> provenance, which records the recipe's files (its `extends` chain,
-    # with --set merged) in env.json: it reads the recipe *file* with the loader, never the
-    # schema or the compiler.
-    "ftcompile.runtime.cost": {"ftcompile.load": "provenance reads the recipe files"},
+    f"ftcompile.runtime.{m}": PROVENANCE for m in ("cost", "rundir", "evaluate", "export", "report")
 }
 # One fresh interpreter; the third-party libraries are imported once, then each runtime
 # module is imported in a forked child of its own, so what it pulls in is its own.
