@@ -13,7 +13,9 @@ recipes/quickstart-trials.toml: 3 x 3 on the full digits split) it runs, the way
       phase, TPESampler(seed=0)), as many trials as combinations, each a run from scratch
       that reports every evaluation (trial.report) to SuccessiveHalvingPruner and stops
       when it says so; a trial's steps are counted up to where it stopped
-  (e) (c) with `--backend ray --max-parallel 2`
+  (e) (c) with `--backend ray --max-parallel 2`, every process on one thread (torch's
+      threads are the driver's, and each Ray task asks for as many CPUs: at 2 threads a
+      2-core machine runs one task at a time); (c) runs on torch's default threads
 and prints per method the optimizer steps, wall seconds, the combination chosen, its final
 accuracy and the best among all combinations, then the issue's goals (issue 19 §4) against
 (b) and (d) measured in the same process. The upstream digits-pretrain model is trained
@@ -40,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from ftcompile.runtime.loop import Hooks, observe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,13 +193,27 @@ def run(recipe: Path, out: Path, *args: str, hooks: tuple[Any, ...] = ()) -> tup
     return count.steps, seconds
 
 
-def final_top1(run_dir: Path) -> float:
-    """The run's last evaluation as it went on (in a trial phase, the chosen alternative's)."""
+def final_top1(run_dir: Path, key: str = "top1") -> float:
+    """The run's last evaluation as it went on (in a trial phase, the chosen alternative's):
+    its top-1, or the eval record's `key`."""
     from ftcompile.runtime.runfiles import continued_evals
 
     from ftcompile.plan import Plan
 
-    return continued_evals(run_dir, Plan.load(run_dir / "plan.json"))[-1]["top1"]
+    return continued_evals(run_dir, Plan.load(run_dir / "plan.json"))[-1][key]
+
+
+def select_metric(recipe: Path) -> Any:
+    """The metric the recipe's trial phases select by (one for all), so that Optuna's study
+    reports and optimises what the trials compare."""
+    from ftcompile.load import load_recipe
+    from ftcompile.metrics import metric
+    from ftcompile.schema import validate
+
+    names = {ph.trials.select for ph in validate(load_recipe(recipe)).phases.values() if ph.trials}
+    if len(names) != 1:
+        raise SystemExit(f"{recipe}: the trial phases select by {sorted(names)}; the Optuna study needs one metric")
+    return metric(names.pop())
 
 
 def chosen_label(run_dir: Path, phases: list[str]) -> str:
@@ -230,7 +247,9 @@ def trials_run(method: str, data: dict[str, Any], phases: list[str], work: Path,
     return Outcome(method, steps, seconds, chosen_label(out, phases), final_top1(out))
 
 
-def optuna_study(combos: list[Combination], phases: list[tuple[str, list[Any]]], work: Path) -> Outcome:
+def optuna_study(combos: list[Combination], phases: list[tuple[str, list[Any]]], select: Any, work: Path) -> Outcome:
+    """A TPE study over the combinations, each trial a run from scratch that reports each
+    evaluation's `select` metric (the trials' own) to a SuccessiveHalvingPruner."""
     import optuna  # the bench extra
 
     by_choice = {c.choice: c for c in combos}
@@ -243,7 +262,7 @@ def optuna_study(combos: list[Combination], phases: list[tuple[str, list[Any]]],
             self.trial = trial
 
         def on_evaluate(self, session: Any, record: dict[str, Any]) -> None:
-            self.trial.report(record["top1"], record["step"])
+            self.trial.report(record[select.key], record["step"])
             if self.trial.should_prune():
                 raise optuna.TrialPruned()
 
@@ -264,11 +283,11 @@ def optuna_study(combos: list[Combination], phases: list[tuple[str, list[Any]]],
             record.update(steps=steps_before.steps, seconds=steps_before.seconds(), pruned=True)
             raise
         record.update(steps=steps, seconds=seconds, top1=final_top1(out))
-        return record["top1"]
+        return final_top1(out, select.key)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction="maximize",
+        direction="maximize" if select.maximise else "minimize",
         sampler=optuna.samplers.TPESampler(seed=0),
         pruner=optuna.pruners.SuccessiveHalvingPruner(),
     )
@@ -364,13 +383,20 @@ def bench(name: str, recipe: Path, methods: str, work: Path) -> dict[str, Any]:
                 print(f"  ({m}) not available: {why}", flush=True)
                 continue
             args = ("--backend", "ray", "--max-parallel", "2") if m == "e" else ()
+            threads = torch.get_num_threads()
             try:
+                if m == "e":
+                    torch.set_num_threads(1)  # the workers take the driver's threads
                 outcomes[m] = trials_run(m, pruned(recipe), names, work, *args)
+                if m == "e":
+                    outcomes[m].note = "1 thread per process, 2 Ray workers"
             except Exception as err:  # a backend still being built fails here: say so, go on
                 outcomes[m] = Outcome(m, note=f"failed: {type(err).__name__}: {str(err).splitlines()[0]}")
                 print(f"  ({m}) failed: {err}", flush=True)
+            finally:
+                torch.set_num_threads(threads)
         elif m == "d":
-            outcomes[m] = optuna_study(combos, phases, work)
+            outcomes[m] = optuna_study(combos, phases, select_metric(recipe), work)
     best = outcomes["a"].top1 if "a" in outcomes else None
     table(outcomes, best)
     goals = check_goals(outcomes, val)
@@ -418,9 +444,10 @@ def check_goals(outcomes: dict[str, Outcome], val: int) -> list[str]:
         ratio = o["c"].steps / o["b"].steps
         near = o["c"].top1 >= o["b"].top1 - one_image - 1e-12
         lines.append(f"(c) steps / (b) steps = {ratio:.2f} (goal <= 0.6): {'met' if ratio <= 0.6 else 'NOT met'}")
-        gap = (o["b"].top1 - o["c"].top1) * val
+        gap = round((o["b"].top1 - o["c"].top1) * val)
+        where = f"{gap} validation images below" if gap > 0 else f"{-gap} validation images above" if gap else "equal"
         lines.append(
-            f"(c) final {100 * o['c'].top1:.2f}% vs (b) {100 * o['b'].top1:.2f}%: {gap:+.0f} validation images "
+            f"(c) final {100 * o['c'].top1:.2f}% vs (b) {100 * o['b'].top1:.2f}%: {where} "
             f"(goal: at most 1 below): {'met' if near else 'NOT met'}"
         )
     else:
