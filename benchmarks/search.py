@@ -190,7 +190,10 @@ def run(recipe: Path, out: Path, *args: str, hooks: tuple[Any, ...] = ()) -> tup
         out.with_suffix(".log").write_text(buffer.getvalue())
     if rc != 0:
         raise RuntimeError(f"ftcompile run {recipe} {' '.join(args)} exited {rc}; see {out.with_suffix('.log')}")
-    return count.steps, seconds
+    # On Ray the alternatives' steps run in the workers, where no hook of this process sees
+    # them; the run's metrics.jsonl holds every step (the driver merges the workers' rows).
+    logged = sum('"type": "step"' in line for line in (out / "metrics.jsonl").read_text().splitlines())
+    return max(count.steps, logged), seconds
 
 
 def final_top1(run_dir: Path, key: str = "top1") -> float:
