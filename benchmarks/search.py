@@ -196,14 +196,17 @@ def run(recipe: Path, out: Path, *args: str, hooks: tuple[Any, ...] = ()) -> tup
     return max(count.steps, logged), seconds
 
 
-def final_top1(run_dir: Path, key: str = "top1") -> float:
-    """The run's last evaluation as it went on (in a trial phase, the chosen alternative's):
-    its top-1, or the eval record's `key`."""
+def final_eval(run_dir: Path) -> dict[str, Any]:
+    """The run's last evaluation record as it went on (in a trial phase, the chosen alternative's)."""
     from ftcompile.runtime.runfiles import continued_evals
 
     from ftcompile.plan import Plan
 
-    return continued_evals(run_dir, Plan.load(run_dir / "plan.json"))[-1][key]
+    return continued_evals(run_dir, Plan.load(run_dir / "plan.json"))[-1]
+
+
+def final_top1(run_dir: Path) -> float:
+    return final_eval(run_dir)["top1"]
 
 
 def select_metric(recipe: Path) -> Any:
@@ -285,8 +288,9 @@ def optuna_study(combos: list[Combination], phases: list[tuple[str, list[Any]]],
         except optuna.TrialPruned:
             record.update(steps=steps_before.steps, seconds=steps_before.seconds(), pruned=True)
             raise
-        record.update(steps=steps, seconds=seconds, top1=final_top1(out))
-        return final_top1(out, select.key)
+        last = final_eval(out)  # read once: top-1 for the table, the select metric for the study
+        record.update(steps=steps, seconds=seconds, top1=last["top1"])
+        return last[select.key]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
